@@ -1,0 +1,32 @@
+"""Shared test fixtures: offline, CPU, small."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test-suite may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CAMVID_ROOT = Path(os.environ.get("DES4_CAMVID_ROOT", REPO_ROOT.parent / "shared" / "data" / "camvid"))
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    """The shared CamVid copy (VOC layout). Tests that need real images skip without it."""
+    if not (CAMVID_ROOT / "JPEGImages").is_dir():
+        pytest.skip(
+            f"CamVid not found at {CAMVID_ROOT}: put the shared data beside the clone "
+            "(../shared/data/camvid) or set DES4_CAMVID_ROOT"
+        )
+    return CAMVID_ROOT
+
+
+@pytest.fixture(scope="session")
+def camvid_image_paths(camvid_root: Path) -> list[Path]:
+    ids = (camvid_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    return [camvid_root / "JPEGImages" / f"{i}.jpg" for i in ids[:3]]
