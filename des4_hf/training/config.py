@@ -1,0 +1,231 @@
+"""TrainConfig: one typed, flat dataclass for a DeS4 run, loaded from YAML and overridable on the command line.
+
+Every value is checked before any data or weights are loaded, so a typo fails in a second, not after
+the first evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("des4", "mean-teacher", "supervised")
+SAMPLERS = ("mes", "quantity", "confidence")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass
+class TrainConfig:
+    """A DeS4 / mean-teacher / supervised training run (SPEC §2–5).
+
+    Epochs count passes over the *unlabeled* set, the labeled set being cycled alongside (U2PL's
+    convention [choice]); ``max_steps`` (optimizer steps), when given, overrides ``epochs``.
+    """
+
+    # -- what to train ------------------------------------------------------------------------------
+    method: str = "des4"
+    decoupled: bool = True  # D.T.: E^T is an EMA of E^S only; D^T trained by L_l^ub (Table 3)
+    shared_head: bool = True  # S.H.: one prototype bank for teacher and student
+    reweight: bool = True  # P.R.: Eq. 7 pixel weights in L_l^ub
+    sampler: str = "mes"  # prototype feature sampler: mes | quantity | confidence (Table 4)
+    # -- model --------------------------------------------------------------------------------------
+    backbone: str = "resnet101"
+    encoder_weights: str | None = "imagenet"
+    output_stride: int = 16
+    decoder_channels: int = 256
+    logit_scale: float = 10.0
+    # -- data ---------------------------------------------------------------------------------------
+    dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
+    data_root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    split: str | None = None  # a named split (e.g. voc-blended-1323) or a split folder
+    labeled_fraction: float = 0.125  # used when `split` is None: a seeded random split
+    crop_size: int = 513
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    # -- optimisation (per device; global batch = batch_size × processes × grad_accum_steps) ---------
+    batch_size: int = 2
+    unlabeled_batch_size: int | None = None  # defaults to batch_size
+    grad_accum_steps: int = 1
+    epochs: float = 80.0
+    max_steps: int | None = None
+    lr: float = 0.001
+    head_lr_multiplier: float = 10.0  # decoder + head at 10× the backbone lr [choice, as U2PL]
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    lambda_supervised: float = 1.0  # λ1
+    lambda_unsupervised: float = 1.5  # λ2
+    encoder_momentum: float = 0.99  # τ1 (Eq. 5), with warm-up min(1 − 1/(step+1), τ1)
+    prototype_momentum: float = 0.99  # τ2 (Eq. 12)
+    mes_num_zones: int = 5
+    mes_alpha: float = 0.1
+    pseudo_label_threshold: float | None = None  # SPEC §2.4 [choice]: none by default
+    # -- machinery ----------------------------------------------------------------------------------
+    mixed_precision: str = "auto"
+    channels_last: bool = True
+    sync_batchnorm: bool = True  # applied on CUDA only
+    num_workers: int = 2
+    seed: int = 0
+    output_dir: str = "outputs/des4"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 1000
+    eval_max_images: int | None = None
+    log_every: int = 10
+    report_to: str = "none"
+    resume: str | None = None  # "latest" or a checkpoint folder
+    overlays: int = 4  # example overlays written after the final evaluation
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the model config
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() in ("", "none", "null", "random"):
+            self.encoder_weights = None  # "--encoder-weights none" on the command line
+        self.validate()
+
+    # -- derived ------------------------------------------------------------------------------------
+    @property
+    def effective_unlabeled_batch_size(self) -> int:
+        return self.unlabeled_batch_size if self.unlabeled_batch_size is not None else self.batch_size
+
+    def apply_method_defaults(self) -> None:
+        """``mean-teacher`` = Table 3's first row: all three DeS4 components off."""
+        if self.method == "mean-teacher":
+            self.decoupled = self.shared_head = self.reweight = False
+
+    def validate(self) -> None:
+        errors: list[str] = []
+
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                errors.append(message)
+
+        check(self.method in METHODS, f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        check(self.sampler in SAMPLERS, f"sampler={self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}")
+        check(self.report_to in REPORT_TO, f"report_to={self.report_to!r}: one of {', '.join(REPORT_TO)}")
+        check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")
+        check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
+        check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+              f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
+        check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        check(self.effective_unlabeled_batch_size >= 1, "unlabeled_batch_size must be >= 1")
+        check(self.grad_accum_steps >= 1, f"grad_accum_steps={self.grad_accum_steps}: must be >= 1")
+        check(self.epochs > 0 or (self.max_steps or 0) > 0, "give epochs > 0 or max_steps > 0")
+        check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps}: must be >= 1")
+        check(self.lr > 0, f"lr={self.lr}: must be > 0")
+        check(self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be >= 0")
+        check(0 <= self.encoder_momentum < 1, f"encoder_momentum={self.encoder_momentum}: must be in [0, 1)")
+        check(0 <= self.prototype_momentum < 1, f"prototype_momentum={self.prototype_momentum}: must be in [0, 1)")
+        check(self.mes_num_zones >= 1, f"mes_num_zones={self.mes_num_zones}: must be >= 1")
+        check(self.mes_alpha > 0, f"mes_alpha={self.mes_alpha}: must be > 0")
+        check(0 < self.labeled_fraction < 1, f"labeled_fraction={self.labeled_fraction}: must be in (0, 1)")
+        check(self.pseudo_label_threshold is None or 0 <= self.pseudo_label_threshold < 1,
+              "pseudo_label_threshold must be in [0, 1) or null")
+        check(self.checkpoint_every >= 1 and self.eval_every >= 1 and self.log_every >= 1,
+              "checkpoint_every, eval_every and log_every must be >= 1")
+        check(self.num_workers >= 0, "num_workers must be >= 0")
+        if errors:
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
+
+    # -- I/O ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist (recipes live in configs/)")
+        with path.open() as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of option: value at the top level")
+        values.update(overrides or {})
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {unknown}; known options: {sorted(known)}")
+        values = dict(values)
+        if "scale_range" in values:
+            values["scale_range"] = tuple(values["scale_range"])
+        config = cls(**values)
+        config.apply_method_defaults()
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["scale_range"] = list(self.scale_range)
+        return values
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# -- command line ---------------------------------------------------------------------------------------
+_FLAG_ALIASES = {
+    "decoupled": "--no-decoupled",
+    "shared_head": "--no-shared-head",
+    "reweight": "--no-reweight",
+}
+
+
+def _field_type(item: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(TrainConfig)
+    annotation = hints[item.name]
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train DeS4 (or the mean-teacher / supervised baselines) with Accelerate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
+    for item in dataclasses.fields(TrainConfig):
+        if item.name == "extra":
+            continue
+        kind = _field_type(item)
+        dest = item.name
+        if item.name in _FLAG_ALIASES:
+            parser.add_argument(_FLAG_ALIASES[item.name], dest=dest, action="store_false", default=None,
+                                help=f"switch off {item.name.replace('_', ' ')} (SPEC §4)")
+            continue
+        option = "--" + item.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+        elif kind == tuple[float, float]:
+            parser.add_argument(option, dest=dest, type=float, nargs=2, default=None)
+        else:
+            converter = kind if kind in (int, float, str) else str
+            parser.add_argument(option, dest=dest, type=converter, default=None)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
+    args = build_argument_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if key != "config" and value is not None}
+    base: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path} does not exist (recipes live in configs/)")
+        base = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{path}: expected a mapping of option: value at the top level")
+    base.update(overrides)
+    return TrainConfig.from_dict(base, source=args.config or "command line")
