@@ -114,6 +114,8 @@ class Des4Config(PreTrainedConfig):
         self.mes_alpha = float(mes_alpha)
         self.training = dict(training) if training else {}
         super().__init__(**kwargs)
+        if self.id2label is not None and not self.label2id:
+            self.label2id = {label: index for index, label in self.id2label.items()}
         if self.num_labels < 2:
             raise ValueError(
                 f"num_labels={self.num_labels}: a segmenter needs at least 2 classes "

@@ -61,6 +61,9 @@ class BatchStream:
         loader = DataLoader(
             Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False, drop_last=True,
             num_workers=self.num_workers, collate_fn=self.collate_fn, persistent_workers=False,
+            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run
+            # (which creates its iterators at a different step) would see different dropout masks.
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
         )
         self._iterator = iter(loader)
 

@@ -136,6 +136,25 @@ class TeacherStudent(nn.Module):
         return tau
 
     @torch.no_grad()
+    def average_batchnorm_statistics(self) -> None:
+        """Average BN running statistics of the trained networks over ranks after each step.
+
+        DDP syncs parameters but each rank's BN statistics follow its own batches; the teacher decoder's
+        statistics drive the pseudo labels and the exported teacher, so all ranks must agree on them.
+        """
+        if not _distributed():
+            return
+        modules = [self.student]
+        if self.decoupled and self.teacher_decoder is not None:
+            modules.append(self.teacher_decoder)
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
+                    for buffer in (layer.running_mean, layer.running_var):
+                        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                        buffer /= dist.get_world_size()
+
+    @torch.no_grad()
     def broadcast_from_main(self) -> None:
         """Make every rank start from rank 0's teacher and prototypes (DDP only syncs what it wraps)."""
         if not _distributed():

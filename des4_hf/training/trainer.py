@@ -405,6 +405,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         unwrapped: TeacherStudent = accelerator.unwrap_model(self.model)
         unwrapped.broadcast_from_main()
+        self.model.train()  # TeacherStudent.train keeps E^T (and an EMA D^T) in eval mode
         if config.report_to != "none":
             accelerator.init_trackers("des4", config={k: v for k, v in config.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
@@ -462,8 +463,8 @@ class Trainer:
             _write_json_atomic(self.output_dir / "results.json", {
                 "final": final, "best_teacher_miou": self.state.best_miou, "best_step": self.state.best_step,
                 "history": self.state.history, "max_steps": self.max_steps})
-        accelerator.end_training()
         accelerator.wait_for_everyone()
+        accelerator.end_training()  # also tears down the process group
         return final
 
     def train_step(self, unwrapped: TeacherStudent) -> dict[str, float]:
@@ -498,6 +499,7 @@ class Trainer:
                 summed[key] = summed.get(key, 0.0) + float(value) / config.grad_accum_steps
         # After the optimizer step: E^T ← EMA(E^S), then Eq. 12 on the prototypes (all-reduced inside).
         self.scheduler.step()
+        unwrapped.average_batchnorm_statistics()
         tau = unwrapped.update_teacher(self.state.step, config.encoder_momentum)
         apply_prototype_updates(unwrapped, teacher_statistics, student_statistics, config.prototype_momentum)
         summed["ema_momentum"] = tau

@@ -1,0 +1,113 @@
+"""Per-class pixel counts of the labeled set (MES class ratio R, SPEC §3), computed once and cached.
+
+The counts depend only on the labeled ids and the masks, so the cache key is the split
+fingerprint plus the class count. The cache lives under the run's cache/output folder, not
+the dataset root (which may be read-only). The JSON is written atomically (temp file +
+rename), so several processes computing it at once cannot leave a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from .datasets import IGNORE_INDEX, DataError, _open_record, iter_label_records, labels_to_indices
+
+logger = logging.getLogger(__name__)
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise :class:`DataError` naming ``where`` when ``mask`` holds values outside ``[0, C) ∪ {255}``."""
+    counts = np.bincount(mask.reshape(-1), minlength=256)
+    bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
+    if bad:
+        raise DataError(
+            f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
+            "Fix: remap them to class indices (or 255 = ignore), check num_classes, "
+            "or use skip_bad=True."
+        )
+
+
+def _count_one(
+    item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool
+) -> np.ndarray | None:
+    id_, record = item
+    where = f"label of id {id_!r}" + (f" ({record.get('path')})" if record and record.get("path") else "")
+    try:
+        with _open_record(record, where) as im:
+            mask = labels_to_indices(im, "index", where)
+        counts = np.bincount(mask.reshape(-1), minlength=256)
+        check_mask_values(mask, num_classes, where)
+    except DataError as exc:
+        if not skip_bad:
+            raise
+        logger.warning("skipping: %s", exc)
+        return None
+    return counts[:num_classes].astype(np.int64)
+
+
+def class_pixel_counts(
+    labeled_dataset: datasets.Dataset,
+    num_classes: int,
+    cache_dir: str | os.PathLike[str],
+    split_fingerprint: str,
+    skip_bad: bool = False,
+    num_threads: int = 2,
+) -> np.ndarray:
+    """``(C,)`` int64 pixel count per class over ``labeled_dataset`` (255 excluded).
+
+    Read from ``cache_dir/class_pixel_counts-<fingerprint>-<C>c.json`` when present (and made
+    for the same number of images), else computed by decoding every mask once — which also
+    validates the masks: a value outside ``[0, C) ∪ {255}`` raises an error naming the file.
+    """
+    cache = Path(cache_dir) / f"class_pixel_counts-{split_fingerprint}-{num_classes}c.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("num_images") == len(labeled_dataset) and len(stored.get("counts", ())) == num_classes:
+            return np.asarray(stored["counts"], dtype=np.int64)
+        logger.warning(
+            "ignoring stale %s (made for %s images, dataset has %d)",
+            cache,
+            stored.get("num_images"),
+            len(labeled_dataset),
+        )
+    if len(labeled_dataset) == 0:
+        raise DataError(
+            "the labeled dataset is empty; class counts need at least one mask. "
+            "Fix: check the split (labeled ids) against the dataset."
+        )
+    total = np.zeros(num_classes, dtype=np.int64)
+    skipped = 0
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        for counts in pool.map(
+            lambda item: _count_one(item, num_classes, skip_bad), iter_label_records(labeled_dataset)
+        ):
+            if counts is None:
+                skipped += 1
+            else:
+                total += counts
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(
+        json.dumps(
+            {
+                "split_fingerprint": split_fingerprint,
+                "num_classes": num_classes,
+                "num_images": len(labeled_dataset),
+                "num_skipped": skipped,
+                "counts": total.tolist(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    os.replace(tmp, cache)
+    return total

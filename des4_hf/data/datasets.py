@@ -1,0 +1,968 @@
+"""Segmentation datasets as Hugging Face ``datasets.DatasetDict`` objects.
+
+Every loader returns splits ``"train"`` and ``"val"`` (where the source has them) with the
+columns
+
+* ``id`` (string): the image id the standard split lists use (VOC/CamVid: file stem;
+  Cityscapes: ``leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png``; folder: path relative
+  to the image folder without extension);
+* ``image`` (``datasets.Image``): RGB photo;
+* ``label`` (``datasets.Image``): single-channel uint8 class indices, ``255`` = ignore.
+  A folder of images without masks (the unlabeled side) has no ``label`` column.
+
+Files are referenced by path, never copied: building a ``DatasetDict`` over a local layout
+costs one directory listing. Existence is checked eagerly (cheap); size mismatches,
+out-of-range mask values and unreadable files are found lazily at decode time
+(:mod:`des4_hf.data.torch_datasets`, :func:`des4_hf.data.class_counts.class_pixel_counts`)
+because decoding 10k masks up front would cost minutes on a 2-core machine.
+
+Class names and the ignore index travel with the data in ``Dataset.info.description``
+(a JSON block that survives ``select``/``map``/``save_to_disk``); read them with
+:func:`get_class_names` / :func:`get_dataset_metadata`.
+
+VOC protocol: ``"train"`` is the 10,582-image SBD-augmented set (``SegmentationClassAug``)
+when that folder exists (``train_set="auto"``), because both the "blended" and the "classic"
+semi-supervised protocols draw their unlabeled images from it; ``train_set="fine"`` gives the
+1,464 ``SegmentationClass`` images instead. ``"val"`` is always the 1,449 val ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image as PILImage
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_METADATA_MARKER = "des4_hf-metadata:"
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "sidewalk",
+    "tree",
+    "sign_symbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+)
+#: Cityscapes ``labelIds`` of the 19 evaluated classes, in train-id order (cityscapesScripts labels.py).
+CITYSCAPES_EVAL_LABEL_IDS: tuple[int, ...] = (
+    7,
+    8,
+    11,
+    12,
+    13,
+    17,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    31,
+    32,
+    33,
+)
+#: Colours of the 19 Cityscapes train ids in ``*_gtFine_color.png``.
+CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+
+
+class DataError(ValueError):
+    """Bad or missing data. The message names the file (or split) and says how to fix it."""
+
+
+def cityscapes_label_id_to_train_id() -> np.ndarray:
+    """256-entry uint8 lookup table: Cityscapes ``labelIds`` → 19 train ids, 255 elsewhere."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for train_id, label_id in enumerate(CITYSCAPES_EVAL_LABEL_IDS):
+        lut[label_id] = train_id
+    return lut
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map ``(num_colors, 3)`` uint8 (index 255 = (224, 224, 192), void)."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+# --------------------------------------------------------------------------------------------
+
+FEATURES_LABELED = datasets.Features(
+    {"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Image()}
+)
+FEATURES_UNLABELED = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+
+
+def _info(metadata: Mapping[str, Any], title: str, features: datasets.Features) -> datasets.DatasetInfo:
+    return datasets.DatasetInfo(
+        description=f"{title}\n{_METADATA_MARKER} {json.dumps(dict(metadata))}", features=features
+    )
+
+
+def get_dataset_metadata(ds: datasets.Dataset | datasets.DatasetDict) -> dict[str, Any]:
+    """The metadata the loaders store in ``info.description`` (class_names, ignore_index, source...).
+
+    Returns ``{}`` for a dataset that was not built by this module.
+    """
+    if isinstance(ds, datasets.DatasetDict):
+        if not ds:
+            return {}
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    description = ds.info.description or ""
+    for line in description.splitlines():
+        if line.startswith(_METADATA_MARKER):
+            return json.loads(line[len(_METADATA_MARKER) :])
+    return {}
+
+
+def set_dataset_metadata(ds: datasets.Dataset, metadata: Mapping[str, Any]) -> datasets.Dataset:
+    """Write ``metadata`` into ``ds.info.description`` in place (and return ``ds``)."""
+    description = ds.info.description or ""
+    kept = [line for line in description.splitlines() if not line.startswith(_METADATA_MARKER)]
+    kept.append(f"{_METADATA_MARKER} {json.dumps(dict(metadata))}")
+    ds.info.description = "\n".join(kept)
+    return ds
+
+
+def get_class_names(ds: datasets.Dataset | datasets.DatasetDict) -> list[str]:
+    """Class names in index order, as stored by the loader that built ``ds``."""
+    names = get_dataset_metadata(ds).get("class_names")
+    if not names:
+        raise DataError(
+            "this dataset carries no class names. Fix: pass class_names=[...] (or num_classes=) to "
+            "load_segmentation_dataset, or call set_dataset_metadata(ds, {'class_names': [...]})."
+        )
+    return list(names)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pairs:
+    """Rows of one split before they become a ``datasets.Dataset``."""
+
+    ids: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    labels: list[str] | None = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _bad(message: str, skip_bad: bool, pairs: _Pairs) -> None:
+    if not skip_bad:
+        raise DataError(message)
+    logger.warning("skipping: %s", message)
+    pairs.skipped.append(message)
+
+
+def _to_dataset(
+    pairs: _Pairs, split: str, metadata: dict[str, Any], title: str, where: str
+) -> datasets.Dataset:
+    if not pairs.ids:
+        raise DataError(
+            f"split {split!r} from {where} is empty"
+            + (f" ({len(pairs.skipped)} pairs skipped as bad)" if pairs.skipped else "")
+            + ". Fix: check the path and the id list / folder content."
+        )
+    meta = dict(metadata, split=split, num_skipped=len(pairs.skipped), skipped=pairs.skipped[:20])
+    columns: dict[str, list[Any]] = {"id": pairs.ids, "image": pairs.images}
+    features = FEATURES_UNLABELED
+    if pairs.labels is not None:
+        columns["label"] = pairs.labels
+        features = FEATURES_LABELED
+    return datasets.Dataset.from_dict(
+        columns, features=features, info=_info(meta, title, features), split=split
+    )
+
+
+def _read_id_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _voc_layout_split(
+    root: Path,
+    ids: Sequence[str],
+    mask_dirs: Sequence[str],
+    skip_bad: bool,
+    image_dir: str = "JPEGImages",
+) -> _Pairs:
+    pairs = _Pairs()
+    image_files = _stems(root / image_dir)
+    mask_files = [_stems(root / d) for d in mask_dirs]
+    for id_ in ids:
+        image = image_files.get(id_)
+        if image is None:
+            _bad(
+                f"missing image for id {id_!r}: {root / image_dir / (id_ + '.jpg')} does not exist. "
+                "Fix: restore the file or remove the id from the list.",
+                skip_bad,
+                pairs,
+            )
+            continue
+        mask = next((m[id_] for m in mask_files if id_ in m), None)
+        if mask is None:
+            _bad(
+                f"missing mask for id {id_!r}: {root / mask_dirs[0] / (id_ + '.png')} does not exist. "
+                "Fix: restore the mask, or use skip_bad=True to drop the pair.",
+                skip_bad,
+                pairs,
+            )
+            continue
+        pairs.ids.append(id_)
+        pairs.images.append(str(image))
+        assert pairs.labels is not None
+        pairs.labels.append(str(mask))
+    return pairs
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    """``stem → path`` of the image files directly inside ``folder`` (one listing, no stat per file)."""
+    if not folder.is_dir():
+        return {}
+    out: dict[str, Path] = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                out[stem] = Path(entry.path)
+    return out
+
+
+def _require_dir(path: Path, what: str, fix: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{what} not found: {path} is not a folder. Fix: {fix}")
+
+
+# --------------------------------------------------------------------------------------------
+# VOC / CamVid (VOC layout)
+# --------------------------------------------------------------------------------------------
+
+
+def load_voc(
+    root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False
+) -> datasets.DatasetDict:
+    """PASCAL VOC 2012 (``VOCdevkit/VOC2012``), optionally with the SBD ``SegmentationClassAug`` masks.
+
+    ``train_set``: ``"aug"`` = the 10,582 augmented ids (``ImageSets/Segmentation/train_aug.txt``
+    or ``trainaug.txt`` when present, else every ``SegmentationClassAug`` mask that is not a val
+    id), ``"fine"`` = the 1,464 ``train.txt`` ids with ``SegmentationClass`` masks, ``"auto"`` =
+    ``"aug"`` when ``SegmentationClassAug/`` exists. val = ``val.txt`` (1,449 ids).
+    """
+    root = Path(root)
+    sets = root / "ImageSets" / "Segmentation"
+    _require_dir(root / "JPEGImages", "VOC JPEGImages/", "pass root=<...>/VOCdevkit/VOC2012")
+    _require_dir(sets, "VOC ImageSets/Segmentation/", "pass root=<...>/VOCdevkit/VOC2012")
+    has_aug = (root / "SegmentationClassAug").is_dir()
+    if train_set == "auto":
+        train_set = "aug" if has_aug else "fine"
+    if train_set not in ("aug", "fine"):
+        raise DataError(f"train_set={train_set!r} is not one of 'auto', 'aug', 'fine'.")
+    val_ids = _read_id_list(_existing(sets / "val.txt"))
+    if train_set == "aug":
+        _require_dir(
+            root / "SegmentationClassAug",
+            "SegmentationClassAug/",
+            "unpack the SBD-augmented masks (SegmentationClassAug.zip) into the VOC root, "
+            "or use train_set='fine'",
+        )
+        list_file = next((sets / n for n in ("train_aug.txt", "trainaug.txt") if (sets / n).is_file()), None)
+        if list_file is not None:
+            train_ids = _read_id_list(list_file)
+        else:
+            val = set(val_ids)
+            train_ids = sorted(s for s in _stems(root / "SegmentationClassAug") if s not in val)
+        train_masks = ["SegmentationClassAug", "SegmentationClass"]
+    else:
+        train_ids = _read_id_list(_existing(sets / "train.txt"))
+        train_masks = ["SegmentationClass", "SegmentationClassAug"]
+    meta = {
+        "class_names": list(VOC_CLASSES),
+        "ignore_index": IGNORE_INDEX,
+        "source": "voc",
+        "root": str(root),
+        "train_set": train_set,
+    }
+    return datasets.DatasetDict(
+        {
+            "train": _to_dataset(
+                _voc_layout_split(root, train_ids, train_masks, skip_bad),
+                "train",
+                meta,
+                "PASCAL VOC 2012",
+                str(root),
+            ),
+            "val": _to_dataset(
+                _voc_layout_split(root, val_ids, ["SegmentationClass"], skip_bad),
+                "val",
+                meta,
+                "PASCAL VOC 2012",
+                str(root),
+            ),
+        }
+    )
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(
+            f"{path} does not exist. Fix: check the dataset root (it must contain this list file)."
+        )
+    return path
+
+
+def default_camvid_root() -> Path | None:
+    """``$DES4_CAMVID_ROOT``, else ``../shared/data/camvid`` beside the repository that holds this package."""
+    env = os.environ.get("DES4_CAMVID_ROOT")
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    candidate = repo_root.parent / "shared" / "data" / "camvid"
+    return candidate if candidate.is_dir() else None
+
+
+def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
+    """CamVid 11 classes in VOC layout (367 train, 101 val, 480×360, void = 255)."""
+    resolved = Path(root) if root is not None else default_camvid_root()
+    if resolved is None:
+        raise DataError(
+            "CamVid root not given and ../shared/data/camvid not found beside the repository. "
+            "Fix: pass root=<folder with JPEGImages/, SegmentationClass/, ImageSets/> "
+            "or set DES4_CAMVID_ROOT."
+        )
+    _require_dir(resolved / "JPEGImages", "CamVid JPEGImages/", "pass root= pointing at the CamVid copy")
+    classes_file = resolved / "classes.txt"
+    names = _read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
+    meta = {"class_names": names, "ignore_index": IGNORE_INDEX, "source": "camvid", "root": str(resolved)}
+    sets = resolved / "ImageSets" / "Segmentation"
+    out = {}
+    for split in ("train", "val"):
+        ids = _read_id_list(_existing(sets / f"{split}.txt"))
+        out[split] = _to_dataset(
+            _voc_layout_split(resolved, ids, ["SegmentationClass"], skip_bad),
+            split,
+            meta,
+            "CamVid (11 classes)",
+            str(resolved),
+        )
+    return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Cityscapes
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """Where derived files go (never the dataset root, which may be read-only): ``$DES4_HF_CACHE``
+    or ``$HF_HOME/des4_hf`` or ``~/.cache/des4_hf``."""
+    if os.environ.get("DES4_HF_CACHE"):
+        return Path(os.environ["DES4_HF_CACHE"])
+    hf_home = os.environ.get("HF_HOME")
+    return Path(hf_home) / "des4_hf" if hf_home else Path.home() / ".cache" / "des4_hf"
+
+
+def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
+    try:
+        with PILImage.open(src) as im:
+            array = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing to the user
+        raise DataError(f"cannot read mask {src}: {exc}. Fix: re-extract the file.") from exc
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(f".tmp{os.getpid()}.png")
+    PILImage.fromarray(lut[array.astype(np.uint8)]).save(tmp, compress_level=1)
+    os.replace(tmp, dst)
+
+
+def load_cityscapes(
+    root: str | os.PathLike[str],
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    num_threads: int = 2,
+) -> datasets.DatasetDict:
+    """Cityscapes fine (``leftImg8bit/`` + ``gtFine/``), 19 train ids, 255 elsewhere.
+
+    Uses ``*_gtFine_labelTrainIds.png`` when present. Otherwise the ``*_gtFine_labelIds.png``
+    masks are mapped to train ids once and written as ``labelTrainIds`` PNGs under
+    ``cache_dir/cityscapes_train_ids/<hash of root>/`` (the dataset root may be read-only);
+    later loads reuse them. ``id`` = image path relative to ``root`` (as in the split lists).
+    """
+    root = Path(root)
+    _require_dir(
+        root / "leftImg8bit", "Cityscapes leftImg8bit/", "pass root=<folder with leftImg8bit/ and gtFine/>"
+    )
+    _require_dir(root / "gtFine", "Cityscapes gtFine/", "download gtFine_trainvaltest.zip into the root")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    converted_root = (
+        cache / "cityscapes_train_ids" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    )
+    lut = cityscapes_label_id_to_train_id()
+    meta = {
+        "class_names": list(CITYSCAPES_CLASSES),
+        "ignore_index": IGNORE_INDEX,
+        "source": "cityscapes",
+        "root": str(root),
+    }
+    out = {}
+    for split in ("train", "val"):
+        image_root = root / "leftImg8bit" / split
+        if not image_root.is_dir():
+            continue
+        pairs = _Pairs()
+        to_convert: list[tuple[Path, Path]] = []
+        for image in sorted(image_root.glob("*/*_leftImg8bit.png")):
+            frame = image.name[: -len("_leftImg8bit.png")]
+            gt = root / "gtFine" / split / image.parent.name
+            train_ids = gt / f"{frame}_gtFine_labelTrainIds.png"
+            label_ids = gt / f"{frame}_gtFine_labelIds.png"
+            if train_ids.is_file():
+                mask = train_ids
+            elif label_ids.is_file():
+                mask = converted_root / split / image.parent.name / train_ids.name
+                if not mask.is_file():
+                    to_convert.append((label_ids, mask))
+            else:
+                _bad(
+                    f"missing mask for {image}: neither {train_ids} nor {label_ids} exists. "
+                    "Fix: extract gtFine for this city, or use skip_bad=True.",
+                    skip_bad,
+                    pairs,
+                )
+                continue
+            pairs.ids.append(image.relative_to(root).as_posix())
+            pairs.images.append(str(image))
+            assert pairs.labels is not None
+            pairs.labels.append(str(mask))
+        if to_convert:
+            logger.info(
+                "mapping %d Cityscapes labelIds masks to train ids under %s (once)",
+                len(to_convert),
+                converted_root,
+            )
+            with ThreadPoolExecutor(max(1, num_threads)) as pool:
+                list(pool.map(lambda pair: _convert_label_file(pair[0], pair[1], lut), to_convert))
+        out[split] = _to_dataset(pairs, split, meta, "Cityscapes (fine, 19 classes)", str(image_root))
+    if not out:
+        raise DataError(f"no leftImg8bit/train or leftImg8bit/val under {root}. Fix: check the root.")
+    return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------------------------
+# plain folders
+# --------------------------------------------------------------------------------------------
+
+
+def _walk_images(folder: Path) -> dict[str, Path]:
+    """``relative path without extension → file`` for every image under ``folder`` (recursive)."""
+    out: dict[str, Path] = {}
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                rel = (Path(dirpath) / stem).relative_to(folder).as_posix()
+                out[rel] = Path(dirpath) / name
+    return dict(sorted(out.items()))
+
+
+def _folder_split(images: Path, masks: Path | None, skip_bad: bool) -> _Pairs:
+    _require_dir(images, "image folder", "pass images=<folder of photos>")
+    image_files = _walk_images(images)
+    if masks is None:
+        return _Pairs(ids=list(image_files), images=[str(p) for p in image_files.values()], labels=None)
+    _require_dir(masks, "mask folder", "pass masks=<folder of single-channel PNG masks>, or masks=None")
+    mask_files = _walk_images(masks)
+    pairs = _Pairs()
+    for id_, image in image_files.items():
+        mask = mask_files.get(id_)
+        if mask is None:
+            _bad(
+                f"missing mask for image {image}: expected {masks / id_}.png (masks are matched to images "
+                "by relative path and stem). Fix: add the mask, or use skip_bad=True to drop the image.",
+                skip_bad,
+                pairs,
+            )
+            continue
+        pairs.ids.append(id_)
+        pairs.images.append(str(image))
+        assert pairs.labels is not None
+        pairs.labels.append(str(mask))
+    for id_, mask in mask_files.items():
+        if id_ not in image_files:
+            _bad(
+                f"missing image for mask {mask}: no image {images / id_}.* . Fix: add the image or delete "
+                "the mask.",
+                skip_bad,
+                pairs,
+            )
+    return pairs
+
+
+def load_folder(
+    images: str | os.PathLike[str],
+    masks: str | os.PathLike[str] | None = None,
+    val_images: str | os.PathLike[str] | None = None,
+    val_masks: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    skip_bad: bool = False,
+) -> datasets.DatasetDict:
+    """Image/mask pairs matched by relative path + stem; ``masks=None`` gives an unlabeled set.
+
+    Masks are single-channel PNGs of class indices (palette PNGs are read as indices), 255 =
+    ignore. Class names: ``class_names``, else ``num_classes`` generic names, else a
+    ``classes.txt`` in the mask (or image) folder's parent.
+    """
+    images_p = Path(images)
+    masks_p = Path(masks) if masks is not None else None
+    if class_names is None:
+        for candidate in filter(None, (masks_p, images_p)):
+            for f in (candidate / "classes.txt", candidate.parent / "classes.txt"):
+                if f.is_file():
+                    class_names = _read_id_list(f)
+                    break
+            if class_names is not None:
+                break
+    if class_names is None and num_classes is not None:
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    meta = {
+        "class_names": list(class_names) if class_names else None,
+        "ignore_index": IGNORE_INDEX,
+        "source": "folder",
+        "root": str(images_p),
+    }
+    out = {
+        "train": _to_dataset(
+            _folder_split(images_p, masks_p, skip_bad), "train", meta, "image folder", str(images_p)
+        )
+    }
+    if val_images is not None:
+        out["val"] = _to_dataset(
+            _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None, skip_bad),
+            "val",
+            meta,
+            "image folder",
+            str(val_images),
+        )
+    return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face Hub (and local parquet / save_to_disk copies of the same schemas)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubPreset:
+    """Column mapping and label format of a public Hub copy of a benchmark."""
+
+    name: str
+    image_column: str = "image"
+    label_column: str = "mask"
+    id_column: str | None = None
+    label_format: str = "auto"
+    class_names: tuple[str, ...] = VOC_CLASSES
+    note: str = ""
+
+
+HUB_PRESETS: dict[str, HubPreset] = {
+    "jxie/pascal-voc-2012": HubPreset(
+        "jxie/pascal-voc-2012",
+        note="train = the 10,582 SBD-augmented images, val = 1,449; no id column, "
+        "so only random splits apply",
+    ),
+    "shijli/voc2012": HubPreset(
+        "shijli/voc2012", id_column="id", note="has an id column: the standard VOC split lists apply"
+    ),
+    "cityscapes-hub": HubPreset(
+        "Chris1/cityscapes",
+        label_column="semantic_segmentation",
+        label_format="cityscapes_label_ids",
+        class_names=CITYSCAPES_CLASSES,
+        note="schema preset for Cityscapes copies with image/semantic_segmentation (labelIds masks); "
+        "pass name= for your copy",
+    ),
+}
+_SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train"}
+LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes_label_ids", "cityscapes_color")
+
+
+def _rgb_lut(colors: Sequence[tuple[int, int, int]]) -> dict[int, int]:
+    return {(int(r) << 16) | (int(g) << 8) | int(b): i for i, (r, g, b) in enumerate(colors)}
+
+
+def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask") -> np.ndarray:
+    """Decode one mask image to ``(H, W)`` uint8 class indices according to ``label_format``.
+
+    ``index``/``palette``: pixel values (palette PNG indices) are the classes; ``voc_rgb``:
+    RGB colours of the VOC colour map (void colour → 255); ``cityscapes_label_ids``: labelIds →
+    train ids; ``cityscapes_color``: ``gtFine_color`` colours → train ids. Unknown colours → 255.
+    ``auto`` reads palette/grey masks as indices and RGB masks with the VOC colour map.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
+    fmt = label_format
+    if fmt == "auto":
+        fmt = "voc_rgb" if im.mode in ("RGB", "RGBA") else "index"
+    if fmt in ("voc_rgb", "cityscapes_color"):
+        rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        table = _rgb_lut([tuple(c) for c in voc_palette(256)[:21]] if fmt == "voc_rgb" else CITYSCAPES_COLORS)
+        out = np.full(codes.shape, IGNORE_INDEX, dtype=np.uint8)
+        for code, index in table.items():
+            out[codes == code] = index
+        return out
+    if im.mode in ("RGB", "RGBA"):
+        raise DataError(
+            f"{where} is an RGB image but label_format={label_format!r} expects one channel of "
+            "class ids. Fix: pass label_format='voc_rgb' or 'cityscapes_color'."
+        )
+    array = np.asarray(im)
+    if array.ndim == 3:
+        array = array[..., 0]
+    if array.dtype != np.uint8:
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise DataError(
+                f"{where} holds values outside 0..255 (dtype {array.dtype}). Fix: store class "
+                "indices as uint8 PNG with 255 = ignore."
+            )
+        array = array.astype(np.uint8)
+    if fmt == "cityscapes_label_ids":
+        array = cityscapes_label_id_to_train_id()[array]
+    return array
+
+
+def _encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _open_hub_source(name: str, load_kwargs: dict[str, Any]) -> datasets.DatasetDict:
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(name, **load_kwargs)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def load_hub(
+    name: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
+    label_format: str | None = None,
+    class_names: Sequence[str] | None = None,
+    split_map: Mapping[str, str] | None = None,
+    num_proc: int | None = None,
+    **load_kwargs: Any,
+) -> datasets.DatasetDict:
+    """A Hub dataset (``datasets.load_dataset``) or a local ``save_to_disk`` folder / parquet files.
+
+    Columns are renamed to ``id``/``image``/``label`` (defaults from :data:`HUB_PRESETS` when
+    ``name`` is a preset). Masks that are not already single-channel indices (RGB colour masks,
+    Cityscapes labelIds) are converted once with ``Dataset.map`` (cached by ``datasets`` for
+    Hub copies). Split names ``validation``/``valid`` become ``val``. Without an id column
+    ids are generated as ``"<split>-<row>"`` and marked ``ids_generated`` in the metadata, so
+    that applying a standard split list fails with the reason instead of selecting nothing.
+    """
+    preset = HUB_PRESETS.get(name)
+    source = preset.name if preset is not None else name
+    image_column = image_column or (preset.image_column if preset else "image")
+    label_column = label_column if label_column is not None else (preset.label_column if preset else "mask")
+    id_column = id_column if id_column is not None else (preset.id_column if preset else None)
+    label_format = label_format or (preset.label_format if preset else "auto")
+    if class_names is None and preset is not None:
+        class_names = preset.class_names
+    if label_format not in LABEL_FORMATS:
+        raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
+    if source.endswith(".parquet") or (Path(source).is_dir() and any(Path(source).glob("*.parquet"))):
+        files = source if source.endswith(".parquet") else {}
+        if not files:
+            files = {p.stem.split("-")[0]: str(p) for p in sorted(Path(source).glob("*.parquet"))}
+        loaded = datasets.load_dataset("parquet", data_files=files, **load_kwargs)
+    else:
+        loaded = _open_hub_source(source, load_kwargs)
+    out: dict[str, datasets.Dataset] = {}
+    for split, ds in loaded.items():
+        new_split = (split_map or {}).get(split, _SPLIT_ALIASES.get(split, split))
+        out[new_split] = _normalise_hub_split(
+            ds, new_split, source, image_column, label_column, id_column, label_format, class_names, num_proc
+        )
+    return datasets.DatasetDict(out)
+
+
+def _normalise_hub_split(
+    ds: datasets.Dataset,
+    split: str,
+    source: str,
+    image_column: str,
+    label_column: str | None,
+    id_column: str | None,
+    label_format: str,
+    class_names: Sequence[str] | None,
+    num_proc: int | None,
+) -> datasets.Dataset:
+    if len(ds) == 0:
+        raise DataError(f"split {split!r} of {source} is empty. Fix: check the dataset name / data_files.")
+    for column, what in (
+        (image_column, "image_column"),
+        (label_column, "label_column"),
+        (id_column, "id_column"),
+    ):
+        if column is not None and column not in ds.column_names:
+            raise DataError(
+                f"{source} split {split!r} has no column {column!r} (columns: {ds.column_names}). "
+                f"Fix: pass {what}=<one of those>" + (" or None." if what != "image_column" else ".")
+            )
+    has_label = label_column is not None
+    keep = [c for c in (id_column, image_column, label_column) if c is not None]
+    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    renames = {image_column: "image"}
+    if has_label:
+        renames[label_column] = "label"  # type: ignore[index]
+    if id_column is not None:
+        renames[id_column] = "id"
+    ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    ids_generated = id_column is None
+    if ids_generated:
+        ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
+    elif ds.features["id"] != datasets.Value("string"):
+        ds = ds.cast_column("id", datasets.Value("string"))
+    if not isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image())
+    if has_label:
+        if not isinstance(ds.features["label"], datasets.Image):
+            ds = ds.cast_column("label", datasets.Image())
+        ds = _convert_hub_labels(ds, label_format, source, split, num_proc)
+    ds = ds.select_columns(["id", "image", "label"] if has_label else ["id", "image"])
+    meta = {
+        "class_names": list(class_names) if class_names else None,
+        "ignore_index": IGNORE_INDEX,
+        "source": f"hub:{source}",
+        "split": split,
+        "ids_generated": ids_generated,
+        "label_format": label_format,
+        "num_skipped": 0,
+        "skipped": [],
+    }
+    return set_dataset_metadata(ds, meta)
+
+
+def _convert_hub_labels(
+    ds: datasets.Dataset, label_format: str, source: str, split: str, num_proc: int | None
+) -> datasets.Dataset:
+    raw = ds.cast_column("label", datasets.Image(decode=False))
+    first = raw[0]["label"]
+    if label_format in ("auto", "index", "palette"):
+        with _open_record(first, f"{source} {split} row 0 label") as im:
+            if im.mode in ("P", "L", "I", "I;16") or label_format != "auto":
+                return ds  # already indices: decode as is, no rewrite
+
+    def convert(example: dict[str, Any]) -> dict[str, Any]:
+        where = f"{source} {split} id {example['id']!r} label"
+        with _open_record(example["label"], where) as im:
+            indices = labels_to_indices(im, label_format, where)
+        return {"label": {"bytes": _encode_png(indices), "path": None}}
+
+    features = raw.features.copy()
+    converted = raw.map(
+        convert,
+        features=features,
+        num_proc=num_proc,
+        desc=f"{split}: decoding {label_format} masks to class indices",
+    )
+    return converted.cast_column("label", datasets.Image())
+
+
+class _open_record:  # noqa: N801 - used like a function in a with-statement
+    """Open a ``datasets.Image(decode=False)`` record ``{"bytes", "path"}`` with PIL, naming it on failure."""
+
+    def __init__(self, record: Mapping[str, Any] | None, where: str) -> None:
+        self.record, self.where = record, where
+        self.image: PILImage.Image | None = None
+
+    def __enter__(self) -> PILImage.Image:
+        record = self.record
+        if record is None or (not record.get("bytes") and not record.get("path")):
+            raise DataError(f"{self.where}: missing (empty value). Fix: drop the row or supply the file.")
+        source = record.get("path") or "<bytes>"
+        try:
+            data = io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"]
+            self.image = PILImage.open(data)
+            self.image.load()
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"{self.where}: file {source} does not exist. Fix: restore it, or load with skip_bad=True."
+            ) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(
+                f"{self.where}: cannot decode {source} ({exc}). Fix: re-export the file as "
+                "PNG/JPEG, or load with skip_bad=True."
+            ) from exc
+        return self.image
+
+    def __exit__(self, *exc: object) -> None:
+        if self.image is not None:
+            self.image.close()
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+_LOADERS: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "voc": load_voc,
+    "cityscapes": load_cityscapes,
+    "camvid": load_camvid,
+    "folder": load_folder,
+    "hub": load_hub,
+}
+
+
+def available_kinds() -> list[str]:
+    """Kinds accepted by :func:`load_segmentation_dataset` (loaders, then Hub preset names)."""
+    return [*_LOADERS, *HUB_PRESETS]
+
+
+def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
+    """Load a segmentation dataset as a ``DatasetDict`` with ``id``/``image``/``label`` columns.
+
+    ``kind``: ``voc`` (root=, train_set=), ``cityscapes`` (root=, cache_dir=), ``camvid`` (root=
+    optional), ``folder`` (images=, masks=, val_images=, val_masks=, class_names=), ``hub``
+    (name=, image_column=, label_column=, id_column=, label_format=, split_map=, plus
+    ``datasets.load_dataset`` kwargs), or a Hub preset name from :data:`HUB_PRESETS`
+    (``jxie/pascal-voc-2012``, ``shijli/voc2012``, ``cityscapes-hub``).
+    Local loaders accept ``skip_bad=True`` to log and drop pairs with missing files.
+    """
+    if kind in HUB_PRESETS:
+        name = kwargs.pop("name", None)
+        if name is None or name == kind:
+            return load_hub(kind, **kwargs)
+        return _load_preset_with_name(kind, name, kwargs)
+    if kind not in _LOADERS:
+        raise DataError(f"unknown dataset kind {kind!r}. Allowed: {available_kinds()}.")
+    return _LOADERS[kind](**kwargs)
+
+
+def _load_preset_with_name(kind: str, name: str, kwargs: dict[str, Any]) -> datasets.DatasetDict:
+    """A preset's schema applied to another copy (``name=``), e.g. a local save of the same dataset."""
+    preset = HUB_PRESETS[kind]
+    defaults = {
+        "image_column": preset.image_column,
+        "label_column": preset.label_column,
+        "id_column": preset.id_column,
+        "label_format": preset.label_format,
+        "class_names": preset.class_names,
+    }
+    for key, value in defaults.items():
+        kwargs.setdefault(key, value)
+    return load_hub(name, **kwargs)
+
+
+def iter_label_records(ds: datasets.Dataset) -> Iterable[tuple[str, Mapping[str, Any] | None]]:
+    """``(id, raw label record)`` pairs without decoding, for fast scans (class counts, checks)."""
+    if "label" not in ds.column_names:
+        raise DataError("this dataset has no 'label' column (unlabeled images). Fix: pass the labeled split.")
+    raw = ds.cast_column("label", datasets.Image(decode=False)).select_columns(["id", "label"])
+    for batch in raw.iter(batch_size=256):
+        yield from zip(batch["id"], batch["label"], strict=False)

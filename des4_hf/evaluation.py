@@ -1,0 +1,574 @@
+"""Evaluation on the papers' protocols: a dataset-level confusion matrix, reduced across processes.
+
+```python
+from des4_hf import Des4ForSemanticSegmentation
+from des4_hf.data import EvalDataset, get_class_names, load_segmentation_dataset
+from des4_hf.evaluation import PROTOCOLS, evaluate_segmentation
+
+ds = load_segmentation_dataset("cityscapes", root="/data/cityscapes")["val"]
+model = Des4ForSemanticSegmentation.from_pretrained("out/best")
+names = get_class_names(ds)
+result = evaluate_segmentation(model, EvalDataset(ds, mean, std), num_classes=len(names), class_names=names,
+                               sliding_window=PROTOCOLS["cityscapes"].sliding_window)
+result.save("out/eval")         # eval.json, eval.md, per_class_iou.png
+```
+
+Protocols (SPEC §5): VOC val at original resolution (whole image, no resize of predictions or
+labels); Cityscapes val with a 769 sliding window at stride ⅔ (513), overlapping logits averaged;
+CamVid whole image. Flip and multi-scale are optional extras on top of any protocol.
+
+Multi-process: each process takes the indices ``rank::world_size`` (no padding duplicates, so
+every image is counted exactly once also when the dataset size is not divisible by the number of
+processes), accumulates its own confusion matrix and the matrices are summed with one
+``all_reduce``. Every process gets the same :class:`EvaluationResult`; write files on the main
+process only (:meth:`EvaluationResult.save` is atomic per file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .inference import autocast, predict_logits, resolve_precision
+from .metrics.confusion import ConfusionMatrix, check_label_range, scores_from_confusion
+
+logger = logging.getLogger(__name__)
+
+#: Cityscapes sliding window (crop, stride): crop 769, stride ⅔ of the crop (SPEC §5).
+CITYSCAPES_SLIDING_WINDOW = (769, 513)
+
+
+def default_stride(crop_size: int) -> int:
+    """⅔ of the crop, rounded (769 → 513): the overlap the Cityscapes protocol uses."""
+    return max(1, round(crop_size * 2 / 3))
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Default evaluation settings of a benchmark."""
+
+    name: str
+    sliding_window: tuple[int, int] | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    description: str = ""
+
+
+PROTOCOLS: dict[str, EvalProtocol] = {
+    "voc": EvalProtocol("voc", None, description="VOC 2012 val (1,449) at original resolution, whole image"),
+    "cityscapes": EvalProtocol(
+        "cityscapes", CITYSCAPES_SLIDING_WINDOW,
+        description="Cityscapes val (500) at 2048×1024, sliding window 769, stride 513 (⅔), logits averaged",
+    ),
+    "camvid": EvalProtocol("camvid", None, description="CamVid val (101) at 480×360, whole image"),
+    "default": EvalProtocol("default", None, description="whole image at original resolution"),
+}
+# Hub presets of des4_hf.data and the protocol of the benchmark they copy.
+_PROTOCOL_ALIASES = {"jxie/pascal-voc-2012": "voc", "shijli/voc2012": "voc", "cityscapes-hub": "cityscapes"}
+
+
+def protocol_for(kind: str) -> EvalProtocol:
+    """The default protocol of a dataset kind or Hub preset name (``"default"``: whole image)."""
+    return PROTOCOLS.get(kind) or PROTOCOLS[_PROTOCOL_ALIASES.get(kind, "default")]
+
+
+# ------------------------------------------------------------------------------------------------
+# result
+# ------------------------------------------------------------------------------------------------
+
+
+def _nan_to_none(values: Iterable[float]) -> list[float | None]:
+    return [None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+            for value in values]
+
+
+def _none_to_nan(values: Iterable[float | None]) -> list[float]:
+    return [float("nan") if value is None else float(value) for value in values]
+
+
+def _percent(value: float | None, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{100.0 * value:.{digits}f}"
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of one evaluation run. IoU and accuracies are fractions in [0, 1] (NaN: class absent from
+    both predictions and labels — left out of the mean); the Markdown and the chart show percent."""
+
+    confusion: Tensor
+    class_names: list[str]
+    per_class_iou: list[float]
+    mean_iou: float
+    pixel_accuracy: float
+    num_images: int
+    per_class_accuracy: list[float] = field(default_factory=list)
+    mean_accuracy: float = float("nan")
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_confusion(
+        cls, confusion: Tensor, class_names: Sequence[str], num_images: int, settings: Mapping[str, Any] | None = None
+    ) -> EvaluationResult:
+        confusion = confusion.detach().to("cpu", torch.int64)
+        if len(class_names) != confusion.shape[0]:
+            raise ValueError(f"{len(class_names)} class names for a {tuple(confusion.shape)} confusion matrix")
+        scores = scores_from_confusion(confusion)
+        return cls(
+            confusion=confusion,
+            class_names=list(class_names),
+            per_class_iou=scores["per_class_iou"].tolist(),
+            mean_iou=scores["mean_iou"],
+            pixel_accuracy=scores["pixel_accuracy"],
+            num_images=int(num_images),
+            per_class_accuracy=scores["per_class_accuracy"].tolist(),
+            mean_accuracy=scores["mean_accuracy"],
+            settings=dict(settings or {}),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; NaN becomes ``null``."""
+        return {
+            "mean_iou": _nan_to_none([self.mean_iou])[0],
+            "pixel_accuracy": _nan_to_none([self.pixel_accuracy])[0],
+            "mean_accuracy": _nan_to_none([self.mean_accuracy])[0],
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "per_class_iou": dict(zip(self.class_names, _nan_to_none(self.per_class_iou))),
+            "per_class_accuracy": dict(zip(self.class_names, _nan_to_none(self.per_class_accuracy))),
+            "settings": self.settings,
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationResult:
+        names = list(data["class_names"])
+        confusion = torch.tensor(data["confusion_matrix"], dtype=torch.int64)
+        result = cls.from_confusion(confusion, names, int(data["num_images"]), data.get("settings"))
+        return result
+
+    @classmethod
+    def from_json(cls, text: str) -> EvaluationResult:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EvaluationResult:
+        """Read an ``eval.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "eval.json"
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+    # -- reports ----------------------------------------------------------------------------------
+    def to_text(self) -> str:
+        """Plain aligned table for the terminal."""
+        width = max([len(name) for name in self.class_names] + [len("pixel accuracy")])
+        lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
+        lines += [f"{name:<{width}}  {_percent(iou):>7}" for name, iou in zip(self.class_names, self.per_class_iou)]
+        lines.append("-" * (width + 9))
+        lines.append(f"{'mean IoU':<{width}}  {_percent(self.mean_iou):>7}")
+        lines.append(f"{'pixel accuracy':<{width}}  {_percent(self.pixel_accuracy):>7}")
+        lines.append(f"({self.num_images} images, {self.num_classes} classes)")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        settings = self.settings
+        title = "Evaluation"
+        if settings.get("dataset"):
+            title += f": {settings['dataset']}" + (f" {settings['split']}" if settings.get("split") else "")
+        lines = [f"# {title}", "", f"**mIoU {_percent(self.mean_iou)} %** over {self.num_images} images "
+                 f"(pixel accuracy {_percent(self.pixel_accuracy)} %, mean class accuracy "
+                 f"{_percent(self.mean_accuracy)} %).", ""]
+        if settings:
+            lines += ["| setting | value |", "|---|---|"]
+            lines += [f"| {key} | {_markdown_value(value)} |" for key, value in settings.items()]
+            lines.append("")
+        lines += ["| class | IoU (%) | accuracy (%) |", "|---|---:|---:|"]
+        accuracies = self.per_class_accuracy or [float("nan")] * self.num_classes
+        for name, iou, accuracy in zip(self.class_names, self.per_class_iou, accuracies):
+            lines.append(f"| {name} | {_percent(iou)} | {_percent(accuracy)} |")
+        lines.append(f"| **mean** | **{_percent(self.mean_iou)}** | **{_percent(self.mean_accuracy)}** |")
+        lines += ["", "IoU is computed from one confusion matrix over all pixels of all images; n/a: class absent "
+                  "from both predictions and labels (left out of the mean). Label 255 is ignored.", ""]
+        return "\n".join(lines)
+
+    def plot_per_class_iou(self, path: str | os.PathLike[str] | None = None) -> bytes:
+        """Bar chart (PNG bytes) of the per-class IoU with the mean as a dashed line; written to ``path``
+        atomically when given. Uses matplotlib's Agg canvas (no display, no global backend change)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        values = [0.0 if math.isnan(v) else 100.0 * v for v in self.per_class_iou]
+        absent = [math.isnan(v) for v in self.per_class_iou]
+        figure = Figure(figsize=(max(6.0, 0.45 * self.num_classes + 2.0), 4.5), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        positions = list(range(self.num_classes))
+        colours = ["#bbbbbb" if a else "#3b75af" for a in absent]
+        bars = axes.bar(positions, values, color=colours)
+        for bar, value, is_absent in zip(bars, values, absent):
+            label = "n/a" if is_absent else f"{value:.1f}"
+            axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, label, ha="center", va="bottom", fontsize=7)
+        if not math.isnan(self.mean_iou):
+            axes.axhline(100.0 * self.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
+                         label=f"mIoU {100.0 * self.mean_iou:.2f} %")
+            axes.legend(loc="upper right", fontsize=8)
+        axes.set_xticks(positions)
+        axes.set_xticklabels(self.class_names, rotation=45 if self.num_classes > 6 else 0, ha="right"
+                             if self.num_classes > 6 else "center", fontsize=8)
+        axes.set_ylim(0, 105)
+        axes.set_ylabel("IoU (%)")
+        title = "Per-class IoU"
+        if self.settings.get("dataset"):
+            title += f" — {self.settings['dataset']}" + (f" {self.settings['split']}" if self.settings.get("split")
+                                                          else "")
+        axes.set_title(title, fontsize=10)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        data = buffer.getvalue()
+        if path is not None:
+            _atomic_write(Path(path), data)
+        return data
+
+    def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir`` (each atomically:
+        a temporary file in the same folder, then ``os.replace``). Returns the paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "eval.json", "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
+        _atomic_write(paths["json"], (self.to_json() + "\n").encode("utf-8"))
+        _atomic_write(paths["markdown"], self.to_markdown().encode("utf-8"))
+        self.plot_per_class_iou(paths["chart"])
+        return paths
+
+
+def _markdown_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return "-" if value is None else str(value).replace("|", "\\|")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# checks
+# ------------------------------------------------------------------------------------------------
+
+
+def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` when the model's (or a config's) ``num_labels`` differs from the dataset's classes.
+
+    ``model``: a model with ``.config``, or the config itself (to check before loading any weights)."""
+    config = getattr(model, "config", model)
+    model_classes = getattr(config, "num_labels", None)
+    if model_classes is None or int(model_classes) == int(num_classes):
+        return
+    id2label = getattr(config, "id2label", None) or {}
+    model_names = [id2label.get(i, id2label.get(str(i), str(i))) for i in range(int(model_classes))]
+    shown = list(class_names)[:8] if class_names is not None else []
+    raise ValueError(
+        f"the model predicts {model_classes} classes ({model_names[:8]}{'...' if model_classes > 8 else ''}) but the "
+        f"dataset has {num_classes}{f' ({shown}...)' if shown else ''}. Evaluate the model on the dataset it was "
+        "trained for, or fine-tune/train one with num_labels equal to the dataset's classes."
+    )
+
+
+def check_dataset_labels(
+    hf_dataset: Any, num_classes: int, ignore_index: int = 255, indices: Sequence[int] | None = None,
+    num_threads: int = 4,
+) -> None:
+    """Decode the masks of ``hf_dataset`` (a ``datasets.Dataset`` with ``id``/``label``; only ``indices``
+    when given) and raise :class:`~des4_hf.metrics.LabelRangeError` naming the first image whose labels lie
+    outside ``[0, num_classes)`` ∪ ``{ignore_index}``. Cheap next to inference (no image decoding); run it
+    before loading the model so that a wrong dataset fails in seconds, not after an hour."""
+    import datasets
+
+    from .data.torch_datasets import decode_mask_record
+
+    if "label" not in hf_dataset.column_names:
+        raise ValueError(f"the dataset has no 'label' column (columns: {hf_dataset.column_names}); evaluation "
+                         "needs ground-truth masks. Pass a labeled split.")
+    subset = hf_dataset.select(indices) if indices is not None else hf_dataset
+    raw = subset.cast_column("label", datasets.Image(decode=False)).select_columns(["id", "label"])
+
+    def check(row: tuple[str, Any]) -> None:
+        id_, record = row
+        mask = decode_mask_record(record, f"mask of image {id_!r}")
+        check_label_range(mask, num_classes, ignore_index, where=f"image {id_!r}")
+
+    rows: Iterator[tuple[str, Any]] = (
+        (id_, record) for batch in raw.iter(batch_size=64) for id_, record in zip(batch["id"], batch["label"])
+    )
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        for _ in pool.map(check, rows):
+            pass
+
+
+def _warn_uninitialised_prototypes(model: nn.Module, class_names: Sequence[str]) -> None:
+    initialized = getattr(getattr(model, "prototype_head", None), "initialized", None)
+    if isinstance(initialized, Tensor) and initialized.numel() == len(class_names) and not bool(initialized.all()):
+        missing = [name for name, done in zip(class_names, initialized.tolist()) if not done]
+        logger.warning("the prototypes of %d classes were never updated from data (%s%s): this model is untrained "
+                       "for them and will score near 0 IoU there.", len(missing), missing[:8],
+                       "..." if len(missing) > 8 else "")
+
+
+def _check_settings(
+    num_classes: int, class_names: Sequence[str], sliding_window: Any, scales: Sequence[float], batch_size: int
+) -> tuple[tuple[int, int] | None, tuple[float, ...]]:
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must be >= 1")
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+    window = None
+    if sliding_window is not None:
+        if isinstance(sliding_window, int):
+            sliding_window = (sliding_window, default_stride(sliding_window))
+        crop, stride = (int(v) for v in sliding_window)
+        if crop < 1 or not 1 <= stride <= crop:
+            raise ValueError(f"sliding_window=(crop {crop}, stride {stride}): need crop >= 1 and 1 <= stride <= crop "
+                             f"(the Cityscapes protocol is {CITYSCAPES_SLIDING_WINDOW}).")
+        window = (crop, stride)
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"scales={scales}: give one or more positive scale factors, e.g. (0.75, 1.0, 1.25).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return window, scales
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------
+
+
+def _process_info(accelerator: Any) -> tuple[int, int, bool]:
+    if accelerator is not None:
+        return accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        return rank, dist.get_world_size(), rank == 0
+    return 0, 1, True
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    for tensor in model.parameters():
+        if tensor.dim() == 4:
+            return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+    return False
+
+
+def _first(batch: list[Any]) -> Any:
+    return batch[0]
+
+
+def _same_size_batches(items: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """Group consecutive items of equal image size into batches of at most ``batch_size``: never pad, so a
+    prediction is exactly that of the image alone (VOC sizes differ; Cityscapes/CamVid sizes do not)."""
+    pending: list[Mapping[str, Any]] = []
+    for item in items:
+        if pending and (len(pending) == batch_size or item["pixel_values"].shape != pending[0]["pixel_values"].shape):
+            yield pending
+            pending = []
+        pending.append(item)
+    if pending:
+        yield pending
+
+
+def _as_eval_dataset(dataset: Any, num_classes: int, image_mean: Sequence[float] | None,
+                     image_std: Sequence[float] | None) -> Any:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return dataset
+    if isinstance(dataset, datasets.DatasetDict):
+        raise TypeError(f"pass one split (e.g. ds['val']), not a DatasetDict with splits {list(dataset)}")
+    if not isinstance(dataset, datasets.Dataset):
+        return dataset
+    from .data.torch_datasets import EvalDataset
+    from .image_processing_des4 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return EvalDataset(dataset, image_mean or IMAGENET_DEFAULT_MEAN, image_std or IMAGENET_DEFAULT_STD,
+                       num_classes=num_classes)
+
+
+def evaluate_segmentation(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    num_classes: int,
+    class_names: Sequence[str],
+    accelerator: Any = None,
+    sliding_window: tuple[int, int] | int | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    precision: str = "auto",
+    batch_size: int = 1,
+    ignore_index: int = 255,
+    progress: bool = True,
+    num_workers: int = 0,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> EvaluationResult:
+    """mIoU of ``model`` on ``dataset`` from one confusion matrix over all pixels, reduced over processes.
+
+    ``model``: anything called as ``model(pixel_values=x).logits`` with logits at the input's size
+    (:class:`~des4_hf.Des4ForSemanticSegmentation`). ``dataset``: items ``{"pixel_values" (3, H, W) normalised,
+    "labels" (H, W) int, "id"}`` at full resolution (:class:`des4_hf.data.EvalDataset`), or a
+    ``datasets.Dataset`` with ``id``/``image``/``label`` (wrapped in ``EvalDataset`` with ``image_mean``/
+    ``image_std``, ImageNet's by default). Predictions are compared with the labels at the labels' own
+    resolution: nothing is resized.
+
+    ``sliding_window``: ``(crop, stride)`` (``PROTOCOLS["cityscapes"].sliding_window`` = (769, 513)) or None
+    for whole-image inference; ``flip`` / ``scales``: test-time augmentation (logits averaged);
+    ``precision``: ``auto|fp32|bf16|fp16`` (:func:`des4_hf.inference.resolve_precision`). ``batch_size``
+    batches consecutive images of the same size only. ``settings``: extra entries recorded in the result.
+
+    With ``accelerator`` (or an initialised ``torch.distributed``) each process evaluates indices
+    ``rank::world_size`` and the confusion matrices are summed; every process returns the same result.
+    The model is put in eval mode (and back into training mode afterwards if it was training).
+
+    Raises ``ValueError`` before any inference when the model's ``num_labels`` differs from ``num_classes``,
+    and :class:`~des4_hf.metrics.LabelRangeError` naming the image when an image's labels lie outside
+    ``[0, num_classes)`` ∪ ``{ignore_index}`` (checked before that image is run).
+    """
+    window, scales = _check_settings(num_classes, class_names, sliding_window, scales, batch_size)
+    if accelerator is not None and hasattr(accelerator, "unwrap_model"):
+        model = accelerator.unwrap_model(model)
+    check_model_classes(model, num_classes, class_names)
+    rank, world_size, is_main = _process_info(accelerator)
+    if is_main:
+        _warn_uninitialised_prototypes(model, class_names)
+    dataset = _as_eval_dataset(dataset, num_classes, image_mean, image_std)
+    device = accelerator.device if accelerator is not None else _model_device(model)
+    choice = resolve_precision(precision, device)
+
+    indices = list(range(rank, len(dataset), world_size))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers,
+        collate_fn=_first, pin_memory=device.type == "cuda",
+    )
+    metric = ConfusionMatrix(num_classes, ignore_index, device=device)
+    num_images = 0
+
+    was_training = model.training
+    was_channels_last = _is_channels_last(model)
+    model.to(device)
+    if choice.channels_last and not was_channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.eval()
+    progress_bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+
+        progress_bar = tqdm(total=len(dataset), desc="evaluating", unit="img", dynamic_ncols=True)
+    try:
+        with torch.inference_mode(), autocast(device, choice.autocast_dtype):
+            for batch in _same_size_batches(loader, batch_size):
+                ids = [str(item.get("id", f"#{i}")) for i, item in enumerate(batch)]
+                labels = torch.stack([torch.as_tensor(item["labels"]) for item in batch]).to(device)
+                for id_, label in zip(ids, labels):
+                    check_label_range(label, num_classes, ignore_index, where=f"image {id_!r}")
+                pixel_values = torch.stack([item["pixel_values"] for item in batch]).to(device, non_blocking=True)
+                if choice.channels_last:
+                    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+                if pixel_values.shape[-2:] != labels.shape[-2:]:
+                    raise ValueError(f"images {ids}: pixel_values {tuple(pixel_values.shape[-2:])} and labels "
+                                     f"{tuple(labels.shape[-2:])} differ in size; evaluation compares at the "
+                                     "labels' original resolution, so give full-resolution images.")
+                logits = predict_logits(model, pixel_values, sliding_window=window, flip=flip, scales=scales)
+                metric.update(logits.argmax(dim=1), labels, where=f"images {ids}")
+                num_images += len(batch)
+                if progress_bar is not None:
+                    progress_bar.update(len(batch) * world_size)
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+        if choice.channels_last and not was_channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+
+    metric.reduce()
+    num_images = _sum_over_processes(num_images, device)
+    record = {
+        "protocol": "sliding window" if window else "whole image",
+        "sliding_window": list(window) if window else None,
+        "flip": bool(flip),
+        "scales": list(scales),
+        "precision": choice.name,
+        "ignore_index": ignore_index,
+        "num_processes": world_size,
+    }
+    record.update(settings or {})
+    return EvaluationResult.from_confusion(metric.matrix, class_names, num_images, record)
+
+
+def _sum_over_processes(value: int, device: torch.device) -> int:
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return int(value)
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
+
+
+__all__ = [
+    "CITYSCAPES_SLIDING_WINDOW",
+    "PROTOCOLS",
+    "EvalProtocol",
+    "EvaluationResult",
+    "check_dataset_labels",
+    "check_model_classes",
+    "default_stride",
+    "evaluate_segmentation",
+    "protocol_for",
+]

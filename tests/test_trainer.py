@@ -1,0 +1,157 @@
+"""The Accelerate loop end to end on CamVid with a tiny encoder: multi-process, resume, export, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from des4_hf import Des4ForSemanticSegmentation
+from des4_hf.training.config import TrainConfig, parse_config
+from des4_hf.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--backbone", "test_resnet", "--encoder-weights", "none", "--decoder-channels", "16", "--crop-size", "48",
+    "--batch-size", "2", "--num-workers", "0", "--eval-max-images", "2", "--overlays", "1", "--seed", "3",
+]
+
+
+def tiny_config(tmp_path: Path, *extra: str) -> TrainConfig:
+    return parse_config([*TINY, "--output-dir", str(tmp_path), *extra])
+
+
+# -- configuration ------------------------------------------------------------------------------------
+def test_every_recipe_in_configs_parses() -> None:
+    recipes = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(recipes) >= 14
+    for recipe in recipes:
+        config = TrainConfig.from_yaml(recipe)
+        assert config.method == "des4"
+
+
+def test_switches_and_method_presets() -> None:
+    config = parse_config(["--no-decoupled", "--no-shared-head", "--no-reweight", "--sampler", "quantity"])
+    assert (config.decoupled, config.shared_head, config.reweight, config.sampler) == (False, False, False, "quantity")
+    mean_teacher = parse_config(["--method", "mean-teacher"])
+    assert not (mean_teacher.decoupled or mean_teacher.shared_head or mean_teacher.reweight)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--method", "fixmatch"], "method='fixmatch'"),
+    (["--sampler", "random"], "sampler='random'"),
+    (["--output-stride", "32"], "output_stride=32"),
+    (["--lr", "-1"], "lr=-1"),
+])
+def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: str) -> None:
+    with pytest.raises(ValueError, match="invalid training config") as error:
+        parse_config(argv)
+    assert fragment in str(error.value)
+
+
+def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("lr: 0.01\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_yaml(recipe)
+
+
+def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
+    from des4_hf.training.cli import main
+
+    assert main(["--method", "nope", "--output-dir", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
+    config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
+                         "--checkpoint-every", "2")
+    final = Trainer(config).train()
+    assert 0.0 <= final["teacher"]["mean_iou"] <= 1.0
+    for folder in ("best", "last"):
+        model = Des4ForSemanticSegmentation.from_pretrained(tmp_path / folder)
+        assert model.config.training["method"] == "des4"
+        assert model.config.training["split"].startswith("random-46-of-367")
+        assert bool(model.prototype_head.initialized.any()), "the exported teacher carries its prototypes"
+        with torch.no_grad():
+            logits = model(torch.randn(1, 3, 37, 53)).logits
+        assert logits.shape == (1, 11, 37, 53)
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert {"loss", "loss_unbiased", "loss_supervised", "loss_unsupervised", "lr"} <= set(lines[0])
+    eval_record = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
+    assert len(eval_record["pseudo_labels"]["pseudo_label_share"]) == 11
+    assert (tmp_path / "eval" / "pseudo_labels_step_00000002.png").is_file()
+    assert list((tmp_path / "overlays").glob("*_overlay.jpg"))
+    assert (tmp_path / "split" / "labeled.txt").read_text().count("\n") == 46
+    # The exported directory works with the prediction CLI too.
+    from des4_hf.predict import main as predict_main
+
+    assert predict_main(["--model", str(tmp_path / "last"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p")]) == 0
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
+    common = ("--data-root", str(camvid_root), "--max-steps", "4", "--eval-every", "100", "--checkpoint-every", "2",
+              "--eval-max-images", "1", "--overlays", "0")
+    straight = Trainer(tiny_config(tmp_path / "straight", *common))
+    straight.train()
+
+    original = Trainer.train_step
+
+    def dies_at_step_3(self: Trainer, unwrapped):
+        if self.state.step == 2:
+            raise _Killed("simulated crash after the step-2 checkpoint")
+        return original(self, unwrapped)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
+    with pytest.raises(_Killed):
+        Trainer(tiny_config(tmp_path / "resumed", *common)).train()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = Trainer(tiny_config(tmp_path / "resumed", *common, "--resume", "latest"))
+    resumed.train()
+
+    a = straight.accelerator.unwrap_model(straight.model).state_dict()
+    b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"resumed run differs in {different[:5]}"
+    assert straight.state.step == resumed.state.step == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_prototypes_and_teacher(tmp_path: Path, camvid_root: Path) -> None:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), str(REPO / "tests" / "workers" / "train_worker.py"),
+        *TINY, "--output-dir", str(tmp_path), "--data-root", str(camvid_root), "--max-steps", "2",
+        "--eval-every", "100", "--checkpoint-every", "100", "--eval-max-images", "2", "--overlays", "0",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    info = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [item["num_processes"] for item in info] == [2, 2], "accelerate must really see 2 processes"
+    assert not set(info[0]["labeled_shard"]) & set(info[1]["labeled_shard"]), "ranks must see different images"
+    assert not set(info[0]["unlabeled_shard"]) & set(info[1]["unlabeled_shard"])
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{rank}.safetensors")) for rank in (0, 1))
+    assert bool(rank0["initialized"].any())
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"

@@ -1,0 +1,189 @@
+"""One DeS4 step: the loss of Eq. 4, where gradients flow, and how the teacher changes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from des4_hf import Des4Config, Des4ForSemanticSegmentation
+from des4_hf.losses import cross_entropy_loss, unbiased_supervised_loss
+from des4_hf.training.step import StepSettings, apply_prototype_updates, compute_step, decode, encode
+from des4_hf.training.teacher import TeacherStudent, ema_momentum, ema_update_
+
+NUM_CLASSES = 3
+CROP = 48
+
+
+def make_model(decoupled: bool = True, shared_head: bool = True, with_teacher: bool = True) -> TeacherStudent:
+    torch.manual_seed(0)
+    # No dropout so two forward passes over the same inputs agree exactly.
+    config = Des4Config(backbone="test_resnet", num_labels=NUM_CLASSES, decoder_channels=16, decoder_dropout=0.0)
+    return TeacherStudent(Des4ForSemanticSegmentation(config), with_teacher=with_teacher, decoupled=decoupled,
+                          shared_head=shared_head).train()
+
+
+def make_batches(batch: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, NUM_CLASSES, (batch, CROP, CROP), generator=generator)
+    labels[:, :4] = 255
+    box = torch.zeros(batch, CROP, CROP, dtype=torch.bool)
+    box[:, 10:30, 5:25] = True
+    padding = torch.zeros(batch, CROP, CROP, dtype=torch.bool)
+    padding[:, -5:] = True
+    labeled = {"pixel_values": torch.randn(batch, 3, CROP, CROP, generator=generator), "labels": labels}
+    unlabeled = {"pixel_values_weak": torch.randn(batch, 3, CROP, CROP, generator=generator),
+                 "pixel_values_strong": torch.randn(batch, 3, CROP, CROP, generator=generator),
+                 "padding_mask": padding, "cutmix_mask": box}
+    return labeled, unlabeled
+
+
+SETTINGS = StepSettings(lambda_supervised=1.0, lambda_unsupervised=1.5)
+RATIO = torch.tensor([1.0, 0.5, 0.25])
+
+
+def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS):
+    labeled, unlabeled = make_batches()
+    return compute_step(model, labeled, unlabeled, settings=settings, class_ratio=RATIO,
+                        generator=torch.Generator().manual_seed(0)), labeled, unlabeled
+
+
+def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules() -> None:
+    model = make_model()
+    reference = copy.deepcopy(model)  # BN running statistics move during the step: recompute on a copy
+    output, labeled, unlabeled = run_step(model)
+    model = reference
+    student = model.student
+    size = (CROP, CROP)
+    with torch.no_grad():
+        # L_l^ub: teacher decoder on E^T features, through the prototypes, Eq. 7–8 weights.
+        low, high = encode(model.teacher_encoder, labeled["pixel_values"], student.config.output_stride)
+        teacher_logits = student.upsample_logits(student.prototype_head(decode(model.teacher_decoder, (low, high), size)),
+                                                 size)
+        expected_unbiased = unbiased_supervised_loss(teacher_logits, labeled["labels"], reweight=True)
+        # Pseudo labels: full teacher in eval mode on the weak view, padding ignored, CutMix from the next sample.
+        model.teacher_decoder.eval()
+        low_u, high_u = encode(model.teacher_encoder, unlabeled["pixel_values_weak"], student.config.output_stride)
+        logits_u = student.upsample_logits(student.prototype_head(decode(model.teacher_decoder, (low_u, high_u), size)),
+                                           size)
+        model.teacher_decoder.train()
+        pseudo = logits_u.argmax(1).masked_fill(unlabeled["padding_mask"], 255)
+        box = unlabeled["cutmix_mask"]
+        mixed_images = torch.where(box[:, None], unlabeled["pixel_values_strong"].roll(1, 0),
+                                   unlabeled["pixel_values_strong"])
+        mixed_labels = torch.where(box, pseudo.roll(1, 0), pseudo)
+        student_logits = student(torch.cat([labeled["pixel_values"], mixed_images])).logits
+        expected_supervised = cross_entropy_loss(student_logits[:2], labeled["labels"])
+        expected_unsupervised = cross_entropy_loss(student_logits[2:], mixed_labels)
+    expected = expected_unbiased + 1.0 * expected_supervised + 1.5 * expected_unsupervised
+    torch.testing.assert_close(output.terms["loss_unbiased"], expected_unbiased, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.terms["loss_supervised"], expected_supervised, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.terms["loss_unsupervised"], expected_unsupervised, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.loss.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+
+
+def test_unbiased_loss_reaches_only_the_teacher_decoder() -> None:
+    model = make_model()
+    output, _, _ = run_step(model, StepSettings(lambda_supervised=0.0, lambda_unsupervised=0.0))
+    output.loss.backward()  # = L_l^ub alone
+    assert _grads(model.teacher_decoder), "D^T must be trained by L_l^ub"
+    assert not _grads(model.student.encoder), "L_l^ub must not reach the student encoder"
+    assert not _grads(model.student.decoder), "L_l^ub must not reach the student decoder"
+    assert all(not p.requires_grad for p in model.teacher_encoder.parameters())
+    assert all(p.grad is None for p in model.teacher_encoder.parameters()), "nothing flows into E^T"
+
+
+def test_student_losses_do_not_reach_the_teacher_decoder() -> None:
+    model = make_model()
+    full, _, _ = run_step(model)
+    full.loss.backward()
+    grads_full = [p.grad.clone() for p in model.teacher_decoder.parameters()]
+    model.zero_grad(set_to_none=True)
+    alone, _, _ = run_step(model, StepSettings(lambda_supervised=0.0, lambda_unsupervised=0.0))
+    alone.loss.backward()
+    for full_grad, param in zip(grads_full, model.teacher_decoder.parameters(), strict=True):
+        torch.testing.assert_close(full_grad, param.grad)  # D^T changes only through L_l^ub
+    assert _grads(model.student.encoder) == [] and _grads(model.student.decoder) == []
+
+
+def test_teacher_encoder_changes_only_by_ema() -> None:
+    model = make_model()
+    before = copy.deepcopy(model.teacher_encoder.state_dict())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    output, _, _ = run_step(model)
+    output.loss.backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in model.teacher_encoder.state_dict().items()), \
+        "the optimizer must not touch E^T"
+    tau = model.update_teacher(step=5, momentum=0.99)
+    assert tau == pytest.approx(ema_momentum(5, 0.99)) == pytest.approx(1 - 1 / 6)
+    student_state = model.student.encoder.state_dict()
+    for key, value in model.teacher_encoder.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, tau * before[key] + (1 - tau) * student_state[key])
+
+
+def test_train_mode_keeps_the_ema_teacher_in_eval_mode() -> None:
+    model = make_model(decoupled=True).train()
+    assert model.student.training and model.teacher_decoder.training
+    assert not model.teacher_encoder.training, "E^T runs on its EMA statistics, never on batch statistics"
+    mean_teacher = make_model(decoupled=False).train()
+    assert not mean_teacher.teacher_decoder.training
+
+
+def test_ema_momentum_warm_up_caps_at_tau1() -> None:
+    assert ema_momentum(0, 0.99) == 0.0  # first update copies the student
+    assert ema_momentum(1000, 0.99) == 0.99
+
+
+def test_ema_update_copies_integer_buffers() -> None:
+    teacher, student = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    student.num_batches_tracked += 7
+    student.running_mean += 1.0
+    ema_update_(teacher, student, 0.5)
+    assert int(teacher.num_batches_tracked) == 7
+    torch.testing.assert_close(teacher.running_mean, torch.full((2,), 0.5))
+
+
+def test_mean_teacher_has_no_unbiased_loss_and_an_ema_decoder() -> None:
+    model = make_model(decoupled=False, shared_head=False)
+    assert all(not p.requires_grad for p in model.teacher_decoder.parameters())
+    output, _, _ = run_step(model, StepSettings(method="mean-teacher", reweight=False))
+    assert "loss_unbiased" not in output.terms
+    assert output.student_statistics is not None  # separate banks, each fed by its own features
+    before_student = model.student.prototype_head.prototypes.clone()
+    apply_prototype_updates(model, output.teacher_statistics, output.student_statistics, 0.9)
+    assert not torch.equal(before_student, model.student.prototype_head.prototypes)
+    assert model.teacher_prototype_head is not None and bool(model.teacher_prototype_head.initialized.any())
+
+
+def test_supervised_baseline_uses_only_labeled_data() -> None:
+    model = make_model(with_teacher=False)
+    labeled, _ = make_batches()
+    output = compute_step(model, labeled, None, settings=StepSettings(method="supervised"), class_ratio=RATIO)
+    assert set(output.terms) == {"loss", "loss_supervised"}
+    assert model.teacher_encoder is None
+
+
+def test_shared_head_update_uses_teacher_statistics() -> None:
+    model = make_model()
+    output, _, _ = run_step(model)
+    counts = output.teacher_statistics.counts
+    assert counts.sum() > 0
+    apply_prototype_updates(model, output.teacher_statistics, None, 0.99)
+    seen = counts > 0
+    assert bool(model.student.prototype_head.initialized[seen].all())
+    assert model.teacher_head is model.student.prototype_head
+
+
+def test_ddp_ignores_ema_and_prototype_state() -> None:
+    names = set(make_model().state_outside_ddp())
+    assert "student.prototype_head.prototypes" in names and "student.prototype_head.initialized" in names
+    assert any(name.startswith("teacher_encoder.") for name in names)
+    assert not any(name.startswith("teacher_decoder.") for name in names)  # D^T is trained, so DDP syncs it
+    assert not any(name.startswith("student.encoder.") for name in names)
