@@ -3,6 +3,7 @@ supervised loss of the teacher decoder (Eq. 7–8), as SPEC §1 and §2.3 read t
 
 Pure functions of tensors: no model, trainer or data code here.
 """
+
 from __future__ import annotations
 
 import torch

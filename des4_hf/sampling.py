@@ -34,32 +34,33 @@ group keeps its ``N_i`` smallest keys (a uniform draw without replacement). Only
 per-group threshold are sorted (integer radix sort); the threshold never changes the result.
 Only the quota arithmetic loops in Python, over at most ``C × k`` numbers.
 
-Speed, measured 2026-11 on this repo's CPU box (2 cores shared with other jobs, load average
-≈ 2.6 while measuring, so expect ±30 %; torch 2.14.1). One labeled batch of 8 × 128 × 128 =
-131,072 pixels, d = 256 float32, 21 classes, VOC-like labels (background 70 %, the other 20
-classes 0.6–3 %, 3 % ignored) with ``r`` from the same distribution, so 15,766 pixels are
-chosen. Median of 20 calls, in ms:
+Speed, measured 2026-11 on this repo's CPU box (2 cores shared with other engineers' test runs,
+load average 2.6–3.2 while measuring, so timings moved by up to ±50 % between runs; torch
+2.14.1). One labeled batch of 8 × 128 × 128 = 131,072 pixels, d = 256 float32, 21 classes,
+VOC-like labels (background 66 %, the other 20 classes 0.6–2.8 %, 3 % ignored) with ``r`` from
+the same distribution, so 15,766 pixels are chosen. Median of 20 calls, ms (range over 4 runs):
 
-==========  ======  ======================  =======================  ==============  =========
-method      thr.    ``select_pixels``       sums+counts ``(N, d)``   ``(B, d, h, w)``  reference
-==========  ======  ======================  =======================  ==============  =========
-mes         1       14.4                    17.0                     27.5            137
-mes         2       12.3                    11.8                     19.9            131
-quantity    1 / 2   11.9 / 5.8              12.6 / 8.7               21.4 / 17.3     42
-confidence  1 / 2   27.8 / 10.0             32.4 / 12.7              33.6 / 21.2     135
-==========  ======  ======================  =======================  ==============  =========
+==========  =======  =================  =======================  =================  =========
+method      threads  ``select_pixels``  sums+counts ``(N, d)``   ``(B, d, h, w)``   reference
+==========  =======  =================  =======================  =================  =========
+mes         1        14–18              17–20                    27–30              131–144
+mes         2        12                 12                       20                 131
+quantity    1 / 2    8–12 / 6           13–14 / 9                21–27 / 17         42–47
+confidence  1 / 2    16–28 / 10         21–32 / 13               31–34 / 21         129–150
+==========  =======  =================  =======================  =================  =========
 
 "reference" is the plain-Python per-class/per-zone implementation in ``tests/test_sampling.py``
-(``reference_select``): MES is ~10× faster vectorised and meets the 20 ms target for
-``(N, d)`` embeddings. With ``(B, d, h, w)`` embeddings on CPU the sum costs ~8–10 ms more,
-because the gather reads most cache lines of the 134 MB channel-first tensor (15k picks × 256
-channels spread over every row); that is memory bandwidth, not Python, and it stays far below
-the full ``permute(0, 2, 3, 1)`` copy it replaces (~30+ ms). On a GPU both are negligible.
-Worst case, ``r ≡ 1`` (every one of the 126,976 valid pixels chosen): ``select_pixels`` stays
-at 14–24 ms but summing 127k × 256 embeddings is memory-bound, 85–190 ms. Real class ratios
-never get there (only the rarest class has ``r = 1``). With 2 threads on a box that other
-processes keep busy, PyTorch's intra-op threads can stall badly (we saw 0.1–0.8 s per call);
-pin ``torch.set_num_threads`` to the free cores. Reproduce with::
+(``reference_select``): vectorised MES is ~8× faster and, with ``(N, d)`` embeddings, at or
+just under the 20 ms target on one busy core (12 ms with 2 threads). With ``(B, d, h, w)``
+embeddings on CPU the sums cost ~10 ms more: the 15k picks × 256 channels are spread over
+every 64 KB channel row, so the gather reads most cache lines of the 134 MB tensor. That is
+memory bandwidth, not Python, and is far cheaper than making an ``(N, d)`` copy first
+(``permute(0, 2, 3, 1).reshape(-1, d).contiguous()`` took ~300 ms here). On a GPU both are
+negligible. Worst case, ``r ≡ 1`` (all 126,976 valid pixels chosen): ``select_pixels`` stays at
+14–24 ms but summing 127k × 256 embeddings is memory-bound, 85–190 ms; real class ratios never
+get there (only the rarest class has ``r = 1``). With 2 threads on a box that other processes
+keep busy, PyTorch's intra-op threads can stall badly (0.1–0.8 s per call seen); pin
+``torch.set_num_threads`` to the free cores. Reproduce with::
 
     # /tmp/bench.py, run from the repo root: THREADS=1 .venv/bin/python /tmp/bench.py
     import os, statistics, sys, time, torch
@@ -87,6 +88,7 @@ pin ``torch.set_num_threads`` to the free cores. Reproduce with::
               ms(lambda: sample_class_features(emb4, labels, entropy, ratio, m, generator=g)),
               ms(lambda: reference_select(labels, entropy, ratio, m), n=1))
 """
+
 from __future__ import annotations
 
 import math
@@ -237,7 +239,9 @@ _KEY_BITS = 40  # random sort keys; the group id goes in the bits above them
 _MARGIN_SD, _MARGIN_MIN = 4.0, 16.0
 
 
-def _draw_in_groups(group: Tensor, num_groups: int, alloc: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw_in_groups(
+    group: Tensor, num_groups: int, alloc: Tensor, generator: torch.Generator | None
+) -> Tensor:
     """Positions (into ``group``) of a uniform random subset of ``alloc[g]`` elements of every group g.
 
     Every element gets a random key; the ``alloc[g]`` smallest keys of a group are a uniform draw
@@ -385,9 +389,7 @@ def sample_class_features(
             f"labels have {labels.numel()} pixels but embeddings {tuple(embeddings.shape)} have {n}"
         )
     with torch.no_grad():
-        idx = select_pixels(
-            labels, entropy, class_ratio, method, num_zones, alpha, ignore_index, generator
-        )
+        idx = select_pixels(labels, entropy, class_ratio, method, num_zones, alpha, ignore_index, generator)
         num_classes = class_ratio.numel()
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         lab = labels.reshape(-1)[idx].long().to(embeddings.device)
