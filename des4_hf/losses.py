@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .modeling_des4 import prototype_logits
+from .modeling_des4 import prototype_logits, segmentation_loss
 
 __all__ = [
     "prototype_logits",
@@ -46,10 +46,7 @@ def cross_entropy_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) 
     is ignored; that 0 is still connected to ``logits`` so ``backward()`` works. No host sync.
     """
     _check_shapes(logits, labels)
-    labels = labels.long()
-    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
-    valid = (labels != ignore_index).sum()
-    return per_pixel.sum() / valid.clamp_min(1)
+    return segmentation_loss(logits, labels, ignore_index)
 
 
 @torch.no_grad()

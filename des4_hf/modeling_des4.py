@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,9 @@ from transformers import initialization as hf_init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_des4 import Des4Config
+from .hub_names import explain_hub_errors, resolve_pretrained_name
+
+logger = logging.getLogger(__name__)
 
 # Set while `from_pretrained` builds the model: a saved checkpoint already holds the encoder
 # weights, so building it must never download or read `encoder_weights`.
@@ -180,6 +184,8 @@ class PrototypeHead(nn.Module):
         for the first time is set to its mean (SPEC §3.8 [choice]) and flagged ``initialized``.
         Returns the (reduced) counts.
         """
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum={momentum} must be in [0, 1] (τ2 of Eq. 12; the paper uses 0.99)")
         if sums.shape != self.prototypes.shape or counts.shape != (self.num_classes,):
             raise ValueError(
                 f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), got "
@@ -192,7 +198,12 @@ class PrototypeHead(nn.Module):
             packed = torch.cat([sums, counts[:, None]], dim=1)
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
             sums, counts = packed[:, :-1], packed[:, -1]
-        seen = counts > 0
+        # A non-finite sum would poison a prototype for good: skip such classes (and say so).
+        finite = torch.isfinite(sums).all(dim=1)
+        if not bool(finite.all()):
+            logger.warning("prototype update: non-finite feature sums for classes %s skipped",
+                           torch.nonzero(~finite).flatten().tolist())
+        seen = (counts > 0) & finite
         if not bool(seen.any()):
             return counts
         means = sums[seen] / counts[seen, None]
@@ -218,11 +229,13 @@ def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    """Mean cross-entropy over non-ignored pixels; 0 (still attached to the graph) when all are ignored."""
-    valid = labels != ignore_index
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
+    """Mean cross-entropy over non-ignored pixels; 0 (still attached to the graph) when all are ignored.
+
+    No host sync: the count of valid pixels stays on the device.
+    """
+    labels = labels.long()
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    return per_pixel.sum() / (labels != ignore_index).sum().clamp_min(1)
 
 
 class Des4PreTrainedModel(PreTrainedModel):
@@ -343,9 +356,11 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
 
         Building the model never fetches encoder weights here: the checkpoint holds them.
         """
+        # Short names ("des4-voc-aug") → <namespace>/<name>; local dirs and full repo ids pass through.
+        pretrained_model_name_or_path = resolve_pretrained_name(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         try:
-            with _loading_checkpoint():
+            with _loading_checkpoint(), explain_hub_errors(pretrained_model_name_or_path, kwargs.get("revision")):
                 model, info = super().from_pretrained(
                     pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
                 )

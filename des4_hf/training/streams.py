@@ -11,7 +11,30 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
+
+
+class _EpochIndexed(Dataset):
+    """``dataset[(epoch, index)]``: sets the epoch (cheap, per item) so augmentation seeds follow it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class _Endless:
+    """A batch sampler made from a generator factory (DataLoader needs an iterable it can iterate once)."""
+
+    def __init__(self, factory: Callable[[], Iterator[list[tuple[int, int]]]]) -> None:
+        self.factory = factory
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.factory()
 
 
 class BatchStream:
@@ -54,31 +77,34 @@ class BatchStream:
         shard = order[self.rank :: self.world_size]
         return shard[: self.batches_per_epoch * self.batch_size]
 
-    def _start_epoch(self) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-        indices = self._epoch_indices(self.epoch)[self.batches_done * self.batch_size :]
+    def _batches(self, epoch: int, skip: int) -> Iterator[list[tuple[int, int]]]:
+        """Endless (epoch, index) batches from ``epoch``, skipping its first ``skip`` batches."""
+        while True:
+            indices = self._epoch_indices(epoch)
+            for start in range(skip * self.batch_size, len(indices), self.batch_size):
+                yield [(epoch, index) for index in indices[start : start + self.batch_size]]
+            epoch, skip = epoch + 1, 0
+
+    def _start(self) -> None:
+        # One loader for the whole run: workers start once, and each item carries its epoch so the
+        # dataset's per-(epoch, index) augmentation seed is right whatever worker decodes it.
         loader = DataLoader(
-            Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False, drop_last=True,
+            _EpochIndexed(self.dataset), batch_sampler=_Endless(lambda: self._batches(self.epoch, self.batches_done)),
             num_workers=self.num_workers, collate_fn=self.collate_fn, persistent_workers=False,
             # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run
-            # (which creates its iterators at a different step) would see different dropout masks.
-            generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
+            # (which creates its iterator at a different step) would see different dropout masks.
+            generator=torch.Generator().manual_seed(self.seed),
         )
         self._iterator = iter(loader)
 
     def next(self) -> Any:
         if self._iterator is None:
-            self._start_epoch()
+            self._start()
         assert self._iterator is not None
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            self.epoch += 1
-            self.batches_done = 0
-            self._start_epoch()
-            batch = next(self._iterator)
+        batch = next(self._iterator)
         self.batches_done += 1
+        if self.batches_done == self.batches_per_epoch:
+            self.epoch, self.batches_done = self.epoch + 1, 0
         return batch
 
     # Accelerate's `register_for_checkpointing` saves and restores these with the run.

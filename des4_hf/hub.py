@@ -1,0 +1,778 @@
+"""Publishing a DeS4 model on the Hugging Face Hub: model card, per-class IoU chart, example overlay, push.
+
+```
+python scripts/push_to_hub.py --model out/best --repo-id <user>/des4-voc-aug --results eval.json \
+    --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG]
+```
+
+Everything is validated before the first network call: the model directory must load with
+``Des4ForSemanticSegmentation.from_pretrained`` (so it carries its prototypes), the evaluation JSON must
+have the shape ``scripts/evaluate.py`` writes and the classes of the model, the repo id must be
+``namespace/name``, and a token must be available. The token comes only from the ``token`` argument of
+:func:`push_to_hub`, ``HF_TOKEN`` or ``hf auth login``; it is never printed or logged.
+
+The card is rendered from the Jinja template ``des4_hf/model_cards/des4.md.j2`` (package data); every
+measured number in it (and in its ``model-index`` metadata) is read from the evaluation JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .hub_names import SHORT_NAMES, hub_namespace
+
+TEMPLATE_NAME = "des4.md.j2"
+REQUIRED_RESULT_KEYS = ("dataset", "split", "mean_iou", "per_class_iou", "pixel_accuracy", "num_images")
+MODEL_FILES = ("config.json", "preprocessor_config.json")
+OVERLAY_NAME = "images/example_prediction.png"
+RESULTS_NAME = "eval_results.json"
+
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+
+# The DeS4 paper's published mIoU (%) with DeepLabv3+ ResNet-101 (SPEC §6; Tables 1 and 2 of the paper).
+# These are reference numbers shown as the paper's, never as this package's results.
+PAPER_RESULTS: tuple[tuple[str, str, float], ...] = (
+    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/16 (92)", 68.02),
+    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/8 (183)", 72.23),
+    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/4 (366)", 74.58),
+    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/2 (732)", 77.62),
+    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "full (1,464)", 80.86),
+    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/16 (662)", 77.28),
+    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/8 (1,323)", 81.02),
+    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/4 (2,646)", 81.61),
+    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/2 (5,291)", 82.11),
+    ("Cityscapes (labeled from the 2,975 fine train images)", "1/8 (372)", 75.74),
+    ("Cityscapes (labeled from the 2,975 fine train images)", "1/4 (744)", 77.87),
+)
+
+_DATASET_NAMES = (("cityscapes", "Cityscapes"), ("camvid", "CamVid"), ("voc", "PASCAL VOC 2012"))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Evaluation results
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalResults:
+    """One evaluation (dataset split) as ``scripts/evaluate.py`` writes it; IoUs are fractions in [0, 1]."""
+
+    dataset: str
+    split: str
+    mean_iou: float
+    per_class_iou: dict[str, float | None]
+    pixel_accuracy: float
+    num_images: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    @property
+    def dataset_name(self) -> str:
+        lowered = self.dataset.lower()
+        for key, pretty in _DATASET_NAMES:
+            if key in lowered:
+                return pretty
+        return self.dataset
+
+    @property
+    def protocol(self) -> str:
+        """How the evaluation was run, from optional keys of the JSON (e.g. sliding window, flip, scales)."""
+        if isinstance(self.extra.get("protocol"), str):
+            return self.extra["protocol"]
+        parts = []
+        window = self.extra.get("sliding_window")
+        if window:
+            crop = self.extra.get("crop_size") or (
+                window.get("crop_size") if isinstance(window, dict) else None
+            )
+            parts.append(f"sliding window{f' {crop}' if crop else ''}")
+        elif "sliding_window" in self.extra:
+            parts.append("whole image")
+        if self.extra.get("flip"):
+            parts.append("flip")
+        scales = self.extra.get("scales")
+        if isinstance(scales, (list, tuple)) and len(scales) > 1:
+            parts.append("scales " + "/".join(str(s) for s in scales))
+        return ", ".join(parts) if parts else "single scale"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "dataset": self.dataset,
+            "split": self.split,
+            "mean_iou": self.mean_iou,
+            "per_class_iou": self.per_class_iou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "num_images": self.num_images,
+        }
+
+
+def _number(value: Any, what: str, source: str, allow_missing: bool = False) -> float | None:
+    if value is None and allow_missing:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{source}: {what} must be a number, got {value!r}.")
+    if math.isnan(value) and allow_missing:
+        return None  # a class absent from the split: IoU undefined
+    if not math.isfinite(value):
+        raise ValueError(f"{source}: {what} is {value!r}; expected a finite number.")
+    return float(value)
+
+
+def _fraction(value: float, what: str, source: str, scale: float) -> float:
+    value = value / scale
+    if not 0.0 <= value <= 1.0 + 1e-9:
+        raise ValueError(
+            f"{source}: {what}={value * scale!r} is outside [0, 1]. IoUs and accuracies must be fractions "
+            "(as the "
+            '`mean_iou` metric returns them); if the file stores percentages add "unit": "percent" to it.'
+        )
+    return min(value, 1.0)
+
+
+def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalResults:
+    """Validate one evaluation record; raises ValueError saying what is wrong with it."""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}, "
+            f"got {type(data).__name__}."
+        )
+    missing = [key for key in REQUIRED_RESULT_KEYS if key not in data]
+    if missing:
+        raise ValueError(
+            f"{source}: the evaluation JSON lacks {missing}; it needs {list(REQUIRED_RESULT_KEYS)} "
+            "as written by "
+            "`scripts/evaluate.py --out eval.json`. Re-run the evaluation instead of editing numbers by hand."
+        )
+    unit = data.get("unit", "fraction")
+    if unit not in ("fraction", "percent"):
+        raise ValueError(f"{source}: unit={unit!r}; use 'fraction' (default) or 'percent'.")
+    scale = 100.0 if unit == "percent" else 1.0
+    for key in ("dataset", "split"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise ValueError(f"{source}: {key!r} must be a non-empty string, got {data[key]!r}.")
+    num_images = data["num_images"]
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"{source}: num_images must be a positive integer, got {num_images!r}.")
+    per_class = data["per_class_iou"]
+    if not isinstance(per_class, Mapping) or not per_class:
+        raise ValueError(
+            f"{source}: per_class_iou must be a non-empty object {{class name: IoU}}, got {per_class!r}."
+        )
+    per_class_iou: dict[str, float | None] = {}
+    for name, value in per_class.items():
+        number = _number(value, f"per_class_iou[{name!r}]", source, allow_missing=True)
+        per_class_iou[str(name)] = (
+            None if number is None else _fraction(number, f"per_class_iou[{name!r}]", source, scale)
+        )
+    mean_iou = _fraction(_number(data["mean_iou"], "mean_iou", source) or 0.0, "mean_iou", source, scale)
+    pixel_accuracy = _fraction(
+        _number(data["pixel_accuracy"], "pixel_accuracy", source) or 0.0, "pixel_accuracy", source, scale
+    )
+    extra = {key: value for key, value in data.items() if key not in REQUIRED_RESULT_KEYS and key != "unit"}
+    return EvalResults(
+        dataset=data["dataset"].strip(),
+        split=data["split"].strip(),
+        mean_iou=mean_iou,
+        per_class_iou=per_class_iou,
+        pixel_accuracy=pixel_accuracy,
+        num_images=num_images,
+        extra=extra,
+        source=source,
+    )
+
+
+ResultsSource = str | Path | Mapping[str, Any] | EvalResults
+
+
+def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -> list[EvalResults]:
+    """Evaluation JSON file(s) / dict(s) → validated records. A file may hold one record or a list of them."""
+    if results is None:
+        return []
+    items: Sequence[Any] = (
+        [results] if isinstance(results, (str, Path, Mapping, EvalResults)) else list(results)
+    )
+    parsed: list[EvalResults] = []
+    for item in items:
+        if isinstance(item, EvalResults):
+            parsed.append(item)
+            continue
+        if isinstance(item, Mapping):
+            parsed.append(parse_eval_results(item))
+            continue
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"evaluation results {path} not found: run `scripts/evaluate.py ... --out {path}` first."
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} is not valid JSON ({error}); pass the file written by scripts/evaluate.py."
+            ) from None
+        records = data if isinstance(data, list) else [data]
+        if not records:
+            raise ValueError(f"{path} holds an empty list; it needs at least one evaluation record.")
+        for index, record in enumerate(records):
+            parsed.append(
+                parse_eval_results(record, f"{path}" + (f"[{index}]" if isinstance(data, list) else ""))
+            )
+    seen: set[tuple[str, str]] = set()
+    for record in parsed:
+        key = (record.dataset, record.split)
+        if key in seen:
+            raise ValueError(
+                f"two evaluation records for dataset {key[0]!r} split {key[1]!r}; keep one of them."
+            )
+        seen.add(key)
+    return parsed
+
+
+def _check_results_match_labels(
+    results: Sequence[EvalResults], labels: Sequence[str], model_dir: str
+) -> None:
+    allowed = set(labels) | {str(index) for index in range(len(labels))}
+    for record in results:
+        unknown = sorted(set(record.per_class_iou) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{record.source}: per_class_iou names classes {unknown[:8]} that the model in {model_dir} "
+                f"does not have (its classes: {list(labels)[:8]}{' ...' if len(labels) > 8 else ''}). "
+                "Is this the evaluation "
+                "of another model?"
+            )
+
+
+def _label_of(name: str, labels: Sequence[str]) -> str:
+    return labels[int(name)] if name.isdigit() and name not in labels and int(name) < len(labels) else name
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model directory
+# ------------------------------------------------------------------------------------------------------
+def _model_files(model_dir: Path) -> list[Path]:
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"model directory {model_dir} not found: pass the folder written by training (e.g. out/best)."
+        )
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        hint = (
+            " Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
+            if "preprocessor_config.json" in missing
+            else " Save the model with model.save_pretrained(model_dir)."
+        )
+        raise FileNotFoundError(f"{model_dir} lacks {missing}.{hint}")
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
+    if not weights:
+        raise FileNotFoundError(
+            f"{model_dir} holds no *.safetensors weights; re-save the model with "
+            "model.save_pretrained(model_dir) "
+            "(safetensors is the default)."
+        )
+    return [model_dir / name for name in MODEL_FILES] + weights
+
+
+def _load_config(model_dir: Path) -> Any:
+    from .configuration_des4 import Des4Config
+
+    config = Des4Config.from_pretrained(str(model_dir))
+    if getattr(config, "model_type", None) != Des4Config.model_type:
+        raise ValueError(f"{model_dir}/config.json is a {config.model_type!r} model, not a DeS4 model.")
+    return config
+
+
+def _labels(config: Any) -> list[str]:
+    return [str(config.id2label[index]) for index in range(config.num_labels)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Card
+# ------------------------------------------------------------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list, tuple)):
+        return "`" + json.dumps(value, sort_keys=True, default=str) + "`"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _paper_table() -> str:
+    lines = ["| benchmark | labeled images | mIoU (%), paper |", "|---|---|---|"]
+    lines += [f"| {benchmark} | {split} | {miou:.2f} |" for benchmark, split, miou in PAPER_RESULTS]
+    return "\n".join(lines)
+
+
+def _template_text(template_path: str | Path | None) -> str:
+    if template_path is not None:
+        return Path(template_path).read_text(encoding="utf-8")
+    return resources.files("des4_hf").joinpath("model_cards", TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+def _card_data(repo_id: str, model_name: str, results: Sequence[EvalResults], license_id: str) -> Any:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    eval_results = []
+    for record in results:
+        common = dict(
+            task_type="image-segmentation",
+            task_name="Semantic Segmentation",
+            dataset_type=record.dataset,
+            dataset_name=record.dataset_name,
+            dataset_split=record.split,
+        )
+        eval_results.append(
+            EvalResult(
+                metric_type="mean_iou",
+                metric_name="mIoU (%)",
+                metric_value=round(100 * record.mean_iou, 2),
+                **common,
+            )
+        )
+        eval_results.append(
+            EvalResult(
+                metric_type="accuracy",
+                metric_name="Pixel accuracy (%)",
+                metric_value=round(100 * record.pixel_accuracy, 2),
+                **common,
+            )
+        )
+    datasets = sorted({record.dataset for record in results if "/" in record.dataset})
+    return ModelCardData(
+        license=license_id,
+        pipeline_tag="image-segmentation",
+        tags=["des4", "des4-hf", "semantic-segmentation", "semi-supervised", "image-segmentation", "timm"],
+        datasets=datasets or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+
+
+def render_model_card(
+    model_dir: str | Path,
+    results_json: ResultsSource | Sequence[ResultsSource] | None = None,
+    overlay_image: str | None = None,
+    chart_image: str | Sequence[str] | None = None,
+    repo_id: str = "your-username/des4-model",
+    *,
+    model_name: str | None = None,
+    license_id: str = "apache-2.0",
+    template_path: str | Path | None = None,
+    results_files: Sequence[str] = (),
+) -> str:
+    """The Markdown model card (YAML front matter with ``model-index``) for the model in ``model_dir``.
+
+    Args:
+        model_dir: a saved DeS4 model (only its ``config.json`` is read here).
+        results_json: evaluation JSON path(s), dict(s) or :class:`EvalResults`; ``None``: no results.
+        overlay_image: path, relative to the card, of the example prediction image (``None``: no example).
+        chart_image: relative path(s) of the per-class IoU chart(s), one per evaluation record, in order.
+        repo_id: the Hub repo the card is for (used in the usage code).
+        template_path: another Jinja template (default: ``des4_hf/model_cards/des4.md.j2``).
+        results_files: names of the evaluation files, shown in the card for provenance.
+    """
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    from . import __version__
+
+    model_dir = Path(model_dir)
+    config = _load_config(model_dir)
+    labels = _labels(config)
+    results = load_eval_results(results_json)
+    _check_results_match_labels(results, labels, str(model_dir))
+    charts = [chart_image] if isinstance(chart_image, str) else list(chart_image or [])
+    if charts and len(charts) != len(results):
+        raise ValueError(
+            f"got {len(charts)} chart image(s) for {len(results)} evaluation record(s); give one per record."
+        )
+    model_name = model_name or repo_id.split("/")[-1]
+    namespace, _, name = repo_id.partition("/")
+    short_name = name if name in SHORT_NAMES and namespace == hub_namespace() else None
+
+    num_parameters = _count_parameters(model_dir)
+    arch = {
+        "backbone": config.backbone,
+        "output_stride": config.output_stride,
+        "aspp_rates": "/".join(str(rate) for rate in config.aspp_rates),
+        "decoder_channels": config.decoder_channels,
+        "num_labels": config.num_labels,
+        "logit_scale": f"{config.logit_scale:g}",
+        "prototype_momentum": f"{config.prototype_momentum:g}",
+        "encoder_momentum": f"{config.encoder_momentum:g}",
+        "mes_num_zones": config.mes_num_zones,
+        "mes_alpha": f"{config.mes_alpha:g}",
+        "num_parameters": f"{num_parameters / 1e6:.1f} M" if num_parameters else "unknown",
+    }
+    training = dict(getattr(config, "training", None) or {})
+    first = ("method", "split", "recipe", "dataset", "steps", "epochs")
+    training_rows = [(key, _format_value(training[key])) for key in first if key in training]
+    training_rows += [
+        (key, _format_value(value)) for key, value in sorted(training.items()) if key not in first
+    ]
+
+    rendered_results = []
+    for index, record in enumerate(results):
+        per_class = {_label_of(key, labels): value for key, value in record.per_class_iou.items()}
+        rows = [(label, _pct(per_class[label])) for label in labels if label in per_class]
+        rendered_results.append(
+            {
+                "dataset": record.dataset,
+                "dataset_name": record.dataset_name,
+                "split": record.split,
+                "num_images": record.num_images,
+                "miou_pct": _pct(record.mean_iou),
+                "pixel_accuracy_pct": _pct(record.pixel_accuracy),
+                "protocol": record.protocol,
+                "per_class": rows,
+                "chart": charts[index] if charts else None,
+            }
+        )
+
+    card_data = _card_data(repo_id, model_name, results, license_id)
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    template = environment.from_string(_template_text(template_path))
+    content = template.render(
+        card_data=card_data.to_yaml(),
+        model_name=model_name,
+        repo_id=repo_id,
+        short_name=short_name,
+        arch=arch,
+        labels=labels,
+        training_rows=training_rows,
+        results=rendered_results,
+        results_files=list(results_files),
+        overlay_image=overlay_image,
+        paper_table=_paper_table(),
+        package_version=__version__,
+    )
+    content = re.sub(r"\n{3,}", "\n\n", content).rstrip() + "\n"
+    ModelCard(content)  # fails here, not on the Hub, if the front matter does not parse
+    return content
+
+
+def _count_parameters(model_dir: Path) -> int:
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return 0
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")):
+                    continue
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------------------
+def make_iou_chart(record: EvalResults, path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """A horizontal bar chart PNG of the per-class IoU (%) of one evaluation record, mean IoU marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(record.per_class_iou)
+    if labels is not None:
+        names = [name for name in labels if name in record.per_class_iou] + [
+            name for name in record.per_class_iou if name not in labels
+        ]
+    values = [100.0 * (record.per_class_iou[name] or 0.0) for name in names]
+    shown = [_label_of(name, labels) if labels is not None else name for name in names]
+    figure, axis = plt.subplots(figsize=(7.0, 1.2 + 0.28 * len(names)), dpi=100)
+    try:
+        bars = axis.barh(range(len(names)), values, color="#4c72b0")
+        for bar, name in zip(bars, names, strict=True):
+            if record.per_class_iou[name] is None:  # class absent from the split: IoU undefined
+                axis.text(1, bar.get_y() + bar.get_height() / 2, "n/a", va="center", fontsize=8)
+        axis.axvline(
+            100.0 * record.mean_iou, color="#c44e52", linestyle="--", label=f"mIoU {_pct(record.mean_iou)}"
+        )
+        axis.set_yticks(range(len(names)), shown)
+        axis.invert_yaxis()
+        axis.set_xlim(0, 100)
+        axis.set_xlabel("IoU (%)")
+        axis.set_title(f"Per-class IoU: {record.dataset_name} {record.split} ({record.num_images} images)")
+        axis.legend(loc="lower right")
+        figure.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def make_example_overlay(
+    model: Any, processor: Any, image_path: str | Path, path: str | Path, max_side: int = 512
+) -> Path:
+    """Run ``model`` on one image; save the input beside the prediction overlaid on it (PNG)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .inference import overlay
+
+    image = Image.open(image_path)
+    image.load()
+    image = image.convert("RGB")
+    scale = max_side / max(image.size)
+    if scale < 1.0:
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
+        )
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    label_map = logits[0].argmax(dim=0).cpu().numpy().astype(np.int64)
+    blended = overlay(image, label_map, alpha=0.6)
+    canvas = Image.new("RGB", (image.width * 2, image.height))
+    canvas.paste(image, (0, 0))
+    canvas.paste(blended, (image.width, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------
+# Push
+# ------------------------------------------------------------------------------------------------------
+def validate_repo_id(repo_id: str) -> str:
+    """``namespace/name`` with Hub-legal characters, or a ValueError saying what to pass."""
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise ValueError(
+            f"repo id {repo_id!r} is not valid: use <user-or-org>/<name> with letters, digits, "
+            "'-', '_' or '.', "
+            "e.g. my-user/des4-voc-aug."
+        )
+    return repo_id
+
+
+def _validate_revision(revision: str | None) -> str | None:
+    if revision is None:
+        return None
+    if not _REVISION_RE.match(revision) or ".." in revision or revision.endswith(("/", ".lock")):
+        raise ValueError(
+            f"revision {revision!r} is not a valid branch name: use e.g. 'main' or 'v1' or 'voc-1323'."
+        )
+    return revision
+
+
+def _token_available(token: str | None) -> None:
+    if token is not None:
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError(
+                "token must be a non-empty string; better, leave it out and use HF_TOKEN or `hf auth login`."
+            )
+        return
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise ValueError(
+            "no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN environment "
+            "variable to a token with write access) and run the push again."
+        )
+
+
+def stage_model_repo(
+    model_dir: str | Path,
+    staging_dir: str | Path,
+    repo_id: str,
+    results: ResultsSource | Sequence[ResultsSource] | None = None,
+    example_image: str | Path | None = None,
+) -> Path:
+    """Validate everything and write the folder that is uploaded: model files, README.md, images, results.
+
+    No network access. Raises before writing anything when the inputs are not usable.
+    """
+    from .image_processing_des4 import Des4ImageProcessor
+    from .modeling_des4 import Des4ForSemanticSegmentation
+
+    model_dir = Path(model_dir)
+    validate_repo_id(repo_id)
+    files = _model_files(model_dir)
+    model = Des4ForSemanticSegmentation.from_pretrained(str(model_dir))  # checks the prototypes are there
+    processor = Des4ImageProcessor.from_pretrained(str(model_dir))
+    labels = _labels(model.config)
+    records = load_eval_results(results)
+    _check_results_match_labels(records, labels, str(model_dir))
+    if example_image is not None and not Path(example_image).is_file():
+        raise FileNotFoundError(f"example image {example_image} not found.")
+    result_names = (
+        [
+            str(Path(item).name)
+            for item in ([results] if isinstance(results, (str, Path)) else results or [])
+            if isinstance(item, (str, Path))
+        ]
+        if results is not None
+        else []
+    )
+
+    staging = Path(staging_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy2(path, staging / path.name)
+    charts = []
+    for record in records:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.dataset}-{record.split}").strip("-").lower()
+        chart = f"images/per_class_iou_{slug}.png" if len(records) > 1 else "images/per_class_iou.png"
+        make_iou_chart(record, staging / chart, labels)
+        charts.append(chart)
+    if records:
+        (staging / RESULTS_NAME).write_text(
+            json.dumps([record.to_dict() for record in records], indent=2, allow_nan=False, default=str)
+            + "\n",
+            encoding="utf-8",
+        )
+    overlay_name = None
+    if example_image is not None:
+        make_example_overlay(model, processor, example_image, staging / OVERLAY_NAME)
+        overlay_name = OVERLAY_NAME
+    card = render_model_card(
+        staging,
+        records,
+        overlay_image=overlay_name,
+        chart_image=charts,
+        repo_id=repo_id,
+        results_files=result_names,
+    )
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    return staging
+
+
+def push_to_hub(
+    model_dir: str | Path,
+    repo_id: str,
+    results: ResultsSource | Sequence[ResultsSource] | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    example_image: str | Path | None = None,
+) -> str:
+    """Upload a trained DeS4 model with its model card to ``repo_id``; returns the repo URL (at ``revision``).
+
+    Creates the repo if needed (``private`` makes a new repo private; an existing public repo is refused
+    rather than silently uploaded to) and the branch ``revision``
+    if it does not exist, then uploads in one commit: ``*.safetensors`` (with the prototypes),
+    ``config.json``, ``preprocessor_config.json``, ``README.md`` (the card), ``eval_results.json`` and
+    ``images/`` (per-class IoU chart(s), example prediction). ``token`` defaults to ``HF_TOKEN`` or the
+    token saved by ``hf auth login``; it is never printed.
+    """
+    from huggingface_hub import HfApi
+
+    validate_repo_id(repo_id)
+    revision = _validate_revision(revision)
+    _token_available(token)
+    with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
+        stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
+        api = HfApi(token=token)
+        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+        if private and api.repo_info(repo_id).private is False:
+            raise ValueError(
+                f"{repo_id} already exists and is public; --private only applies to a new repo. Make it "
+                "private in its settings on the Hub first, or drop --private. Nothing was uploaded."
+            )
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            revision=revision,
+            commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})",
+        )
+    url = str(repo_url).rstrip("/")
+    return f"{url}/tree/{revision}" if revision else url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="des4-push-to-hub",
+        description="Upload a trained DeS4 model with a model card (results, per-class IoU chart, example) "
+        "to the Hub. "
+        "The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    parser.add_argument("--model", required=True, help="model directory written by training (e.g. out/best)")
+    parser.add_argument("--repo-id", required=True, help="<user-or-org>/<name>, e.g. my-user/des4-voc-aug")
+    parser.add_argument(
+        "--results",
+        action="append",
+        default=None,
+        metavar="EVAL_JSON",
+        help="evaluation JSON written by scripts/evaluate.py (repeat for several datasets/splits)",
+    )
+    parser.add_argument(
+        "--example-image", default=None, help="an image to show the model's prediction on in the card"
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="create the repo as private (ignored if it exists)"
+    )
+    parser.add_argument(
+        "--revision", default=None, help="branch to upload to (created if missing; default main)"
+    )
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument(
+        "--dry-run",
+        default=None,
+        metavar="DIR",
+        help="write the folder that would be uploaded (model files, README.md, images) to DIR and stop",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.dry_run is not None:
+            _validate_revision(args.revision)
+            staged = stage_model_repo(
+                args.model, args.dry_run, args.repo_id, args.results, args.example_image
+            )
+            names = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+            print(f"staged {names} in {staged}")
+            return 0
+        url = push_to_hub(
+            args.model,
+            args.repo_id,
+            results=args.results,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            example_image=args.example_image,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"des4-push-to-hub: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # huggingface_hub HTTP errors are OSErrors; their text never holds the token
+        print(f"des4-push-to-hub: the Hub refused or could not be reached: {error}", file=sys.stderr)
+        return 1
+    print(f"uploaded to {url}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

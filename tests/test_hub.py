@@ -1,0 +1,568 @@
+"""Hub distribution offline: a fake Hub server on 127.0.0.1, push → download → identical predictions.
+
+The fake server implements the subset of the Hub HTTP API that ``create_repo``, ``create_branch``,
+``upload_folder`` (preupload + NDJSON commit, regular files only: xet is switched off),
+``snapshot_download`` /
+``hf_hub_download`` and ``from_pretrained`` use. huggingface_hub reads HF_ENDPOINT at import time, so the
+round trip runs in a subprocess pointed at the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from des4_hf.hub_names import (
+    DEFAULT_HUB_NAMESPACE,
+    NAMESPACE_ENV,
+    HubModelNotAvailableError,
+    explain_hub_errors,
+    resolve_pretrained_name,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_fake" + secrets.token_hex(12)
+
+
+def _git_blob_sha(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+class FakeHub:
+    """In-memory repos: {repo_id: {"private": bool, "branches": {name: {"sha", "files": {path: bytes}}}}}."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, Any]] = {}
+        self.log: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def new_sha(self) -> str:
+        return secrets.token_hex(20)
+
+    def create_repo(self, repo_id: str, private: bool) -> bool:
+        if repo_id in self.repos:
+            return False
+        files = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
+        self.repos[repo_id] = {
+            "private": private,
+            "branches": {"main": {"sha": self.new_sha(), "files": files}},
+        }
+        return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hub: FakeHub
+    base_url: str
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output quiet
+        return
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+    ) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _error(self, status: int, code: str, head: bool = False) -> None:
+        body = json.dumps({"error": code}).encode()
+        self._send(status, body, {"Content-Type": "application/json", "X-Error-Code": code}, head=head)
+
+    def _authorized(self) -> bool:
+        return self.headers.get("Authorization") == f"Bearer {FAKE_TOKEN}"
+
+    def _repo(self, repo_id: str) -> dict[str, Any] | None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is None or (repo["private"] and not self._authorized()):
+            return None
+        return repo
+
+    def _record(self, body: bytes = b"") -> None:
+        self.hub.log.append(
+            {
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "authorized": self._authorized(),
+                "body": body.decode("utf-8", "replace")[:2000],
+            }
+        )
+
+    # -- verbs ---------------------------------------------------------------------------------------
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._record()
+        with self.hub.lock:
+            self._get(head=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._record()
+        with self.hub.lock:
+            self._get(head=False)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        self._record(body)
+        with self.hub.lock:
+            self._post(body)
+
+    def _get(self, head: bool) -> None:
+        path = urlsplit(self.path).path
+        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        if match:
+            repo = self._repo(match[1])
+            if repo is None:
+                return self._error(404, "RepoNotFound", head)
+            branch = repo["branches"].get(unquote(match[2] or "main"))
+            if branch is None:
+                return self._error(404, "RevisionNotFound", head)
+            siblings = [{"rfilename": name} for name in sorted(branch["files"])]
+            return self._json(
+                200,
+                {
+                    "id": match[1],
+                    "modelId": match[1],
+                    "sha": branch["sha"],
+                    "private": repo["private"],
+                    "siblings": siblings,
+                    "tags": [],
+                    "downloads": 0,
+                    "likes": 0,
+                },
+            )
+        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+        if match:
+            repo = self._repo(match[1])
+            if repo is None:
+                return self._error(404, "RepoNotFound", head)
+            branch = self._branch_or_commit(repo, unquote(match[2]))
+            if branch is None:
+                return self._error(404, "RevisionNotFound", head)
+            prefix = unquote(match[3] or "")
+            entries = [
+                {"type": "file", "path": name, "size": len(content), "oid": _git_blob_sha(content)}
+                for name, content in sorted(branch["files"].items())
+                if not prefix or name.startswith(prefix.rstrip("/") + "/")
+            ]
+            return self._json(200, entries)
+        match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if match:
+            repo = self._repo(match[1])
+            if repo is None:
+                return self._error(404, "RepoNotFound", head)
+            branch = self._branch_or_commit(repo, unquote(match[2]))
+            if branch is None:
+                return self._error(404, "RevisionNotFound", head)
+            content = branch["files"].get(unquote(match[3]))
+            if content is None:
+                return self._send(
+                    404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": branch["sha"]}, head
+                )
+            headers = {
+                "ETag": f'"{_git_blob_sha(content)}"',
+                "X-Repo-Commit": branch["sha"],
+                "Content-Type": "application/octet-stream",
+            }
+            return self._send(200, content, headers, head)
+        return self._error(404, "EndpointNotFound", head)
+
+    def _branch_or_commit(self, repo: dict[str, Any], revision: str) -> dict[str, Any] | None:
+        if revision in repo["branches"]:
+            return repo["branches"][revision]
+        for branch in repo["branches"].values():
+            if branch["sha"] == revision:
+                return branch
+        return None
+
+    def _post(self, body: bytes) -> None:
+        path = urlsplit(self.path).path
+        if path == "/api/validate-yaml":
+            return self._json(200, {"errors": [], "warnings": []})
+        if not self._authorized():
+            return self._send(
+                401,
+                b'{"error": "Invalid credentials in Authorization header"}',
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_id = f"{payload['organization']}/{payload['name']}"
+            created = self.hub.create_repo(repo_id, private=payload.get("visibility") == "private")
+            if not created:
+                return self._json(
+                    409, {"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"}
+                )
+            return self._json(200, {"url": f"{self.base_url}/{repo_id}", "name": repo_id, "id": repo_id})
+        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(branch|preupload|commit)/(.+)", path)
+        if not match:
+            return self._error(404, "EndpointNotFound")
+        repo = self._repo(match[1])
+        if repo is None:
+            return self._error(404, "RepoNotFound")
+        action, revision = match[2], unquote(match[3])
+        if action == "branch":
+            if revision in repo["branches"]:
+                return self._json(409, {"error": "Branch already exists"})
+            start = repo["branches"]["main"]
+            repo["branches"][revision] = {"sha": start["sha"], "files": dict(start["files"])}
+            return self._json(200, {})
+        branch = repo["branches"].get(revision)
+        if branch is None:
+            return self._error(404, "RevisionNotFound")
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return self._json(
+                200,
+                {
+                    "files": [
+                        {"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                        for item in files
+                    ]
+                },
+            )
+        # commit: NDJSON header + one line per operation
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        header = next(item["value"] for item in lines if item["key"] == "header")
+        for item in lines:
+            if item["key"] == "file":
+                branch["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                branch["files"].pop(item["value"]["path"], None)
+            elif item["key"] != "header":
+                return self._json(400, {"error": f"fake hub does not support {item['key']}"})
+        branch["sha"] = self.hub.new_sha()
+        branch.setdefault("messages", []).append(header["summary"])
+        return self._json(
+            200,
+            {
+                "commitUrl": f"{self.base_url}/{match[1]}/commit/{branch['sha']}",
+                "commitOid": branch["sha"],
+                "pullRequestUrl": None,
+            },
+        )
+
+
+@pytest.fixture
+def fake_hub() -> Any:
+    hub = FakeHub()
+    handler = type("Handler", (_Handler,), {"hub": hub})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hub.url = handler.base_url  # type: ignore[attr-defined]
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+ROUND_TRIP = r"""
+import json, os, sys
+import numpy as np
+import torch
+from PIL import Image
+
+from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+from des4_hf.hub import main as push_main
+from des4_hf.hub_names import HubModelNotAvailableError, explain_hub_errors, resolve_pretrained_name
+
+work = sys.argv[1]
+namespace = os.environ["DES4_HUB_NAMESPACE"]
+torch.manual_seed(0)
+config = Des4Config(
+    backbone="test_resnet", num_labels=3, decoder_channels=16,
+    id2label={0: "background", 1: "road", 2: "car"},
+    training={"method": "des4", "split": "camvid/20", "recipe": "camvid_demo", "steps": 3},
+)
+model = Des4ForSemanticSegmentation(config).eval()
+model.prototype_head.initialized.fill_(True)
+model_dir = os.path.join(work, "model")
+model.save_pretrained(model_dir)
+Des4ImageProcessor().save_pretrained(model_dir)
+rng = np.random.default_rng(0)
+Image.fromarray((rng.random((45, 61, 3)) * 255).astype("uint8")).save(os.path.join(work, "example.png"))
+
+repo_id = f"{namespace}/des4-voc-aug"
+code = push_main([
+    "--model", model_dir, "--repo-id", repo_id, "--results", os.path.join(work, "eval.json"),
+    "--example-image", os.path.join(work, "example.png"), "--private", "--revision", "v1-test",
+    "--commit-message", "round trip test upload",
+])
+assert code == 0, code
+# --private on an existing public repo is refused, not silently uploaded in public
+refused = push_main(["--model", model_dir, "--repo-id", f"{namespace}/already-public", "--private"])
+
+pixel_values = torch.randn(2, 3, 37, 53)
+with torch.no_grad():
+    local = model(pixel_values=pixel_values).logits
+# the short name, as the from_pretrained hook will do it
+name = resolve_pretrained_name("des4-voc-aug")
+assert name == repo_id, name
+with explain_hub_errors(name, revision="v1-test"):
+    downloaded = Des4ForSemanticSegmentation.from_pretrained(name, revision="v1-test").eval()
+with torch.no_grad():
+    remote = downloaded(pixel_values=pixel_values).logits
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+auto_model = AutoModelForSemanticSegmentation.from_pretrained(repo_id, revision="v1-test").eval()
+processor = AutoImageProcessor.from_pretrained(repo_id, revision="v1-test")
+image = Image.open(os.path.join(work, "example.png"))
+with torch.no_grad():
+    auto_logits = auto_model(**processor(image, return_tensors="pt")).logits
+    local_image_logits = model(**Des4ImageProcessor()(image, return_tensors="pt")).logits
+
+from huggingface_hub import snapshot_download
+snapshot = snapshot_download(repo_id, revision="v1-test")
+snapshot_files = sorted(
+    os.path.relpath(os.path.join(root, f), snapshot).replace(os.sep, "/")
+    for root, _, names in os.walk(snapshot) for f in names
+)
+
+# a short name that was never published: the clear error, no HTTP stack trace
+not_found = None
+try:
+    name = resolve_pretrained_name("des4-cityscapes")
+    with explain_hub_errors(name):
+        Des4ForSemanticSegmentation.from_pretrained(name)
+except HubModelNotAvailableError as error:
+    not_found = str(error)
+
+print("RESULT " + json.dumps({
+    "same_logits": bool(torch.equal(local, remote)),
+    "same_auto_logits": bool(torch.equal(auto_logits, local_image_logits)),
+    "same_prototypes": bool(
+        torch.equal(model.prototype_head.prototypes, downloaded.prototype_head.prototypes)
+    ),
+    "not_found": not_found,
+    "snapshot_files": snapshot_files,
+    "refused": refused,
+}))
+"""
+
+
+def _eval_json(path: Path) -> dict[str, Any]:
+    data = {
+        "dataset": "camvid",
+        "split": "val",
+        "mean_iou": 0.41234,
+        "pixel_accuracy": 0.8125,
+        "num_images": 7,
+        "per_class_iou": {"background": 0.5, "road": 0.73702, "car": None},
+        "sliding_window": False,
+    }
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_push_download_predict_round_trip(fake_hub: Any, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    results = _eval_json(tmp_path / "eval.json")
+    namespace = "fake-org"
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": fake_hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_TOKEN": FAKE_TOKEN,
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        NAMESPACE_ENV: namespace,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("HF_HUB_CACHE", None)
+    fake_hub.create_repo(f"{namespace}/already-public", private=False)
+    script = tmp_path / "round_trip.py"
+    script.write_text(ROUND_TRIP)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert FAKE_TOKEN not in output, "the token was printed"
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["same_prototypes"] and result["same_logits"] and result["same_auto_logits"], result
+    assert {"README.md", "images/per_class_iou.png", "model.safetensors"} <= set(result["snapshot_files"])
+    assert (
+        result["refused"] == 2
+        and "messages" not in fake_hub.repos[f"{namespace}/already-public"]["branches"]["main"]
+    )
+    assert "already exists and is public" in done.stderr
+    assert result["not_found"] and "fake-org/des4-cityscapes" in result["not_found"]
+    assert "accelerate launch scripts/train.py --config configs/cityscapes_744.yaml" in result["not_found"]
+
+    repo_id = f"{namespace}/des4-voc-aug"
+    repo = fake_hub.repos[repo_id]
+    assert repo["private"] is True, "--private did not reach the server"
+    assert set(repo["branches"]) == {"main", "v1-test"}, "--revision did not create the branch"
+    branch = repo["branches"]["v1-test"]
+    assert branch["messages"] == ["round trip test upload"]
+    assert "README.md" not in repo["branches"]["main"]["files"], (
+        "the upload went to main instead of the branch"
+    )
+    files = set(branch["files"])
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "eval_results.json",
+        "images/example_prediction.png",
+        "images/per_class_iou.png",
+    } <= files, files
+    assert branch["files"]["images/example_prediction.png"].startswith(b"\x89PNG")
+    writes = [
+        entry for entry in fake_hub.log if entry["method"] == "POST" and "validate-yaml" not in entry["path"]
+    ]
+    assert writes and all(entry["authorized"] for entry in writes)
+    assert not any(FAKE_TOKEN in entry["body"] for entry in fake_hub.log)
+
+    card = ModelCard(branch["files"]["README.md"].decode())
+    model_index = card.data.to_dict()["model-index"]
+    metrics = {m["type"]: m["value"] for m in model_index[0]["results"][0]["metrics"]}
+    assert metrics["mean_iou"] == pytest.approx(round(100 * results["mean_iou"], 2))
+    assert metrics["accuracy"] == pytest.approx(round(100 * results["pixel_accuracy"], 2))
+    (result_entry,) = card.data.eval_results[:1]
+    assert result_entry.dataset_type == "camvid" and result_entry.dataset_split == "val"
+    assert card.data.license == "apache-2.0"
+    text = card.text
+    assert "](images/example_prediction.png)" in text and "](images/per_class_iou.png)" in text
+    assert "| road | 73.70 |" in text and "| car | n/a |" in text
+    assert "paper's published numbers" in text and "81.02" in text
+    assert "| method | des4 |" in text and "| split | camvid/20 |" in text
+    assert "@inproceedings" in text and "Apache-2.0" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# short names
+# ---------------------------------------------------------------------------------------------------------
+def test_short_names_resolve_to_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(NAMESPACE_ENV, raising=False)
+    assert resolve_pretrained_name("des4-voc-aug") == f"{DEFAULT_HUB_NAMESPACE}/des4-voc-aug"
+    assert resolve_pretrained_name("des4-voc") == f"{DEFAULT_HUB_NAMESPACE}/des4-voc"
+    assert resolve_pretrained_name("des4-cityscapes") == f"{DEFAULT_HUB_NAMESPACE}/des4-cityscapes"
+    monkeypatch.setenv(NAMESPACE_ENV, "my-lab")
+    assert resolve_pretrained_name("des4-voc-aug") == "my-lab/des4-voc-aug"
+    # full repo ids and local directories pass through unchanged
+    assert resolve_pretrained_name("someone/des4-voc-aug") == "someone/des4-voc-aug"
+    assert resolve_pretrained_name(str(tmp_path)) == str(tmp_path)
+    assert resolve_pretrained_name(tmp_path) == str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "des4-voc").mkdir()
+    assert resolve_pretrained_name("des4-voc") == "des4-voc", "a local directory must win over a short name"
+    monkeypatch.setenv(NAMESPACE_ENV, "bad namespace!")
+    with pytest.raises(ValueError, match=NAMESPACE_ENV):
+        resolve_pretrained_name("des4-voc-aug")
+
+
+def test_offline_not_cached_short_name_gives_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    from des4_hf import Des4ForSemanticSegmentation
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # conftest sets HF_HUB_OFFLINE=1; make sure
+    monkeypatch.delenv(NAMESPACE_ENV, raising=False)
+    name = resolve_pretrained_name("des4-voc-aug")
+    with pytest.raises(HubModelNotAvailableError) as caught, explain_hub_errors(name):
+        Des4ForSemanticSegmentation.from_pretrained(name, cache_dir=str(tmp_path / "empty-cache"))
+    message = str(caught.value)
+    assert "des4-hf/des4-voc-aug" in message and "HF_HUB_OFFLINE" in message
+    assert "hf download des4-hf/des4-voc-aug" in message
+    assert "accelerate launch scripts/train.py --config configs/voc_blended_1323.yaml" in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__, (
+        "HTTP-layer traceback chained"
+    )
+    assert isinstance(caught.value, OSError) and caught.value.hub_error is not None
+
+
+def test_explain_hub_errors_leaves_other_errors_alone() -> None:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    with pytest.raises(ValueError, match="prototypes"), explain_hub_errors("des4-voc-aug"):
+        raise ValueError("the checkpoint has no prototypes")
+    with pytest.raises(LocalEntryNotFoundError), explain_hub_errors("someone/other-model"):
+        raise LocalEntryNotFoundError("not cached")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation JSON and card inputs
+# ---------------------------------------------------------------------------------------------------------
+def test_eval_results_shape_is_checked(tmp_path: Path) -> None:
+    from des4_hf.hub import load_eval_results, validate_repo_id
+
+    good = {
+        "dataset": "voc",
+        "split": "val",
+        "mean_iou": 0.8,
+        "per_class_iou": {"a": 0.7, "b": math.nan},
+        "pixel_accuracy": 0.9,
+        "num_images": 1449,
+    }
+    (record,) = load_eval_results(good)
+    assert record.per_class_iou == {"a": 0.7, "b": None} and record.dataset_name == "PASCAL VOC 2012"
+    with pytest.raises(ValueError, match="lacks \\['mean_iou'\\]"):
+        load_eval_results({key: value for key, value in good.items() if key != "mean_iou"})
+    with pytest.raises(ValueError, match="unit"):
+        load_eval_results({**good, "mean_iou": 80.1})
+    (percent,) = load_eval_results(
+        {**good, "mean_iou": 80.0, "pixel_accuracy": 90.0, "per_class_iou": {"a": 70.0}, "unit": "percent"}
+    )
+    assert percent.mean_iou == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="num_images"):
+        load_eval_results({**good, "num_images": 0})
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        load_eval_results(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_eval_results(tmp_path / "bad.json")
+    for bad in ("des4-voc-aug", "a/b/c", "user/na me", "-user/x", "user/x--y"):
+        with pytest.raises(ValueError, match="repo id"):
+            validate_repo_id(bad)
+    assert validate_repo_id("my-user/des4-voc-aug") == "my-user/des4-voc-aug"
+
+
+def test_push_validates_before_any_network_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from des4_hf.hub import main
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there; must not be reached
+    assert main(["--model", str(tmp_path / "nope"), "--repo-id", "me/des4"]) == 2
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert main(["--model", str(tmp_path / "model"), "--repo-id", "me/des4"]) == 2
+    assert main(["--model", str(tmp_path / "model"), "--repo-id", "not-a-repo-id"]) == 2
