@@ -155,7 +155,10 @@ def run(args: argparse.Namespace, accelerator: Any) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size {args.batch_size} must be >= 1.")
 
-    # 1. data (paths only), 2. the model's config: both cheap.
+    # 1. data (paths only), 2. the model's config: both cheap. Short names → <namespace>/<name>.
+    from .hub_names import resolve_pretrained_name
+
+    args.model = resolve_pretrained_name(args.model)
     split = load_eval_split(args)
     try:
         config = Des4Config.from_pretrained(args.model)

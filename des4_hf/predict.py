@@ -129,7 +129,9 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
         raise UsageError(f"--model {name}: is a file; give the directory written by save_pretrained")
     if not path.exists() and _looks_like_local_path(name):
         raise UsageError(f"--model {name}: no such directory")
-    source = str(path) if path.is_dir() else name
+    from .hub_names import resolve_pretrained_name
+
+    source = str(path) if path.is_dir() else resolve_pretrained_name(name)
     try:
         model = Des4ForSemanticSegmentation.from_pretrained(source)
     except (OSError, ValueError) as error:  # not found (OSError), bad id or bad checkpoint (ValueError)

@@ -155,3 +155,52 @@ def test_two_processes_end_with_identical_prototypes_and_teacher(tmp_path: Path,
     assert bool(rank0["initialized"].any())
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
+
+
+def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(tmp_path: Path, camvid_root: Path,
+                                                                          monkeypatch) -> None:
+    from des4_hf.training import step as step_module
+
+    original = step_module.compute_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        output = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third step
+            output.terms["loss_unsupervised"] = torch.tensor(float("nan"))
+        return output
+
+    monkeypatch.setattr(step_module, "compute_step", poisoned)
+    trainer = Trainer(tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "5",
+                                  "--checkpoint-every", "2", "--eval-every", "100", "--report-to", "tensorboard"))
+    from des4_hf.training.trainer import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss term\(s\) \['loss_unsupervised'\]"):
+        trainer.train()
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002"], "only the last good checkpoint, no half-written one"
+    saved = json.loads((tmp_path / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert saved["step"] == 2
+    assert list((tmp_path / "logs").rglob("events.out.tfevents*")), "tensorboard works offline"
+
+
+def test_ctrl_c_saves_a_resumable_state(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
+    original = Trainer.train_step
+
+    def interrupted(self: Trainer, unwrapped):
+        if self.state.step == 1:
+            raise KeyboardInterrupt
+        return original(self, unwrapped)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    args = ("--data-root", str(camvid_root), "--max-steps", "3", "--checkpoint-every", "100", "--eval-every", "100",
+            "--overlays", "0", "--eval-max-images", "1")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(tmp_path, *args)).train()
+    assert (tmp_path / "checkpoints" / "step_00000001" / "trainer_state.json").is_file()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = Trainer(tiny_config(tmp_path, *args, "--resume", "latest"))
+    resumed.train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
