@@ -11,4 +11,5 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # pytest exits 5 when it collected no test: that is a failure here too.
+.venv/bin/python -m ruff check des4_hf scripts tests
 .venv/bin/python -m pytest -q "$@"

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import cross_entropy_loss, entropy, unbiased_supervised_loss
-from ..modeling_des4 import Des4Decoder, Des4Encoder, Des4ForSemanticSegmentation, PrototypeHead, pad_to_multiple
+from ..modeling_des4 import (
+    Des4Decoder,
+    Des4Encoder,
+    Des4ForSemanticSegmentation,
+    PrototypeHead,
+    pad_to_multiple,
+)
 from ..sampling import sample_class_features
 from .teacher import TeacherStudent
 
