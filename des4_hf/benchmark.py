@@ -53,14 +53,15 @@ from .configuration_des4 import Des4Config
 from .inference import autocast, cpu_has_native_bf16, resolve_precision
 from .modeling_des4 import Des4ForSemanticSegmentation
 from .training import step as step_module
+from .training.config import TrainConfig
 from .training.step import StepSettings, apply_prototype_updates, compute_step
 from .training.teacher import TeacherStudent
 
 METHODS = ("supervised", "mean-teacher", "des4")
 GOALS = {"des4_over_mean_teacher": 1.25, "mes_share": 0.03, "smp_over_ours_images_per_s": 1.05}
 SMP_SKIPPED = "skipped: pip install 'des4-hf[benchmark]'"
-# Trainer defaults (TrainConfig): SGD, 10× lr on the decoders, τ1 = τ2 = 0.99.
-LR, HEAD_LR_MULTIPLIER, SGD_MOMENTUM, WEIGHT_DECAY, EMA_MOMENTUM = 1e-3, 10.0, 0.9, 1e-4, 0.99
+# The trainer's defaults (SGD, 10× lr on the decoders, τ1, τ2), read from TrainConfig so they cannot drift.
+_DEFAULTS = TrainConfig()
 MEMORY_MARKER = "DES4_MEMORY_RESULT "
 
 
@@ -260,8 +261,9 @@ class StepRunner:
             self.model.to(memory_format=torch.channels_last)
         backbone, decoders = self.model.trainable_parameter_groups()
         self.optimizer = torch.optim.SGD(
-            [{"params": backbone, "lr": LR}, {"params": decoders, "lr": LR * HEAD_LR_MULTIPLIER}],
-            lr=LR, momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY)
+            [{"params": backbone, "lr": _DEFAULTS.lr},
+             {"params": decoders, "lr": _DEFAULTS.lr * _DEFAULTS.head_lr_multiplier}],
+            lr=_DEFAULTS.lr, momentum=_DEFAULTS.momentum, weight_decay=_DEFAULTS.weight_decay)
         self.dtype = train_autocast_dtype(settings.train_precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         self.class_ratio = sampling.class_ratio((class_frequencies(settings.num_classes) * 1e6).round().long())
@@ -288,10 +290,11 @@ class StepRunner:
             output.loss.backward()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_teacher(self.steps, EMA_MOMENTUM)
+        self.model.update_teacher(self.steps, _DEFAULTS.encoder_momentum)
         _sync(self.device)
         start = time.perf_counter()
-        apply_prototype_updates(self.model, output.teacher_statistics, output.student_statistics, EMA_MOMENTUM)
+        apply_prototype_updates(self.model, output.teacher_statistics, output.student_statistics,
+                                _DEFAULTS.prototype_momentum)
         _sync(self.device)
         self.prototype_seconds.append(time.perf_counter() - start)
         self.steps += 1
