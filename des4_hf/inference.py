@@ -157,16 +157,10 @@ def color_palette(num_classes: int = 256) -> np.ndarray:
 
     Index 255 (ignore) comes out white-ish, and class 0 black, as in VOC's own PNGs.
     """
-    palette = np.zeros((max(num_classes, 256), 3), dtype=np.uint8)
-    for index in range(palette.shape[0]):
-        value, red, green, blue = index, 0, 0, 0
-        for bit in range(8):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette[index] = (red, green, blue)
-    return palette
+    # One implementation of the colour map: the data package decodes VOC palette PNGs with it.
+    from .data.datasets import voc_palette
+
+    return voc_palette(max(num_classes, 256))
 
 
 def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:

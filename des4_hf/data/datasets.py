@@ -245,6 +245,12 @@ class _Pairs:
     labels: list[str] | None = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
+    def add(self, id_: str, image: Path, label: Path) -> None:
+        self.ids.append(id_)
+        self.images.append(str(image))
+        assert self.labels is not None
+        self.labels.append(str(label))
+
 
 def _bad(message: str, skip_bad: bool, pairs: _Pairs) -> None:
     if not skip_bad:
@@ -306,10 +312,7 @@ def _voc_layout_split(
                 pairs,
             )
             continue
-        pairs.ids.append(id_)
-        pairs.images.append(str(image))
-        assert pairs.labels is not None
-        pairs.labels.append(str(mask))
+        pairs.add(id_, image, mask)
     return pairs
 
 
@@ -526,10 +529,7 @@ def load_cityscapes(
                     pairs,
                 )
                 continue
-            pairs.ids.append(image.relative_to(root).as_posix())
-            pairs.images.append(str(image))
-            assert pairs.labels is not None
-            pairs.labels.append(str(mask))
+            pairs.add(image.relative_to(root).as_posix(), image, mask)
         if to_convert:
             logger.info(
                 "mapping %d Cityscapes labelIds masks to train ids under %s (once)",
@@ -579,10 +579,7 @@ def _folder_split(images: Path, masks: Path | None, skip_bad: bool) -> _Pairs:
                 pairs,
             )
             continue
-        pairs.ids.append(id_)
-        pairs.images.append(str(image))
-        assert pairs.labels is not None
-        pairs.labels.append(str(mask))
+        pairs.add(id_, image, mask)
     for id_, mask in mask_files.items():
         if id_ not in image_files:
             _bad(
