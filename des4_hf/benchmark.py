@@ -71,6 +71,7 @@ class BenchmarkSettings:
     crop_size: int = 224
     batch_size: int = 4
     decoder_channels: int = 128
+    separable_convs: bool = True  # the CamVid demo's decoder (Des4Config.separable_convs)
     num_classes: int = 11
     iterations: int = 7
     warmup: int = 2
@@ -222,7 +223,7 @@ def make_batches(batch_size: int, crop: int, num_classes: int, device: torch.dev
 
 def model_config(settings: BenchmarkSettings) -> Des4Config:
     return Des4Config(backbone=settings.backbone, encoder_weights=None, decoder_channels=settings.decoder_channels,
-                      num_labels=settings.num_classes)
+                      separable_convs=settings.separable_convs, num_labels=settings.num_classes)
 
 
 def train_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -482,9 +483,9 @@ def build_smp(settings: BenchmarkSettings, config: Des4Config, matched: bool) ->
 
     torch.manual_seed(settings.seed)
     kwargs: dict[str, Any] = {"encoder_output_stride": config.output_stride}
-    if matched:  # our decoder's width and rates, ASPP without separable convolutions
+    if matched:  # our decoder's width, rates and ASPP convolution type
         kwargs.update(decoder_channels=config.decoder_channels, decoder_atrous_rates=tuple(config.aspp_rates),
-                      decoder_aspp_separable=False)
+                      decoder_aspp_separable=config.separable_convs)
     return smp.DeepLabV3Plus(encoder_name=f"tu-{settings.backbone}", encoder_weights=None,
                              classes=settings.num_classes, **kwargs)
 
@@ -553,8 +554,9 @@ def bench_inference(settings: BenchmarkSettings, device: torch.device, teacher: 
         result["smp"].update({
             "precision": auto_variant,
             "encoder": f"tu-{settings.backbone}",
-            "matched": "decoder_channels, atrous rates and output stride as ours, decoder_aspp_separable=False "
-                       "(smp still uses separable convs after the ASPP and in the fusion block)",
+            "matched": "decoder_channels, atrous rates and output stride as ours, decoder_aspp_separable="
+                       f"{config.separable_convs} as our separable_convs (smp always uses a separable conv in "
+                       "its fusion block)",
             "default": "smp defaults: separable ASPP, rates (12, 24, 36), 256 channels",
             "smp_matched_over_ours": ratio,
             "smp_default_over_ours": _ratio(default, ours[auto_variant]),
@@ -786,7 +788,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"transformers {m['transformers']}. Load average at start/end: {m.get('load_average_at_start')} / "
         f"{m.get('load_average_at_end')}. Wall time {report['wall_s']:.0f} s.",
         "",
-        f"Backbone `{s['backbone']}` (random init), decoder width {s['decoder_channels']}, {s['num_classes']} classes, "
+        f"Backbone `{s['backbone']}` (random init), decoder width {s['decoder_channels']}"
+        f"{' (depthwise-separable convs)' if s.get('separable_convs') else ' (full 3×3 convs)'}, {s['num_classes']} classes, "
         f"batch {s['batch_size']} labeled + {t['unlabeled_batch_size']} unlabeled, crop {s['crop_size']}, "
         f"training precision {t['precision']}{', channels_last' if t['channels_last'] else ''}; "
         f"{s['warmup']} warm-up + median of {s['iterations']} steps, methods timed round-robin.",
@@ -895,6 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="labeled batch = unlabeled batch (default 4; --quick: 2)")
     parser.add_argument("--decoder-channels", type=int, default=None, help="decoder width d (default 128; --quick: 16)")
+    parser.add_argument("--separable-convs", action=argparse.BooleanOptionalAction, default=True,
+                        help="depthwise-separable decoder convs, as the CamVid demo recipe")
     parser.add_argument("--num-classes", type=int, default=11)
     parser.add_argument("--iterations", type=int, default=None, help="timed steps per figure (default 7; --quick: 1)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; --quick: 0)")
@@ -932,7 +937,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
     batch = pick(args.batch_size, 4, 2)
     settings = BenchmarkSettings(
         backbone=pick(args.backbone, "efficientnet_lite0", "test_resnet"), crop_size=crop, batch_size=batch,
-        decoder_channels=pick(args.decoder_channels, 128, 16), num_classes=args.num_classes,
+        decoder_channels=pick(args.decoder_channels, 128, 16), separable_convs=args.separable_convs,
+        num_classes=args.num_classes,
         iterations=pick(args.iterations, 7, 1), warmup=pick(args.warmup, 2, 0),
         scaling_iterations=pick(args.scaling_iterations, 3, 1), bf16_iterations=args.bf16_iterations,
         crop_sizes=list(args.crop_sizes or [_round16(crop / 2), crop, _round16(crop * 1.5)]),

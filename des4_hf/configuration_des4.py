@@ -47,6 +47,10 @@ class Des4Config(PreTrainedConfig):
         aspp_rates: atrous rates; defaults to 6/12/18 at OS16 and 12/24/36 at OS8.
         low_level_channels: width of the projected stride-4 feature (48 in DeepLabv3+).
         decoder_dropout: dropout after the ASPP projection (training only).
+        separable_convs: depthwise-separable 3×3 convs in the ASPP, fusion and embedding layers
+            (Xception-style DeepLabv3+, as segmentation_models_pytorch). Off by default, the full
+            convs of the SSL literature (U2PL); on for light encoders, where the stride-4 full convs
+            cost more than the encoder itself (the CamVid demo recipe).
         logit_scale: s in ``logit_c = s * cos(f, p_c)`` (Eq. 6, SPEC §1 [choice]: s = 10).
         semantic_loss_ignore_index: label value excluded from losses and metrics (255).
 
@@ -68,6 +72,7 @@ class Des4Config(PreTrainedConfig):
         aspp_rates: list[int] | tuple[int, ...] | None = None,
         low_level_channels: int = 48,
         decoder_dropout: float = 0.1,
+        separable_convs: bool = False,
         logit_scale: float = 10.0,
         semantic_loss_ignore_index: int = 255,
         prototype_momentum: float = 0.99,
@@ -106,6 +111,7 @@ class Des4Config(PreTrainedConfig):
         self.aspp_rates = aspp_rates
         self.low_level_channels = int(low_level_channels)
         self.decoder_dropout = float(decoder_dropout)
+        self.separable_convs = bool(separable_convs)
         self.logit_scale = float(logit_scale)
         self.semantic_loss_ignore_index = int(semantic_loss_ignore_index)
         self.prototype_momentum = float(prototype_momentum)

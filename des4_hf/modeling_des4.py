@@ -93,13 +93,21 @@ class Des4Encoder(nn.Module):
         return features[self.low_level_index], features[-1]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, separable: bool = False
+) -> nn.Sequential:
+    """Conv → BN → ReLU. ``separable`` splits a k×k conv into depthwise k×k + pointwise 1×1 (Xception-style
+    DeepLabv3+): at stride 4 the full 3×3 convs cost more than a light encoder (config ``separable_convs``)."""
     padding = 0 if kernel_size == 1 else dilation
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    if separable and kernel_size > 1:
+        convs: list[nn.Module] = [
+            nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
+                      groups=in_channels, bias=False),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        ]
+    else:
+        convs = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False)]
+    return nn.Sequential(*convs, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class ASPPPooling(nn.Module):
@@ -117,10 +125,14 @@ class ASPPPooling(nn.Module):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1×1, one 3×3 atrous conv per rate, image pooling, 1×1 projection."""
 
-    def __init__(self, in_channels: int, out_channels: int, rates: list[int], dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, rates: list[int], dropout: float, separable: bool = False
+    ) -> None:
         super().__init__()
         branches = [_conv_bn_relu(in_channels, out_channels, 1)]
-        branches += [_conv_bn_relu(in_channels, out_channels, 3, dilation=rate) for rate in rates]
+        branches += [
+            _conv_bn_relu(in_channels, out_channels, 3, dilation=rate, separable=separable) for rate in rates
+        ]
         self.branches = nn.ModuleList(branches)
         self.pooling = ASPPPooling(in_channels, out_channels)
         self.project = _conv_bn_relu(out_channels * (len(rates) + 2), out_channels, 1)
@@ -137,12 +149,18 @@ class Des4Decoder(nn.Module):
     def __init__(self, config: Des4Config, low_level_in: int, high_level_in: int) -> None:
         super().__init__()
         width = config.decoder_channels
-        self.aspp = ASPP(high_level_in, width, list(config.aspp_rates), config.decoder_dropout)
+        separable = config.separable_convs
+        self.aspp = ASPP(high_level_in, width, list(config.aspp_rates), config.decoder_dropout, separable)
         self.low_level_project = _conv_bn_relu(low_level_in, config.low_level_channels, 1)
-        self.fuse = _conv_bn_relu(width + config.low_level_channels, width, 3)
+        self.fuse = _conv_bn_relu(width + config.low_level_channels, width, 3, separable=separable)
         # Linear last conv (no BN/ReLU): a ReLU would confine embeddings to the positive orthant,
         # where every cosine is >= 0 and prototypes separate worse.
-        self.embed = nn.Conv2d(width, width, 3, padding=1)
+        if separable:
+            self.embed: nn.Module = nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.Conv2d(width, width, 1)
+            )
+        else:
+            self.embed = nn.Conv2d(width, width, 3, padding=1)
 
     def forward(self, low_level: Tensor, high_level: Tensor) -> Tensor:
         context = self.aspp(high_level)

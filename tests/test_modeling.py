@@ -87,6 +87,26 @@ def test_output_stride_8_and_tuple_outputs():
     assert embeddings.shape == (1, 16, 10, 13)
 
 
+def test_separable_decoder_is_lighter_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    full = Des4ForSemanticSegmentation(tiny_config())
+    separable = Des4ForSemanticSegmentation(tiny_config(separable_convs=True)).eval()
+    depthwise = [m for m in separable.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    # 3 atrous ASPP branches, the fusion conv and the embedding conv become depthwise + pointwise.
+    assert len(depthwise) == 5 and all(m.groups == m.in_channels for m in depthwise)
+    assert [m.dilation for m in depthwise[:3]] == [(6, 6), (12, 12), (18, 18)]
+    count = lambda model: sum(p.numel() for p in model.decoder.parameters())  # noqa: E731
+    assert count(separable) < count(full) / 2
+    separable.save_pretrained(tmp_path)
+    loaded = Des4ForSemanticSegmentation.from_pretrained(tmp_path)
+    assert loaded.config.separable_convs is True
+    for key, tensor in separable.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    pixel_values = torch.randn(1, 3, 37, 51)
+    with torch.no_grad():  # identical weights; oneDNN's depthwise kernels may round differently (~1e-6)
+        torch.testing.assert_close(loaded(pixel_values).logits, separable(pixel_values).logits, rtol=0, atol=1e-4)
+
+
 def test_logits_are_scaled_cosines(eval_model):
     with torch.no_grad():
         logits = eval_model(torch.randn(1, 3, 32, 32)).logits

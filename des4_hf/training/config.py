@@ -41,6 +41,7 @@ class TrainConfig:
     encoder_weights: str | None = "imagenet"
     output_stride: int = 16
     decoder_channels: int = 256
+    separable_convs: bool = False  # depthwise-separable decoder convs (Des4Config.separable_convs)
     logit_scale: float = 10.0
     # -- data ---------------------------------------------------------------------------------------
     dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
