@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -49,6 +50,7 @@ def test_switches_and_method_presets() -> None:
     (["--sampler", "random"], "sampler='random'"),
     (["--output-stride", "32"], "output_stride=32"),
     (["--lr", "-1"], "lr=-1"),
+    (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
 ])
 def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: str) -> None:
     with pytest.raises(ValueError, match="invalid training config") as error:
@@ -103,10 +105,14 @@ class _Killed(RuntimeError):
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
+    # With a λ2 ramp-up over the first 2 steps: the resumed run must reproduce the schedule too.
     common = ("--data-root", str(camvid_root), "--max-steps", "4", "--eval-every", "100", "--checkpoint-every", "2",
-              "--eval-max-images", "1", "--overlays", "0")
+              "--eval-max-images", "1", "--overlays", "0", "--unsupervised-rampup", "0.5")
     straight = Trainer(tiny_config(tmp_path / "straight", *common))
     straight.train()
+    lines = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    expected = [1.5 * math.exp(-5.0), 1.5 * math.exp(-5.0 * 0.25), 1.5, 1.5]
+    assert [line["lambda_unsupervised"] for line in lines] == pytest.approx(expected)
 
     original = Trainer.train_step
 

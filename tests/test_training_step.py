@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation
 from des4_hf.losses import cross_entropy_loss, unbiased_supervised_loss
-from des4_hf.training.step import StepSettings, apply_prototype_updates, compute_step, decode, encode
+from des4_hf.training.step import (
+    StepSettings,
+    apply_prototype_updates,
+    compute_step,
+    decode,
+    encode,
+    rampup_weight,
+)
 from des4_hf.training.teacher import TeacherStudent, ema_momentum, ema_update_
 
 NUM_CLASSES = 3
@@ -139,6 +147,15 @@ def test_train_mode_keeps_the_ema_teacher_in_eval_mode() -> None:
 def test_ema_momentum_warm_up_caps_at_tau1() -> None:
     assert ema_momentum(0, 0.99) == 0.0  # first update copies the student
     assert ema_momentum(1000, 0.99) == 0.99
+
+
+def test_unsupervised_rampup_rises_monotonically_to_one_and_is_off_by_default() -> None:
+    assert all(rampup_weight(step, 300, 0.0) == 1.0 for step in (0, 1, 299))  # the paper: no ramp-up
+    weights = [rampup_weight(step, 300, 0.5) for step in range(300)]
+    assert weights[0] == pytest.approx(math.exp(-5.0))
+    assert weights[75] == pytest.approx(math.exp(-5.0 * 0.25))  # halfway through the ramp
+    assert all(a < b for a, b in zip(weights[:150], weights[1:151], strict=True))
+    assert weights[150:] == [1.0] * 150
 
 
 def test_ema_update_copies_integer_buffers() -> None:

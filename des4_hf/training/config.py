@@ -70,6 +70,10 @@ class TrainConfig:
     mes_num_zones: int = 5
     mes_alpha: float = 0.1
     pseudo_label_threshold: float | None = None  # SPEC §2.4 [choice]: none by default
+    # λ2 rises from 0 to lambda_unsupervised over this fraction of the steps with the sigmoid-shaped
+    # exp(−5(1−t)²) ramp of Mean Teacher (Tarvainen & Valpola 2017). Not in the paper: 0 (off) by
+    # default; for schedules of a few hundred steps, where early pseudo labels are mostly wrong.
+    unsupervised_rampup: float = 0.0
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True
@@ -131,6 +135,8 @@ class TrainConfig:
         check(0 < self.labeled_fraction < 1, f"labeled_fraction={self.labeled_fraction}: must be in (0, 1)")
         check(self.pseudo_label_threshold is None or 0 <= self.pseudo_label_threshold < 1,
               "pseudo_label_threshold must be in [0, 1) or null")
+        check(0 <= self.unsupervised_rampup <= 1,
+              f"unsupervised_rampup={self.unsupervised_rampup}: a fraction of the steps in [0, 1] (0 = off)")
         check(self.checkpoint_every >= 1 and self.eval_every >= 1 and self.log_every >= 1,
               "checkpoint_every, eval_every and log_every must be >= 1")
         check(self.num_workers >= 0, "num_workers must be >= 0")

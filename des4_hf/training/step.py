@@ -64,6 +64,18 @@ class StepOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+def rampup_weight(step: int, max_steps: int, rampup: float) -> float:
+    """Factor in [0, 1] for λ2 at 0-based ``step``: ``exp(−5(1−t)²)`` with t = step / (rampup·max_steps), then 1.
+
+    The sigmoid-shaped ramp-up of Mean Teacher (Tarvainen & Valpola 2017); ``rampup=0`` is always 1.
+    """
+    length = rampup * max_steps
+    if length <= 0 or step >= length:
+        return 1.0
+    progress = max(0.0, step / length)
+    return math.exp(-5.0 * (1.0 - progress) ** 2)
+
+
 def encode(encoder: Des4Encoder, pixel_values: Tensor, output_stride: int) -> tuple[Tensor, Tensor]:
     return encoder(pad_to_multiple(pixel_values, output_stride))
 

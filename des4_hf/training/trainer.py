@@ -6,6 +6,7 @@ prototype update, log, checkpoint, evaluate} → export the best and last teache
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ from ..metrics.confusion import ConfusionMatrix
 from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
 from .config import TrainConfig
-from .step import PrototypeStatistics, StepSettings, apply_prototype_updates, empty_statistics
+from .step import PrototypeStatistics, StepSettings, apply_prototype_updates, empty_statistics, rampup_weight
 from .teacher import TeacherStudent
 
 logger = logging.getLogger(__name__)
@@ -475,6 +476,12 @@ class Trainer:
         if not unwrapped.shared_head:
             student_statistics = empty_statistics(unwrapped.student.prototype_head)
         summed: dict[str, float] = {}
+        settings = self.settings
+        if config.unsupervised_rampup > 0:  # a function of the step only, so resume reproduces it
+            lambda_unsupervised = config.lambda_unsupervised * rampup_weight(
+                self.state.step, self.max_steps, config.unsupervised_rampup)
+            settings = dataclasses.replace(settings, lambda_unsupervised=lambda_unsupervised)
+            summed["lambda_unsupervised"] = lambda_unsupervised
         for micro_step in range(config.grad_accum_steps):
             labeled = self._to_device(self.labeled_stream.next())
             unlabeled = self._to_device(self.unlabeled_stream.next()) if self.unlabeled_stream else None
@@ -483,7 +490,7 @@ class Trainer:
                 ((config.seed * 1_000_003 + self.state.step) * 64 + micro_step) * 1024 + accelerator.process_index)
             with accelerator.accumulate(self.model):
                 with accelerator.autocast():
-                    output = self.model(labeled, unlabeled, settings=self.settings, class_ratio=self.class_ratio,
+                    output = self.model(labeled, unlabeled, settings=settings, class_ratio=self.class_ratio,
                                         generator=generator)
                 self._check_finite(output.terms)
                 accelerator.backward(output.loss)
