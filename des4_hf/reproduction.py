@@ -74,7 +74,7 @@ def plan_runs(rows: Sequence[AblationRow], seeds: Sequence[int]) -> list[RunSpec
 
 @dataclass
 class ReproductionSettings:
-    recipe: Path  # the shared training recipe (YAML), e.g. configs/camvid_demo.yaml
+    recipe: Path  # the shared training recipe (YAML), e.g. configs/camvid_ablation.yaml
     split_dir: Path  # labeled.txt / unlabeled.txt, committed under reports/camvid/split
     runs_dir: Path  # one training output folder per run (large: checkpoints)
     report_dir: Path  # results.{json,md}, per_class_iou.png, <row>/ (config, metrics, small weights)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                     "resumable; results in <report-dir>/results.{json,md} and per_class_iou.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--recipe", default="configs/camvid_demo.yaml", help="training recipe shared by every row")
+    parser.add_argument("--recipe", default="configs/camvid_ablation.yaml", help="training recipe shared by every row")
     parser.add_argument("--split-dir", default="reports/camvid/split",
                         help="labeled/unlabeled lists; created (1/8 labeled, seed 0) if missing")
     parser.add_argument("--runs-dir", default="outputs/camvid_ablation", help="training output folders (large)")

@@ -101,7 +101,7 @@ def test_runs_on_different_splits_are_refused() -> None:
 
 
 def test_write_summary_from_finished_run_folders(tmp_path: Path) -> None:
-    settings = ReproductionSettings(recipe=Path("configs/camvid_demo.yaml"), split_dir=tmp_path / "split",
+    settings = ReproductionSettings(recipe=Path("configs/camvid_ablation.yaml"), split_dir=tmp_path / "split",
                                     runs_dir=tmp_path / "runs", report_dir=tmp_path / "report")
     for run, values in (("supervised-seed0", [0.9, 0.6, 0.1, 0.1]), ("des4-seed0", [0.9, 0.7, 0.3, 0.3]),
                         ("dt-seed0", None)):  # dt: no final evaluation yet → not in the table
@@ -128,7 +128,7 @@ def test_write_summary_from_finished_run_folders(tmp_path: Path) -> None:
 
 def test_end_to_end_tiny_run_is_resumable(tmp_path: Path, camvid_root: Path) -> None:
     settings = ReproductionSettings(
-        recipe=REPO / "configs" / "camvid_demo.yaml", split_dir=tmp_path / "split", runs_dir=tmp_path / "runs",
+        recipe=REPO / "configs" / "camvid_ablation.yaml", split_dir=tmp_path / "split", runs_dir=tmp_path / "runs",
         report_dir=tmp_path / "report", seeds=(0,), rows=(ROWS_BY_NAME["supervised"], ROWS_BY_NAME["des4"]),
         data_root=str(camvid_root),
         extra_train_args=("--backbone", "test_resnet", "--encoder-weights", "none", "--decoder-channels", "16",
