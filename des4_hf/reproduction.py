@@ -179,7 +179,7 @@ def summarise_runs(records: dict[str, list[dict[str, Any]]], rows: Sequence[Abla
         summary_rows.append({
             "name": row.name, "label": row.label, "seeds": [record["seed"] for record in row_records],
             "teacher_miou": miou.tolist(), "teacher_miou_mean": float(miou.mean()),
-            "teacher_miou_spread": float(miou.max() - miou.min()),
+            "teacher_miou_spread": float(miou.max() - miou.min()) if len(miou) > 1 else None,
             "student_miou_mean": float(np.mean(student)) if student else None,
             "tail_miou": tail_miou.tolist(), "tail_miou_mean": float(tail_miou.mean()),
             "head_miou_mean": float(head_miou.mean()),
@@ -206,7 +206,8 @@ def check_claims(summary_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     claims["tail_gain_largest"] = (claims["des4_over_supervised_tail"] > claims["des4_over_supervised_head"]
                                    and claims["des4_over_mt_tail"] > claims["des4_over_mt_head"])
     # Differences smaller than the seed spread of the rows involved are not evidence either way.
-    claims["largest_seed_spread"] = max(row["teacher_miou_spread"] for row in (sup, mt, des4))
+    spreads = [row["teacher_miou_spread"] for row in (sup, mt, des4) if row["teacher_miou_spread"] is not None]
+    claims["largest_seed_spread"] = max(spreads) if spreads else None
     return claims
 
 
@@ -299,8 +300,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   f"{100 * claims['des4_over_supervised_head']:+.2f}; DeS4 − MT+CutMix: tail "
                   f"{100 * claims['des4_over_mt_tail']:+.2f}, head {100 * claims['des4_over_mt_head']:+.2f}. "
                   f"Largest gain on the tail classes: {'yes' if claims['tail_gain_largest'] else 'no'}.",
-                  f"- Largest seed spread among these rows: {100 * claims['largest_seed_spread']:.2f} mIoU; "
-                  "differences below it are within seed noise."]
+                  "- Largest seed spread among these rows: "
+                  + (f"{100 * claims['largest_seed_spread']:.2f} mIoU; differences below it are within seed noise."
+                     if claims["largest_seed_spread"] is not None else "– (one seed each: no spread measured).")]
     return "\n".join(lines) + "\n"
 
 

@@ -88,6 +88,7 @@ def test_summary_means_spread_tail_and_claims() -> None:
     assert claims["ordering_holds"]
     assert claims["des4_over_supervised_tail"] == pytest.approx(0.25)
     assert claims["tail_gain_largest"]
+    assert claims["largest_seed_spread"] == pytest.approx(0.05)
     # A reversed ordering is reported as such, not hidden.
     records["des4"] = [fake_record([0.8, 0.5, 0.1, 0.1], 0)]
     assert not summarise_runs(records, ROWS)["claims"]["ordering_holds"]
@@ -120,7 +121,7 @@ def test_write_summary_from_finished_run_folders(tmp_path: Path) -> None:
     saved = json.loads((settings.report_dir / "results.json").read_text())
     assert saved["rows"][1]["teacher_miou_mean"] == pytest.approx(0.55)
     markdown = (settings.report_dir / "results.md").read_text()
-    assert "| + D.T. + S.H. + P.R. = DeS4 (MES) | 1 (55.00) | 55.00 |" in markdown
+    assert "| + D.T. + S.H. + P.R. = DeS4 (MES) | 1 (55.00) | 55.00 | – |" in markdown  # no spread from 1 seed
     assert (settings.report_dir / "per_class_iou.png").stat().st_size > 1000
     assert (settings.report_dir / "des4" / "model.safetensors").is_file()  # small → kept
     assert not (settings.report_dir / "dt").exists()
