@@ -157,12 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if match:
-            repo = self._repo(match[1])
-            if repo is None:
-                return self._error(404, "RepoNotFound", head)
-            branch = self._branch_or_commit(repo, unquote(match[2]))
+            branch = self._revision_or_error(match[1], match[2], head)
             if branch is None:
-                return self._error(404, "RevisionNotFound", head)
+                return None
             prefix = unquote(match[3] or "")
             entries = [
                 {"type": "file", "path": name, "size": len(content), "oid": _git_blob_sha(content)}
@@ -172,12 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, entries)
         match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if match:
-            repo = self._repo(match[1])
-            if repo is None:
-                return self._error(404, "RepoNotFound", head)
-            branch = self._branch_or_commit(repo, unquote(match[2]))
+            branch = self._revision_or_error(match[1], match[2], head)
             if branch is None:
-                return self._error(404, "RevisionNotFound", head)
+                return None
             content = branch["files"].get(unquote(match[3]))
             if content is None:
                 return self._send(
@@ -190,6 +184,17 @@ class _Handler(BaseHTTPRequestHandler):
             }
             return self._send(200, content, headers, head)
         return self._error(404, "EndpointNotFound", head)
+
+    def _revision_or_error(self, repo_id: str, revision: str, head: bool) -> dict[str, Any] | None:
+        """The branch (or commit) a URL names; None after answering 404 RepoNotFound / RevisionNotFound."""
+        repo = self._repo(repo_id)
+        if repo is None:
+            self._error(404, "RepoNotFound", head)
+            return None
+        branch = self._branch_or_commit(repo, unquote(revision))
+        if branch is None:
+            self._error(404, "RevisionNotFound", head)
+        return branch
 
     def _branch_or_commit(self, repo: dict[str, Any], revision: str) -> dict[str, Any] | None:
         if revision in repo["branches"]:
