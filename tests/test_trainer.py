@@ -51,11 +51,23 @@ def test_switches_and_method_presets() -> None:
     (["--output-stride", "32"], "output_stride=32"),
     (["--lr", "-1"], "lr=-1"),
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
+    (["--aspp-rates", "3", "0"], "aspp_rates=[3, 0]"),
 ])
 def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: str) -> None:
     with pytest.raises(ValueError, match="invalid training config") as error:
         parse_config(argv)
     assert fragment in str(error.value)
+
+
+def test_aspp_rates_from_yaml_and_command_line_round_trip(tmp_path: Path) -> None:
+    recipe = tmp_path / "small_crops.yaml"
+    recipe.write_text("crop_size: 224\naspp_rates: [2, 4, 6]\n")
+    config = TrainConfig.from_yaml(recipe)
+    assert config.aspp_rates == [2, 4, 6]
+    config.save(tmp_path / "saved.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "saved.yaml").aspp_rates == [2, 4, 6]
+    assert parse_config(["--config", str(recipe), "--aspp-rates", "3", "6"]).aspp_rates == [3, 6]
+    assert parse_config([]).aspp_rates is None  # the model's DeepLabv3+ default
 
 
 def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
@@ -75,7 +87,7 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
 # -- the loop -----------------------------------------------------------------------------------------
 def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
     config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
-                         "--checkpoint-every", "2")
+                         "--checkpoint-every", "2", "--aspp-rates", "2", "4")
     final = Trainer(config).train()
     assert 0.0 <= final["teacher"]["mean_iou"] <= 1.0
     for folder in ("best", "last"):
@@ -83,6 +95,8 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
         assert model.config.training["method"] == "des4"
         assert model.config.training["split"].startswith("random-46-of-367")
         assert bool(model.prototype_head.initialized.any()), "the exported teacher carries its prototypes"
+        assert model.config.aspp_rates == [2, 4]  # the recipe's rates reach the exported model
+        assert [branch[0].dilation for branch in model.decoder.aspp.branches[1:]] == [(2, 2), (4, 4)]
         with torch.no_grad():
             logits = model(torch.randn(1, 3, 37, 53)).logits
         assert logits.shape == (1, 11, 37, 53)

@@ -42,6 +42,10 @@ class TrainConfig:
     output_stride: int = 16
     decoder_channels: int = 256
     separable_convs: bool = False  # depthwise-separable decoder convs (Des4Config.separable_convs)
+    # ASPP atrous rates; None = DeepLabv3+'s 6/12/18 at OS16 (doubled at OS8). Small training crops need
+    # smaller rates: a 224 crop gives a 14×14 map at OS16, where a rate-12 or -18 kernel sees only padding
+    # around its centre in training but real features at test time on the full image.
+    aspp_rates: list[int] | None = None
     logit_scale: float = 10.0
     # -- data ---------------------------------------------------------------------------------------
     dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
@@ -118,6 +122,8 @@ class TrainConfig:
         check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}")
         check(self.report_to in REPORT_TO, f"report_to={self.report_to!r}: one of {', '.join(REPORT_TO)}")
         check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")
+        check(self.aspp_rates is None or (len(self.aspp_rates) > 0 and all(int(r) >= 1 for r in self.aspp_rates)),
+              f"aspp_rates={self.aspp_rates}: one or more positive atrous rates, e.g. [6, 12, 18], or null")
         check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
         check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
@@ -165,6 +171,9 @@ class TrainConfig:
         values = dict(values)
         if "scale_range" in values:
             values["scale_range"] = tuple(values["scale_range"])
+        if values.get("aspp_rates") is not None:
+            rates = values["aspp_rates"]
+            values["aspp_rates"] = [int(rate) for rate in (rates if isinstance(rates, (list, tuple)) else [rates])]
         config = cls(**values)
         config.apply_method_defaults()
         config.validate()
@@ -216,6 +225,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
             parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None)
         elif kind == tuple[float, float]:
             parser.add_argument(option, dest=dest, type=float, nargs=2, default=None)
+        elif kind == list[int]:
+            parser.add_argument(option, dest=dest, type=int, nargs="+", default=None)
         else:
             converter = kind if kind in (int, float, str) else str
             parser.add_argument(option, dest=dest, type=converter, default=None)

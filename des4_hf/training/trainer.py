@@ -158,6 +158,7 @@ class Trainer:
         model_config = Des4Config(
             backbone=config.backbone, encoder_weights=config.encoder_weights, output_stride=config.output_stride,
             decoder_channels=config.decoder_channels, separable_convs=config.separable_convs,
+            aspp_rates=config.aspp_rates,
             logit_scale=config.logit_scale, prototype_momentum=config.prototype_momentum, encoder_momentum=config.encoder_momentum,
             mes_num_zones=config.mes_num_zones, mes_alpha=config.mes_alpha,
             id2label=id2label, label2id={name: index for index, name in id2label.items()},
