@@ -12,9 +12,13 @@ from torch import Tensor
 
 from .modeling_des4 import prototype_logits, segmentation_loss
 
+CLASS_WEIGHTINGS = ("none", "median-frequency", "sqrt-median-frequency")
+
 __all__ = [
+    "CLASS_WEIGHTINGS",
     "prototype_logits",
     "entropy",
+    "class_balancing_weights",
     "cross_entropy_loss",
     "pixel_weights",
     "unbiased_supervised_loss",
@@ -39,14 +43,56 @@ def _check_shapes(logits: Tensor, labels: Tensor) -> None:
         )
 
 
-def cross_entropy_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+def class_balancing_weights(pixel_counts: Tensor, method: str) -> Tensor | None:
+    """Per-class cross-entropy weights from the labeled set's pixel counts (not in the paper; off by default).
+
+    ``median-frequency`` is the median frequency balancing of Eigen & Fergus (2015), used by SegNet on
+    CamVid: ``w_c = median(f) / f_c`` with ``f_c`` the class's share of the labeled pixels and the
+    median over the classes that occur. ``sqrt-median-frequency`` is its square root, a milder
+    version. A class with no labeled pixel gets weight 1 (it never appears as a target). ``none``
+    returns ``None``.
+    """
+    if method not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting {method!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
+    if method == "none":
+        return None
+    counts = torch.as_tensor(pixel_counts).detach().to(torch.float64).flatten()
+    if (counts < 0).any() or not (counts > 0).any():
+        raise ValueError(f"pixel_counts must be non-negative with at least one labeled pixel, got {counts.tolist()}")
+    present = counts > 0
+    frequency = counts / counts.sum()
+    weights = torch.ones_like(frequency)
+    weights[present] = frequency[present].quantile(0.5) / frequency[present]  # even count: mean of the middle two
+    if method == "sqrt-median-frequency":
+        weights = weights.sqrt()
+    return weights.float()
+
+
+def _check_class_weights(class_weights: Tensor, logits: Tensor) -> None:
+    if class_weights.shape != (logits.shape[1],):
+        raise ValueError(f"class_weights has shape {tuple(class_weights.shape)}; expected ({logits.shape[1]},), "
+                         "one weight per class")
+
+
+def cross_entropy_loss(
+    logits: Tensor, labels: Tensor, ignore_index: int = 255, class_weights: Tensor | None = None
+) -> Tensor:
     """Mean cross-entropy over the pixels whose label is not ``ignore_index`` (Eq. 6's ``L_ce``).
 
     Unlike ``F.cross_entropy(..., reduction="mean")`` it returns 0 instead of NaN when every pixel
     is ignored; that 0 is still connected to ``logits`` so ``backward()`` works. No host sync.
+    With ``class_weights`` (C,), pixel j counts ``w[y_j]`` times: ``Σ w·CE / Σ w`` over the valid pixels
+    (PyTorch's weighted mean), so uniform weights give the plain mean.
     """
     _check_shapes(logits, labels)
-    return segmentation_loss(logits, labels, ignore_index)
+    if class_weights is None:
+        return segmentation_loss(logits, labels, ignore_index)
+    _check_class_weights(class_weights, logits)
+    labels = labels.long()
+    valid = labels != ignore_index
+    weights = class_weights.to(device=logits.device, dtype=torch.float32)[labels.masked_fill(~valid, 0)] * valid
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    return (weights * per_pixel).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 @torch.no_grad()
@@ -73,7 +119,8 @@ def pixel_weights(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Te
 
 
 def unbiased_supervised_loss(
-    logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255
+    logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
     """``L_l^ub`` of Eq. 8 with the pixel weights of Eq. 7 (SPEC §2.3).
 
@@ -83,6 +130,9 @@ def unbiased_supervised_loss(
         reweight: ``False`` switches pixel re-weighting off (ablation "P.R.", Table 3): plain mean
             cross-entropy over all valid pixels of the batch.
         ignore_index: label value to ignore.
+        class_weights: optional ``(C,)`` per-class weights (not in the paper): each pixel's Eq. 7 weight is
+            multiplied by its class's weight and the image's weights are normalised to sum 1 again;
+            with ``reweight=False``, the class-weighted mean of :func:`cross_entropy_loss`.
 
     Returns:
         Scalar: per image ``Σ_j W_ij · CE_ij`` (weights detached, summing to 1 over the image's
@@ -91,13 +141,18 @@ def unbiased_supervised_loss(
         that is still connected to ``logits``.
     """
     if not reweight:
-        return cross_entropy_loss(logits, labels, ignore_index)
+        return cross_entropy_loss(logits, labels, ignore_index, class_weights)
     _check_shapes(logits, labels)
     if logits.dim() != 4:
         raise ValueError(f"reweight=True needs per-image logits (B, C, H, W), got {tuple(logits.shape)}")
     labels = labels.long()
     per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     weights = pixel_weights(logits, labels, ignore_index)
+    if class_weights is not None:
+        _check_class_weights(class_weights, logits)
+        weights = weights * class_weights.to(device=weights.device, dtype=weights.dtype)[
+            labels.masked_fill(labels == ignore_index, 0)]
+        weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     per_image = (weights * per_pixel).sum(dim=(1, 2))
     has_valid = (labels != ignore_index).flatten(1).any(1)
     return per_image.sum() / has_valid.sum().clamp_min(1)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from des4_hf.losses import (
+    class_balancing_weights,
     cross_entropy_loss,
     entropy,
     pixel_weights,
@@ -129,3 +130,53 @@ def test_fully_confident_image_has_no_nan():
 def test_shape_mismatch_says_how_to_fix():
     with pytest.raises(ValueError, match="interpolate"):
         unbiased_supervised_loss(torch.randn(1, 2, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_median_frequency_weights_hand_computed():
+    # shares 0.5, 0.3, 0.15, 0.05 and one absent class: median of the present shares = (0.3 + 0.15) / 2
+    counts = torch.tensor([500, 300, 150, 50, 0])
+    weights = class_balancing_weights(counts, "median-frequency")
+    torch.testing.assert_close(weights, torch.tensor([0.45, 0.75, 1.5, 4.5, 1.0]))
+    torch.testing.assert_close(class_balancing_weights(counts, "sqrt-median-frequency"), weights.sqrt())
+    assert class_balancing_weights(counts, "none") is None
+    with pytest.raises(ValueError, match="median-frequency"):
+        class_balancing_weights(counts, "inverse")
+    with pytest.raises(ValueError, match="at least one labeled pixel"):
+        class_balancing_weights(torch.zeros(3), "median-frequency")
+
+
+def test_class_weighted_cross_entropy_is_pytorchs_weighted_mean():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 5, 6), generator=generator)
+    labels[0, 0] = 255
+    weights = torch.tensor([0.5, 2.0, 1.0, 4.0])
+    loss = cross_entropy_loss(logits, labels, class_weights=weights)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels, weight=weights, ignore_index=255))
+    # equal weights give the plain mean, and an all-ignored batch a connected 0
+    torch.testing.assert_close(cross_entropy_loss(logits, labels, class_weights=torch.full((4,), 3.0)),
+                               cross_entropy_loss(logits, labels))
+    empty = cross_entropy_loss(logits, torch.full_like(labels, 255), class_weights=weights)
+    empty.backward()
+    assert empty.item() == 0.0 and logits.grad is not None
+    with pytest.raises(ValueError, match="one weight per class"):
+        cross_entropy_loss(logits, labels, class_weights=torch.ones(3))
+
+
+def test_class_weights_multiply_the_eq7_pixel_weights():
+    # One image, 2 classes, 3 valid pixels (the 4th ignored). Eq. 7 weights W, times class weights (1, 3)
+    # of the pixels' labels, renormalised: the loss is Σ W·w·CE / Σ W·w.
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 2, 2, 2, generator=generator)
+    labels = torch.tensor([[[0, 1], [1, 255]]])
+    class_weights = torch.tensor([1.0, 3.0])
+    eq7 = pixel_weights(logits, labels)
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    pixel_class_weight = torch.tensor([[[1.0, 3.0], [3.0, 0.0]]])
+    expected = (eq7 * pixel_class_weight * per_pixel).sum() / (eq7 * pixel_class_weight).sum()
+    torch.testing.assert_close(unbiased_supervised_loss(logits, labels, class_weights=class_weights), expected)
+    # equal class weights leave Eq. 8 unchanged; without re-weighting it is the class-weighted mean CE
+    torch.testing.assert_close(unbiased_supervised_loss(logits, labels, class_weights=torch.full((2,), 7.0)),
+                               unbiased_supervised_loss(logits, labels))
+    torch.testing.assert_close(unbiased_supervised_loss(logits, labels, reweight=False, class_weights=class_weights),
+                               F.cross_entropy(logits, labels, weight=class_weights, ignore_index=255))

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
+from des4_hf.losses import class_balancing_weights
 from des4_hf.training.config import TrainConfig, parse_config
-from des4_hf.training.trainer import Trainer
+from des4_hf.training.trainer import Trainer, trim_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -52,6 +53,7 @@ def test_switches_and_method_presets() -> None:
     (["--lr", "-1"], "lr=-1"),
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
     (["--aspp-rates", "3", "0"], "aspp_rates=[3, 0]"),
+    (["--class-weighting", "inverse"], "class_weighting='inverse'"),
 ])
 def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: str) -> None:
     with pytest.raises(ValueError, match="invalid training config") as error:
@@ -87,12 +89,19 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
 # -- the loop -----------------------------------------------------------------------------------------
 def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
     config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
-                         "--checkpoint-every", "2", "--aspp-rates", "2", "4")
-    final = Trainer(config).train()
+                         "--checkpoint-every", "2", "--aspp-rates", "2", "4", "--class-weighting", "median-frequency")
+    trainer = Trainer(config)
+    final = trainer.train()
     assert 0.0 <= final["teacher"]["mean_iou"] <= 1.0
+    # Median-frequency weights from the 46 labeled masks: the rare classes count more than road.
+    expected_weights = class_balancing_weights(torch.as_tensor(trainer.labeled_pixel_counts), "median-frequency")
+    torch.testing.assert_close(trainer.class_weights, expected_weights)
+    names = trainer.class_names
+    assert trainer.class_weights[names.index("road")] < 1 < trainer.class_weights[names.index("bicyclist")]
     for folder in ("best", "last"):
         model = Des4ForSemanticSegmentation.from_pretrained(tmp_path / folder)
         assert model.config.training["method"] == "des4"
+        assert model.config.training["recipe"]["class_weighting"] == "median-frequency"
         assert model.config.training["split"].startswith("random-46-of-367")
         assert bool(model.prototype_head.initialized.any()), "the exported teacher carries its prototypes"
         assert model.config.aspp_rates == [2, 4]  # the recipe's rates reach the exported model
@@ -130,12 +139,12 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, camvid_roo
 
     original = Trainer.train_step
 
-    def dies_at_step_3(self: Trainer, unwrapped):
-        if self.state.step == 2:
-            raise _Killed("simulated crash after the step-2 checkpoint")
+    def dies_at_step_4(self: Trainer, unwrapped):
+        if self.state.step == 3:  # step 3 is logged, the last checkpoint is step 2's
+            raise _Killed("simulated crash after step 3, one step past the step-2 checkpoint")
         return original(self, unwrapped)
 
-    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_4)
     with pytest.raises(_Killed):
         Trainer(tiny_config(tmp_path / "resumed", *common)).train()
     monkeypatch.setattr(Trainer, "train_step", original)
@@ -148,6 +157,20 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, camvid_roo
     different = [key for key in a if not torch.equal(a[key], b[key])]
     assert not different, f"resumed run differs in {different[:5]}"
     assert straight.state.step == resumed.state.step == 4
+    # The log holds each step once: the resumed run drops the step-3 entry it ran again.
+    resumed_lines = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in resumed_lines] == [1, 2, 3, 4]
+    assert [line["loss"] for line in resumed_lines] == pytest.approx([line["loss"] for line in lines])
+
+
+def test_a_fresh_run_starts_a_new_log_and_a_resumed_one_drops_steps_past_its_checkpoint(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in (1, 2, 3, 4, 5)))
+    trim_log(log, 3)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    trim_log(log, 0)
+    assert not log.exists()
+    trim_log(log, 2)  # nothing to trim is fine
 
 
 def _free_port() -> int:

@@ -51,16 +51,17 @@ SETTINGS = StepSettings(lambda_supervised=1.0, lambda_unsupervised=1.5)
 RATIO = torch.tensor([1.0, 0.5, 0.25])
 
 
-def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS):
+def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS, class_weights: torch.Tensor | None = None):
     labeled, unlabeled = make_batches()
-    return compute_step(model, labeled, unlabeled, settings=settings, class_ratio=RATIO,
+    return compute_step(model, labeled, unlabeled, settings=settings, class_ratio=RATIO, class_weights=class_weights,
                         generator=torch.Generator().manual_seed(0)), labeled, unlabeled
 
 
-def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules() -> None:
+@pytest.mark.parametrize("class_weights", [None, torch.tensor([0.25, 1.0, 4.0])], ids=["plain", "class-weighted"])
+def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules(class_weights: torch.Tensor | None) -> None:
     model = make_model()
     reference = copy.deepcopy(model)  # BN running statistics move during the step: recompute on a copy
-    output, labeled, unlabeled = run_step(model)
+    output, labeled, unlabeled = run_step(model, class_weights=class_weights)
     model = reference
     student = model.student
     size = (CROP, CROP)
@@ -69,7 +70,8 @@ def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules() -> None:
         low, high = encode(model.teacher_encoder, labeled["pixel_values"], student.config.output_stride)
         teacher_logits = student.upsample_logits(student.prototype_head(decode(model.teacher_decoder, (low, high), size)),
                                                  size)
-        expected_unbiased = unbiased_supervised_loss(teacher_logits, labeled["labels"], reweight=True)
+        expected_unbiased = unbiased_supervised_loss(teacher_logits, labeled["labels"], reweight=True,
+                                                     class_weights=class_weights)
         # Pseudo labels: full teacher in eval mode on the weak view, padding ignored, CutMix from the next sample.
         model.teacher_decoder.eval()
         low_u, high_u = encode(model.teacher_encoder, unlabeled["pixel_values_weak"], student.config.output_stride)
@@ -82,13 +84,25 @@ def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules() -> None:
                                    unlabeled["pixel_values_strong"])
         mixed_labels = torch.where(box, pseudo.roll(1, 0), pseudo)
         student_logits = student(torch.cat([labeled["pixel_values"], mixed_images])).logits
-        expected_supervised = cross_entropy_loss(student_logits[:2], labeled["labels"])
-        expected_unsupervised = cross_entropy_loss(student_logits[2:], mixed_labels)
+        # Class weights (TrainConfig.class_weighting) enter all three cross-entropies.
+        expected_supervised = cross_entropy_loss(student_logits[:2], labeled["labels"], class_weights=class_weights)
+        expected_unsupervised = cross_entropy_loss(student_logits[2:], mixed_labels, class_weights=class_weights)
     expected = expected_unbiased + 1.0 * expected_supervised + 1.5 * expected_unsupervised
     torch.testing.assert_close(output.terms["loss_unbiased"], expected_unbiased, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(output.terms["loss_supervised"], expected_supervised, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(output.terms["loss_unsupervised"], expected_unsupervised, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(output.loss.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_class_weights_can_leave_the_unbiased_loss_alone() -> None:
+    weights = torch.tensor([0.25, 1.0, 4.0])
+    plain, _, _ = run_step(make_model())
+    only_student, _, _ = run_step(make_model(), StepSettings(class_weight_unbiased=False), class_weights=weights)
+    everywhere, _, _ = run_step(make_model(), class_weights=weights)
+    torch.testing.assert_close(only_student.terms["loss_unbiased"], plain.terms["loss_unbiased"])
+    assert not torch.allclose(everywhere.terms["loss_unbiased"], plain.terms["loss_unbiased"])
+    torch.testing.assert_close(only_student.terms["loss_supervised"], everywhere.terms["loss_supervised"])
+    assert not torch.allclose(only_student.terms["loss_supervised"], plain.terms["loss_supervised"])
 
 
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:

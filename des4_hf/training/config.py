@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from ..losses import CLASS_WEIGHTINGS
+
 METHODS = ("des4", "mean-teacher", "supervised")
 SAMPLERS = ("mes", "quantity", "confidence")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -79,6 +81,12 @@ class TrainConfig:
     # exp(−5(1−t)²) ramp of Mean Teacher (Tarvainen & Valpola 2017). Not in the paper: 0 (off) by
     # default; for schedules of a few hundred steps, where early pseudo labels are mostly wrong.
     unsupervised_rampup: float = 0.0
+    # Per-class weights on the cross-entropies from the labeled set's pixel counts: none | median-frequency |
+    # sqrt-median-frequency (des4_hf.losses.class_balancing_weights). Not in the paper, so none by default.
+    # They weight the student's L_l^b and L_u and, unless class_weight_unbiased is false, L_l^ub too
+    # (multiplying its Eq. 7 pixel weights, renormalised per image).
+    class_weighting: str = "none"
+    class_weight_unbiased: bool = True
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True
@@ -120,6 +128,8 @@ class TrainConfig:
 
         check(self.method in METHODS, f"method={self.method!r}: choose one of {', '.join(METHODS)}")
         check(self.sampler in SAMPLERS, f"sampler={self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        check(self.class_weighting in CLASS_WEIGHTINGS,
+              f"class_weighting={self.class_weighting!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
         check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}")
         check(self.report_to in REPORT_TO, f"report_to={self.report_to!r}: one of {', '.join(REPORT_TO)}")
         check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")

@@ -39,6 +39,7 @@ class StepSettings:
     alpha: float = 0.1
     ignore_index: int = 255
     pseudo_label_threshold: float | None = None
+    class_weight_unbiased: bool = True  # class weights (when given) also enter L_l^ub
 
 
 @dataclass
@@ -122,9 +123,15 @@ def compute_step(
     *,
     settings: StepSettings,
     class_ratio: Tensor,
+    class_weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> StepOutput:
-    """The losses of Eq. 4 for one (micro-)batch and the prototype statistics of step 8."""
+    """The losses of Eq. 4 for one (micro-)batch and the prototype statistics of step 8.
+
+    ``class_weights`` (C,), when given, weight the cross-entropies per target class
+    (``TrainConfig.class_weighting``, not in the paper): the student's ``L_l^b`` and ``L_u``, and, with
+    ``settings.class_weight_unbiased``, ``L_l^ub`` on top of its Eq. 7 pixel weights.
+    """
     student = model.student
     ignore = settings.ignore_index
     images_l, labels_l = labeled["pixel_values"], labeled["labels"]
@@ -133,7 +140,7 @@ def compute_step(
 
     if settings.method == "supervised" or not model.with_teacher:
         embeddings, low_res, logits = _student_logits(student, images_l)
-        loss_supervised = cross_entropy_loss(logits, labels_l, ignore)
+        loss_supervised = cross_entropy_loss(logits, labels_l, ignore, class_weights)
         statistics = sample_statistics(embeddings, low_res, labels_l, class_ratio, settings, generator)
         loss = settings.lambda_supervised * loss_supervised
         return StepOutput(loss, {"loss": loss.detach(), "loss_supervised": loss_supervised.detach()}, statistics)
@@ -161,8 +168,9 @@ def compute_step(
     loss = images_l.new_zeros(())
     if model.decoupled:
         teacher_logits_l = student.upsample_logits(teacher_low_res_l, size)
-        loss_unbiased = unbiased_supervised_loss(teacher_logits_l, labels_l, reweight=settings.reweight,
-                                                 ignore_index=ignore)
+        loss_unbiased = unbiased_supervised_loss(
+            teacher_logits_l, labels_l, reweight=settings.reweight, ignore_index=ignore,
+            class_weights=class_weights if settings.class_weight_unbiased else None)
         loss = loss + loss_unbiased
         terms["loss_unbiased"] = loss_unbiased.detach()
 
@@ -189,8 +197,8 @@ def compute_step(
     student_embeddings, student_low_res, student_logits = _student_logits(
         student, torch.cat([images_l, images_mixed.to(images_l.dtype)])
     )
-    loss_supervised = cross_entropy_loss(student_logits[:batch_l], labels_l, ignore)
-    loss_unsupervised = cross_entropy_loss(student_logits[batch_l:], labels_mixed, ignore)
+    loss_supervised = cross_entropy_loss(student_logits[:batch_l], labels_l, ignore, class_weights)
+    loss_unsupervised = cross_entropy_loss(student_logits[batch_l:], labels_mixed, ignore, class_weights)
 
     # 7. Eq. 4.
     loss = loss + settings.lambda_supervised * loss_supervised + settings.lambda_unsupervised * loss_unsupervised

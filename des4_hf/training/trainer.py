@@ -40,6 +40,7 @@ from ..data import (
 from ..data.augment import AugmentConfig
 from ..image_processing_des4 import Des4ImageProcessor
 from ..inference import cpu_has_native_bf16, overlay
+from ..losses import class_balancing_weights
 from ..metrics.confusion import ConfusionMatrix
 from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
@@ -90,6 +91,20 @@ def resolve_mixed_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+def trim_log(log_path: Path, last_step: int) -> None:
+    """Keep only the entries of steps ≤ ``last_step``: a fresh run (0) into a used folder starts a new log, and a
+    resumed one drops the steps logged after its checkpoint, which it is about to run again."""
+    if not log_path.exists():
+        return
+    if last_step == 0:
+        log_path.unlink()
+        return
+    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    temporary = log_path.with_name(log_path.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, log_path)
+
+
 class Trainer:
     """Runs one :class:`TrainConfig`. ``Trainer(config).train()`` returns the final evaluation record."""
 
@@ -109,7 +124,7 @@ class Trainer:
             method=config.method, reweight=config.reweight, sampler=config.sampler,
             lambda_supervised=config.lambda_supervised, lambda_unsupervised=config.lambda_unsupervised,
             num_zones=config.mes_num_zones, alpha=config.mes_alpha,
-            pseudo_label_threshold=config.pseudo_label_threshold,
+            pseudo_label_threshold=config.pseudo_label_threshold, class_weight_unbiased=config.class_weight_unbiased,
         )
 
     # -- logging helpers ---------------------------------------------------------------------------------
@@ -147,9 +162,14 @@ class Trainer:
             counts = class_pixel_counts(self.labeled_hf, self.num_classes, self.output_dir / "cache", split.fingerprint)
         self.labeled_pixel_counts = np.asarray(counts, dtype=np.int64)
         self.class_ratio = compute_class_ratio(torch.as_tensor(self.labeled_pixel_counts))
+        self.class_weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts),
+                                                     config.class_weighting)
         self.val_hf = dataset[config.val_split]
         self.print(f"data: {config.dataset} — {len(self.labeled_hf)} labeled, {len(self.unlabeled_hf)} unlabeled "
                    f"(split {split.name}), {len(self.val_hf)} val, {self.num_classes} classes")
+        if self.class_weights is not None:
+            weights = ", ".join(f"{name} {w:.2f}" for name, w in zip(self.class_names, self.class_weights.tolist()))
+            self.print(f"class weights ({config.class_weighting}, from the labeled pixels): {weights}")
 
     # -- 2. model ------------------------------------------------------------------------------------------
     def build_model(self) -> None:
@@ -429,6 +449,8 @@ class Trainer:
         progress = tqdm(total=self.max_steps, initial=self.state.step, disable=not self.is_main, desc=config.method,
                         dynamic_ncols=True)
         log_path = self.output_dir / "log.jsonl"
+        if self.is_main:
+            trim_log(log_path, self.state.step)
         images_per_step = (config.batch_size + (config.effective_unlabeled_batch_size if self.unlabeled_stream else 0)) \
             * accelerator.num_processes * config.grad_accum_steps
         try:
@@ -492,7 +514,7 @@ class Trainer:
             with accelerator.accumulate(self.model):
                 with accelerator.autocast():
                     output = self.model(labeled, unlabeled, settings=settings, class_ratio=self.class_ratio,
-                                        generator=generator)
+                                        class_weights=self.class_weights, generator=generator)
                 self._check_finite(output.terms)
                 accelerator.backward(output.loss)
                 self.optimizer.step()
