@@ -68,10 +68,13 @@ def class_balancing_weights(pixel_counts: Tensor, method: str) -> Tensor | None:
     return weights.float()
 
 
-def _check_class_weights(class_weights: Tensor, logits: Tensor) -> None:
+def _pixel_class_weights(class_weights: Tensor, logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    """Each pixel's class weight, float32 in the shape of ``labels``; 0 at ignored pixels."""
     if class_weights.shape != (logits.shape[1],):
         raise ValueError(f"class_weights has shape {tuple(class_weights.shape)}; expected ({logits.shape[1]},), "
                          "one weight per class")
+    valid = labels != ignore_index
+    return class_weights.to(device=logits.device, dtype=torch.float32)[labels.masked_fill(~valid, 0)] * valid
 
 
 def cross_entropy_loss(
@@ -87,10 +90,8 @@ def cross_entropy_loss(
     _check_shapes(logits, labels)
     if class_weights is None:
         return segmentation_loss(logits, labels, ignore_index)
-    _check_class_weights(class_weights, logits)
     labels = labels.long()
-    valid = labels != ignore_index
-    weights = class_weights.to(device=logits.device, dtype=torch.float32)[labels.masked_fill(~valid, 0)] * valid
+    weights = _pixel_class_weights(class_weights, logits, labels, ignore_index)
     per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     return (weights * per_pixel).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -149,9 +150,7 @@ def unbiased_supervised_loss(
     per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     weights = pixel_weights(logits, labels, ignore_index)
     if class_weights is not None:
-        _check_class_weights(class_weights, logits)
-        weights = weights * class_weights.to(device=weights.device, dtype=weights.dtype)[
-            labels.masked_fill(labels == ignore_index, 0)]
+        weights = weights * _pixel_class_weights(class_weights, logits, labels, ignore_index)
         weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     per_image = (weights * per_pixel).sum(dim=(1, 2))
     has_valid = (labels != ignore_index).flatten(1).any(1)
