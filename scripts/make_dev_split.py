@@ -18,7 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+from des4_hf.data import default_camvid_root
+
 LINKED = ("JPEGImages", "SegmentationClass", "classes.txt")
 
 
@@ -57,11 +58,18 @@ def make_dev_split(data_root: Path, out: Path, prefix: str, holdout: int) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="VOC-layout source (default: CamVid)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="VOC-layout source (default: $DES4_CAMVID_ROOT or ../shared/data/camvid)")
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder to write")
     parser.add_argument("--prefix", default="0016E5", help="id prefix of the held-out block (a CamVid sequence)")
     parser.add_argument("--holdout", type=int, default=60, help="number of held-out images")
     args = parser.parse_args(argv)
+    if args.data_root is None:
+        args.data_root = default_camvid_root()
+        if args.data_root is None:
+            print("error: no --data-root given and ../shared/data/camvid not found; pass --data-root or set "
+                  "DES4_CAMVID_ROOT.", file=sys.stderr)
+            return 2
     try:
         kept, held = make_dev_split(args.data_root, args.out, args.prefix, args.holdout)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

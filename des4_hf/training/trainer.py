@@ -161,9 +161,13 @@ class Trainer:
         with self.accelerator.main_process_first():
             counts = class_pixel_counts(self.labeled_hf, self.num_classes, self.output_dir / "cache", split.fingerprint)
         self.labeled_pixel_counts = np.asarray(counts, dtype=np.int64)
-        self.class_ratio = compute_class_ratio(torch.as_tensor(self.labeled_pixel_counts))
+        # On the device once, so the step's .to(device) calls are no-ops.
+        device = self.accelerator.device
+        self.class_ratio = compute_class_ratio(torch.as_tensor(self.labeled_pixel_counts)).to(device)
         self.class_weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts),
                                                      config.class_weighting)
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(device)
         self.val_hf = dataset[config.val_split]
         self.print(f"data: {config.dataset} — {len(self.labeled_hf)} labeled, {len(self.unlabeled_hf)} unlabeled "
                    f"(split {split.name}), {len(self.val_hf)} val, {self.num_classes} classes")
