@@ -193,13 +193,43 @@ class PrototypeHead(nn.Module):
         return prototype_logits(embeddings, self.prototypes, self.scale)
 
     @torch.no_grad()
+    def reset_orthonormal_(self, generator: torch.Generator | None = None) -> PrototypeHead:
+        """Random orthonormal prototypes, every class flagged ``initialized`` (SPEC §3.8 [choice]).
+
+        Each class then starts at cosine 0 to every other and is blended by the Eq. 12 EMA from its first
+        sample on, instead of being set to its first mean: the first means of a randomly initialised decoder
+        are nearly collinear (cosine 0.84–0.88), so classes that share a direction separate only slowly.
+        Needs ``num_classes <= d`` (the decoder width).
+        """
+        num_classes, dim = self.prototypes.shape
+        if num_classes > dim:
+            raise ValueError(f"{num_classes} orthonormal prototypes do not fit in d={dim} dimensions: raise "
+                             "decoder_channels to at least the number of classes, or use prototype_init='first-mean'")
+        gaussian = torch.randn(dim, num_classes, generator=generator, dtype=torch.float64)
+        basis, _ = torch.linalg.qr(gaussian)  # (d, C), orthonormal columns
+        self.prototypes.copy_(basis.T.to(device=self.prototypes.device, dtype=self.prototypes.dtype))
+        self.initialized.fill_(True)
+        return self
+
+    @torch.no_grad()
+    def follow_(self, source: PrototypeHead, momentum: float) -> None:
+        """EMA of another bank (a mean teacher's bank following the student's, SPEC §4):
+        ``p ← normalise(τ·p + (1−τ)·p_source)``; a class the source has and this bank lacks is copied."""
+        mine, theirs = self.prototypes.double(), source.prototypes.double()
+        blended = F.normalize(momentum * mine + (1.0 - momentum) * theirs, dim=1)
+        blended = torch.where(self.initialized[:, None], blended, theirs)  # first sight: copy
+        updated = torch.where(source.initialized[:, None], blended, mine)  # the source lacks it: unchanged
+        self.prototypes.copy_(updated.to(self.prototypes.dtype))
+        self.initialized |= source.initialized
+
+    @torch.no_grad()
     def update(self, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
         """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample.
 
         ``sums`` (C, d) and ``counts`` (C,) are this process's per-class sums and numbers of sampled
         features; when ``torch.distributed`` is initialised they are summed over all ranks first, so
-        every rank applies the same update and holds bit-identical prototypes afterwards. A class seen
-        for the first time is set to its mean (SPEC §3.8 [choice]) and flagged ``initialized``.
+        every rank applies the same update and holds bit-identical prototypes afterwards. A class not yet
+        ``initialized`` (see :meth:`reset_orthonormal_`) is set to its first mean and flagged.
         Returns the (reduced) counts.
         """
         if not 0.0 <= momentum <= 1.0:

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 TAIL_SHARE = 0.03
-MAX_SAVED_MODEL_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class ReproductionSettings:
     recipe: Path  # the shared training recipe (YAML), e.g. configs/camvid_ablation.yaml
     split_dir: Path  # labeled.txt / unlabeled.txt, committed under reports/camvid/split
     runs_dir: Path  # one training output folder per run (large: checkpoints)
-    report_dir: Path  # results.{json,md}, per_class_iou.png, <row>/ (config, metrics, small weights)
+    report_dir: Path  # results.{json,md}, per_class_iou.png, <row>/ (config, metrics; no weights)
     seeds: tuple[int, ...] = (0, 1)
     rows: tuple[AblationRow, ...] = ROWS
     extra_train_args: tuple[str, ...] = ()
@@ -225,8 +224,10 @@ def collect_records(settings: ReproductionSettings) -> dict[str, list[dict[str, 
 
 
 def export_row_artifacts(settings: ReproductionSettings, records: dict[str, list[dict[str, Any]]]) -> None:
-    """``<report_dir>/<row>/``: the first seed's teacher config, metrics and resolved training config, and its
-    weights if < 20 MB."""
+    """``<report_dir>/<row>/``: the first seed's teacher config, metrics and resolved training config.
+
+    Never the weights: they stay in the run folder under ``runs_dir`` (``outputs/``, ignored by git), so a
+    checkout stays small enough to copy to an accelerator machine."""
     for row_name, row_records in records.items():
         first = row_records[0]
         source = settings.runs_dir / first["run"] / "last"
@@ -235,9 +236,6 @@ def export_row_artifacts(settings: ReproductionSettings, records: dict[str, list
         for name in ("config.json", "preprocessor_config.json", "eval.json"):
             if (source / name).is_file():
                 shutil.copy2(source / name, target / name)
-        weights = source / "model.safetensors"
-        if weights.is_file() and weights.stat().st_size < MAX_SAVED_MODEL_BYTES:
-            shutil.copy2(weights, target / "model.safetensors")
         if (source.parent / "train_config.yaml").is_file():  # the full resolved recipe of the run
             shutil.copy2(source.parent / "train_config.yaml", target / "train_config.yaml")
         (target / "runs.json").write_text(json.dumps(

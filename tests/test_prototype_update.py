@@ -48,6 +48,44 @@ def test_first_time_init_then_ema_hand_computed():
     assert torch.allclose(head.prototypes.norm(dim=1), torch.ones(4), atol=1e-6)
 
 
+def test_orthonormal_init_is_separated_and_blended_by_the_ema_from_the_first_sample():
+    head = PrototypeHead(11, 16, scale=10.0).reset_orthonormal_(torch.Generator().manual_seed(0))
+    # Separation: unit rows, cosine 0 between every two classes (first means measured 0.84–0.88).
+    torch.testing.assert_close(head.prototypes @ head.prototypes.T, torch.eye(11), atol=1e-6, rtol=0)
+    assert head.initialized.all()
+    again = PrototypeHead(11, 16, scale=10.0).reset_orthonormal_(torch.Generator().manual_seed(0))
+    assert torch.equal(head.prototypes, again.prototypes)  # the same start on every rank (seeded)
+    # The first sample is blended, not copied: p0 ← normalise(0.9·p0 + 0.1·mean).
+    start = head.prototypes[0].clone()
+    sums = torch.zeros(11, 16)
+    sums[0, 0] = 2.0  # one sample, mean e_0
+    head.update(sums, torch.tensor([1] + [0] * 10), momentum=0.9)
+    blend = 0.9 * start + 0.1 * torch.nn.functional.one_hot(torch.tensor(0), 16).float() * 2.0
+    torch.testing.assert_close(head.prototypes[0], blend / blend.norm(), atol=1e-6, rtol=0)
+
+
+def test_orthonormal_init_needs_as_many_dimensions_as_classes():
+    with pytest.raises(ValueError, match="raise decoder_channels .* or use prototype_init='first-mean'"):
+        PrototypeHead(21, 16, scale=10.0).reset_orthonormal_()
+
+
+def test_a_mean_teacher_bank_follows_the_students_by_ema_hand_computed():
+    teacher, student = make_head(num_classes=3), make_head(num_classes=3, seed=1)
+    teacher.prototypes.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]]))
+    teacher.initialized.copy_(torch.tensor([True, False, False]))
+    student.prototypes.copy_(torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]))
+    student.initialized.copy_(torch.tensor([True, True, False]))
+    teacher.follow_(student, momentum=0.5)
+    # Class 0, both seen: normalise(0.5·(1, 0) + 0.5·(0, 1)) = (1, 1)/√2.
+    torch.testing.assert_close(teacher.prototypes[0], torch.tensor([1.0, 1.0]) / math.sqrt(2.0))
+    # Class 1, first seen by the student: copied. Class 2, seen by neither: unchanged.
+    torch.testing.assert_close(teacher.prototypes[1], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(teacher.prototypes[2], torch.tensor([0.6, 0.8]))
+    assert teacher.initialized.tolist() == [True, True, False]
+    teacher.follow_(student, momentum=0.0)  # τ = 0 (the first EMA step): a copy of every seen class
+    torch.testing.assert_close(teacher.prototypes[:2], student.prototypes[:2])
+
+
 def test_no_gradient_flows():
     head = make_head()
     sums = torch.randn(4, 2, requires_grad=True)

@@ -123,7 +123,8 @@ def test_write_summary_from_finished_run_folders(tmp_path: Path) -> None:
     markdown = (settings.report_dir / "results.md").read_text()
     assert "| + D.T. + S.H. + P.R. = DeS4 (MES) | 1 (55.00) | 55.00 | – |" in markdown  # no spread from 1 seed
     assert (settings.report_dir / "per_class_iou.png").stat().st_size > 1000
-    assert (settings.report_dir / "des4" / "model.safetensors").is_file()  # small → kept
+    assert (settings.report_dir / "des4" / "config.json").is_file()
+    assert not (settings.report_dir / "des4" / "model.safetensors").exists()  # weights never leave outputs/
     assert not (settings.report_dir / "dt").exists()
 
 

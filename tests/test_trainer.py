@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,6 +55,9 @@ def test_switches_and_method_presets() -> None:
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
     (["--aspp-rates", "3", "0"], "aspp_rates=[3, 0]"),
     (["--class-weighting", "inverse"], "class_weighting='inverse'"),
+    (["--prototype-init", "zeros"], "prototype_init='zeros'"),
+    (["--supervised-warmup", "1.0"], "supervised_warmup=1.0"),
+    (["--pseudo-label-quantile", "1.5"], "pseudo_label_quantile=1.5"),
 ])
 def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: str) -> None:
     with pytest.raises(ValueError, match="invalid training config") as error:
@@ -121,6 +125,32 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
     from des4_hf.predict import main as predict_main
 
     assert predict_main(["--model", str(tmp_path / "last"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p")]) == 0
+
+
+def test_early_phase_options_in_a_mean_teacher_run(tmp_path: Path, camvid_root: Path) -> None:
+    config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--method", "mean-teacher", "--max-steps", "4",
+                         "--eval-every", "100", "--eval-max-images", "1", "--overlays", "0", "--unlabeled-batch-size",
+                         "1", "--supervised-warmup", "0.5", "--prototype-init", "orthonormal",
+                         "--pixel-balanced-losses", "--pseudo-label-quantile", "0.2")
+    trainer = Trainer(config)
+    trainer.train()
+    assert trainer.warmup_steps == 2
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # Steps 1–2 learn from labels only; the teacher's EMA restarts at step 3 (τ = 0: a copy), then 0.5.
+    assert [line["loss_unsupervised"] == 0.0 for line in lines] == [True, True, False, False]
+    assert [line["ema_momentum"] for line in lines] == [0.0, 0.5, 0.0, 0.5]
+    # Loss balance with 2 labeled + 1 unlabeled crop: λ2 · (1/2) · L_u.
+    for line in lines[2:]:
+        expected = line["loss_supervised"] + 1.5 * 0.5 * line["loss_unsupervised"]
+        assert line["loss"] == pytest.approx(expected, rel=1e-5)
+    model: Any = trainer.accelerator.unwrap_model(trainer.model)
+    # The mean teacher's bank followed the student's (the last step's τ = 0.5 keeps them close, not equal).
+    cosine = (model.teacher_prototype_head.prototypes * model.student.prototype_head.prototypes).sum(1)
+    assert bool((cosine > 0.95).all())
+    exported = Des4ForSemanticSegmentation.from_pretrained(tmp_path / "last")
+    recipe = exported.config.training["recipe"]
+    assert (recipe["prototype_init"], recipe["supervised_warmup"], recipe["pixel_balanced_losses"]) == \
+        ("orthonormal", 0.5, True)
 
 
 class _Killed(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from des4_hf.training.step import (
     compute_step,
     decode,
     encode,
+    low_confidence_mask,
     rampup_weight,
+    unlabeled_loss_factor,
 )
 from des4_hf.training.teacher import TeacherStudent, ema_momentum, ema_update_
 
@@ -24,12 +27,13 @@ NUM_CLASSES = 3
 CROP = 48
 
 
-def make_model(decoupled: bool = True, shared_head: bool = True, with_teacher: bool = True) -> TeacherStudent:
+def make_model(decoupled: bool = True, shared_head: bool = True, with_teacher: bool = True,
+               ema_teacher_bank: bool = True) -> TeacherStudent:
     torch.manual_seed(0)
     # No dropout so two forward passes over the same inputs agree exactly.
     config = Des4Config(backbone="test_resnet", num_labels=NUM_CLASSES, decoder_channels=16, decoder_dropout=0.0)
     return TeacherStudent(Des4ForSemanticSegmentation(config), with_teacher=with_teacher, decoupled=decoupled,
-                          shared_head=shared_head).train()
+                          shared_head=shared_head, ema_teacher_bank=ema_teacher_bank).train()
 
 
 def make_batches(batch: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -51,8 +55,10 @@ SETTINGS = StepSettings(lambda_supervised=1.0, lambda_unsupervised=1.5)
 RATIO = torch.tensor([1.0, 0.5, 0.25])
 
 
-def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS, class_weights: torch.Tensor | None = None):
-    labeled, unlabeled = make_batches()
+def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS, class_weights: torch.Tensor | None = None,
+             batch_unlabeled: int = 2):
+    labeled, _ = make_batches()
+    _, unlabeled = make_batches(batch_unlabeled)
     return compute_step(model, labeled, unlabeled, settings=settings, class_ratio=RATIO, class_weights=class_weights,
                         generator=torch.Generator().manual_seed(0)), labeled, unlabeled
 
@@ -181,16 +187,106 @@ def test_ema_update_copies_integer_buffers() -> None:
     torch.testing.assert_close(teacher.running_mean, torch.full((2,), 0.5))
 
 
-def test_mean_teacher_has_no_unbiased_loss_and_an_ema_decoder() -> None:
+def test_mean_teacher_has_no_unbiased_loss_and_an_ema_decoder_and_bank() -> None:
     model = make_model(decoupled=False, shared_head=False)
     assert all(not p.requires_grad for p in model.teacher_decoder.parameters())
     output, _, _ = run_step(model, StepSettings(method="mean-teacher", reweight=False))
     assert "loss_unbiased" not in output.terms
-    assert output.student_statistics is not None  # separate banks, each fed by its own features
+    assert output.student_statistics is not None  # the student's bank samples the student's features
     before_student = model.student.prototype_head.prototypes.clone()
     apply_prototype_updates(model, output.teacher_statistics, output.student_statistics, 0.9)
     assert not torch.equal(before_student, model.student.prototype_head.prototypes)
+    # SPEC §4: the teacher's bank is no MES target; it follows the student's bank in the teacher's EMA.
+    assert model.teacher_prototype_head is not None and not bool(model.teacher_prototype_head.initialized.any())
+    model.update_teacher(0, 0.99)  # τ = 0 at step 0: a copy
+    torch.testing.assert_close(model.teacher_prototype_head.prototypes, model.student.prototype_head.prototypes)
+    assert torch.equal(model.teacher_prototype_head.initialized, model.student.prototype_head.initialized)
+
+
+def test_mean_teacher_bank_can_still_sample_its_own_features() -> None:
+    model = make_model(decoupled=False, shared_head=False, ema_teacher_bank=False)
+    output, _, _ = run_step(model, StepSettings(method="mean-teacher", reweight=False))
+    apply_prototype_updates(model, output.teacher_statistics, output.student_statistics, 0.9)
     assert model.teacher_prototype_head is not None and bool(model.teacher_prototype_head.initialized.any())
+    assert not torch.equal(model.teacher_prototype_head.prototypes, model.student.prototype_head.prototypes)
+
+
+@pytest.mark.parametrize("batch_labeled, batch_unlabeled, factor", [(6, 2, 1 / 3), (2, 2, 1.0), (4, 8, 2.0)])
+def test_an_unlabeled_pixel_weighs_lambda2_times_a_labeled_one_whatever_the_batches(
+        batch_labeled: int, batch_unlabeled: int, factor: float) -> None:
+    assert unlabeled_loss_factor(batch_labeled, batch_unlabeled, pixel_balanced=True) == pytest.approx(factor)
+    assert unlabeled_loss_factor(batch_labeled, batch_unlabeled, pixel_balanced=False) == 1.0
+    # The per-pixel weights a loss gives, read off its gradient: labeled 1/N_l, unlabeled λ2·factor/N_u.
+    pixels = 5
+    ce_labeled = torch.ones(batch_labeled * pixels, requires_grad=True)
+    ce_unlabeled = torch.ones(batch_unlabeled * pixels, requires_grad=True)
+    lambda2 = 1.5
+    (ce_labeled.mean() + lambda2 * unlabeled_loss_factor(batch_labeled, batch_unlabeled, True)
+     * ce_unlabeled.mean()).backward()
+    assert float(ce_unlabeled.grad[0] / ce_labeled.grad[0]) == pytest.approx(lambda2)
+
+
+def test_step_scales_the_unlabeled_loss_by_the_batch_ratio() -> None:
+    # Two labeled + one unlabeled crop: L = L_l^ub + λ1·L_l^b + λ2·(1/2)·L_u; unbalanced, λ2·L_u.
+    for balanced, factor in ((True, 0.5), (False, 1.0)):
+        model = make_model()
+        output, _, _ = run_step(model, replace(SETTINGS, pixel_balanced=balanced), batch_unlabeled=1)
+        terms = output.terms
+        expected = terms["loss_unbiased"] + terms["loss_supervised"] + 1.5 * factor * terms["loss_unsupervised"]
+        torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_low_confidence_mask_drops_each_classes_least_sure_quantile() -> None:
+    confidence = torch.tensor([[0.9, 0.5, 0.7, 0.2], [0.6, 0.4, 0.1, 0.3]])
+    labels = torch.tensor([[0, 0, 0, 0], [1, 1, 255, 2]])
+    drop = low_confidence_mask(confidence, labels, quantile=0.5, ignore_index=255)
+    # Class 0: median of (0.9, 0.5, 0.7, 0.2) = 0.6 → drop 0.5 and 0.2. Class 1: median of (0.6, 0.4) = 0.5 →
+    # drop 0.4. Class 2, one pixel: its own median → kept. The ignored pixel is left alone.
+    assert drop.tolist() == [[False, True, False, True], [False, True, False, False]]
+    assert not low_confidence_mask(confidence, labels, quantile=0.0, ignore_index=255).any()
+
+
+def test_quantile_threshold_ignores_pseudo_labels_in_the_step() -> None:
+    counts = []
+    for quantile in (None, 0.5):
+        output, _, _ = run_step(make_model(), replace(SETTINGS, pseudo_label_quantile=quantile))
+        counts.append(float(output.pseudo_label_counts.sum()))
+    assert 0.4 * counts[0] < counts[1] < 0.6 * counts[0]  # about half of each class dropped (ties aside)
+
+
+def test_warmup_restarts_the_teacher_ema_at_its_end() -> None:
+    warmup = 60
+    # During the warm-up the usual schedule min(1 − 1/(s+1), τ1) from step 0; at its end τ = 0 (a copy), then again.
+    assert ema_momentum(0, 0.99, warmup) == 0.0
+    assert ema_momentum(59, 0.99, warmup) == pytest.approx(1 - 1 / 60)
+    assert ema_momentum(60, 0.99, warmup) == 0.0
+    assert ema_momentum(61, 0.99, warmup) == 0.5
+    assert ema_momentum(260, 0.99, warmup) == 0.99
+    assert [ema_momentum(step, 0.99) for step in (0, 1, 99, 100)] == [0.0, 0.5, 0.99, 0.99]  # no warm-up: as before
+
+
+def test_warmup_steps_from_the_fraction() -> None:
+    from des4_hf.training.config import parse_config
+    from des4_hf.training.trainer import warmup_steps
+
+    assert warmup_steps(parse_config(["--supervised-warmup", "0.2"]), 300) == 60
+    assert warmup_steps(parse_config(["--supervised-warmup", "0.25"]), 1000) == 250
+    assert warmup_steps(parse_config([]), 300) == 0
+    assert warmup_steps(parse_config(["--method", "supervised", "--supervised-warmup", "0.2"]), 300) == 0
+
+
+def test_warmup_step_trains_on_labels_only() -> None:
+    model = make_model()
+    labeled, _ = make_batches()
+    output = compute_step(model, labeled, None, settings=replace(SETTINGS, unsupervised=False), class_ratio=RATIO,
+                          generator=torch.Generator().manual_seed(0))
+    terms = output.terms
+    assert float(terms["loss_unsupervised"]) == 0.0 and output.pseudo_label_counts is None
+    torch.testing.assert_close(terms["loss"], terms["loss_unbiased"] + terms["loss_supervised"])
+    output.loss.backward()  # the student and the decoupled teacher decoder both learn from the labels
+    assert all(p.grad is not None for p in model.teacher_decoder.parameters())
+    assert all(p.grad is not None for p in model.student.encoder.parameters())
+    assert float(output.teacher_statistics.counts.sum()) > 0  # MES still feeds the prototypes
 
 
 def test_supervised_baseline_uses_only_labeled_data() -> None:

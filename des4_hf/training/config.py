@@ -22,6 +22,7 @@ METHODS = ("des4", "mean-teacher", "supervised")
 SAMPLERS = ("mes", "quantity", "confidence")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
+PROTOTYPE_INITS = ("orthonormal", "first-mean")
 
 
 @dataclass
@@ -77,6 +78,24 @@ class TrainConfig:
     mes_num_zones: int = 5
     mes_alpha: float = 0.1
     pseudo_label_threshold: float | None = None  # SPEC §2.4 [choice]: none by default
+    # Class-wise quantile threshold (SPEC §2.7 [choice]): per batch, the pseudo labels of each class whose teacher
+    # confidence lies below that class's q-quantile are ignored, so the least sure q of every class drops out. A
+    # fixed threshold cannot do this with cosine logits: at 0.95 no pixel passes the first 40 steps.
+    pseudo_label_quantile: float | None = None
+    # SPEC §3.8 [choice]: "orthonormal" = random orthonormal prototypes, blended by the Eq. 12 EMA from the first
+    # step; "first-mean" = a class's first sampled mean (nearly collinear with a random decoder: cosine 0.84–0.88).
+    prototype_init: str = "first-mean"
+    # SPEC §2.7 [choice]: L_u × B_u/B_l, so an unlabeled pixel weighs λ2 times a labeled one whatever the batch
+    # sizes; false = each loss a mean over its own pixels (6 + 2 crops and λ2 = 1.5: 4.5× instead of 1.5×).
+    pixel_balanced_losses: bool = False
+    # SPEC §2.7 [choice]: the first fraction of the steps trains on labels only (no L_u, no pseudo labels: cheaper
+    # steps); the teacher's EMA schedule restarts at its end, so pseudo labels come from a copy of the warmed-up
+    # student (U2PL's supervised-only first epoch).
+    supervised_warmup: float = 0.0
+    # SPEC §4: the mean teacher's own prototype bank (method mean-teacher, or no D.T. and no S.H.) is an EMA of
+    # the student's bank like the rest of the teacher; false = MES on the EMA decoder's features (its bank never
+    # followed the student's: cosine 0.29–0.61 between the two after one step).
+    ema_teacher_bank: bool = True
     # λ2 rises from 0 to lambda_unsupervised over this fraction of the steps with the sigmoid-shaped
     # exp(−5(1−t)²) ramp of Mean Teacher (Tarvainen & Valpola 2017). Not in the paper: 0 (off) by
     # default; for schedules of a few hundred steps, where early pseudo labels are mostly wrong.
@@ -152,6 +171,13 @@ class TrainConfig:
         check(0 < self.labeled_fraction < 1, f"labeled_fraction={self.labeled_fraction}: must be in (0, 1)")
         check(self.pseudo_label_threshold is None or 0 <= self.pseudo_label_threshold < 1,
               "pseudo_label_threshold must be in [0, 1) or null")
+        check(self.pseudo_label_quantile is None or 0 <= self.pseudo_label_quantile < 1,
+              f"pseudo_label_quantile={self.pseudo_label_quantile}: the share of each class's pseudo labels to drop, "
+              "in [0, 1) (e.g. 0.2), or null")
+        check(self.prototype_init in PROTOTYPE_INITS,
+              f"prototype_init={self.prototype_init!r}: choose one of {', '.join(PROTOTYPE_INITS)}")
+        check(0 <= self.supervised_warmup < 1,
+              f"supervised_warmup={self.supervised_warmup}: a fraction of the steps in [0, 1) (0 = off)")
         check(0 <= self.unsupervised_rampup <= 1,
               f"unsupervised_rampup={self.unsupervised_rampup}: a fraction of the steps in [0, 1] (0 = off)")
         check(self.checkpoint_every >= 1 and self.eval_every >= 1 and self.log_every >= 1,

@@ -39,7 +39,10 @@ class StepSettings:
     alpha: float = 0.1
     ignore_index: int = 255
     pseudo_label_threshold: float | None = None
+    pseudo_label_quantile: float | None = None  # per-class confidence quantile below which pseudo labels are ignored
     class_weight_unbiased: bool = True  # class weights (when given) also enter L_l^ub
+    pixel_balanced: bool = True  # L_u scaled by B_u / B_l: an unlabeled pixel weighs λ2 × a labeled one (SPEC §2.7)
+    unsupervised: bool = True  # False during a supervised-only warm-up: no L_u, no pseudo labels
 
 
 @dataclass
@@ -75,6 +78,31 @@ def rampup_weight(step: int, max_steps: int, rampup: float) -> float:
         return 1.0
     progress = max(0.0, step / length)
     return math.exp(-5.0 * (1.0 - progress) ** 2)
+
+
+def unlabeled_loss_factor(batch_labeled: int, batch_unlabeled: int, pixel_balanced: bool) -> float:
+    """Factor on ``λ2 · L_u`` so that one unlabeled pixel weighs λ2 times one labeled pixel (SPEC §2.7 [choice]).
+
+    Each loss is a mean over its own pixels, so unscaled an unlabeled pixel weighs ``λ2 · B_l / B_u`` times a
+    labeled one (4.5× with 6 labeled + 2 unlabeled crops and λ2 = 1.5); ``B_u / B_l`` restores λ2. Equal
+    batches, as in the paper, give 1 either way.
+    """
+    return batch_unlabeled / batch_labeled if pixel_balanced else 1.0
+
+
+def low_confidence_mask(confidence: Tensor, pseudo_labels: Tensor, quantile: float, ignore_index: int) -> Tensor:
+    """Pixels whose confidence lies below the ``quantile`` of their pseudo class's confidences in this batch.
+
+    A threshold that passes pixels whatever the logit scale: with cosine logits × 10 a fixed 0.95 passes
+    nothing early in training, while this keeps the most confident ``1 − quantile`` of every class, rare
+    classes included (a class-wise quantile threshold; SPEC §2.7 [choice]).
+    """
+    drop = torch.zeros_like(pseudo_labels, dtype=torch.bool)
+    for cls in torch.unique(pseudo_labels[pseudo_labels != ignore_index]).tolist():
+        members = pseudo_labels == cls
+        threshold = torch.quantile(confidence[members].float(), quantile)
+        drop |= members & (confidence < threshold)
+    return drop
 
 
 def encode(encoder: Des4Encoder, pixel_values: Tensor, output_stride: int) -> tuple[Tensor, Tensor]:
@@ -145,11 +173,12 @@ def compute_step(
         loss = settings.lambda_supervised * loss_supervised
         return StepOutput(loss, {"loss": loss.detach(), "loss_supervised": loss_supervised.detach()}, statistics)
 
-    if unlabeled is None:
+    use_unlabeled = settings.unsupervised  # False during a supervised-only warm-up: steps 4–6 are skipped
+    if unlabeled is None and use_unlabeled:
         raise ValueError(f"method={settings.method!r} needs an unlabeled batch")
     assert model.teacher_encoder is not None and model.teacher_decoder is not None
     output_stride = student.config.output_stride
-    images_weak = unlabeled["pixel_values_weak"]
+    images_weak = unlabeled["pixel_values_weak"] if use_unlabeled else images_l[:0]
     batch_u = images_weak.shape[0]
 
     # 1. Teacher encoder, no grad: labeled and weak unlabeled views in one pass (E^T runs on EMA stats).
@@ -174,6 +203,16 @@ def compute_step(
         loss = loss + loss_unbiased
         terms["loss_unbiased"] = loss_unbiased.detach()
 
+    if not use_unlabeled:  # warm-up: the student learns from the labels alone
+        student_embeddings, student_low_res, student_logits = _student_logits(student, images_l)
+        loss_supervised = cross_entropy_loss(student_logits, labels_l, ignore, class_weights)
+        loss = loss + settings.lambda_supervised * loss_supervised
+        terms.update(loss=loss.detach(), loss_supervised=loss_supervised.detach(),
+                     loss_unsupervised=torch.zeros_like(loss_supervised.detach()))
+        return StepOutput(loss, terms, *_bank_statistics(
+            model, teacher_embeddings_l, teacher_low_res_l, student_embeddings, student_low_res, labels_l,
+            class_ratio, settings, generator))
+
     # 4. Pseudo labels from the full teacher on the weak view (D^T on its running statistics).
     with torch.no_grad():
         was_training = model.teacher_decoder.training
@@ -184,6 +223,9 @@ def compute_step(
         pseudo_labels = pseudo_labels.masked_fill(unlabeled["padding_mask"], ignore)
         if settings.pseudo_label_threshold is not None:
             pseudo_labels = pseudo_labels.masked_fill(confidence < settings.pseudo_label_threshold, ignore)
+        if settings.pseudo_label_quantile is not None:
+            pseudo_labels = pseudo_labels.masked_fill(
+                low_confidence_mask(confidence, pseudo_labels, settings.pseudo_label_quantile, ignore), ignore)
 
         # 5. CutMix on the strong view: each sample's box is filled from the next sample of the batch
         # (with a batch of one the box comes from the image itself, i.e. no mixing).
@@ -200,28 +242,42 @@ def compute_step(
     loss_supervised = cross_entropy_loss(student_logits[:batch_l], labels_l, ignore, class_weights)
     loss_unsupervised = cross_entropy_loss(student_logits[batch_l:], labels_mixed, ignore, class_weights)
 
-    # 7. Eq. 4.
-    loss = loss + settings.lambda_supervised * loss_supervised + settings.lambda_unsupervised * loss_unsupervised
+    # 7. Eq. 4, with an unlabeled pixel weighing λ2 times a labeled one whatever the two batch sizes.
+    lambda_unsupervised = settings.lambda_unsupervised * unlabeled_loss_factor(batch_l, batch_u, settings.pixel_balanced)
+    loss = loss + settings.lambda_supervised * loss_supervised + lambda_unsupervised * loss_unsupervised
     terms.update(loss=loss.detach(), loss_supervised=loss_supervised.detach(),
                  loss_unsupervised=loss_unsupervised.detach())
 
     # 8 (statistics only; the trainer applies them after the optimizer step).
-    teacher_statistics = sample_statistics(teacher_embeddings_l, teacher_low_res_l, labels_l, class_ratio,
-                                           settings, generator)
-    student_statistics = None
-    if not model.shared_head:
-        student_statistics = sample_statistics(student_embeddings[:batch_l], student_low_res[:batch_l], labels_l,
-                                               class_ratio, settings, generator)
+    teacher_statistics, student_statistics = _bank_statistics(
+        model, teacher_embeddings_l, teacher_low_res_l, student_embeddings[:batch_l], student_low_res[:batch_l],
+        labels_l, class_ratio, settings, generator)
     # Class distribution of this step's pseudo labels (the paper's Fig. 3 diagnostic).
     valid = pseudo_labels != ignore
     pseudo_counts = torch.bincount(pseudo_labels[valid].flatten(), minlength=teacher_head.num_classes).float()
     return StepOutput(loss, terms, teacher_statistics, student_statistics, pseudo_counts)
 
 
+def _bank_statistics(
+    model: TeacherStudent, teacher_embeddings: Tensor, teacher_low_res: Tensor, student_embeddings: Tensor,
+    student_low_res: Tensor, labels: Tensor, class_ratio: Tensor, settings: StepSettings,
+    generator: torch.Generator | None,
+) -> tuple[PrototypeStatistics, PrototypeStatistics | None]:
+    """Step 8's samples on the labeled batch: the teacher's features for the shared (or teacher's) bank, and the
+    student's for its own bank when the banks are separate."""
+    teacher = sample_statistics(teacher_embeddings, teacher_low_res, labels, class_ratio, settings, generator)
+    student = None
+    if not model.shared_head:
+        student = sample_statistics(student_embeddings, student_low_res, labels, class_ratio, settings, generator)
+    return teacher, student
+
+
 def apply_prototype_updates(model: TeacherStudent, teacher: PrototypeStatistics,
                             student: PrototypeStatistics | None, momentum: float) -> None:
-    """Eq. 12 on every bank (all-reduced inside ``PrototypeHead.update``)."""
-    model.teacher_head.update(teacher.sums, teacher.counts, momentum)
+    """Eq. 12 on every bank that samples its own features (all-reduced inside ``PrototypeHead.update``); a mean
+    teacher's bank that follows the student's is updated by ``TeacherStudent.update_teacher`` instead."""
+    if not model.teacher_bank_follows_student:
+        model.teacher_head.update(teacher.sums, teacher.counts, momentum)
     if student is not None and not model.shared_head:
         model.student.prototype_head.update(student.sums, student.counts, momentum)
 

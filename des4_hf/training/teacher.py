@@ -18,9 +18,16 @@ from torch import nn
 from ..modeling_des4 import Des4Decoder, Des4Encoder, Des4ForSemanticSegmentation, PrototypeHead
 
 
-def ema_momentum(step: int, momentum: float) -> float:
-    """U2PL-style warm-up ``τ = min(1 − 1/(step+1), τ1)`` (SPEC §2 [choice]): early teachers follow fast."""
-    return min(1.0 - 1.0 / (step + 1), momentum)
+def ema_momentum(step: int, momentum: float, warmup_steps: int = 0) -> float:
+    """U2PL-style ``τ = min(1 − 1/(s+1), τ1)`` (SPEC §2 [choice]): early teachers follow fast.
+
+    ``s`` counts 0-based optimizer steps, restarting at the end of a supervised-only warm-up of
+    ``warmup_steps``: τ = 0 at that step, so the teacher that starts making pseudo labels is a copy of the
+    warmed-up student, as in U2PL. During the warm-up the teacher follows the same schedule from step 0
+    (DeS4's teacher decoder and prototypes are trained on the teacher encoder's features all along).
+    """
+    s = step - warmup_steps if step >= warmup_steps else step
+    return min(1.0 - 1.0 / (s + 1), momentum)
 
 
 def _distributed() -> bool:
@@ -57,17 +64,23 @@ class TeacherStudent(nn.Module):
         with_teacher: False for the supervised baseline (no teacher at all).
         decoupled: True → D^T is trained by ``L_l^ub`` (DeS4); False → D^T is an EMA of D^S (mean teacher).
         shared_head: True → one bank for both; False → the teacher keeps its own copy (ablation S.H.).
+        ema_teacher_bank: with a separate bank and no decoupling (mean teacher, SPEC §4), the teacher's bank is
+            an EMA of the student's like the rest of the teacher (True), or is updated by MES on the EMA
+            decoder's own features (False, the behaviour before SPEC §4 changed). Unused otherwise.
     """
 
     def __init__(
         self, student: Des4ForSemanticSegmentation, with_teacher: bool = True, decoupled: bool = True,
-        shared_head: bool = True,
+        shared_head: bool = True, ema_teacher_bank: bool = True,
     ) -> None:
         super().__init__()
         self.student = student
         self.with_teacher = with_teacher
         self.decoupled = decoupled and with_teacher
         self.shared_head = shared_head or not with_teacher
+        # The mean teacher's bank follows the student's bank by EMA instead of sampling its own features.
+        self.teacher_bank_follows_student = with_teacher and not self.decoupled and not self.shared_head \
+            and ema_teacher_bank
         self.teacher_encoder: Des4Encoder | None = None
         self.teacher_decoder: Des4Decoder | None = None
         self.teacher_prototype_head: PrototypeHead | None = None
@@ -125,14 +138,16 @@ class TeacherStudent(nn.Module):
 
     # -- updates after each optimizer step -------------------------------------------------------------
     @torch.no_grad()
-    def update_teacher(self, step: int, momentum: float) -> float:
-        """EMA E^T ← E^S (and D^T ← D^S for the mean teacher); returns the momentum used."""
+    def update_teacher(self, step: int, momentum: float, warmup_steps: int = 0) -> float:
+        """EMA E^T ← E^S (and, for the mean teacher, D^T ← D^S and its bank ← the student's); returns τ."""
         if self.teacher_encoder is None:
             return 0.0
-        tau = ema_momentum(step, momentum)
+        tau = ema_momentum(step, momentum, warmup_steps)
         ema_update_(self.teacher_encoder, self.student.encoder, tau)
         if not self.decoupled and self.teacher_decoder is not None:
             ema_update_(self.teacher_decoder, self.student.decoder, tau)
+        if self.teacher_bank_follows_student and self.teacher_prototype_head is not None:
+            self.teacher_prototype_head.follow_(self.student.prototype_head, tau)
         return tau
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ from ..data import (
 )
 from ..data.augment import AugmentConfig
 from ..image_processing_des4 import Des4ImageProcessor
-from ..inference import cpu_has_native_bf16, overlay
+from ..inference import overlay
 from ..losses import class_balancing_weights
 from ..metrics.confusion import ConfusionMatrix
 from ..modeling_des4 import Des4ForSemanticSegmentation
@@ -78,9 +78,11 @@ class TrainerState:
 
 
 def resolve_mixed_precision(requested: str) -> str:
-    """``auto`` → bf16 (or fp16) on CUDA, bf16 on a CPU that computes it natively, else fp32 ("no").
+    """``auto`` → bf16 (or fp16) on CUDA, fp32 ("no") on the CPU.
 
-    On AVX2-only CPUs bf16 autocast is emulated and measured 6–30× slower than fp32.
+    Never bf16 on the CPU from capability flags: emulated on AVX2-only CPUs it measured 6–30× slower than fp32,
+    and even where oneDNN reports native bf16 (AVX512-BF16) a training step measured slower than fp32. It also
+    keeps CPU comparisons (the CamVid study) in one precision whatever the machine.
     """
     if requested != "auto":
         if requested == "fp16" and not torch.cuda.is_available():
@@ -88,7 +90,14 @@ def resolve_mixed_precision(requested: str) -> str:
         return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "no"
+    return "no"
+
+
+def warmup_steps(config: TrainConfig, max_steps: int) -> int:
+    """Supervised-only warm-up steps: ``round(supervised_warmup × max_steps)``; none for the supervised method."""
+    if config.method == "supervised":
+        return 0
+    return round(config.supervised_warmup * max_steps)
 
 
 def trim_log(log_path: Path, last_step: int) -> None:
@@ -124,7 +133,8 @@ class Trainer:
             method=config.method, reweight=config.reweight, sampler=config.sampler,
             lambda_supervised=config.lambda_supervised, lambda_unsupervised=config.lambda_unsupervised,
             num_zones=config.mes_num_zones, alpha=config.mes_alpha,
-            pseudo_label_threshold=config.pseudo_label_threshold, class_weight_unbiased=config.class_weight_unbiased,
+            pseudo_label_threshold=config.pseudo_label_threshold, pseudo_label_quantile=config.pseudo_label_quantile,
+            class_weight_unbiased=config.class_weight_unbiased, pixel_balanced=config.pixel_balanced_losses,
         )
 
     # -- logging helpers ---------------------------------------------------------------------------------
@@ -191,9 +201,11 @@ class Trainer:
         with self.accelerator.main_process_first():  # one process converts/caches encoder weights first
             student = Des4ForSemanticSegmentation(model_config)
             self.image_processor = Des4ImageProcessor.for_encoder(config.backbone, config.encoder_weights)
+        if config.prototype_init == "orthonormal":  # before the teacher copies the bank; the same on every rank
+            student.prototype_head.reset_orthonormal_(torch.Generator().manual_seed(config.seed))
         with_teacher = config.method != "supervised"
         self.model = TeacherStudent(student, with_teacher=with_teacher, decoupled=config.decoupled,
-                                    shared_head=config.shared_head)
+                                    shared_head=config.shared_head, ema_teacher_bank=config.ema_teacher_bank)
         if self.accelerator.device.type == "cuda" and self.accelerator.num_processes > 1 and config.sync_batchnorm:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # type: ignore[assignment]
         if config.channels_last:
@@ -241,6 +253,7 @@ class Trainer:
         epoch_stream = self.unlabeled_stream or self.labeled_stream
         steps_per_epoch = max(1, epoch_stream.batches_per_epoch // config.grad_accum_steps)
         self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        self.warmup_steps = warmup_steps(config, self.max_steps)
         max_steps, power = self.max_steps, config.poly_power
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
@@ -504,6 +517,9 @@ class Trainer:
             student_statistics = empty_statistics(unwrapped.student.prototype_head)
         summed: dict[str, float] = {}
         settings = self.settings
+        warming_up = self.state.step < self.warmup_steps  # labels only: no unlabeled batch is drawn
+        if warming_up:
+            settings = dataclasses.replace(settings, unsupervised=False)
         if config.unsupervised_rampup > 0:  # a function of the step only, so resume reproduces it
             lambda_unsupervised = config.lambda_unsupervised * rampup_weight(
                 self.state.step, self.max_steps, config.unsupervised_rampup)
@@ -511,7 +527,9 @@ class Trainer:
             summed["lambda_unsupervised"] = lambda_unsupervised
         for micro_step in range(config.grad_accum_steps):
             labeled = self._to_device(self.labeled_stream.next())
-            unlabeled = self._to_device(self.unlabeled_stream.next()) if self.unlabeled_stream else None
+            unlabeled = None
+            if self.unlabeled_stream is not None and not warming_up:
+                unlabeled = self._to_device(self.unlabeled_stream.next())
             # Sampling seed from (seed, step, micro-step, rank): a resumed run draws the same pixels.
             generator = torch.Generator(device="cpu").manual_seed(
                 ((config.seed * 1_000_003 + self.state.step) * 64 + micro_step) * 1024 + accelerator.process_index)
@@ -531,11 +549,12 @@ class Trainer:
                                                   zip(self.state.pseudo_label_counts, output.pseudo_label_counts.cpu())]
             for key, value in output.terms.items():
                 summed[key] = summed.get(key, 0.0) + float(value) / config.grad_accum_steps
-        # After the optimizer step: E^T ← EMA(E^S), then Eq. 12 on the prototypes (all-reduced inside).
+        # After the optimizer step: Eq. 12 on the prototypes (all-reduced inside), then the teacher's EMA (a mean
+        # teacher's own bank follows the student's freshly updated one).
         self.scheduler.step()
         unwrapped.average_batchnorm_statistics()
-        tau = unwrapped.update_teacher(self.state.step, config.encoder_momentum)
         apply_prototype_updates(unwrapped, teacher_statistics, student_statistics, config.prototype_momentum)
+        tau = unwrapped.update_teacher(self.state.step, config.encoder_momentum, self.warmup_steps)
         summed["ema_momentum"] = tau
         return summed
 
