@@ -524,7 +524,7 @@ class Trainer:
             lambda_unsupervised = config.lambda_unsupervised * rampup_weight(
                 self.state.step, self.max_steps, config.unsupervised_rampup)
             settings = dataclasses.replace(settings, lambda_unsupervised=lambda_unsupervised)
-            summed["lambda_unsupervised"] = lambda_unsupervised
+            summed["lambda_unsupervised"] = 0.0 if warming_up else lambda_unsupervised
         for micro_step in range(config.grad_accum_steps):
             labeled = self._to_device(self.labeled_stream.next())
             unlabeled = None
