@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Early-phase options (issue 14, SPEC §2.7 / §3.8 / §4) probed on the held-out CamVid dev split, never on val.
-# Each variant is the demo recipe at 300 steps, seed 0, plus one or more options; two runs go side by side with
+# Each variant is the demo recipe (configs/camvid_demo.yaml, pinned to first-mean prototypes and per-loss means) at
+# 300 steps, seed 0, plus one or more options; two runs go side by side with
 # one thread each, niced, resumable (--resume latest) and skipped once finished. Results: the teacher / student
 # mIoU lines printed at the end, from <out>/<variant>/last/eval.json.
 #   python scripts/make_dev_split.py --out /tmp/camvid_dev
@@ -20,9 +21,11 @@ declare -A ARGS=(
   [all]="--prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2"
   [all-noquantile]="--prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2"
   [supervised]="--method supervised"
+  [mt-all]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2"
+  [mt-all-mes-bank]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2 --no-ema-teacher-bank"
 )
 VARIANTS=("$@")
-[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(ortho balance warmup all supervised quantile all-noquantile base)
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(ortho balance warmup all supervised quantile all-noquantile base mt-all mt-all-mes-bank)
 run() {
   local name="$1"
   [ -f "$OUT/$name/last/eval.json" ] && return 0

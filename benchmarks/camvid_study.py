@@ -4,7 +4,7 @@
 Every run trains ``scripts/train.py`` with one shared recipe (``configs/camvid_study.yaml``) and the committed
 split (``reports/camvid/split``); rows differ only by the switch their name gives. The plan, most telling first:
 
-1. budget 300, then 1000: ``supervised``, ``mt-cutmix`` and ``des4`` with every seed, each followed by
+1. seed by seed, budget 300 then 1000: ``supervised``, ``mt-cutmix`` and ``des4``, each budget followed by
    ``supervised-same-wall-time``: as many supervised steps as fit in that seed's DeS4 training time, measured
    on this machine from the supervised run's own seconds per step;
 2. budget 1000, first seed: the Table 3 / Table 4 rows (``dt``, ``dt-sh``, ``des4-quantity``,
@@ -73,15 +73,17 @@ class Run:
 
 
 def plan(budgets: Sequence[int], seeds: Sequence[int], ablation_budget: int | None = 1000) -> list[Run]:
-    """Every budget but the largest with every seed, then the ablation rows, then the largest budget (first seed)."""
+    """Seed by seed, every budget but the largest (so the target budget's first seed comes early); then the
+    ablation rows at ``ablation_budget``; then the largest budget with the first seed. With two budgets or
+    fewer, every budget is seeded."""
     budgets = sorted(budgets)
     runs: list[Run] = []
     seeded, largest = (budgets[:-1], budgets[-1:]) if len(budgets) > 2 else (budgets, [])
-    for steps in seeded:
-        for seed in seeds:
+    for seed in seeds:
+        for steps in seeded:
             runs += [Run(row, steps, seed) for row in (*MAIN_ROWS, WALL_ROW)]
-        if steps == ablation_budget:
-            runs += [Run(row, steps, seeds[0]) for row in ABLATION_ROWS]
+    if ablation_budget in seeded:
+        runs += [Run(row, ablation_budget, seeds[0]) for row in ABLATION_ROWS]
     for steps in largest:
         runs += [Run(row, steps, seeds[0]) for row in (*MAIN_ROWS, WALL_ROW)]
     return runs

@@ -31,7 +31,9 @@ def test_plan_runs_every_seed_at_the_smaller_budgets_then_ablations_then_the_lar
     assert {run.row for run in runs if run.steps == 1000} >= {"dt", "dt-sh", "des4-quantity", "des4-confidence"}
     assert {(run.row, run.seed) for run in runs if run.steps == 2000} == {
         ("supervised", 0), ("mt-cutmix", 0), ("des4", 0), ("supervised-same-wall-time", 0)}
-    assert names.index("dt-1000-seed0") < names.index("des4-2000-seed0")
+    # Seed by seed: the target budget's first seed before the other seeds of the small budget.
+    assert names.index("des4-1000-seed0") < names.index("supervised-300-seed1")
+    assert names.index("des4-1000-seed2") < names.index("dt-1000-seed0") < names.index("des4-2000-seed0")
     assert {run.method for run in runs} == {"supervised", "mean-teacher", "des4"}
     assert study.plan((300, 1000), (0,))[-1].steps == 1000  # two budgets: both seeded, no "largest" stage
 
