@@ -191,15 +191,31 @@ def train_command(settings: StudySettings, run: Run, max_steps: int) -> list[str
     return command + list(settings.extra_args)
 
 
+def recorded_entries(settings: StudySettings) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The committed ``study.json`` by (row, steps, seed): finished runs stay finished on a fresh checkout, whose
+    ``outputs/`` (the run folders) is gone."""
+    if not settings.json_path.is_file():
+        return {}
+    return {(e["row"], e["steps"], e["seed"]): e for e in json.loads(settings.json_path.read_text())}
+
+
 def steps_for(settings: StudySettings, run: Run) -> int | None:
     """The steps to train; for the wall-time row, from the finished DeS4 and supervised runs (None: not yet)."""
     if run.row != WALL_ROW:
         return run.steps
-    des4 = run_dir(settings.runs_dir, Run("des4", run.steps, run.seed))
-    supervised = run_dir(settings.runs_dir, Run("supervised", run.steps, run.seed))
-    if finished_record(des4) is None or finished_record(supervised) is None:
-        return None
-    return wall_matched_steps(training_seconds(des4)[1], *training_seconds(supervised))
+    recorded = recorded_entries(settings)
+    timings = []
+    for row in ("des4", "supervised"):
+        folder = run_dir(settings.runs_dir, Run(row, run.steps, run.seed))
+        entry = recorded.get((row, run.steps, run.seed))
+        if finished_record(folder) is not None:
+            timings.append(training_seconds(folder))
+        elif entry is not None:
+            timings.append((entry["trained_steps"], entry["wall_s"]))
+        else:
+            return None
+    (_, des4_seconds), (supervised_steps, supervised_seconds) = timings
+    return wall_matched_steps(des4_seconds, supervised_steps, supervised_seconds)
 
 
 def run_study(settings: StudySettings, dry_run: bool = False) -> list[dict[str, Any]]:
@@ -209,7 +225,7 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> list[dict[str, 
         environment["OMP_NUM_THREADS"] = str(settings.threads)
     for run in plan(settings.budgets, settings.seeds):
         folder = run_dir(settings.runs_dir, run)
-        if finished_record(folder) is not None:
+        if finished_record(folder) is not None or (run.row, run.steps, run.seed) in recorded_entries(settings):
             continue
         max_steps = steps_for(settings, run)
         if max_steps is None:
@@ -230,13 +246,14 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> list[dict[str, 
 
 # -- the report ---------------------------------------------------------------------------------------------
 def collect(settings: StudySettings) -> list[dict[str, Any]]:
+    """Entries of the finished runs: from their folders, else as ``study.json`` recorded them (a fresh checkout)."""
     cpu = machine_name()
-    previous = {}
-    if settings.json_path.is_file():  # keep the machine each finished run was measured on
-        previous = {(e["row"], e["steps"], e["seed"]): e["cpu"] for e in json.loads(settings.json_path.read_text())}
+    recorded = recorded_entries(settings)
     entries = []
     for run in plan(settings.budgets, settings.seeds):
-        entry = study_entry(run, run_dir(settings.runs_dir, run), previous.get((run.row, run.steps, run.seed), cpu))
+        key = (run.row, run.steps, run.seed)
+        previous_cpu = recorded[key]["cpu"] if key in recorded else cpu  # the machine it was measured on
+        entry = study_entry(run, run_dir(settings.runs_dir, run), previous_cpu) or recorded.get(key)
         if entry is not None:
             entries.append(entry)
     return entries

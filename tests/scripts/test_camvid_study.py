@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -91,6 +92,28 @@ def test_study_json_entries_have_the_issue_schema_in_percent(tmp_path: Path) -> 
     markdown = (settings.report_dir / "study.md").read_text()
     assert "| des4 | 2 (57.50, 58.00) | 57.75 | 0.50 |" in markdown
     assert (settings.report_dir / "study_curves.png").stat().st_size > 5000
+
+
+def test_a_fresh_checkout_keeps_the_committed_runs_and_matches_wall_time_from_them(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, budgets=(10,), seeds=(0,))
+    fake_run(settings.runs_dir / "supervised-10-seed0", [0.9, 0.8, 0.1, 0.2], 10, 1.0, False)
+    fake_run(settings.runs_dir / "des4-10-seed0", [0.9, 0.8, 0.3, 0.3], 10, 2.0)
+    saved = study.write_report(settings)
+    shutil.rmtree(settings.runs_dir)  # outputs/ is not in git: a new checkout has only study.json
+    assert study.write_report(settings) == saved
+    assert study.steps_for(settings, study.Run("supervised-same-wall-time", 10, 0)) == 20
+    assert [line.split(":")[0] for line in _dry_run_lines(settings)] == ["[study] mt-cutmix-10-seed0",
+                                                                        "[study] supervised-same-wall-time-10-seed0"]
+
+
+def _dry_run_lines(settings) -> list[str]:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        study.run_study(settings, dry_run=True)
+    return [line for line in buffer.getvalue().splitlines() if line.startswith("[study]")]
 
 
 def test_targets_are_checked_on_the_means_and_missing_rows_say_so() -> None:
