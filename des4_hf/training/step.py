@@ -264,8 +264,12 @@ def _bank_statistics(
     generator: torch.Generator | None,
 ) -> tuple[PrototypeStatistics, PrototypeStatistics | None]:
     """Step 8's samples on the labeled batch: the teacher's features for the shared (or teacher's) bank, and the
-    student's for its own bank when the banks are separate."""
-    teacher = sample_statistics(teacher_embeddings, teacher_low_res, labels, class_ratio, settings, generator)
+    student's for its own bank when the banks are separate. A mean teacher's bank that follows the student's
+    by EMA samples nothing (empty statistics, never applied)."""
+    if model.teacher_bank_follows_student:
+        teacher = empty_statistics(model.teacher_head)
+    else:
+        teacher = sample_statistics(teacher_embeddings, teacher_low_res, labels, class_ratio, settings, generator)
     student = None
     if not model.shared_head:
         student = sample_statistics(student_embeddings, student_low_res, labels, class_ratio, settings, generator)
