@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from des4_hf.reproduction import TAIL_SHARE, tail_classes
+from reproduce_camvid import TAIL_SHARE, add_run_arguments, tail_classes  # this file's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ("supervised", "mt-cutmix", "des4")
@@ -397,17 +396,11 @@ def write_report(settings: StudySettings) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--recipe", default=str(REPO / "configs" / "camvid_study.yaml"))
-    parser.add_argument("--split-dir", default=str(REPO / "reports" / "camvid" / "split"))
-    parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "camvid_study"))
-    parser.add_argument("--report-dir", default=str(REPO / "reports" / "camvid"))
+    add_run_arguments(parser, recipe=REPO / "configs" / "camvid_study.yaml", runs_dir=REPO / "outputs" / "camvid_study",
+                      seeds=[0, 1, 2])
     parser.add_argument("--budgets", type=int, nargs="+", default=[300, 1000, 2000])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tag", default="", help="another machine's study (e.g. h100): study-<tag>.json and runs")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
-    parser.add_argument("--data-root", default=None, help="CamVid root (default: ../shared/data/camvid)")
-    parser.add_argument("--summary-only", action="store_true", help="rewrite the report from finished runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan's training commands only")
     args, extra = parser.parse_known_args(argv)
     extra = [value for value in extra if value != "--"]
     for flag, value in (("--recipe", args.recipe), ("--split-dir", args.split_dir)):

@@ -13,26 +13,18 @@ result = evaluate_segmentation(model, EvalDataset(ds, mean, std), num_classes=le
 result.save("out/eval")         # eval.json, eval.md, per_class_iou.png
 ```
 
-Protocols (SPEC §5): VOC val at original resolution (whole image, no resize of predictions or
-labels); Cityscapes val with a 769 sliding window at stride ⅔ (513), overlapping logits averaged;
-CamVid whole image. Flip and multi-scale are optional extras on top of any protocol.
-
-Multi-process: each process takes the indices ``rank::world_size`` (no padding duplicates, so
-every image is counted exactly once also when the dataset size is not divisible by the number of
-processes), accumulates its own confusion matrix and the matrices are summed with one
-``all_reduce``. Every process gets the same :class:`EvaluationResult`; write files on the main
-process only (:meth:`EvaluationResult.save` is atomic per file).
+Protocols (SPEC §5): VOC and CamVid val whole image at original resolution; Cityscapes val with a 769 sliding
+window at stride 513, logits averaged. Each process takes indices ``rank::world_size`` (every image counted once)
+and the confusion matrices are summed with ``accelerator.reduce``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from .inference import autocast, predict_logits, resolve_precision
 from .metrics.confusion import ConfusionMatrix, check_label_range, scores_from_confusion
+from .utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +244,7 @@ class EvaluationResult:
         figure.savefig(buffer, format="png")
         data = buffer.getvalue()
         if path is not None:
-            _atomic_write(Path(path), data)
+            atomic_write(path, data)
         return data
 
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -261,8 +253,8 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "eval.json", "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
-        _atomic_write(paths["json"], (self.to_json() + "\n").encode("utf-8"))
-        _atomic_write(paths["markdown"], self.to_markdown().encode("utf-8"))
+        atomic_write(paths["json"], self.to_json() + "\n")
+        atomic_write(paths["markdown"], self.to_markdown())
         self.plot_per_class_iou(paths["chart"])
         return paths
 
@@ -271,22 +263,6 @@ def _markdown_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value) if value else "-"
     return "-" if value is None else str(value).replace("|", "\\|")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,9 +360,6 @@ def _check_settings(
 def _process_info(accelerator: Any) -> tuple[int, int, bool]:
     if accelerator is not None:
         return accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank()
-        return rank, dist.get_world_size(), rank == 0
     return 0, 1, True
 
 
@@ -450,6 +423,7 @@ def evaluate_segmentation(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
     precision: str = "auto",
+    channels_last: bool | None = None,
     batch_size: int = 1,
     ignore_index: int = 255,
     progress: bool = True,
@@ -469,10 +443,10 @@ def evaluate_segmentation(
 
     ``sliding_window``: ``(crop, stride)`` (``PROTOCOLS["cityscapes"].sliding_window`` = (769, 513)) or None
     for whole-image inference; ``flip`` / ``scales``: test-time augmentation (logits averaged);
-    ``precision``: ``auto|fp32|bf16|fp16`` (:func:`des4_hf.inference.resolve_precision`). ``batch_size``
+    ``precision``: ``auto|fp32|bf16|fp16`` and ``channels_last`` (:func:`des4_hf.inference.resolve_precision`). ``batch_size``
     batches consecutive images of the same size only. ``settings``: extra entries recorded in the result.
 
-    With ``accelerator`` (or an initialised ``torch.distributed``) each process evaluates indices
+    With ``accelerator`` each process evaluates indices
     ``rank::world_size`` and the confusion matrices are summed; every process returns the same result.
     The model is put in eval mode (and back into training mode afterwards if it was training).
 
@@ -489,7 +463,7 @@ def evaluate_segmentation(
         _warn_uninitialised_prototypes(model, class_names)
     dataset = _as_eval_dataset(dataset, num_classes, image_mean, image_std)
     device = accelerator.device if accelerator is not None else _model_device(model)
-    choice = resolve_precision(precision, device)
+    choice = resolve_precision(precision, device, channels_last=channels_last)
 
     indices = list(range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(
@@ -536,8 +510,9 @@ def evaluate_segmentation(
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
 
-    metric.reduce()
-    num_images = _sum_over_processes(num_images, device)
+    metric.reduce(accelerator)
+    if accelerator is not None:
+        num_images = int(accelerator.reduce(torch.tensor(num_images, device=device), "sum"))
     record = {
         "protocol": "sliding window" if window else "whole image",
         "sliding_window": list(window) if window else None,
@@ -549,16 +524,6 @@ def evaluate_segmentation(
     }
     record.update(settings or {})
     return EvaluationResult.from_confusion(metric.matrix, class_names, num_images, record)
-
-
-def _sum_over_processes(value: int, device: torch.device) -> int:
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return int(value)
-    if dist.get_backend() == "nccl" and device.type != "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return int(tensor.item())
 
 
 __all__ = [

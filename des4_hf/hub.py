@@ -5,24 +5,17 @@ python scripts/push_to_hub.py --model out/best --repo-id <user>/des4-voc-aug --r
     --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG]
 ```
 
-Everything is validated before the first network call: the model directory must load with
-``Des4ForSemanticSegmentation.from_pretrained`` (so it carries its prototypes), the evaluation JSON must
-have the shape ``scripts/evaluate.py`` writes and the classes of the model, the repo id must be
-``namespace/name``, and a token must be available. The token comes only from the ``token`` argument of
-:func:`push_to_hub`, ``HF_TOKEN`` or ``hf auth login``; it is never printed or logged.
-
-The card is rendered from the Jinja template ``des4_hf/model_cards/des4.md.j2`` (package data); every
-measured number in it (and in its ``model-index`` metadata) is read from the evaluation JSON.
+Everything is validated before the first network call (the model loads with its prototypes, the evaluation
+JSON has the classes of the model, the repo id, a token). The token is never printed or logged. The card is
+rendered from ``des4_hf/model_cards/des4.md.j2``; every number in it is read from the evaluation JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +31,6 @@ MODEL_FILES = ("config.json", "preprocessor_config.json")
 OVERLAY_NAME = "images/example_prediction.png"
 RESULTS_NAME = "eval_results.json"
 
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_ID_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 # The DeS4 paper's published mIoU (%) with DeepLabv3+ ResNet-101 (SPEC §6; Tables 1 and 2 of the paper).
 # These are reference numbers shown as the paper's, never as this package's results.
@@ -562,23 +552,25 @@ def make_example_overlay(
 # Push
 # ------------------------------------------------------------------------------------------------------
 def validate_repo_id(repo_id: str) -> str:
-    """``namespace/name`` with Hub-legal characters, or a ValueError saying what to pass."""
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or "--" in repo_id or ".." in repo_id:
-        raise ValueError(
-            f"repo id {repo_id!r} is not valid: use <user-or-org>/<name> with letters, digits, "
-            "'-', '_' or '.', "
-            "e.g. my-user/des4-voc-aug."
-        )
+    """``namespace/name`` as huggingface_hub's own validator accepts it, or a ValueError saying what to pass."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    try:
+        hub_validate_repo_id(repo_id)
+        if repo_id.count("/") != 1:
+            raise HFValidationError("a model repo on the Hub belongs to a user or an organisation")
+    except HFValidationError as error:
+        raise ValueError(f"repo id {repo_id!r} is not valid ({error}): use <user-or-org>/<name>, e.g. "
+                         "my-user/des4-voc-aug.") from None
     return repo_id
 
 
-def _validate_revision(revision: str | None) -> str | None:
-    if revision is None:
-        return None
-    if not _REVISION_RE.match(revision) or ".." in revision or revision.endswith(("/", ".lock")):
-        raise ValueError(
-            f"revision {revision!r} is not a valid branch name: use e.g. 'main' or 'v1' or 'voc-1323'."
-        )
+def validate_revision(revision: str | None) -> str | None:
+    """A branch name git accepts (checked before any upload), or a ValueError."""
+    if revision is not None and (not revision or revision.startswith(("-", "/")) or ".." in revision
+                                 or revision.endswith(("/", ".lock")) or any(c in revision for c in " ~^:?*[\\")):
+        raise ValueError(f"revision {revision!r} is not a valid branch name: use e.g. 'main', 'v1' or 'voc-1323'.")
     return revision
 
 
@@ -686,7 +678,7 @@ def push_to_hub(
     from huggingface_hub import HfApi
 
     validate_repo_id(repo_id)
-    revision = _validate_revision(revision)
+    revision = validate_revision(revision)
     _token_available(token)
     with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
         stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
@@ -707,72 +699,3 @@ def push_to_hub(
         )
     url = str(repo_url).rstrip("/")
     return f"{url}/tree/{revision}" if revision else url
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="des4-push-to-hub",
-        description="Upload a trained DeS4 model with a model card (results, per-class IoU chart, example) "
-        "to the Hub. "
-        "The token comes from HF_TOKEN or `hf auth login`.",
-    )
-    parser.add_argument("--model", required=True, help="model directory written by training (e.g. out/best)")
-    parser.add_argument("--repo-id", required=True, help="<user-or-org>/<name>, e.g. my-user/des4-voc-aug")
-    parser.add_argument(
-        "--results",
-        action="append",
-        default=None,
-        metavar="EVAL_JSON",
-        help="evaluation JSON written by scripts/evaluate.py (repeat for several datasets/splits)",
-    )
-    parser.add_argument(
-        "--example-image", default=None, help="an image to show the model's prediction on in the card"
-    )
-    parser.add_argument(
-        "--private", action="store_true", help="create the repo as private (ignored if it exists)"
-    )
-    parser.add_argument(
-        "--revision", default=None, help="branch to upload to (created if missing; default main)"
-    )
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument(
-        "--dry-run",
-        default=None,
-        metavar="DIR",
-        help="write the folder that would be uploaded (model files, README.md, images) to DIR and stop",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.dry_run is not None:
-            _validate_revision(args.revision)
-            staged = stage_model_repo(
-                args.model, args.dry_run, args.repo_id, args.results, args.example_image
-            )
-            names = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
-            print(f"staged {names} in {staged}")
-            return 0
-        url = push_to_hub(
-            args.model,
-            args.repo_id,
-            results=args.results,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            example_image=args.example_image,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"des4-push-to-hub: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # huggingface_hub HTTP errors are OSErrors; their text never holds the token
-        print(f"des4-push-to-hub: the Hub refused or could not be reached: {error}", file=sys.stderr)
-        return 1
-    print(f"uploaded to {url}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

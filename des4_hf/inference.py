@@ -9,11 +9,13 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -28,20 +30,12 @@ class PrecisionChoice:
     channels_last: bool
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when oneDNN computes bf16 natively (AVX512-BF16 / AMX); on AVX2-only CPUs it is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_precision(precision: str, device: torch.device | str, channels_last: bool | None = None) -> PrecisionChoice:
     """Turn ``auto|fp32|bf16|fp16`` into a concrete choice for ``device``.
 
-    ``auto`` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU for which
-    oneDNN reports native bf16) and fp32 + channels_last otherwise: measured on an AVX2-only CPU, bf16
-    autocast was 6–30× slower than fp32 while channels_last fp32 was up to 1.7× faster than NCHW.
+    The one precision resolver of the package (prediction, evaluation and training). ``auto`` is bf16 (fp16
+    without bf16) on CUDA and fp32 + channels_last on any CPU: bf16 on CPUs measured slower than fp32 even
+    where oneDNN reports native support (``reports/benchmark.md``), so capability flags never decide it.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
@@ -49,8 +43,6 @@ def resolve_precision(precision: str, device: torch.device | str, channels_last:
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and cpu_has_native_bf16():
-            precision = "bf16"
         else:
             precision = "fp32"
     if precision == "fp16" and device.type == "cpu":
@@ -179,3 +171,44 @@ def overlay(image: Image.Image, label_map: np.ndarray, alpha: float = 0.5, palet
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1.0 - alpha) * rgb + alpha * colours.astype(np.float32)
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode ``path`` fully (so unreadable files fail here), with its EXIF orientation applied."""
+    with Image.open(path) as handle:
+        handle.load()
+        image = ImageOps.exif_transpose(handle)
+        if image is handle:
+            image = handle.copy()
+    return image
+
+
+def display_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
+    from .image_processing_des4 import to_rgb_array
+
+    if image.mode == "RGB":
+        return image
+    return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def segment_images(
+    model: nn.Module,
+    processor: Any,
+    images: list[Image.Image],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    sliding_window: tuple[int, int] | None,
+) -> list[np.ndarray]:
+    """(H, W) uint8 label maps, one per image, at each image's own size (same-size images per call)."""
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    pixel_values = pixel_values.to(device)
+    if channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, autocast_dtype):
+        logits = predict_logits(model, pixel_values, sliding_window=sliding_window)
+    # Resizes back to the image size when the processor resized the input; a no-op otherwise.
+    target_sizes = [(item.size[1], item.size[0]) for item in images]
+    label_maps = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=target_sizes)
+    return [label_map.to(torch.uint8).cpu().numpy() for label_map in label_maps]

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -81,6 +80,7 @@ class Des4Encoder(nn.Module):
                 f"backbone={config.backbone!r} has no stride-4 feature (its reductions are {reductions}); "
                 "the DeepLabv3+ decoder needs one. Pick a CNN-style backbone such as 'resnet101'."
             )
+        self.output_stride = config.output_stride
         self.low_level_index = reductions.index(4)
         self.low_level_channels = channels[self.low_level_index]
         self.high_level_channels = channels[-1]
@@ -89,7 +89,8 @@ class Des4Encoder(nn.Module):
             module._des4_keep_init = True  # type: ignore[assignment]
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.body(pixel_values)
+        """(low-level, high-level) features of the input zero-padded to a multiple of the output stride."""
+        features = self.body(pad_to_multiple(pixel_values, self.output_stride))
         return features[self.low_level_index], features[-1]
 
 
@@ -162,11 +163,14 @@ class Des4Decoder(nn.Module):
         else:
             self.embed = nn.Conv2d(width, width, 3, padding=1)
 
-    def forward(self, low_level: Tensor, high_level: Tensor) -> Tensor:
+    def forward(self, low_level: Tensor, high_level: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Embeddings at stride 4; with the unpadded input ``size`` (H, W), cropped to ⌈H/4⌉ × ⌈W/4⌉."""
         context = self.aspp(high_level)
         context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
-        fused = self.fuse(torch.cat([context, self.low_level_project(low_level)], dim=1))
-        return self.embed(fused)
+        embeddings = self.embed(self.fuse(torch.cat([context, self.low_level_project(low_level)], dim=1)))
+        if size is None:
+            return embeddings
+        return embeddings[..., : math.ceil(size[0] / 4), : math.ceil(size[1] / 4)]
 
 
 class PrototypeHead(nn.Module):
@@ -226,11 +230,9 @@ class PrototypeHead(nn.Module):
     def update(self, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
         """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample.
 
-        ``sums`` (C, d) and ``counts`` (C,) are this process's per-class sums and numbers of sampled
-        features; when ``torch.distributed`` is initialised they are summed over all ranks first, so
-        every rank applies the same update and holds bit-identical prototypes afterwards. A class not yet
-        ``initialized`` (see :meth:`reset_orthonormal_`) is set to its first mean and flagged.
-        Returns the (reduced) counts.
+        ``sums`` (C, d) and ``counts`` (C,) are per-class sums and numbers of sampled features (the trainer sums
+        them over processes first, so every process applies the same update). A class not yet ``initialized``
+        (see :meth:`reset_orthonormal_`) is set to its first mean and flagged. Returns the counts.
         """
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} must be in [0, 1] (τ2 of Eq. 12; the paper uses 0.99)")
@@ -239,13 +241,8 @@ class PrototypeHead(nn.Module):
                 f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), got "
                 f"{tuple(sums.shape)} and {tuple(counts.shape)}"
             )
-        # Reduce in float64 so the sum does not depend on the order in which ranks are added.
         sums = sums.detach().to(device=self.prototypes.device, dtype=torch.float64)
         counts = counts.detach().to(device=self.prototypes.device, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            packed = torch.cat([sums, counts[:, None]], dim=1)
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-            sums, counts = packed[:, :-1], packed[:, -1]
         # A non-finite sum would poison a prototype for good: skip such classes (and say so).
         finite = torch.isfinite(sums).all(dim=1)
         if not bool(finite.all()):
@@ -343,10 +340,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
     # -- pieces the trainer composes -------------------------------------------------------------
     def embed(self, pixel_values: Tensor) -> Tensor:
         """Pixel embeddings ``f = D(E(x))`` (B, d, ⌈H/4⌉, ⌈W/4⌉), un-normalised."""
-        height, width = pixel_values.shape[-2:]
-        low_level, high_level = self.encoder(pad_to_multiple(pixel_values, self.config.output_stride))
-        embeddings = self.decoder(low_level, high_level)
-        return embeddings[..., : math.ceil(height / 4), : math.ceil(width / 4)]
+        return self.decoder(*self.encoder(pixel_values), size=tuple(pixel_values.shape[-2:]))
 
     @staticmethod
     def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:

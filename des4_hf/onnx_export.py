@@ -1,32 +1,16 @@
 """Export a DeS4 segmenter to ONNX with dynamic batch, height and width, then check it with onnxruntime.
 
-```
-python scripts/export_onnx.py --model out/best --out model.onnx [--opset 18] [--height 512 --width 512]
-```
-
-The graph takes ``pixel_values`` (batch, 3, height, width), normalised as the model's image processor does,
-and returns ``logits`` (batch, num_labels, height, width) at the input's resolution, like
-``Des4ForSemanticSegmentation.forward``.
-
-How: ``torch.onnx.export(..., dynamo=True)`` with ``Dim.DYNAMIC`` batch/height/width. Two details make the
-graph valid at *every* size, not only at the export size:
-
-- the example input used for tracing is nudged to an odd height and width and a batch of 2. The model pads
-  the input to a multiple of its output stride only when it is not one already (``pad_to_multiple``); traced
-  at a multiple (e.g. 512) that branch would be specialised away and the graph would silently skip the
-  padding at other sizes. Traced at 513 the padding amounts are symbolic, and they are 0 at multiples.
-  A batch of 1 would be specialised to a constant (torch.export's 0/1 specialisation).
-- after export the graph is run with onnxruntime at a size *different* from the export size and compared with
-  PyTorch (``verify=True``).
-
-The legacy TorchScript exporter (``dynamo=False``) is not used: it records Python integer arithmetic on
-shapes as constants, so the padding computed at the export size would be baked into the graph.
+The graph maps ``pixel_values`` (batch, 3, height, width), normalised as the image processor does, to
+``logits`` (batch, num_labels, height, width), like ``Des4ForSemanticSegmentation.forward``. It is exported
+with ``torch.onnx.export(..., dynamo=True)`` and ``Dim.DYNAMIC`` sizes, traced at an odd size and a batch of
+2: traced at a multiple of the output stride, the encoder's padding branch would be specialised away and other
+sizes would silently skip it (and a batch of 1 becomes a constant). ``verify=True`` runs the graph with
+onnxruntime at another size and compares it with PyTorch. The legacy TorchScript exporter is not used: it
+bakes the padding computed at the export size into the graph.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -218,47 +202,3 @@ def compare_with_pytorch(
         max_abs_diff=float(np.abs(actual - expected).max()),
         argmax_agreement=float((actual.argmax(1) == expected.argmax(1)).mean()),
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="des4-export-onnx", description="Export a DeS4 model to ONNX with dynamic batch/height/width."
-    )
-    parser.add_argument(
-        "--model", required=True, help="model directory, Hub repo id or short name (des4-voc-aug)"
-    )
-    parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    parser.add_argument(
-        "--height", type=int, default=512, help="typical input height used to trace the graph"
-    )
-    parser.add_argument("--width", type=int, default=512, help="typical input width used to trace the graph")
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch check")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        path = export_onnx(
-            args.model,
-            args.out,
-            opset=args.opset,
-            height=args.height,
-            width=args.width,
-            verify=not args.no_verify,
-        )
-    except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
-        print(f"des4-export-onnx: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, (ValueError, TypeError)) else 1
-    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    print(
-        f"wrote {path} ({size / 1e6:.1f} MB): pixel_values (batch, 3, height, width) → logits, dynamic sizes"
-    )
-    if not args.no_verify and importlib.util.find_spec("onnxruntime") is not None:
-        print("verified with onnxruntime against PyTorch at a size other than the export size")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

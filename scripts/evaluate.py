@@ -7,7 +7,7 @@
 
 import sys
 
-from des4_hf.evaluation_cli import main
+from des4_hf.cli import evaluate as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@
 python scripts/export_onnx.py --model out/best --out model.onnx [--opset 18] [--height 512 --width 512]
 """
 
-from des4_hf.onnx_export import main
+from des4_hf.cli import export_onnx_main as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,7 @@ python scripts/predict.py --model out/ images/*.jpg some_folder/ --out preds/
 
 import sys
 
-from des4_hf.predict import main
+from des4_hf.cli import predict as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@
         --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG]
 """
 
-from des4_hf.hub import main
+from des4_hf.cli import push_to_hub_main as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = Path(os.environ.get("DES4_CAMVID_ROOT", REPO_ROOT.parent / "shared" / "data" / "camvid"))
+os.environ["DES4_CAMVID_ROOT"] = str(CAMVID_ROOT)  # the package reads no default folder: tell it where the copy is
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,20 @@ def camvid_root() -> Path:
 def camvid_image_paths(camvid_root: Path) -> list[Path]:
     ids = (camvid_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     return [camvid_root / "JPEGImages" / f"{i}.jpg" for i in ids[:3]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reads the real CamVid copy is an integration test: it belongs to the slow tier."""
+    for item in items:
+        if {"camvid_root", "camvid_image_paths"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """Accelerate's state is process-wide: each test starts (and leaves) without one, whatever it launched."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

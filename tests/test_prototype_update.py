@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import math
-import socket
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from des4_hf.modeling_des4 import PrototypeHead
 from des4_hf.sampling import sample_class_features
@@ -108,67 +103,3 @@ def test_sampled_class_with_one_pixel_initialises_to_that_pixel():
     assert torch.allclose(head.prototypes[0], torch.tensor([1.0, 2.0]) / math.sqrt(5.0))
     assert torch.allclose(head.prototypes[1], torch.tensor([0.6, 0.8]))  # the single pixel, normalised
     assert torch.equal(head.prototypes[2], before[2]) and not head.initialized[2]
-
-
-# ------------------------------------------------------------------------ 2-process gloo run ---
-
-NUM_CLASSES, DIM = 5, 8
-
-
-def rank_inputs(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Different sums/counts per rank; class 4 is never sampled anywhere."""
-    g = torch.Generator().manual_seed(100 * step + rank)
-    counts = torch.randint(1, 20, (NUM_CLASSES,), generator=g)
-    counts[4] = 0
-    if step == 0:
-        counts[3 - rank] = 0  # class 3 first seen on rank 1 only, class 2 on rank 0 only
-    sums = torch.randn(NUM_CLASSES, DIM, generator=g) * counts[:, None]
-    return sums, counts
-
-
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        head = make_head(NUM_CLASSES, DIM, seed=0)  # same start everywhere, as DDP would broadcast
-        for step in range(3):
-            sums, counts = rank_inputs(rank, step)
-            head.update(sums, counts, momentum=0.9)
-        torch.save(head.state_dict(), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
-def test_two_gloo_ranks_hold_identical_prototypes(tmp_path):
-    # fork: the children inherit the imported packages instead of re-importing transformers
-    # (~20 s per process on a busy 2-core box); spawn where fork does not exist.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method=method
-    )
-    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert torch.equal(states[0]["prototypes"], states[1]["prototypes"])  # bit-identical
-    assert torch.equal(states[0]["initialized"], states[1]["initialized"])
-
-    # One process fed the two ranks' sums and counts added gives the same prototypes.
-    single = make_head(NUM_CLASSES, DIM, seed=0)
-    for step in range(3):
-        (s0, c0), (s1, c1) = rank_inputs(0, step), rank_inputs(1, step)
-        single.update(s0.double() + s1.double(), c0 + c1, momentum=0.9)
-    assert torch.equal(states[0]["prototypes"], single.prototypes)
-    assert states[0]["initialized"].tolist() == [True, True, True, True, False]
-    untouched = make_head(NUM_CLASSES, DIM, seed=0).prototypes[4]
-    assert torch.equal(states[0]["prototypes"][4], untouched)

@@ -45,6 +45,21 @@ def test_switches_and_method_presets() -> None:
     assert (config.decoupled, config.shared_head, config.reweight, config.sampler) == (False, False, False, "quantity")
     mean_teacher = parse_config(["--method", "mean-teacher"])
     assert not (mean_teacher.decoupled or mean_teacher.shared_head or mean_teacher.reweight)
+    # The preset applies however the config is made, not only from YAML or the command line.
+    direct = TrainConfig(method="mean-teacher")
+    assert not (direct.decoupled or direct.shared_head or direct.reweight)
+    assert TrainConfig(method="des4").decoupled
+
+
+def test_help_lists_the_choices_of_every_choice_option(capsys) -> None:
+    from des4_hf.training.config import METHODS, MIXED_PRECISION, PROTOTYPE_INITS, REPORT_TO, SAMPLERS
+
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = capsys.readouterr().out
+    for choices in (METHODS, SAMPLERS, MIXED_PRECISION, REPORT_TO, PROTOTYPE_INITS,
+                    ("none", "median-frequency", "sqrt-median-frequency")):
+        assert "{" + ",".join(choices) + "}" in text, choices
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -53,7 +68,6 @@ def test_switches_and_method_presets() -> None:
     (["--output-stride", "32"], "output_stride=32"),
     (["--lr", "-1"], "lr=-1"),
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
-    (["--aspp-rates", "3", "0"], "aspp_rates=[3, 0]"),
     (["--class-weighting", "inverse"], "class_weighting='inverse'"),
     (["--prototype-init", "zeros"], "prototype_init='zeros'"),
     (["--supervised-warmup", "1.0"], "supervised_warmup=1.0"),
@@ -65,17 +79,6 @@ def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: st
     assert fragment in str(error.value)
 
 
-def test_aspp_rates_from_yaml_and_command_line_round_trip(tmp_path: Path) -> None:
-    recipe = tmp_path / "small_crops.yaml"
-    recipe.write_text("crop_size: 224\naspp_rates: [2, 4, 6]\n")
-    config = TrainConfig.from_yaml(recipe)
-    assert config.aspp_rates == [2, 4, 6]
-    config.save(tmp_path / "saved.yaml")
-    assert TrainConfig.from_yaml(tmp_path / "saved.yaml").aspp_rates == [2, 4, 6]
-    assert parse_config(["--config", str(recipe), "--aspp-rates", "3", "6"]).aspp_rates == [3, 6]
-    assert parse_config([]).aspp_rates is None  # the model's DeepLabv3+ default
-
-
 def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("lr: 0.01\nlearning_rate: 0.1\n")
@@ -84,7 +87,7 @@ def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
-    from des4_hf.training.cli import main
+    from des4_hf.cli import train as main
 
     assert main(["--method", "nope", "--output-dir", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
@@ -93,7 +96,7 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
 # -- the loop -----------------------------------------------------------------------------------------
 def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
     config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
-                         "--checkpoint-every", "2", "--aspp-rates", "2", "4", "--class-weighting", "median-frequency")
+                         "--checkpoint-every", "2", "--class-weighting", "median-frequency")
     trainer = Trainer(config)
     final = trainer.train()
     assert 0.0 <= final["teacher"]["mean_iou"] <= 1.0
@@ -108,8 +111,6 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
         assert model.config.training["recipe"]["class_weighting"] == "median-frequency"
         assert model.config.training["split"].startswith("random-46-of-367")
         assert bool(model.prototype_head.initialized.any()), "the exported teacher carries its prototypes"
-        assert model.config.aspp_rates == [2, 4]  # the recipe's rates reach the exported model
-        assert [branch[0].dilation for branch in model.decoder.aspp.branches[1:]] == [(2, 2), (4, 4)]
         with torch.no_grad():
             logits = model(torch.randn(1, 3, 37, 53)).logits
         assert logits.shape == (1, 11, 37, 53)
@@ -122,7 +123,7 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
     assert list((tmp_path / "overlays").glob("*_overlay.jpg"))
     assert (tmp_path / "split" / "labeled.txt").read_text().count("\n") == 46
     # The exported directory works with the prediction CLI too.
-    from des4_hf.predict import main as predict_main
+    from des4_hf.cli import predict as predict_main
 
     assert predict_main(["--model", str(tmp_path / "last"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p")]) == 0
 
@@ -232,9 +233,9 @@ def test_two_processes_end_with_identical_prototypes_and_teacher(tmp_path: Path,
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(tmp_path: Path, camvid_root: Path,
                                                                           monkeypatch) -> None:
-    from des4_hf.training import step as step_module
+    from des4_hf.training.teacher_student import TeacherStudent
 
-    original = step_module.compute_step
+    original = TeacherStudent.forward
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -244,7 +245,7 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(tmp_pat
             output.terms["loss_unsupervised"] = torch.tensor(float("nan"))
         return output
 
-    monkeypatch.setattr(step_module, "compute_step", poisoned)
+    monkeypatch.setattr(TeacherStudent, "forward", poisoned)
     trainer = Trainer(tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "5",
                                   "--checkpoint-every", "2", "--eval-every", "100", "--report-to", "tensorboard"))
     from des4_hf.training.trainer import NonFiniteLossError
@@ -252,8 +253,8 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(tmp_pat
     with pytest.raises(NonFiniteLossError, match=r"step 3: loss term\(s\) \['loss_unsupervised'\]"):
         trainer.train()
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == ["step_00000002"], "only the last good checkpoint, no half-written one"
-    saved = json.loads((tmp_path / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert checkpoints == ["checkpoint_0"], "only the last good checkpoint, no half-written one"
+    saved = json.loads((tmp_path / "checkpoints" / "checkpoint_0" / "trainer_state.json").read_text())
     assert saved["step"] == 2
     assert list((tmp_path / "logs").rglob("events.out.tfevents*")), "tensorboard works offline"
 
@@ -271,7 +272,8 @@ def test_ctrl_c_saves_a_resumable_state(tmp_path: Path, camvid_root: Path, monke
             "--overlays", "0", "--eval-max-images", "1")
     with pytest.raises(KeyboardInterrupt):
         Trainer(tiny_config(tmp_path, *args)).train()
-    assert (tmp_path / "checkpoints" / "step_00000001" / "trainer_state.json").is_file()
+    saved = json.loads((tmp_path / "checkpoints" / "checkpoint_0" / "trainer_state.json").read_text())
+    assert saved["step"] == 1
     monkeypatch.setattr(Trainer, "train_step", original)
     resumed = Trainer(tiny_config(tmp_path, *args, "--resume", "latest"))
     resumed.train()

@@ -11,29 +11,32 @@ import torch
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation
 from des4_hf.losses import cross_entropy_loss, unbiased_supervised_loss
-from des4_hf.training.step import (
-    StepSettings,
+from des4_hf.training.config import TrainConfig
+from des4_hf.training.teacher_student import (
+    TeacherStudent,
     apply_prototype_updates,
-    compute_step,
-    decode,
-    encode,
+    ema_momentum,
+    ema_update_,
     low_confidence_mask,
     rampup_weight,
     unlabeled_loss_factor,
 )
-from des4_hf.training.teacher import TeacherStudent, ema_momentum, ema_update_
 
 NUM_CLASSES = 3
 CROP = 48
 
 
-def make_model(decoupled: bool = True, shared_head: bool = True, with_teacher: bool = True,
-               ema_teacher_bank: bool = True) -> TeacherStudent:
+def make_model(**options) -> TeacherStudent:
+    """A tiny teacher/student switched by ``TrainConfig(**options)`` (λ1 = 1, λ2 = 1.5 by default)."""
     torch.manual_seed(0)
     # No dropout so two forward passes over the same inputs agree exactly.
     config = Des4Config(backbone="test_resnet", num_labels=NUM_CLASSES, decoder_channels=16, decoder_dropout=0.0)
-    return TeacherStudent(Des4ForSemanticSegmentation(config), with_teacher=with_teacher, decoupled=decoupled,
-                          shared_head=shared_head, ema_teacher_bank=ema_teacher_bank).train()
+    return TeacherStudent(Des4ForSemanticSegmentation(config), TrainConfig(**options)).train()
+
+
+def with_options(model: TeacherStudent, **options) -> TeacherStudent:
+    model.train_config = replace(model.train_config, **options)
+    return model
 
 
 def make_batches(batch: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -51,16 +54,14 @@ def make_batches(batch: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, tor
     return labeled, unlabeled
 
 
-SETTINGS = StepSettings(lambda_supervised=1.0, lambda_unsupervised=1.5)
 RATIO = torch.tensor([1.0, 0.5, 0.25])
 
 
-def run_step(model: TeacherStudent, settings: StepSettings = SETTINGS, class_weights: torch.Tensor | None = None,
-             batch_unlabeled: int = 2):
+def run_step(model: TeacherStudent, class_weights: torch.Tensor | None = None, batch_unlabeled: int = 2):
     labeled, _ = make_batches()
     _, unlabeled = make_batches(batch_unlabeled)
-    return compute_step(model, labeled, unlabeled, settings=settings, class_ratio=RATIO, class_weights=class_weights,
-                        generator=torch.Generator().manual_seed(0)), labeled, unlabeled
+    return model(labeled, unlabeled, class_ratio=RATIO, class_weights=class_weights,
+                 generator=torch.Generator().manual_seed(0)), labeled, unlabeled
 
 
 @pytest.mark.parametrize("class_weights", [None, torch.tensor([0.25, 1.0, 4.0])], ids=["plain", "class-weighted"])
@@ -73,15 +74,15 @@ def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules(class_weights: 
     size = (CROP, CROP)
     with torch.no_grad():
         # L_l^ub: teacher decoder on E^T features, through the prototypes, Eq. 7–8 weights.
-        low, high = encode(model.teacher_encoder, labeled["pixel_values"], student.config.output_stride)
-        teacher_logits = student.upsample_logits(student.prototype_head(decode(model.teacher_decoder, (low, high), size)),
+        low, high = model.teacher_encoder(labeled["pixel_values"])
+        teacher_logits = student.upsample_logits(student.prototype_head(model.teacher_decoder(low, high, size=size)),
                                                  size)
         expected_unbiased = unbiased_supervised_loss(teacher_logits, labeled["labels"], reweight=True,
                                                      class_weights=class_weights)
         # Pseudo labels: full teacher in eval mode on the weak view, padding ignored, CutMix from the next sample.
         model.teacher_decoder.eval()
-        low_u, high_u = encode(model.teacher_encoder, unlabeled["pixel_values_weak"], student.config.output_stride)
-        logits_u = student.upsample_logits(student.prototype_head(decode(model.teacher_decoder, (low_u, high_u), size)),
+        low_u, high_u = model.teacher_encoder(unlabeled["pixel_values_weak"])
+        logits_u = student.upsample_logits(student.prototype_head(model.teacher_decoder(low_u, high_u, size=size)),
                                            size)
         model.teacher_decoder.train()
         pseudo = logits_u.argmax(1).masked_fill(unlabeled["padding_mask"], 255)
@@ -100,24 +101,13 @@ def test_total_loss_is_eq4_recomputed_from_the_algorithm_modules(class_weights: 
     torch.testing.assert_close(output.loss.detach(), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_class_weights_can_leave_the_unbiased_loss_alone() -> None:
-    weights = torch.tensor([0.25, 1.0, 4.0])
-    plain, _, _ = run_step(make_model())
-    only_student, _, _ = run_step(make_model(), StepSettings(class_weight_unbiased=False), class_weights=weights)
-    everywhere, _, _ = run_step(make_model(), class_weights=weights)
-    torch.testing.assert_close(only_student.terms["loss_unbiased"], plain.terms["loss_unbiased"])
-    assert not torch.allclose(everywhere.terms["loss_unbiased"], plain.terms["loss_unbiased"])
-    torch.testing.assert_close(only_student.terms["loss_supervised"], everywhere.terms["loss_supervised"])
-    assert not torch.allclose(only_student.terms["loss_supervised"], plain.terms["loss_supervised"])
-
-
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
 
 
 def test_unbiased_loss_reaches_only_the_teacher_decoder() -> None:
-    model = make_model()
-    output, _, _ = run_step(model, StepSettings(lambda_supervised=0.0, lambda_unsupervised=0.0))
+    model = make_model(lambda_supervised=0.0, lambda_unsupervised=0.0)
+    output, _, _ = run_step(model)
     output.loss.backward()  # = L_l^ub alone
     assert _grads(model.teacher_decoder), "D^T must be trained by L_l^ub"
     assert not _grads(model.student.encoder), "L_l^ub must not reach the student encoder"
@@ -132,7 +122,7 @@ def test_student_losses_do_not_reach_the_teacher_decoder() -> None:
     full.loss.backward()
     grads_full = [p.grad.clone() for p in model.teacher_decoder.parameters()]
     model.zero_grad(set_to_none=True)
-    alone, _, _ = run_step(model, StepSettings(lambda_supervised=0.0, lambda_unsupervised=0.0))
+    alone, _, _ = run_step(with_options(model, lambda_supervised=0.0, lambda_unsupervised=0.0))
     alone.loss.backward()
     for full_grad, param in zip(grads_full, model.teacher_decoder.parameters(), strict=True):
         torch.testing.assert_close(full_grad, param.grad)  # D^T changes only through L_l^ub
@@ -188,9 +178,9 @@ def test_ema_update_copies_integer_buffers() -> None:
 
 
 def test_mean_teacher_has_no_unbiased_loss_and_an_ema_decoder_and_bank() -> None:
-    model = make_model(decoupled=False, shared_head=False)
+    model = make_model(method="mean-teacher")  # no D.T., no S.H., no P.R. (Table 3, first row)
     assert all(not p.requires_grad for p in model.teacher_decoder.parameters())
-    output, _, _ = run_step(model, StepSettings(method="mean-teacher", reweight=False))
+    output, _, _ = run_step(model)
     assert "loss_unbiased" not in output.terms
     assert output.student_statistics is not None  # the student's bank samples the student's features
     before_student = model.student.prototype_head.prototypes.clone()
@@ -204,8 +194,8 @@ def test_mean_teacher_has_no_unbiased_loss_and_an_ema_decoder_and_bank() -> None
 
 
 def test_mean_teacher_bank_can_still_sample_its_own_features() -> None:
-    model = make_model(decoupled=False, shared_head=False, ema_teacher_bank=False)
-    output, _, _ = run_step(model, StepSettings(method="mean-teacher", reweight=False))
+    model = make_model(method="mean-teacher", ema_teacher_bank=False)
+    output, _, _ = run_step(model)
     apply_prototype_updates(model, output.teacher_statistics, output.student_statistics, 0.9)
     assert model.teacher_prototype_head is not None and bool(model.teacher_prototype_head.initialized.any())
     assert not torch.equal(model.teacher_prototype_head.prototypes, model.student.prototype_head.prototypes)
@@ -229,8 +219,8 @@ def test_an_unlabeled_pixel_weighs_lambda2_times_a_labeled_one_whatever_the_batc
 def test_step_scales_the_unlabeled_loss_by_the_batch_ratio() -> None:
     # Two labeled + one unlabeled crop: L = L_l^ub + λ1·L_l^b + λ2·(1/2)·L_u; unbalanced, λ2·L_u.
     for balanced, factor in ((True, 0.5), (False, 1.0)):
-        model = make_model()
-        output, _, _ = run_step(model, replace(SETTINGS, pixel_balanced=balanced), batch_unlabeled=1)
+        model = make_model(pixel_balanced_losses=balanced)
+        output, _, _ = run_step(model, batch_unlabeled=1)
         terms = output.terms
         expected = terms["loss_unbiased"] + terms["loss_supervised"] + 1.5 * factor * terms["loss_unsupervised"]
         torch.testing.assert_close(terms["loss"], expected)
@@ -249,7 +239,7 @@ def test_low_confidence_mask_drops_each_classes_least_sure_quantile() -> None:
 def test_quantile_threshold_ignores_pseudo_labels_in_the_step() -> None:
     counts = []
     for quantile in (None, 0.5):
-        output, _, _ = run_step(make_model(), replace(SETTINGS, pseudo_label_quantile=quantile))
+        output, _, _ = run_step(make_model(pseudo_label_quantile=quantile))
         counts.append(float(output.pseudo_label_counts.sum()))
     assert 0.4 * counts[0] < counts[1] < 0.6 * counts[0]  # about half of each class dropped (ties aside)
 
@@ -278,8 +268,7 @@ def test_warmup_steps_from_the_fraction() -> None:
 def test_warmup_step_trains_on_labels_only() -> None:
     model = make_model()
     labeled, _ = make_batches()
-    output = compute_step(model, labeled, None, settings=replace(SETTINGS, unsupervised=False), class_ratio=RATIO,
-                          generator=torch.Generator().manual_seed(0))
+    output = model(labeled, None, class_ratio=RATIO, generator=torch.Generator().manual_seed(0), unsupervised=False)
     terms = output.terms
     assert float(terms["loss_unsupervised"]) == 0.0 and output.pseudo_label_counts is None
     torch.testing.assert_close(terms["loss"], terms["loss_unbiased"] + terms["loss_supervised"])
@@ -290,9 +279,9 @@ def test_warmup_step_trains_on_labels_only() -> None:
 
 
 def test_supervised_baseline_uses_only_labeled_data() -> None:
-    model = make_model(with_teacher=False)
+    model = make_model(method="supervised")
     labeled, _ = make_batches()
-    output = compute_step(model, labeled, None, settings=StepSettings(method="supervised"), class_ratio=RATIO)
+    output = model(labeled, None, class_ratio=RATIO)
     assert set(output.terms) == {"loss", "loss_supervised"}
     assert model.teacher_encoder is None
 
@@ -306,11 +295,3 @@ def test_shared_head_update_uses_teacher_statistics() -> None:
     seen = counts > 0
     assert bool(model.student.prototype_head.initialized[seen].all())
     assert model.teacher_head is model.student.prototype_head
-
-
-def test_ddp_ignores_ema_and_prototype_state() -> None:
-    names = set(make_model().state_outside_ddp())
-    assert "student.prototype_head.prototypes" in names and "student.prototype_head.initialized" in names
-    assert any(name.startswith("teacher_encoder.") for name in names)
-    assert not any(name.startswith("teacher_decoder.") for name in names)  # D^T is trained, so DDP syncs it
-    assert not any(name.startswith("student.encoder.") for name in names)

@@ -2,24 +2,14 @@
 
 ```python
 from des4_hf.data import load_segmentation_dataset, SemiSupervisedSplit
-ds = load_segmentation_dataset("camvid")                      # ../shared/data/camvid by default
+ds = load_segmentation_dataset("camvid")                      # root= or $DES4_CAMVID_ROOT
 split = SemiSupervisedSplit.random(ds["train"], labeled=1 / 8, seed=0)
 labeled, unlabeled = split.apply(ds)
 ```
 See ``des4_hf/data/README.md`` for the layouts, the protocols and the measured throughput.
 """
 
-from .augment import (
-    AugmentConfig,
-    Geometry,
-    apply_geometry,
-    cutmix_box,
-    item_generator,
-    normalize,
-    sample_geometry,
-    strong_photometric,
-    weak_augment,
-)
+from .augment import AugmentConfig
 from .class_counts import check_mask_values, class_pixel_counts
 from .datasets import (
     CAMVID_CLASSES,
@@ -50,21 +40,11 @@ from .torch_datasets import (
     EvalDataset,
     LabeledTrainDataset,
     UnlabeledTrainDataset,
-    decode_image_record,
-    decode_mask_record,
     eval_collate,
 )
 
 __all__ = [
     "AugmentConfig",
-    "Geometry",
-    "apply_geometry",
-    "cutmix_box",
-    "item_generator",
-    "normalize",
-    "sample_geometry",
-    "strong_photometric",
-    "weak_augment",
     "check_mask_values",
     "class_pixel_counts",
     "CAMVID_CLASSES",
@@ -96,7 +76,5 @@ __all__ = [
     "EvalDataset",
     "LabeledTrainDataset",
     "UnlabeledTrainDataset",
-    "decode_image_record",
-    "decode_mask_record",
     "eval_collate",
 ]

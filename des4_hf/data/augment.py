@@ -1,22 +1,16 @@
 """Weak / strong views and CutMix boxes on tensors (torchvision.transforms.v2.functional).
 
-Every random draw takes an explicit ``torch.Generator`` instead of the global RNG: the torch
-datasets seed one generator per item from ``(seed, epoch, index)``, so a crop does not depend
-on the number of DataLoader workers, on the process, or on what ran before (a resumed run
-reproduces the same crops).
+Every random draw takes an explicit ``torch.Generator`` seeded per item from ``(seed, epoch, index)``, so a crop
+depends neither on the DataLoader workers nor on what ran before (a resumed run reproduces it).
 
-* weak: random scale in [0.5, 2.0] (bilinear for the image, nearest-exact for the mask so
-  that both sample the same pixel centres), random crop padded with 255 in the mask (the
-  image padding is reported as ``padding_mask``), horizontal flip;
-* strong: the weak crop + colour jitter (random order), random grayscale, Gaussian blur.
-  It is computed *from the weak crop*, so weak and strong views share the geometry;
-* CutMix: one box per sample returned as a boolean mask; the training loop pastes that box
-  from another sample of the batch into both the strong image and the pseudo label.
+* weak: random scale in [0.5, 2.0] (bilinear image, nearest-exact mask), random crop (mask padded with 255, the
+  image padding reported as ``padding_mask``), horizontal flip;
+* strong: the weak crop + colour jitter, random grayscale, Gaussian blur: weak and strong share the geometry;
+* CutMix: one box per sample as a boolean mask; the step pastes it from another sample of the batch.
 
-Defaults follow U2PL / UniMatch, the code base the paper's splits come from **[choice]**:
-jitter (0.5, 0.5, 0.5, 0.25) with p = 0.8, grayscale p = 0.2, blur p = 0.5 with
-sigma in [0.1, 2.0], CutMix p = 1.0 with box area in [2 %, 40 %] of the crop and aspect
-ratio in [0.3, 1/0.3].
+Defaults follow U2PL / UniMatch, whose code the paper's splits come from **[choice]**: jitter
+(0.5, 0.5, 0.5, 0.25) with p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma in [0.1, 2.0], CutMix p = 1
+with box area in [2 %, 40 %] of the crop and aspect ratio in [0.3, 1/0.3].
 """
 
 from __future__ import annotations

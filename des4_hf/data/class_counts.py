@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..utils import atomic_write
 from .datasets import IGNORE_INDEX, DataError, _open_record, iter_label_records, labels_to_indices
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,8 @@ def class_pixel_counts(
                 skipped += 1
             else:
                 total += counts
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(
+    atomic_write(
+        cache,
         json.dumps(
             {
                 "split_fingerprint": split_fingerprint,
@@ -109,5 +109,4 @@ def class_pixel_counts(
         )
         + "\n"
     )
-    os.replace(tmp, cache)
     return total

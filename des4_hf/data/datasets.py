@@ -1,29 +1,15 @@
-"""Segmentation datasets as Hugging Face ``datasets.DatasetDict`` objects.
+"""Segmentation datasets as Hugging Face ``datasets.DatasetDict`` objects (VOC, Cityscapes, CamVid, folders, Hub).
 
-Every loader returns splits ``"train"`` and ``"val"`` (where the source has them) with the
-columns
+Every loader returns splits ``"train"`` and ``"val"`` (where the source has them) with the columns ``id`` (the
+id the standard split lists use), ``image`` (RGB) and ``label`` (uint8 class indices, 255 = ignore; absent for
+a folder of unlabeled images). Files are referenced by path, never copied, and checked for existence eagerly;
+size mismatches, out-of-range values and unreadable files are found when decoded
+(:mod:`des4_hf.data.torch_datasets`), since decoding 10k masks up front costs minutes.
 
-* ``id`` (string): the image id the standard split lists use (VOC/CamVid: file stem;
-  Cityscapes: ``leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png``; folder: path relative
-  to the image folder without extension);
-* ``image`` (``datasets.Image``): RGB photo;
-* ``label`` (``datasets.Image``): single-channel uint8 class indices, ``255`` = ignore.
-  A folder of images without masks (the unlabeled side) has no ``label`` column.
-
-Files are referenced by path, never copied: building a ``DatasetDict`` over a local layout
-costs one directory listing. Existence is checked eagerly (cheap); size mismatches,
-out-of-range mask values and unreadable files are found lazily at decode time
-(:mod:`des4_hf.data.torch_datasets`, :func:`des4_hf.data.class_counts.class_pixel_counts`)
-because decoding 10k masks up front would cost minutes on a 2-core machine.
-
-Class names and the ignore index travel with the data in ``Dataset.info.description``
-(a JSON block that survives ``select``/``map``/``save_to_disk``); read them with
-:func:`get_class_names` / :func:`get_dataset_metadata`.
-
-VOC protocol: ``"train"`` is the 10,582-image SBD-augmented set (``SegmentationClassAug``)
-when that folder exists (``train_set="auto"``), because both the "blended" and the "classic"
-semi-supervised protocols draw their unlabeled images from it; ``train_set="fine"`` gives the
-1,464 ``SegmentationClass`` images instead. ``"val"`` is always the 1,449 val ids.
+Class names and the ignore index travel in ``Dataset.info.description`` (JSON that survives ``select``/``map``/
+``save_to_disk``): :func:`get_class_names`, :func:`get_dataset_metadata`. VOC's ``"train"`` is the 10,582-image
+SBD-augmented set when ``SegmentationClassAug`` exists (``train_set="auto"``: both semi-supervised protocols draw
+their unlabeled images from it), else the 1,464 ``SegmentationClass`` images; ``"val"`` is the 1,449 val ids.
 """
 
 from __future__ import annotations
@@ -42,6 +28,8 @@ from typing import Any
 import datasets
 import numpy as np
 from PIL import Image as PILImage
+
+from ..utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -412,13 +400,9 @@ def _existing(path: Path) -> Path:
 
 
 def default_camvid_root() -> Path | None:
-    """``$DES4_CAMVID_ROOT``, else ``../shared/data/camvid`` beside the repository that holds this package."""
+    """``$DES4_CAMVID_ROOT`` if set: the package never guesses a data folder from where it is installed."""
     env = os.environ.get("DES4_CAMVID_ROOT")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]
-    candidate = repo_root.parent / "shared" / "data" / "camvid"
-    return candidate if candidate.is_dir() else None
+    return Path(env) if env else None
 
 
 def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
@@ -426,9 +410,8 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
     resolved = Path(root) if root is not None else default_camvid_root()
     if resolved is None:
         raise DataError(
-            "CamVid root not given and ../shared/data/camvid not found beside the repository. "
-            "Fix: pass root=<folder with JPEGImages/, SegmentationClass/, ImageSets/> "
-            "or set DES4_CAMVID_ROOT."
+            "CamVid root not given. Fix: pass root=<folder with JPEGImages/, SegmentationClass/, ImageSets/> "
+            "(--data-root on the command line) or set DES4_CAMVID_ROOT."
         )
     _require_dir(resolved / "JPEGImages", "CamVid JPEGImages/", "pass root= pointing at the CamVid copy")
     classes_file = resolved / "classes.txt"
@@ -468,10 +451,8 @@ def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
             array = np.asarray(im)
     except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing to the user
         raise DataError(f"cannot read mask {src}: {exc}. Fix: re-extract the file.") from exc
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(f".tmp{os.getpid()}.png")
-    PILImage.fromarray(lut[array.astype(np.uint8)]).save(tmp, compress_level=1)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as temporary:
+        PILImage.fromarray(lut[array.astype(np.uint8)]).save(temporary, format="PNG", compress_level=1)
 
 
 def load_cityscapes(

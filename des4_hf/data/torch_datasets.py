@@ -1,33 +1,20 @@
 """``torch.utils.data.Dataset`` wrappers the trainer and the evaluator iterate.
 
-Each item is a dict of tensors. Images are decoded with ``torchvision.io.decode_image``
-(libjpeg-turbo / libpng, ~1 ms for a 480×360 JPEG) straight from the file path or the
-Arrow bytes — the ``datasets.Image`` PIL decode is bypassed — and masks with PIL (a palette
-PNG must be read as indices, which torchvision would expand to colours).
+Images are decoded with ``torchvision.io.decode_image`` straight from the path or the Arrow bytes, masks with
+PIL (a palette PNG must be read as indices). The randomness of item ``i`` comes from a generator seeded by
+``(seed, epoch, i, stream)`` (:func:`des4_hf.data.augment.item_generator`): call ``set_epoch(epoch)`` first
+(the trainer keys items by ``(epoch, index)``, see :mod:`des4_hf.training.streams`).
 
-Reproducibility: the randomness of item ``i`` comes from a generator seeded by
-``(seed, epoch, i, stream)`` (:func:`des4_hf.data.augment.item_generator`). Call
-``set_epoch(epoch)`` before iterating an epoch; with ``persistent_workers=True`` the workers
-keep the dataset copy they started with, so either use ``persistent_workers=False`` (the
-default) or recreate the loader per epoch.
-
-Bad data is detected here, lazily: size mismatch, out-of-range mask values and unreadable
-files raise :class:`~des4_hf.data.datasets.DataError` naming the file. With
-``skip_bad=True`` the item is logged, its id added to ``bad_ids`` (per process) and the next
-good item (``i + 1``, ``i + 2``, ...) is returned instead, so an epoch keeps its length.
-
-Throughput (2-core AMD EPYC CPU box, CamVid, crop 513, batch 8 labeled + 8 unlabeled, 2
-workers per loader): about 55 images/s on an idle machine (see ``README.md`` for the
-spread under load), measured with
-``python -c "from des4_hf.data.torch_datasets import main; main()" --steps 30``.
+Bad data raises :class:`~des4_hf.data.datasets.DataError` naming the file (size mismatch, out-of-range mask
+values, unreadable file). With ``skip_bad=True`` the item is logged, its id added to ``bad_ids`` and the next
+good item returned instead, so an epoch keeps its length.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import io
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -102,6 +89,7 @@ class _SegmentationBase(torch.utils.data.Dataset):
     """Row access without PIL decoding of images, validation, ``skip_bad`` substitution, epochs."""
 
     stream = 0
+    with_labels = True
 
     def __init__(
         self,
@@ -109,11 +97,11 @@ class _SegmentationBase(torch.utils.data.Dataset):
         image_mean: Sequence[float],
         image_std: Sequence[float],
         *,
-        with_labels: bool,
         seed: int = 0,
         num_classes: int | None = None,
         skip_bad: bool = False,
     ) -> None:
+        with_labels = self.with_labels
         if isinstance(hf_dataset, datasets.DatasetDict):
             raise TypeError("pass one split (a datasets.Dataset), e.g. ds['train'], not a DatasetDict.")
         if len(hf_dataset) == 0:
@@ -129,7 +117,6 @@ class _SegmentationBase(torch.utils.data.Dataset):
             raw = raw.cast_column("label", datasets.Image(decode=False))
             columns.append("label")
         self._raw = raw.select_columns(columns)
-        self.with_labels = with_labels
         self.num_classes = _num_classes(hf_dataset, num_classes)
         self.mean = torch.tensor(list(image_mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(image_std), dtype=torch.float32).view(-1, 1, 1)
@@ -188,10 +175,8 @@ class _SegmentationBase(torch.utils.data.Dataset):
         raise DataError("every item of the dataset is bad (see the warnings above). Fix: check the data.")
 
 
-class LabeledTrainDataset(_SegmentationBase):
-    """Weakly augmented labeled crops: ``pixel_values`` float (3, c, c), ``labels`` int64 (c, c)."""
-
-    stream = STREAM_LABELED
+class _TrainBase(_SegmentationBase):
+    """Random crops of ``crop_size`` (augmentation ``config``, U2PL's defaults when None)."""
 
     def __init__(
         self,
@@ -204,16 +189,15 @@ class LabeledTrainDataset(_SegmentationBase):
         num_classes: int | None = None,
         skip_bad: bool = False,
     ) -> None:
-        super().__init__(
-            hf_dataset,
-            image_mean,
-            image_std,
-            with_labels=True,
-            seed=seed,
-            num_classes=num_classes,
-            skip_bad=skip_bad,
-        )
-        self.config = _with_crop(config, crop_size)
+        super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes, skip_bad=skip_bad)
+        config = config or AugmentConfig(crop_size=crop_size)
+        self.config = config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
+
+
+class LabeledTrainDataset(_TrainBase):
+    """Weakly augmented labeled crops: ``pixel_values`` float (3, c, c), ``labels`` int64 (c, c)."""
+
+    stream = STREAM_LABELED
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = self.generator(index)
@@ -226,7 +210,7 @@ class LabeledTrainDataset(_SegmentationBase):
         return {"pixel_values": pixel_values, "labels": mask_crop.to(torch.int64)}
 
 
-class UnlabeledTrainDataset(_SegmentationBase):
+class UnlabeledTrainDataset(_TrainBase):
     """Weak and strong views of one unlabeled crop (same geometry), its padding and CutMix box.
 
     ``pixel_values_weak`` / ``pixel_values_strong`` float (3, c, c); ``padding_mask`` bool
@@ -236,19 +220,7 @@ class UnlabeledTrainDataset(_SegmentationBase):
     """
 
     stream = STREAM_UNLABELED
-
-    def __init__(
-        self,
-        hf_dataset: datasets.Dataset,
-        crop_size: int,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        seed: int = 0,
-        config: AugmentConfig | None = None,
-        skip_bad: bool = False,
-    ) -> None:
-        super().__init__(hf_dataset, image_mean, image_std, with_labels=False, seed=seed, skip_bad=skip_bad)
-        self.config = _with_crop(config, crop_size)
+    with_labels = False
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = self.generator(index)
@@ -279,9 +251,7 @@ class EvalDataset(_SegmentationBase):
         num_classes: int | None = None,
         skip_bad: bool = False,
     ) -> None:
-        super().__init__(
-            hf_dataset, image_mean, image_std, with_labels=True, num_classes=num_classes, skip_bad=skip_bad
-        )
+        super().__init__(hf_dataset, image_mean, image_std, num_classes=num_classes, skip_bad=skip_bad)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         _, id_, image, mask = self.load_or_substitute(index)
@@ -318,82 +288,3 @@ def _normalize_masked(
     """Normalise, then set padded pixels to 0 (= the mean colour, a neutral input)."""
     out = normalize(image, mean, std)
     return out.masked_fill_(padding, 0.0) if bool(padding.any()) else out
-
-
-def _with_crop(config: AugmentConfig | None, crop_size: int) -> AugmentConfig:
-    import dataclasses
-
-    config = config or AugmentConfig(crop_size=crop_size)
-    return config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
-
-
-# --------------------------------------------------------------------------------------------
-# throughput measurement (numbers quoted in des4_hf/data/README.md)
-# --------------------------------------------------------------------------------------------
-
-
-def measure_throughput(
-    root: str | None = None,
-    crop_size: int = 513,
-    batch_size: int = 8,
-    num_workers: int = 2,
-    num_steps: int = 20,
-    warmup_steps: int = 3,
-) -> dict[str, float]:
-    """Images/s of a labeled + an unlabeled CamVid DataLoader iterated side by side (one "step"
-    = one labeled batch + one unlabeled batch), after ``warmup_steps`` steps."""
-    from .datasets import load_camvid
-
-    ds = load_camvid(root)["train"]
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    labeled = LabeledTrainDataset(ds, crop_size, mean, std, seed=0)
-    unlabeled = UnlabeledTrainDataset(ds, crop_size, mean, std, seed=0)
-    kwargs: dict[str, Any] = {
-        "batch_size": batch_size,
-        "shuffle": True,
-        "num_workers": num_workers,
-        "drop_last": True,
-        "persistent_workers": num_workers > 0,
-    }
-    if num_workers > 0:
-        kwargs["prefetch_factor"] = 2
-    loaders = [torch.utils.data.DataLoader(d, **kwargs) for d in (labeled, unlabeled)]
-    iterators = [iter(loader) for loader in loaders]
-    images = 0
-    start = time.perf_counter()
-    for step in range(warmup_steps + num_steps):
-        if step == warmup_steps:
-            images, start = 0, time.perf_counter()
-        for i, it in enumerate(iterators):
-            try:
-                next(it)
-            except StopIteration:
-                iterators[i] = iter(loaders[i])
-                next(iterators[i])
-            images += batch_size
-    seconds = time.perf_counter() - start
-    return {
-        "images_per_s": images / seconds,
-        "steps_per_s": num_steps / seconds,
-        "seconds": seconds,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "crop_size": crop_size,
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Measure labeled+unlabeled DataLoader throughput on CamVid.")
-    parser.add_argument("--root", default=None)
-    parser.add_argument("--crop-size", type=int, default=513)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    result = measure_throughput(args.root, args.crop_size, args.batch_size, args.num_workers, args.steps)
-    print(", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 
@@ -117,12 +116,6 @@ def _nanmean(values: Tensor) -> float:
     return float(defined.mean()) if defined.numel() else float("nan")
 
 
-def _distributed_world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 class ConfusionMatrix:
     """Accumulates a ``(C, C)`` confusion matrix over batches, optionally across processes.
 
@@ -130,7 +123,7 @@ class ConfusionMatrix:
     >>> metric = ConfusionMatrix(num_classes=21)
     >>> for logits, labels in ...:
     ...     metric.update(logits.argmax(1), labels)
-    >>> metric.reduce()            # sum over processes when torch.distributed is initialised
+    >>> metric.reduce(accelerator)  # sum over the processes of an accelerate run
     >>> metric.compute()["mean_iou"]
     ```
 
@@ -171,18 +164,12 @@ class ConfusionMatrix:
         self.matrix += matrix.to(self.matrix.device, torch.int64)
 
     @torch.no_grad()
-    def reduce(self) -> Tensor:
-        """Sum the matrix over all processes (``all_reduce`` SUM) when ``torch.distributed`` is initialised
-        with more than one process; a no-op otherwise. Idempotent: a second call does nothing.
-        Returns the (reduced) matrix."""
-        if self.reduced or _distributed_world_size() == 1:
+    def reduce(self, accelerator: Any = None) -> Tensor:
+        """Sum the matrix over the processes of ``accelerator`` (a no-op for one process or none).
+        Idempotent: a second call does nothing. Returns the (reduced) matrix."""
+        if self.reduced or accelerator is None or accelerator.num_processes == 1:
             return self.matrix
-        device = self.matrix.device
-        if dist.get_backend() == "nccl" and device.type != "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
-        reduced = self.matrix.to(device)
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        self.matrix = reduced.to(self.matrix.device)
+        self.matrix = accelerator.reduce(self.matrix, "sum")
         self.reduced = True
         return self.matrix
 

@@ -1,18 +1,16 @@
-"""DeS4 training: config, teacher/student, the step, and the Accelerate loop."""
+"""DeS4 training: config, teacher/student and the Eq. 4 step, and the Accelerate loop."""
 
-from .config import TrainConfig, parse_config
-from .step import StepOutput, StepSettings, compute_step
-from .teacher import TeacherStudent, ema_momentum, ema_update_
+from .config import METHOD_PRESETS, TrainConfig, parse_config
+from .teacher_student import StepOutput, TeacherStudent, ema_momentum, ema_update_
 from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
+    "METHOD_PRESETS",
     "NonFiniteLossError",
     "StepOutput",
-    "StepSettings",
     "TeacherStudent",
     "TrainConfig",
     "Trainer",
-    "compute_step",
     "ema_momentum",
     "ema_update_",
     "parse_config",

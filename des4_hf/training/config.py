@@ -18,7 +18,13 @@ import yaml
 
 from ..losses import CLASS_WEIGHTINGS
 
-METHODS = ("des4", "mean-teacher", "supervised")
+# Each method is DeS4 with some of its components switched off (Table 3): the one place they are set.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "des4": {},
+    "mean-teacher": {"decoupled": False, "shared_head": False, "reweight": False},  # Table 3, first row
+    "supervised": {},  # labels only: no teacher at all
+}
+METHODS = tuple(METHOD_PRESETS)
 SAMPLERS = ("mes", "quantity", "confidence")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -45,11 +51,6 @@ class TrainConfig:
     output_stride: int = 16
     decoder_channels: int = 256
     separable_convs: bool = False  # depthwise-separable decoder convs (Des4Config.separable_convs)
-    # ASPP atrous rates; None = DeepLabv3+'s 6/12/18 at OS16 (doubled at OS8). An option for small training
-    # crops: a 224 crop gives a 14×14 map at OS16, where a rate-12 or -18 kernel sees only padding around its
-    # centre in training but real features on the full test image. On the CamVid dev set smaller rates did
-    # not help (2/4/6: 35.92, 3/6/9: 34.58 vs 36.13 mIoU), so every recipe keeps the default.
-    aspp_rates: list[int] | None = None
     logit_scale: float = 10.0
     # -- data ---------------------------------------------------------------------------------------
     dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
@@ -77,7 +78,6 @@ class TrainConfig:
     prototype_momentum: float = 0.99  # τ2 (Eq. 12)
     mes_num_zones: int = 5
     mes_alpha: float = 0.1
-    pseudo_label_threshold: float | None = None  # SPEC §2.4 [choice]: none by default
     # Class-wise quantile threshold (SPEC §2.7 [choice]): per batch, the pseudo labels of each class whose teacher
     # confidence lies below that class's q-quantile are ignored, so the least sure q of every class drops out. A
     # fixed threshold cannot do this with cosine logits: at 0.95 no pixel passes the first 40 steps. Not in the
@@ -108,10 +108,9 @@ class TrainConfig:
     unsupervised_rampup: float = 0.0
     # Per-class weights on the cross-entropies from the labeled set's pixel counts: none | median-frequency |
     # sqrt-median-frequency (des4_hf.losses.class_balancing_weights). Not in the paper, so none by default.
-    # They weight the student's L_l^b and L_u and, unless class_weight_unbiased is false, L_l^ub too
-    # (multiplying its Eq. 7 pixel weights, renormalised per image).
+    # They weight the student's L_l^b and L_u and L_l^ub too (multiplying its Eq. 7 pixel weights, renormalised
+    # per image).
     class_weighting: str = "none"
-    class_weight_unbiased: bool = True
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True
@@ -132,17 +131,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() in ("", "none", "null", "random"):
             self.encoder_weights = None  # "--encoder-weights none" on the command line
+        self.scale_range = tuple(self.scale_range)  # YAML gives a list
         self.validate()
+        for name, value in METHOD_PRESETS[self.method].items():
+            setattr(self, name, value)
 
     # -- derived ------------------------------------------------------------------------------------
     @property
     def effective_unlabeled_batch_size(self) -> int:
         return self.unlabeled_batch_size if self.unlabeled_batch_size is not None else self.batch_size
-
-    def apply_method_defaults(self) -> None:
-        """``mean-teacher`` = Table 3's first row: all three DeS4 components off."""
-        if self.method == "mean-teacher":
-            self.decoupled = self.shared_head = self.reweight = False
 
     def validate(self) -> None:
         errors: list[str] = []
@@ -158,8 +155,6 @@ class TrainConfig:
         check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}")
         check(self.report_to in REPORT_TO, f"report_to={self.report_to!r}: one of {', '.join(REPORT_TO)}")
         check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")
-        check(self.aspp_rates is None or (len(self.aspp_rates) > 0 and all(int(r) >= 1 for r in self.aspp_rates)),
-              f"aspp_rates={self.aspp_rates}: one or more positive atrous rates, e.g. [6, 12, 18], or null")
         check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
         check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
@@ -175,8 +170,6 @@ class TrainConfig:
         check(self.mes_num_zones >= 1, f"mes_num_zones={self.mes_num_zones}: must be >= 1")
         check(self.mes_alpha > 0, f"mes_alpha={self.mes_alpha}: must be > 0")
         check(0 < self.labeled_fraction < 1, f"labeled_fraction={self.labeled_fraction}: must be in (0, 1)")
-        check(self.pseudo_label_threshold is None or 0 <= self.pseudo_label_threshold < 1,
-              "pseudo_label_threshold must be in [0, 1) or null")
         check(self.pseudo_label_quantile is None or 0 <= self.pseudo_label_quantile < 1,
               f"pseudo_label_quantile={self.pseudo_label_quantile}: the share of each class's pseudo labels to drop, "
               "in [0, 1) (e.g. 0.2), or null")
@@ -211,16 +204,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown option(s) {unknown}; known options: {sorted(known)}")
-        values = dict(values)
-        if "scale_range" in values:
-            values["scale_range"] = tuple(values["scale_range"])
-        if values.get("aspp_rates") is not None:
-            rates = values["aspp_rates"]
-            values["aspp_rates"] = [int(rate) for rate in (rates if isinstance(rates, (list, tuple)) else [rates])]
-        config = cls(**values)
-        config.apply_method_defaults()
-        config.validate()
-        return config
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -248,10 +232,15 @@ def _field_type(item: dataclasses.Field) -> Any:
     return annotation
 
 
+_CHOICES = {"method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS,
+            "mixed_precision": MIXED_PRECISION, "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train DeS4 (or the mean-teacher / supervised baselines) with Accelerate.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="des4-train",
+        description="Train DeS4 (or the mean-teacher / supervised baselines) with Accelerate. Every option "
+        "overrides the --config recipe, which overrides TrainConfig's default (shown).",
     )
     parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
     for item in dataclasses.fields(TrainConfig):
@@ -259,20 +248,22 @@ def build_argument_parser() -> argparse.ArgumentParser:
             continue
         kind = _field_type(item)
         dest = item.name
+        default = item.default_factory() if item.default is dataclasses.MISSING else item.default  # type: ignore[misc]
         if item.name in _FLAG_ALIASES:
             parser.add_argument(_FLAG_ALIASES[item.name], dest=dest, action="store_false", default=None,
                                 help=f"switch off {item.name.replace('_', ' ')} (SPEC §4)")
             continue
         option = "--" + item.name.replace("_", "-")
+        help_text = f"default: {default}"
         if kind is bool:
-            parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind == tuple[float, float]:
-            parser.add_argument(option, dest=dest, type=float, nargs=2, default=None)
-        elif kind == list[int]:
-            parser.add_argument(option, dest=dest, type=int, nargs="+", default=None)
+            parser.add_argument(option, dest=dest, type=float, nargs=2, default=None, help=help_text)
         else:
             converter = kind if kind in (int, float, str) else str
-            parser.add_argument(option, dest=dest, type=converter, default=None)
+            choices = _CHOICES.get(item.name)  # shown in --help; checked with the rest in TrainConfig.validate
+            parser.add_argument(option, dest=dest, type=converter, default=None, help=help_text,
+                                metavar="{" + ",".join(choices) + "}" if choices else None)
     return parser
 
 

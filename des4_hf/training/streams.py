@@ -1,24 +1,27 @@
-"""Resumable, sharded, endless batch streams for the labeled and unlabeled sides.
+"""Endless, resumable batch streams over DataLoaders prepared by Accelerate (which shards them over processes).
 
-Each stream walks seeded per-epoch permutations of its dataset, takes this process's shard
-(``rank::world_size``) and remembers how many batches of the epoch it has produced, so a resumed run
-continues with exactly the next batch (and, through ``dataset.set_epoch``, the same augmentations).
+Each epoch is a seeded permutation, the same on every process. Items are keyed ``(epoch, index)``, so the
+dataset's per-item augmentation seed follows the epoch even in persistent workers, and a resumed run continues
+with exactly the next batch: its state is ``(epoch, batches_done)``, restored through ``skip_first_batches``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-class _EpochIndexed(Dataset):
+class EpochIndexed(Dataset):
     """``dataset[(epoch, index)]``: sets the epoch (cheap, per item) so augmentation seeds follow it."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
@@ -27,99 +30,81 @@ class _EpochIndexed(Dataset):
         return self.dataset[index]
 
 
-class _Endless:
-    """A batch sampler made from a generator factory (DataLoader needs an iterable it can iterate once)."""
+class EpochSampler(Sampler):
+    """``(epoch, index)`` keys in the order ``torch.randperm(n, generator=seed·100003 + epoch)``."""
 
-    def __init__(self, factory: Callable[[], Iterator[list[tuple[int, int]]]]) -> None:
-        self.factory = factory
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return self.factory()
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return iter([(self.epoch, index) for index in order.tolist()])
+
+
+def stream_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+    """The DataLoader to ``accelerator.prepare`` for a :class:`BatchStream` (full batches only)."""
+    return DataLoader(
+        EpochIndexed(dataset), batch_size=batch_size, sampler=EpochSampler(len(dataset), seed),  # type: ignore[arg-type]
+        drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run
+        # (which creates its iterators at other steps) would see different dropout masks.
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class BatchStream:
-    """Endless batches from ``dataset``; ``state_dict``/``load_state_dict`` make it resumable.
+    """Endless batches of a prepared :func:`stream_loader`, epoch after epoch; ``state_dict`` makes it resumable."""
 
-    Args:
-        dataset: a map-style dataset; if it has ``set_epoch(epoch)`` it is called at each epoch start.
-        batch_size: per process. Batches are always full (the tail of an epoch's shard is dropped).
-        rank, world_size: this process's shard of each permutation.
-        seed: permutations are ``torch.randperm(len, generator=seed + epoch)``: identical on all ranks.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 num_workers: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None,
-                 name: str = "stream") -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.collate_fn = collate_fn
-        self.name = name
+    def __init__(self, loader: Any, accelerator: Any, batch_size: int, name: str) -> None:
+        self.loader, self.accelerator, self.batch_size, self.name = loader, accelerator, batch_size, name
         self.epoch = 0
         self.batches_done = 0  # batches already produced in the current epoch
         self._iterator: Iterator[Any] | None = None
-        if self.batches_per_epoch == 0:
+        if len(loader) == 0:
             raise ValueError(
-                f"{name}: {len(dataset)} images cannot fill one batch of {batch_size} on each of {world_size} "
-                "process(es); lower batch_size or use fewer processes."
+                f"{name}: {len(loader.dataset)} images cannot fill one batch of {batch_size} on each of "
+                f"{accelerator.num_processes} process(es); lower the batch size or use fewer processes."
             )
 
     @property
     def batches_per_epoch(self) -> int:
-        return (len(self.dataset) // self.world_size) // self.batch_size  # type: ignore[arg-type]
-
-    def _epoch_indices(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
-        shard = order[self.rank :: self.world_size]
-        return shard[: self.batches_per_epoch * self.batch_size]
-
-    def _batches(self, epoch: int, skip: int) -> Iterator[list[tuple[int, int]]]:
-        """Endless (epoch, index) batches from ``epoch``, skipping its first ``skip`` batches."""
-        while True:
-            indices = self._epoch_indices(epoch)
-            for start in range(skip * self.batch_size, len(indices), self.batch_size):
-                yield [(epoch, index) for index in indices[start : start + self.batch_size]]
-            epoch, skip = epoch + 1, 0
-
-    def _start(self) -> None:
-        # One loader for the whole run: workers start once, and each item carries its epoch so the
-        # dataset's per-(epoch, index) augmentation seed is right whatever worker decodes it.
-        loader = DataLoader(
-            _EpochIndexed(self.dataset), batch_sampler=_Endless(lambda: self._batches(self.epoch, self.batches_done)),
-            num_workers=self.num_workers, collate_fn=self.collate_fn, persistent_workers=False,
-            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run
-            # (which creates its iterator at a different step) would see different dropout masks.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        self._iterator = iter(loader)
+        return len(self.loader)
 
     def next(self) -> Any:
         if self._iterator is None:
-            self._start()
-        assert self._iterator is not None
-        batch = next(self._iterator)
+            self.loader.set_epoch(self.epoch)
+            skip = self.batches_done
+            self._iterator = iter(self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader)
+        batch = next(self._iterator, None)
+        if batch is None:  # the epoch is over
+            self.epoch, self.batches_done, self._iterator = self.epoch + 1, 0, None
+            return self.next()
         self.batches_done += 1
-        if self.batches_done == self.batches_per_epoch:
-            self.epoch, self.batches_done = self.epoch + 1, 0
         return batch
 
-    # Accelerate's `register_for_checkpointing` saves and restores these with the run.
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
-                "world_size": self.world_size, "batch_size": self.batch_size}
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "batch_size": self.batch_size,
+                "num_processes": self.accelerator.num_processes}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("world_size", self.world_size) != self.world_size or state.get("batch_size") != self.batch_size:
+        launch = (state.get("num_processes"), state.get("batch_size"))
+        if launch != (self.accelerator.num_processes, self.batch_size):
             raise ValueError(
-                f"{self.name}: the checkpoint was written with {state.get('world_size')} process(es) × batch "
-                f"{state.get('batch_size')}, this run has {self.world_size} × {self.batch_size}; resume with the "
-                "same launch settings for an exact continuation."
+                f"{self.name}: the checkpoint was written with {launch[0]} process(es) × batch {launch[1]}, this run "
+                f"has {self.accelerator.num_processes} × {self.batch_size}; resume with the same launch "
+                "settings for an exact continuation."
             )
-        self.epoch = int(state["epoch"])
-        self.batches_done = int(state["batches_done"])
-        self.seed = int(state["seed"])
-        self._iterator = None
+        self.epoch, self.batches_done, self._iterator = int(state["epoch"]), int(state["batches_done"]), None
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """The dataset indices this process reads in ``epoch`` (its shard), in order."""
+        self.loader.set_epoch(epoch)
+        indices = [index for batch in self.loader.batch_sampler for _, index in batch]
+        self.loader.set_epoch(self.epoch)
+        return indices

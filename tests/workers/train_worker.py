@@ -33,8 +33,8 @@ def main(argv: list[str]) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
-        "labeled_shard": trainer.labeled_stream._epoch_indices(0),
-        "unlabeled_shard": trainer.unlabeled_stream._epoch_indices(0) if trainer.unlabeled_stream else [],
+        "labeled_shard": trainer.labeled_stream.epoch_indices(0),
+        "unlabeled_shard": trainer.unlabeled_stream.epoch_indices(0) if trainer.unlabeled_stream else [],
     }))
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Small-scale reproduction of the paper's ablations (Table 3 and Table 4) on CamVid.
 
 Every row trains with the same recipe (steps, batch, crop, encoder, labeled split) and differs only
@@ -8,6 +9,10 @@ rewritten, so partial results are readable while the rest is still training.
 
 The tail classes are the classes holding less than ``tail_share`` (3 %) of the labeled pixels of the
 split, read from the trainer's own record of the labeled-set class shares.
+
+    python benchmarks/reproduce_camvid.py                  # all rows, seeds 0 and 1 (main rows), resumable
+    python benchmarks/reproduce_camvid.py --summary-only   # rewrite reports/camvid/ from finished runs
+    python benchmarks/reproduce_camvid.py --rows des4 --seeds 0 --max-steps 20   # extra options go to train.py
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def ensure_split(settings: ReproductionSettings, labeled_fraction: float = 0.125
     """Write the seeded CamVid split once; later calls (and every run) reuse the committed file."""
     if (settings.split_dir / "labeled.txt").is_file():
         return settings.split_dir
-    from .data import SemiSupervisedSplit, load_segmentation_dataset
+    from des4_hf.data import SemiSupervisedSplit, load_segmentation_dataset
 
     kwargs = {"root": settings.data_root} if settings.data_root else {}
     train = load_segmentation_dataset("camvid", **kwargs)["train"]
@@ -327,6 +332,22 @@ def plot_per_class(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_run_arguments(parser: Any, *, recipe: Path, runs_dir: Path, seeds: list[int]) -> None:
+    """The options the CamVid runners share (this script and ``camvid_study.py``)."""
+    parser.add_argument("--recipe", default=str(recipe), help="training recipe shared by every row")
+    parser.add_argument("--split-dir", default=str(REPO / "reports" / "camvid" / "split"),
+                        help="labeled/unlabeled lists; created (1/8 labeled, seed 0) if missing")
+    parser.add_argument("--runs-dir", default=str(runs_dir), help="training output folders (large)")
+    parser.add_argument("--report-dir", default=str(REPO / "reports" / "camvid"), help="summary and per-row files")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="the main rows run with every seed")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "camvid"), help="CamVid root")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the training commands only")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -335,16 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                     "resumable; results in <report-dir>/results.{json,md} and per_class_iou.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--recipe", default="configs/camvid_ablation.yaml", help="training recipe shared by every row")
-    parser.add_argument("--split-dir", default="reports/camvid/split",
-                        help="labeled/unlabeled lists; created (1/8 labeled, seed 0) if missing")
-    parser.add_argument("--runs-dir", default="outputs/camvid_ablation", help="training output folders (large)")
-    parser.add_argument("--report-dir", default="reports/camvid", help="summary, per-row configs and metrics")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the main rows run with every seed")
+    add_run_arguments(parser, recipe=REPO / "configs" / "camvid_ablation.yaml", runs_dir=REPO / "outputs" / "camvid_ablation",
+                      seeds=[0, 1])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS_BY_NAME), default=[row.name for row in ROWS])
-    parser.add_argument("--data-root", default=None, help="CamVid root (default: ../shared/data/camvid)")
-    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from finished runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the training commands only")
     args, extra = parser.parse_known_args(argv)
     if not Path(args.recipe).is_file():
         parser.error(f"--recipe {args.recipe} does not exist (recipes live in configs/)")
@@ -358,3 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         print(render_markdown(summary))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
+import camvid_study as study
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("camvid_study", REPO / "benchmarks" / "camvid_study.py")
-study = importlib.util.module_from_spec(_spec)
-sys.modules["camvid_study"] = study  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(study)  # type: ignore[union-attr]
 
 SCHEMA = {"row": str, "method": str, "steps": int, "trained_steps": int, "seed": int, "val_miou": float,
           "val_tail_miou": float, "wall_s": float, "cpu": str}

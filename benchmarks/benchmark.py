@@ -1,14 +1,14 @@
 """Speed and memory benchmark (issue 8, part 1): every figure is a ratio measured in one run.
 
-``python scripts/benchmark.py --out reports/`` runs, on the CPU or (unchanged) on a GPU:
+``python benchmarks/benchmark.py --out reports/`` runs, on the CPU or (unchanged) on a GPU:
 
-1. **training** — one optimizer step as the trainer does it (``compute_step`` → backward → SGD step →
+1. **training** — one optimizer step as the trainer does it (``TeacherStudent.forward`` → backward → SGD step →
    ``update_teacher`` → ``apply_prototype_updates``) for ``supervised``, ``mean-teacher`` (decoupled,
    shared head and re-weighting off) and ``des4`` on the same batch and crop; DeS4/MT (goal ≤ 1.25).
    The methods are timed round-robin (one step of each in turn) so that a change in machine load hits
    them alike; each figure is the median after warm-up.
 2. **mes** — the share of a DeS4 step spent in ``sample_class_features`` (timed by wrapping the name
-   :mod:`des4_hf.training.step` calls) plus ``apply_prototype_updates`` (goal ≤ 3 %), and the
+   :mod:`des4_hf.training.teacher_student` calls) plus ``apply_prototype_updates`` (goal ≤ 3 %), and the
    vectorised selection against a straightforward per-class implementation of the same rule, on the
    labels/entropies of a real step.
 3. **inference** — images/s of the exported teacher (``Des4ForSemanticSegmentation``) in fp32 NCHW,
@@ -48,14 +48,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import sampling
-from .configuration_des4 import Des4Config
-from .inference import autocast, cpu_has_native_bf16, resolve_precision
-from .modeling_des4 import Des4ForSemanticSegmentation
-from .training import step as step_module
-from .training.config import TrainConfig
-from .training.step import StepSettings, apply_prototype_updates, compute_step
-from .training.teacher import TeacherStudent
+from des4_hf import sampling
+from des4_hf.configuration_des4 import Des4Config
+from des4_hf.inference import autocast, resolve_precision
+from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
+from des4_hf.training import teacher_student as step_module
+from des4_hf.training.config import TrainConfig
+from des4_hf.training.teacher_student import TeacherStudent, apply_prototype_updates
 
 METHODS = ("supervised", "mean-teacher", "des4")
 GOALS = {"des4_over_mean_teacher": 1.25, "mes_share": 0.03, "smp_over_ours_images_per_s": 1.05}
@@ -88,6 +87,14 @@ class BenchmarkSettings:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN reports native bf16 (AVX512-BF16 / AMX); reported, never used to choose a precision."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,16 +234,8 @@ def model_config(settings: BenchmarkSettings) -> Des4Config:
 
 
 def train_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The trainer's ``mixed_precision="auto"`` rule for ``device``: bf16 (else fp16) on CUDA, bf16 on a CPU
-    that computes it natively, fp32 otherwise."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise SystemExit("--train-precision fp16 needs a GPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The trainer's precision rule (the package's one resolver) for ``device``."""
+    return resolve_precision(precision, device).autocast_dtype
 
 
 class StepRunner:
@@ -245,17 +244,10 @@ class StepRunner:
     def __init__(self, method: str, settings: BenchmarkSettings, device: torch.device) -> None:
         torch.manual_seed(settings.seed)
         student = Des4ForSemanticSegmentation(model_config(settings))
-        if method == "supervised":
-            self.model = TeacherStudent(student, with_teacher=False)
-            self.step_settings = StepSettings(method="supervised")
-        elif method == "mean-teacher":  # Table 3 row 1: D.T., S.H. and P.R. off (TrainConfig.apply_method_defaults)
-            self.model = TeacherStudent(student, decoupled=False, shared_head=False)
-            self.step_settings = StepSettings(method="mean-teacher", reweight=False)
-        elif method == "des4":
-            self.model = TeacherStudent(student)
-            self.step_settings = StepSettings(method="des4")
-        else:
+        if method not in METHODS:
             raise ValueError(f"method={method!r}: one of {METHODS}")
+        # mean-teacher = Table 3's first row: D.T., S.H. and P.R. off (TrainConfig's method presets).
+        self.model = TeacherStudent(student, TrainConfig(method=method))
         self.method, self.device, self.settings = method, device, settings
         self.model.to(device).train()
         if settings.channels_last:
@@ -279,8 +271,7 @@ class StepRunner:
     def step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> None:
         generator = torch.Generator(device="cpu").manual_seed(self.steps)
         with autocast(self.device, self.dtype):
-            output = compute_step(self.model, labeled, unlabeled, settings=self.step_settings,
-                                  class_ratio=self.class_ratio, generator=generator)
+            output = self.model(labeled, unlabeled, class_ratio=self.class_ratio, generator=generator)
         if not math.isfinite(float(output.loss.detach())):
             raise RuntimeError(f"{self.method}: non-finite loss in the benchmark step")
         if self.scaler is not None:
@@ -310,7 +301,7 @@ def bench_training(settings: BenchmarkSettings, device: torch.device) -> tuple[d
     runners = {method: StepRunner(method, settings, device) for method in METHODS}
     inputs = {method: runner.batches(settings.batch_size, settings.crop_size) for method, runner in runners.items()}
     mes_timer = _CallTimer(step_module, "sample_class_features", device)
-    statistics_timer = _CallTimer(step_module, "sample_statistics", device)
+    statistics_timer = _CallTimer(TeacherStudent, "_sample", device)
 
     def timed_step(method: str) -> Callable[[], Any]:
         runner = runners[method]
@@ -359,7 +350,7 @@ def bench_training(settings: BenchmarkSettings, device: torch.device) -> tuple[d
         "sample_statistics_share": statistics.median(
             [e["statistics_s"] / t for t, e in zip(times["des4"], extras["des4"], strict=True)]),
         "des4_step_ms": per_method["des4"]["median_ms"],
-        "note": "share = (sample_class_features + apply_prototype_updates) / DeS4 step; sample_statistics also "
+        "note": "share = (sample_class_features + apply_prototype_updates) / DeS4 step; TeacherStudent._sample also "
                 "counts the L2 normalisation, entropy and label resize around the sampler",
         "goal": GOALS["mes_share"], "goal_met": share <= GOALS["mes_share"],
     }
@@ -382,39 +373,6 @@ def _load_reference_select() -> tuple[Callable[..., Any] | None, str]:
         return None, f"could not import {path}: {error}"
 
 
-def per_class_select(labels: Tensor, entropy: Tensor, ratio: Tensor, num_zones: int = 5, alpha: float = 0.1,
-                     ignore_index: int = 255, generator: torch.Generator | None = None) -> Tensor:
-    """MES written the straightforward way: a Python loop over classes and zones, torch inside each.
-
-    ``ignore_index`` (≥ C) never equals a class index, so ignored pixels are never picked.
-    """
-    lab = labels.reshape(-1).cpu()
-    ent = entropy.reshape(-1).cpu().double()
-    chosen = []
-    for c in range(ratio.numel()):
-        r = float(ratio[c])
-        if r <= 0:
-            continue
-        pixels = (lab == c).nonzero().squeeze(1)
-        n = pixels.numel()
-        if n == 0:
-            continue
-        quota = min(n, max(1, round(r * n)))
-        e = ent[pixels]
-        low, width = float(e.min()), (float(e.max()) - float(e.min())) / num_zones
-        zone = torch.zeros(n, dtype=torch.long)
-        if width > 0:
-            for i in range(1, num_zones):
-                zone += (e >= low + i * width).long()
-        members = [pixels[zone == z] for z in range(num_zones)]
-        means = [float(e[zone == z].mean()) if m.numel() else 0.0 for z, m in enumerate(members)]
-        alloc = sampling.allocate_zone_quotas(quota, [m.numel() for m in members], means, alpha)
-        for m, k in zip(members, alloc, strict=True):
-            if k:
-                chosen.append(m[torch.randperm(m.numel(), generator=generator)[:k]])
-    return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
-
-
 def bench_mes_reference(captured: Any, settings: BenchmarkSettings, device: torch.device) -> dict[str, Any]:
     """Vectorised MES vs straightforward per-class implementations, on the inputs of one real DeS4 step."""
     if captured is None:
@@ -432,8 +390,6 @@ def bench_mes_reference(captured: Any, settings: BenchmarkSettings, device: torc
         "sample_class_features": lambda: sampling.sample_class_features(
             embeddings, labels, entropy, ratio, "mes", num_zones, alpha, ignore,
             torch.Generator(device="cpu").manual_seed(0)),
-        "per_class_torch_loop": lambda: per_class_select(labels_cpu, entropy_cpu, ratio_cpu, num_zones, alpha,
-                                                         ignore, torch.Generator().manual_seed(0)),
     }
     if reference is not None:
         functions["reference_select"] = lambda: reference(labels_cpu, entropy_cpu, ratio_cpu, "mes", num_zones,
@@ -444,10 +400,7 @@ def bench_mes_reference(captured: Any, settings: BenchmarkSettings, device: torc
     chosen = int(functions["select_pixels"]().numel())
     result.update({
         "pixels": int(labels.numel()), "chosen": chosen,
-        "chosen_per_class_torch_loop": int(functions["per_class_torch_loop"]().numel()),
-        "reference": reference_name if reference is not None else
-        f"des4_hf.benchmark.per_class_select only ({reference_name})",
-        "per_class_torch_loop_over_vectorised": _ratio(result["per_class_torch_loop"]["median_ms"], vectorised),
+        "reference": reference_name,
     })
     if reference is not None:
         result["reference_over_vectorised"] = _ratio(result["reference_select"]["median_ms"], vectorised)
@@ -663,7 +616,7 @@ def bench_memory(settings: BenchmarkSettings, device: torch.device) -> dict[str,
         for method in batch:
             payload = json.dumps({"method": method, "device": str(device), "settings": asdict(settings)})
             processes[method] = subprocess.Popen(
-                [sys.executable, "-m", "des4_hf.benchmark", "--memory-child", payload],
+                [sys.executable, str(Path(__file__).resolve()), "--memory-child", payload],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for method, process in processes.items():
             stdout, stderr = process.communicate()
@@ -824,7 +777,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"reference: {ref['reference']}.", "",
                   "| implementation | median ms | × vectorised `select_pixels` |", "|---|---|---|"]
         vec = ref["select_pixels"]["median_ms"]
-        for name in ("select_pixels", "sample_class_features", "per_class_torch_loop", "reference_select"):
+        for name in ("select_pixels", "sample_class_features", "reference_select"):
             if name in ref:
                 lines.append(f"| {name} | {ref[name]['median_ms']:.2f} | {ref[name]['median_ms'] / vec:.1f} |")
     inf = report["inference"]
@@ -913,8 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="3 batch sizes for the scaling figure (default ½×, 1×, 2× --batch-size)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--train-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="autocast of the training steps; auto = the trainer's choice (fp32 on CPUs without "
-                        "native bf16)")
+                        help="autocast of the training steps; auto = the trainer's choice (fp32 on any CPU, "
+                        "bf16 on a GPU)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="train in NCHW (the trainer's default is channels_last)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for tests (seconds)")

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from des4_hf.reproduction import (
+from reproduce_camvid import (
     ROWS,
     ROWS_BY_NAME,
     ReproductionSettings,
@@ -18,7 +17,7 @@ from des4_hf.reproduction import (
     write_summary,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["road", "car", "sign", "pole"]
 SHARES = [0.70, 0.27, 0.02, 0.01]
 
