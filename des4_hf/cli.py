@@ -7,11 +7,14 @@ Exit status: 0 success, 2 bad arguments or data (one line naming the argument an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
 import re
 import sys
+import types
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,15 @@ from .inference import (
     segment_images,
 )
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
+from .training.config import (
+    CLASS_WEIGHTINGS,
+    METHODS,
+    MIXED_PRECISION,
+    PROTOTYPE_INITS,
+    REPORT_TO,
+    SAMPLERS,
+    TrainConfig,
+)
 from .utils import atomic_path
 
 logger = logging.getLogger("des4_hf.cli")
@@ -56,14 +68,75 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------------------------------ train
 
+_FLAG_ALIASES = {
+    "decoupled": "--no-decoupled",
+    "shared_head": "--no-shared-head",
+    "reweight": "--no-reweight",
+}
+
+
+def _field_type(item: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(TrainConfig)
+    annotation = hints[item.name]
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+_CHOICES = {"method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS,
+            "mixed_precision": MIXED_PRECISION, "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="des4-train",
+        description="Train DeS4 (or the mean-teacher / supervised baselines) with Accelerate. Every option "
+        "overrides the --config recipe, which overrides TrainConfig's default (shown).",
+    )
+    parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
+    for item in dataclasses.fields(TrainConfig):
+        if item.name == "extra":
+            continue
+        kind = _field_type(item)
+        dest = item.name
+        default = item.default_factory() if item.default is dataclasses.MISSING else item.default  # type: ignore[misc]
+        if item.name in _FLAG_ALIASES:
+            parser.add_argument(_FLAG_ALIASES[item.name], dest=dest, action="store_false", default=None,
+                                help=f"switch off {item.name.replace('_', ' ')} (SPEC §4)")
+            continue
+        option = "--" + item.name.replace("_", "-")
+        help_text = f"default: {default}"
+        if kind is bool:
+            parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind == tuple[float, float]:
+            parser.add_argument(option, dest=dest, type=float, nargs=2, default=None, help=help_text)
+        else:
+            converter = kind if kind in (int, float, str) else str
+            choices = _CHOICES.get(item.name)  # shown in --help; checked with the rest in TrainConfig.validate
+            parser.add_argument(option, dest=dest, type=converter, default=None, help=help_text,
+                                metavar="{" + ",".join(choices) + "}" if choices else None)
+    return parser
+
+
+def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
+    args = train_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if key != "config" and value is not None}
+    if args.config:
+        return TrainConfig.from_yaml(args.config, overrides)
+    return TrainConfig.from_dict(overrides, source="command line")
+
+
+
 
 def train(argv: Sequence[str] | None = None) -> int:
     """``des4-train``: parse a recipe (+ overrides) and run the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .training import NonFiniteLossError, Trainer, parse_config
+    from .training import NonFiniteLossError, Trainer
 
     try:
-        config = parse_config(None if argv is None else list(argv))  # bad values fail here, before any data is loaded
+        config = parse_train_config(argv)  # bad values fail here, before any data is loaded
     except (ValueError, FileNotFoundError) as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2

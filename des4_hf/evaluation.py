@@ -469,7 +469,8 @@ def evaluate_segmentation(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers,
         collate_fn=_first, pin_memory=device.type == "cuda",
-    )
+        generator=torch.Generator().manual_seed(0),  # never draw from the global RNG: evaluating mid-run must not
+    )                                                # change the training that follows (its dropout masks)
     metric = ConfusionMatrix(num_classes, ignore_index, device=device)
     num_images = 0
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 NAMESPACE_ENV = "DES4_HUB_NAMESPACE"
 DEFAULT_HUB_NAMESPACE = "des4-hf"
-
-# A Hub user/organisation name: letters, digits, '-', '_', '.'; no leading/trailing separator.
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -67,13 +63,16 @@ class HubModelNotAvailableError(OSError):
 
 def hub_namespace() -> str:
     """The Hub user/organisation the short names resolve to (``$DES4_HUB_NAMESPACE`` or ``des4-hf``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     namespace = os.environ.get(NAMESPACE_ENV, "").strip() or DEFAULT_HUB_NAMESPACE
-    if not _NAMESPACE_RE.match(namespace) or "--" in namespace or ".." in namespace:
-        raise ValueError(
-            f"{NAMESPACE_ENV}={namespace!r} is not a valid Hub user or organisation name: use letters, "
-            "digits, "
-            "'-', '_' or '.', e.g. DES4_HUB_NAMESPACE=my-user."
-        )
+    try:
+        validate_repo_id(f"{namespace}/des4")  # huggingface_hub's own rules for the namespace part
+        if "/" in namespace:
+            raise HFValidationError("a namespace holds no '/'")
+    except HFValidationError as error:
+        raise ValueError(f"{NAMESPACE_ENV}={namespace!r} is not a valid Hub user or organisation name ({error}); "
+                         "e.g. DES4_HUB_NAMESPACE=my-user.") from None
     return namespace
 
 

@@ -103,9 +103,11 @@ def test_tiny_des4_model_matches_a_manual_count_and_keeps_its_mode():
     generator = torch.Generator().manual_seed(1)
     dataset = [{"pixel_values": torch.randn(3, 40, 56, generator=generator),
                 "labels": torch.randint(0, 3, (40, 56), generator=generator), "id": f"img{i}"} for i in range(3)]
+    rng = torch.get_rng_state()
     result = evaluate_segmentation(model, dataset, num_classes=3, class_names=["a", "b", "c"], progress=False,
                                    precision="fp32", batch_size=2)
     assert model.training  # restored
+    assert torch.equal(torch.get_rng_state(), rng), "evaluating mid-run must not move training's random stream"
     model.eval()
     expected = torch.zeros(3, 3, dtype=torch.long)
     with torch.no_grad():

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
+from des4_hf.cli import parse_train_config as parse_config
 from des4_hf.losses import class_balancing_weights
-from des4_hf.training.config import TrainConfig, parse_config
+from des4_hf.training.config import TrainConfig
 from des4_hf.training.trainer import Trainer, trim_log
 
 REPO = Path(__file__).resolve().parents[1]

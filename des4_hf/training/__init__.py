@@ -1,6 +1,6 @@
 """DeS4 training: config, teacher/student and the Eq. 4 step, and the Accelerate loop."""
 
-from .config import METHOD_PRESETS, TrainConfig, parse_config
+from .config import METHOD_PRESETS, TrainConfig
 from .teacher_student import StepOutput, TeacherStudent, ema_momentum, ema_update_
 from .trainer import NonFiniteLossError, Trainer
 
@@ -13,5 +13,4 @@ __all__ = [
     "Trainer",
     "ema_momentum",
     "ema_update_",
-    "parse_config",
 ]

@@ -6,10 +6,7 @@ the first evaluation.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,71 +210,3 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-# -- command line ---------------------------------------------------------------------------------------
-_FLAG_ALIASES = {
-    "decoupled": "--no-decoupled",
-    "shared_head": "--no-shared-head",
-    "reweight": "--no-reweight",
-}
-
-
-def _field_type(item: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    annotation = hints[item.name]
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return annotation
-
-
-_CHOICES = {"method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS,
-            "mixed_precision": MIXED_PRECISION, "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
-
-
-def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="des4-train",
-        description="Train DeS4 (or the mean-teacher / supervised baselines) with Accelerate. Every option "
-        "overrides the --config recipe, which overrides TrainConfig's default (shown).",
-    )
-    parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
-    for item in dataclasses.fields(TrainConfig):
-        if item.name == "extra":
-            continue
-        kind = _field_type(item)
-        dest = item.name
-        default = item.default_factory() if item.default is dataclasses.MISSING else item.default  # type: ignore[misc]
-        if item.name in _FLAG_ALIASES:
-            parser.add_argument(_FLAG_ALIASES[item.name], dest=dest, action="store_false", default=None,
-                                help=f"switch off {item.name.replace('_', ' ')} (SPEC §4)")
-            continue
-        option = "--" + item.name.replace("_", "-")
-        help_text = f"default: {default}"
-        if kind is bool:
-            parser.add_argument(option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind == tuple[float, float]:
-            parser.add_argument(option, dest=dest, type=float, nargs=2, default=None, help=help_text)
-        else:
-            converter = kind if kind in (int, float, str) else str
-            choices = _CHOICES.get(item.name)  # shown in --help; checked with the rest in TrainConfig.validate
-            parser.add_argument(option, dest=dest, type=converter, default=None, help=help_text,
-                                metavar="{" + ",".join(choices) + "}" if choices else None)
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
-    args = build_argument_parser().parse_args(argv)
-    overrides = {key: value for key, value in vars(args).items() if key != "config" and value is not None}
-    base: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path} does not exist (recipes live in configs/)")
-        base = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(base, dict):
-            raise ValueError(f"{path}: expected a mapping of option: value at the top level")
-    base.update(overrides)
-    return TrainConfig.from_dict(base, source=args.config or "command line")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from des4_hf.training.config import parse_config
+from des4_hf.cli import parse_train_config as parse_config
 from des4_hf.training.trainer import Trainer
 
 
