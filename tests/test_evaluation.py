@@ -223,6 +223,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts processes
 def test_two_process_reduction_counts_every_image_once(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)

@@ -385,6 +385,7 @@ def _eval_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.slow  # starts processes
 def test_push_download_predict_round_trip(fake_hub: Any, tmp_path: Path) -> None:
     from huggingface_hub import ModelCard
 

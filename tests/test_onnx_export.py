@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'des4-hf[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'des4-hf[onnx]')")
+pytestmark = pytest.mark.slow  # every test here exports a graph (half a minute)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
