@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub_names import SHORT_NAMES, hub_namespace
+from .utils import atomic_path
 
 TEMPLATE_NAME = "des4.md.j2"
 REQUIRED_RESULT_KEYS = ("dataset", "split", "mean_iou", "per_class_iou", "pixel_accuracy", "num_images")
@@ -518,34 +519,20 @@ def make_iou_chart(record: EvalResults, path: str | Path, labels: Sequence[str] 
 def make_example_overlay(
     model: Any, processor: Any, image_path: str | Path, path: str | Path, max_side: int = 512
 ) -> Path:
-    """Run ``model`` on one image; save the input beside the prediction overlaid on it (PNG)."""
-    import numpy as np
-    import torch
+    """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
     from PIL import Image
 
-    from .inference import overlay
+    from .inference import overlay, read_image, segment_images
 
-    image = Image.open(image_path)
-    image.load()
-    image = image.convert("RGB")
-    scale = max_side / max(image.size)
-    if scale < 1.0:
-        image = image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
-        )
-    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-    model.eval()
-    with torch.no_grad():
-        logits = model(pixel_values=pixel_values).logits
-    label_map = logits[0].argmax(dim=0).cpu().numpy().astype(np.int64)
-    blended = overlay(image, label_map, alpha=0.6)
+    image = read_image(Path(image_path)).convert("RGB")
+    image.thumbnail((max_side, max_side), Image.BILINEAR)  # keeps the aspect ratio; never enlarges
+    (label_map,) = segment_images(model.eval(), processor, [image], next(model.parameters()).device, None, False, None)
     canvas = Image.new("RGB", (image.width * 2, image.height))
     canvas.paste(image, (0, 0))
-    canvas.paste(blended, (image.width, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    canvas.paste(overlay(image, label_map, alpha=0.6), (image.width, 0))
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------------------------------

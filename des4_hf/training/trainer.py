@@ -38,7 +38,7 @@ from ..data import (
 from ..data.augment import AugmentConfig
 from ..evaluation import evaluate_segmentation, protocol_for
 from ..image_processing_des4 import Des4ImageProcessor
-from ..inference import overlay, resolve_precision
+from ..inference import overlay, resolve_precision, segment_images
 from ..losses import class_balancing_weights
 from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
@@ -363,17 +363,13 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def write_overlays(self, model: Des4ForSemanticSegmentation) -> None:
-        from PIL import Image
-
-        folder = self.output_dir / "overlays"
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(min(self.config.overlays, len(self.val_dataset))):
-            item = self.val_dataset[index]
-            with torch.no_grad():
-                prediction = model(pixel_values=item["pixel_values"][None]).logits.argmax(1)[0].numpy()
+        """The first val images with the exported teacher's prediction over them (prediction's own path)."""
+        for index in range(min(self.config.overlays, len(self.val_hf))):
             record = self.val_hf[index]
-            image = record["image"] if isinstance(record["image"], Image.Image) else Image.open(record["image"]["path"])
-            overlay(image, prediction).save(folder / f"{item['id']}_overlay.jpg", quality=90)
+            image = record["image"].convert("RGB")
+            (label_map,) = segment_images(model, self.image_processor, [image], torch.device("cpu"), None, False, None)
+            with atomic_path(self.output_dir / "overlays" / f"{record['id']}_overlay.jpg") as temporary:
+                overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
     # -- 5. the loop -----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
