@@ -67,12 +67,11 @@ class TrainerState:
 
 
 def training_precision(requested: str) -> str:
-    """``TrainConfig.mixed_precision`` → Accelerate's name, through the one resolver (fp32 on any CPU for auto)."""
+    """``TrainConfig.mixed_precision`` → ``fp32|bf16|fp16`` through the one resolver (fp32 on any CPU for auto)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "fp16" and device == "cpu":
         raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU use 'no' or 'bf16'.")
-    name = resolve_precision({"no": "fp32"}.get(requested, requested), device).name
-    return {"fp32": "no"}.get(name, name)
+    return resolve_precision({"no": "fp32"}.get(requested, requested), device).name
 
 
 def warmup_steps(config: TrainConfig, max_steps: int) -> int:
@@ -102,9 +101,10 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.output_dir = Path(config.output_dir)
+        self.precision = training_precision(config.mixed_precision)  # also the evaluation's
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
-            mixed_precision=training_precision(config.mixed_precision),
+            mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
             gradient_accumulation_steps=config.grad_accum_steps,
             log_with=None if config.report_to == "none" else config.report_to,
             project_config=ProjectConfiguration(
@@ -277,8 +277,7 @@ class Trainer:
         result = evaluate_segmentation(
             model, torch.utils.data.Subset(self.val_dataset, range(count)), num_classes=self.num_classes,
             class_names=self.class_names, accelerator=self.accelerator, sliding_window=protocol.sliding_window,
-            flip=protocol.flip, scales=protocol.scales, precision={"no": "fp32"}.get(self.accelerator.mixed_precision,
-                                                                                  self.accelerator.mixed_precision),
+            flip=protocol.flip, scales=protocol.scales, precision=self.precision,
             channels_last=config.channels_last, progress=False)
         return {"mean_iou": result.mean_iou, "pixel_accuracy": result.pixel_accuracy, "num_images": count,
                 "per_class_iou": dict(zip(self.class_names, result.per_class_iou, strict=True))}
@@ -367,7 +366,8 @@ class Trainer:
         for index in range(min(self.config.overlays, len(self.val_hf))):
             record = self.val_hf[index]
             image = record["image"].convert("RGB")
-            (label_map,) = segment_images(model, self.image_processor, [image], torch.device("cpu"), None, False, None)
+            (label_map,) = segment_images(model, self.image_processor, [image], next(model.parameters()).device, None,
+                                          False, None)
             with atomic_path(self.output_dir / "overlays" / f"{record['id']}_overlay.jpg") as temporary:
                 overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
@@ -475,9 +475,9 @@ class Trainer:
         self.scheduler.step()
         self._average_batchnorm_statistics(unwrapped)
         for statistics in (teacher_statistics, student_statistics):
-            if statistics is not None:  # summed in float64: the same total whatever the order of the processes
-                statistics.sums = accelerator.reduce(statistics.sums.double(), "sum")
-                statistics.counts = accelerator.reduce(statistics.counts.double(), "sum")
+            if statistics is not None:  # one sum in float64: the same total whatever the order of the processes
+                packed = accelerator.reduce(torch.cat([statistics.sums, statistics.counts[:, None]], 1).double(), "sum")
+                statistics.sums, statistics.counts = packed[:, :-1], packed[:, -1]
         apply_prototype_updates(unwrapped, teacher_statistics, student_statistics, config.prototype_momentum)
         summed["ema_momentum"] = unwrapped.update_teacher(self.state.step, config.encoder_momentum, self.warmup_steps)
         return summed
