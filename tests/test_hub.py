@@ -295,7 +295,7 @@ import torch
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
-from des4_hf.cli import push_to_hub_main as push_main
+from des4_hf_scripts.push_to_hub import main as push_main
 from des4_hf.hub_names import HubModelNotAvailableError, explain_hub_errors, resolve_pretrained_name
 
 work = sys.argv[1]
@@ -563,7 +563,7 @@ def test_eval_results_shape_is_checked(tmp_path: Path) -> None:
 
 
 def test_push_validates_before_any_network_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from des4_hf.cli import push_to_hub_main as main
+    from des4_hf_scripts.push_to_hub import main
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there; must not be reached

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
+from des4_hf_scripts.train import parse_train_config as parse_config
 from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
-from des4_hf.cli import parse_train_config as parse_config
 from des4_hf.losses import class_balancing_weights
 from des4_hf.training.config import TrainConfig
 from des4_hf.training.trainer import Trainer, trim_log
@@ -88,7 +88,7 @@ def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
-    from des4_hf.cli import train as main
+    from des4_hf_scripts.train import main
 
     assert main(["--method", "nope", "--output-dir", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
@@ -124,7 +124,7 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
     assert list((tmp_path / "overlays").glob("*_overlay.jpg"))
     assert (tmp_path / "split" / "labeled.txt").read_text().count("\n") == 46
     # The exported directory works with the prediction CLI too.
-    from des4_hf.cli import predict as predict_main
+    from des4_hf_scripts.predict import main as predict_main
 
     assert predict_main(["--model", str(tmp_path / "last"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p")]) == 0
 

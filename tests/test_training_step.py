@@ -256,7 +256,8 @@ def test_warmup_restarts_the_teacher_ema_at_its_end() -> None:
 
 
 def test_warmup_steps_from_the_fraction() -> None:
-    from des4_hf.cli import parse_train_config as parse_config
+    from des4_hf_scripts.train import parse_train_config as parse_config
+
     from des4_hf.training.trainer import warmup_steps
 
     assert warmup_steps(parse_config(["--supervised-warmup", "0.2"]), 300) == 60

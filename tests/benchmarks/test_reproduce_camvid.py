@@ -45,7 +45,7 @@ def test_plan_runs_main_rows_with_every_seed_first_then_the_other_rows() -> None
 
 
 def test_rows_map_onto_the_trainer_switches() -> None:
-    from des4_hf.cli import parse_train_config as parse_config
+    from des4_hf_scripts.train import parse_train_config as parse_config
 
     expected = {  # (method, decoupled, shared_head, reweight, sampler) per SPEC §4 / Table 3–4
         "supervised": ("supervised", None, None, None, "mes"),

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from des4_hf_scripts.evaluate import UsageError as CliError
+from des4_hf_scripts.evaluate import _protocol_settings, main
+from des4_hf_scripts.evaluate import evaluate_parser as build_parser
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
-from des4_hf.cli import UsageError as CliError
-from des4_hf.cli import _protocol_settings
-from des4_hf.cli import evaluate as main
-from des4_hf.cli import evaluate_parser as build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (120, 90)  # CamVid is 480×360: a quarter in each direction keeps the test fast

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from des4_hf_scripts.predict import main
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
-from des4_hf.cli import predict as main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_LABELS = 4
@@ -134,7 +134,7 @@ def test_missing_preprocessor_config_falls_back_with_a_warning(
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         (bare / name).symlink_to(model_dir / name)
-    with caplog.at_level(logging.WARNING, logger="des4_hf.cli"):
+    with caplog.at_level(logging.WARNING, logger="des4_hf.predict"):
         code = main(["--model", str(bare), str(camvid_image_paths[0]), "--out", str(tmp_path / "p"), *FAST])
     assert code == 0
     assert "preprocessor_config.json" in caplog.text and "Des4ImageProcessor() defaults" in caplog.text

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
+from des4_hf_scripts.train import parse_train_config as parse_config
 from safetensors.torch import save_file
 
-from des4_hf.cli import parse_train_config as parse_config
 from des4_hf.training.trainer import Trainer
 
 
