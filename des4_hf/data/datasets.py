@@ -14,12 +14,13 @@ their unlabeled images from it), else the 1,464 ``SegmentationClass`` images; ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,105 +39,27 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _METADATA_MARKER = "des4_hf-metadata:"
 
 VOC_CLASSES: tuple[str, ...] = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
 CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
 CAMVID_CLASSES: tuple[str, ...] = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "sidewalk",
-    "tree",
-    "sign_symbol",
-    "fence",
-    "car",
-    "pedestrian",
+    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian",
     "bicyclist",
 )
 #: Cityscapes ``labelIds`` of the 19 evaluated classes, in train-id order (cityscapesScripts labels.py).
 CITYSCAPES_EVAL_LABEL_IDS: tuple[int, ...] = (
-    7,
-    8,
-    11,
-    12,
-    13,
-    17,
-    19,
-    20,
-    21,
-    22,
-    23,
-    24,
-    25,
-    26,
-    27,
-    28,
-    31,
-    32,
-    33,
+    7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
 )
 #: Colours of the 19 Cityscapes train ids in ``*_gtFine_color.png``.
 CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
-    (128, 64, 128),
-    (244, 35, 232),
-    (70, 70, 70),
-    (102, 102, 156),
-    (190, 153, 153),
-    (153, 153, 153),
-    (250, 170, 30),
-    (220, 220, 0),
-    (107, 142, 35),
-    (152, 251, 152),
-    (70, 130, 180),
-    (220, 20, 60),
-    (255, 0, 0),
-    (0, 0, 142),
-    (0, 0, 70),
-    (0, 60, 100),
-    (0, 80, 100),
-    (0, 0, 230),
-    (119, 11, 32),
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )
 
 
@@ -167,27 +90,19 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
-# --------------------------------------------------------------------------------------------
-# metadata
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ metadata
 
-FEATURES_LABELED = datasets.Features(
-    {"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Image()}
-)
 FEATURES_UNLABELED = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+FEATURES_LABELED = datasets.Features({**FEATURES_UNLABELED, "label": datasets.Image()})
 
 
 def _info(metadata: Mapping[str, Any], title: str, features: datasets.Features) -> datasets.DatasetInfo:
-    return datasets.DatasetInfo(
-        description=f"{title}\n{_METADATA_MARKER} {json.dumps(dict(metadata))}", features=features
-    )
+    return datasets.DatasetInfo(description=f"{title}\n{_METADATA_MARKER} {json.dumps(dict(metadata))}",
+                                features=features)
 
 
 def get_dataset_metadata(ds: datasets.Dataset | datasets.DatasetDict) -> dict[str, Any]:
-    """The metadata the loaders store in ``info.description`` (class_names, ignore_index, source...).
-
-    Returns ``{}`` for a dataset that was not built by this module.
-    """
+    """The metadata the loaders store in ``info.description`` (class_names, ignore_index...); ``{}`` if none."""
     if isinstance(ds, datasets.DatasetDict):
         if not ds:
             return {}
@@ -212,16 +127,12 @@ def get_class_names(ds: datasets.Dataset | datasets.DatasetDict) -> list[str]:
     """Class names in index order, as stored by the loader that built ``ds``."""
     names = get_dataset_metadata(ds).get("class_names")
     if not names:
-        raise DataError(
-            "this dataset carries no class names. Fix: pass class_names=[...] (or num_classes=) to "
-            "load_segmentation_dataset, or call set_dataset_metadata(ds, {'class_names': [...]})."
-        )
+        raise DataError("this dataset carries no class names. Fix: pass class_names=[...] (or num_classes=) to "
+                        "load_segmentation_dataset, or call set_dataset_metadata(ds, {'class_names': [...]}).")
     return list(names)
 
 
-# --------------------------------------------------------------------------------------------
-# building blocks
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ building blocks
 
 
 @dataclass
@@ -247,60 +158,39 @@ def _bad(message: str, skip_bad: bool, pairs: _Pairs) -> None:
     pairs.skipped.append(message)
 
 
-def _to_dataset(
-    pairs: _Pairs, split: str, metadata: dict[str, Any], title: str, where: str
-) -> datasets.Dataset:
+def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str, where: str) -> datasets.Dataset:
     if not pairs.ids:
-        raise DataError(
-            f"split {split!r} from {where} is empty"
-            + (f" ({len(pairs.skipped)} pairs skipped as bad)" if pairs.skipped else "")
-            + ". Fix: check the path and the id list / folder content."
-        )
+        skipped = f" ({len(pairs.skipped)} pairs skipped as bad)" if pairs.skipped else ""
+        raise DataError(f"split {split!r} from {where} is empty{skipped}. Fix: check the path and the id list / "
+                        "folder content.")
     meta = dict(metadata, split=split, num_skipped=len(pairs.skipped), skipped=pairs.skipped[:20])
     columns: dict[str, list[Any]] = {"id": pairs.ids, "image": pairs.images}
     features = FEATURES_UNLABELED
     if pairs.labels is not None:
         columns["label"] = pairs.labels
         features = FEATURES_LABELED
-    return datasets.Dataset.from_dict(
-        columns, features=features, info=_info(meta, title, features), split=split
-    )
+    return datasets.Dataset.from_dict(columns, features=features, info=_info(meta, title, features), split=split)
 
 
 def _read_id_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _voc_layout_split(
-    root: Path,
-    ids: Sequence[str],
-    mask_dirs: Sequence[str],
-    skip_bad: bool,
-    image_dir: str = "JPEGImages",
-) -> _Pairs:
+def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str], skip_bad: bool) -> _Pairs:
     pairs = _Pairs()
-    image_files = _stems(root / image_dir)
+    image_files = _stems(root / "JPEGImages")
     mask_files = [_stems(root / d) for d in mask_dirs]
     for id_ in ids:
         image = image_files.get(id_)
-        if image is None:
-            _bad(
-                f"missing image for id {id_!r}: {root / image_dir / (id_ + '.jpg')} does not exist. "
-                "Fix: restore the file or remove the id from the list.",
-                skip_bad,
-                pairs,
-            )
-            continue
         mask = next((m[id_] for m in mask_files if id_ in m), None)
-        if mask is None:
-            _bad(
-                f"missing mask for id {id_!r}: {root / mask_dirs[0] / (id_ + '.png')} does not exist. "
-                "Fix: restore the mask, or use skip_bad=True to drop the pair.",
-                skip_bad,
-                pairs,
-            )
-            continue
-        pairs.add(id_, image, mask)
+        if image is None:
+            _bad(f"missing image for id {id_!r}: {root / 'JPEGImages' / (id_ + '.jpg')} does not exist. "
+                 "Fix: restore the file or remove the id from the list.", skip_bad, pairs)
+        elif mask is None:
+            _bad(f"missing mask for id {id_!r}: {root / mask_dirs[0] / (id_ + '.png')} does not exist. "
+                 "Fix: restore the mask, or use skip_bad=True to drop the pair.", skip_bad, pairs)
+        else:
+            pairs.add(id_, image, mask)
     return pairs
 
 
@@ -322,14 +212,10 @@ def _require_dir(path: Path, what: str, fix: str) -> None:
         raise DataError(f"{what} not found: {path} is not a folder. Fix: {fix}")
 
 
-# --------------------------------------------------------------------------------------------
-# VOC / CamVid (VOC layout)
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ VOC layout
 
 
-def load_voc(
-    root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False
-) -> datasets.DatasetDict:
+def load_voc(root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False) -> datasets.DatasetDict:
     """PASCAL VOC 2012 (``VOCdevkit/VOC2012``), optionally with the SBD ``SegmentationClassAug`` masks.
 
     ``train_set``: ``"aug"`` = the 10,582 augmented ids (``ImageSets/Segmentation/train_aug.txt``
@@ -348,12 +234,8 @@ def load_voc(
         raise DataError(f"train_set={train_set!r} is not one of 'auto', 'aug', 'fine'.")
     val_ids = _read_id_list(_existing(sets / "val.txt"))
     if train_set == "aug":
-        _require_dir(
-            root / "SegmentationClassAug",
-            "SegmentationClassAug/",
-            "unpack the SBD-augmented masks (SegmentationClassAug.zip) into the VOC root, "
-            "or use train_set='fine'",
-        )
+        _require_dir(root / "SegmentationClassAug", "SegmentationClassAug/", "unpack the SBD-augmented masks "
+                     "(SegmentationClassAug.zip) into the VOC root, or use train_set='fine'")
         list_file = next((sets / n for n in ("train_aug.txt", "trainaug.txt") if (sets / n).is_file()), None)
         if list_file is not None:
             train_ids = _read_id_list(list_file)
@@ -364,38 +246,17 @@ def load_voc(
     else:
         train_ids = _read_id_list(_existing(sets / "train.txt"))
         train_masks = ["SegmentationClass", "SegmentationClassAug"]
-    meta = {
-        "class_names": list(VOC_CLASSES),
-        "ignore_index": IGNORE_INDEX,
-        "source": "voc",
-        "root": str(root),
-        "train_set": train_set,
-    }
-    return datasets.DatasetDict(
-        {
-            "train": _to_dataset(
-                _voc_layout_split(root, train_ids, train_masks, skip_bad),
-                "train",
-                meta,
-                "PASCAL VOC 2012",
-                str(root),
-            ),
-            "val": _to_dataset(
-                _voc_layout_split(root, val_ids, ["SegmentationClass"], skip_bad),
-                "val",
-                meta,
-                "PASCAL VOC 2012",
-                str(root),
-            ),
-        }
-    )
+    meta = {"class_names": list(VOC_CLASSES), "ignore_index": IGNORE_INDEX, "source": "voc", "root": str(root),
+            "train_set": train_set}
+    splits = {"train": (train_ids, train_masks), "val": (val_ids, ["SegmentationClass"])}
+    return datasets.DatasetDict({
+        split: _to_dataset(_voc_layout_split(root, ids, masks, skip_bad), split, meta, "PASCAL VOC 2012", str(root))
+        for split, (ids, masks) in splits.items()})
 
 
 def _existing(path: Path) -> Path:
     if not path.is_file():
-        raise DataError(
-            f"{path} does not exist. Fix: check the dataset root (it must contain this list file)."
-        )
+        raise DataError(f"{path} does not exist. Fix: check the dataset root (it must contain this list file).")
     return path
 
 
@@ -418,22 +279,14 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
     names = _read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
     meta = {"class_names": names, "ignore_index": IGNORE_INDEX, "source": "camvid", "root": str(resolved)}
     sets = resolved / "ImageSets" / "Segmentation"
-    out = {}
-    for split in ("train", "val"):
-        ids = _read_id_list(_existing(sets / f"{split}.txt"))
-        out[split] = _to_dataset(
-            _voc_layout_split(resolved, ids, ["SegmentationClass"], skip_bad),
-            split,
-            meta,
-            "CamVid (11 classes)",
-            str(resolved),
-        )
-    return datasets.DatasetDict(out)
+    return datasets.DatasetDict({
+        split: _to_dataset(_voc_layout_split(resolved, _read_id_list(_existing(sets / f"{split}.txt")),
+                                             ["SegmentationClass"], skip_bad),
+                           split, meta, "CamVid (11 classes)", str(resolved))
+        for split in ("train", "val")})
 
 
-# --------------------------------------------------------------------------------------------
-# Cityscapes
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ Cityscapes
 
 
 def default_cache_dir() -> Path:
@@ -455,12 +308,8 @@ def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
         PILImage.fromarray(lut[array.astype(np.uint8)]).save(temporary, format="PNG", compress_level=1)
 
 
-def load_cityscapes(
-    root: str | os.PathLike[str],
-    skip_bad: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    num_threads: int = 2,
-) -> datasets.DatasetDict:
+def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
+                    cache_dir: str | os.PathLike[str] | None = None, num_threads: int = 2) -> datasets.DatasetDict:
     """Cityscapes fine (``leftImg8bit/`` + ``gtFine/``), 19 train ids, 255 elsewhere.
 
     Uses ``*_gtFine_labelTrainIds.png`` when present. Otherwise the ``*_gtFine_labelIds.png``
@@ -469,21 +318,13 @@ def load_cityscapes(
     later loads reuse them. ``id`` = image path relative to ``root`` (as in the split lists).
     """
     root = Path(root)
-    _require_dir(
-        root / "leftImg8bit", "Cityscapes leftImg8bit/", "pass root=<folder with leftImg8bit/ and gtFine/>"
-    )
+    _require_dir(root / "leftImg8bit", "Cityscapes leftImg8bit/", "pass root=<folder with leftImg8bit/ and gtFine/>")
     _require_dir(root / "gtFine", "Cityscapes gtFine/", "download gtFine_trainvaltest.zip into the root")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    converted_root = (
-        cache / "cityscapes_train_ids" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    )
+    converted_root = cache / "cityscapes_train_ids" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     lut = cityscapes_label_id_to_train_id()
-    meta = {
-        "class_names": list(CITYSCAPES_CLASSES),
-        "ignore_index": IGNORE_INDEX,
-        "source": "cityscapes",
-        "root": str(root),
-    }
+    meta = {"class_names": list(CITYSCAPES_CLASSES), "ignore_index": IGNORE_INDEX, "source": "cityscapes",
+            "root": str(root)}
     out = {}
     for split in ("train", "val"):
         image_root = root / "leftImg8bit" / split
@@ -503,20 +344,13 @@ def load_cityscapes(
                 if not mask.is_file():
                     to_convert.append((label_ids, mask))
             else:
-                _bad(
-                    f"missing mask for {image}: neither {train_ids} nor {label_ids} exists. "
-                    "Fix: extract gtFine for this city, or use skip_bad=True.",
-                    skip_bad,
-                    pairs,
-                )
+                _bad(f"missing mask for {image}: neither {train_ids} nor {label_ids} exists. "
+                     "Fix: extract gtFine for this city, or use skip_bad=True.", skip_bad, pairs)
                 continue
             pairs.add(image.relative_to(root).as_posix(), image, mask)
         if to_convert:
-            logger.info(
-                "mapping %d Cityscapes labelIds masks to train ids under %s (once)",
-                len(to_convert),
-                converted_root,
-            )
+            logger.info("mapping %d Cityscapes labelIds masks to train ids under %s (once)", len(to_convert),
+                        converted_root)
             with ThreadPoolExecutor(max(1, num_threads)) as pool:
                 list(pool.map(lambda pair: _convert_label_file(pair[0], pair[1], lut), to_convert))
         out[split] = _to_dataset(pairs, split, meta, "Cityscapes (fine, 19 classes)", str(image_root))
@@ -525,9 +359,7 @@ def load_cityscapes(
     return datasets.DatasetDict(out)
 
 
-# --------------------------------------------------------------------------------------------
-# plain folders
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ plain folders
 
 
 def _walk_images(folder: Path) -> dict[str, Path]:
@@ -553,34 +385,23 @@ def _folder_split(images: Path, masks: Path | None, skip_bad: bool) -> _Pairs:
     for id_, image in image_files.items():
         mask = mask_files.get(id_)
         if mask is None:
-            _bad(
-                f"missing mask for image {image}: expected {masks / id_}.png (masks are matched to images "
-                "by relative path and stem). Fix: add the mask, or use skip_bad=True to drop the image.",
-                skip_bad,
-                pairs,
-            )
-            continue
-        pairs.add(id_, image, mask)
+            _bad(f"missing mask for image {image}: expected {masks / id_}.png (masks are matched to images by "
+                 "relative path and stem). Fix: add the mask, or use skip_bad=True to drop the image.", skip_bad, pairs)
+        else:
+            pairs.add(id_, image, mask)
     for id_, mask in mask_files.items():
         if id_ not in image_files:
-            _bad(
-                f"missing image for mask {mask}: no image {images / id_}.* . Fix: add the image or delete "
-                "the mask.",
-                skip_bad,
-                pairs,
-            )
+            _bad(f"missing image for mask {mask}: no image {images / id_}.* . Fix: add the image or delete the mask.",
+                 skip_bad, pairs)
     return pairs
 
 
-def load_folder(
-    images: str | os.PathLike[str],
-    masks: str | os.PathLike[str] | None = None,
-    val_images: str | os.PathLike[str] | None = None,
-    val_masks: str | os.PathLike[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    skip_bad: bool = False,
-) -> datasets.DatasetDict:
+PathLike = str | os.PathLike[str]
+
+
+def load_folder(images: PathLike, masks: PathLike | None = None, val_images: PathLike | None = None,
+                val_masks: PathLike | None = None, class_names: Sequence[str] | None = None,
+                num_classes: int | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
     """Image/mask pairs matched by relative path + stem; ``masks=None`` gives an unlabeled set.
 
     Masks are single-channel PNGs of class indices (palette PNGs are read as indices), 255 =
@@ -599,31 +420,18 @@ def load_folder(
                 break
     if class_names is None and num_classes is not None:
         class_names = [f"class_{i}" for i in range(num_classes)]
-    meta = {
-        "class_names": list(class_names) if class_names else None,
-        "ignore_index": IGNORE_INDEX,
-        "source": "folder",
-        "root": str(images_p),
-    }
-    out = {
-        "train": _to_dataset(
-            _folder_split(images_p, masks_p, skip_bad), "train", meta, "image folder", str(images_p)
-        )
-    }
+    meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
+            "source": "folder", "root": str(images_p)}
+    out = {"train": _to_dataset(_folder_split(images_p, masks_p, skip_bad), "train", meta, "image folder",
+                                str(images_p))}
     if val_images is not None:
-        out["val"] = _to_dataset(
-            _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None, skip_bad),
-            "val",
-            meta,
-            "image folder",
-            str(val_images),
-        )
+        val_pairs = _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None, skip_bad)
+        out["val"] = _to_dataset(val_pairs, "val", meta, "image folder", str(val_images))
     return datasets.DatasetDict(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Hugging Face Hub (and local parquet / save_to_disk copies of the same schemas)
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ Hub copies
+# (and local parquet / save_to_disk copies of the same schemas)
 
 
 @dataclass(frozen=True)
@@ -640,22 +448,14 @@ class HubPreset:
 
 
 HUB_PRESETS: dict[str, HubPreset] = {
-    "jxie/pascal-voc-2012": HubPreset(
-        "jxie/pascal-voc-2012",
-        note="train = the 10,582 SBD-augmented images, val = 1,449; no id column, "
-        "so only random splits apply",
-    ),
-    "shijli/voc2012": HubPreset(
-        "shijli/voc2012", id_column="id", note="has an id column: the standard VOC split lists apply"
-    ),
-    "cityscapes-hub": HubPreset(
-        "Chris1/cityscapes",
-        label_column="semantic_segmentation",
-        label_format="cityscapes_label_ids",
-        class_names=CITYSCAPES_CLASSES,
-        note="schema preset for Cityscapes copies with image/semantic_segmentation (labelIds masks); "
-        "pass name= for your copy",
-    ),
+    "jxie/pascal-voc-2012": HubPreset("jxie/pascal-voc-2012", note="train = the 10,582 SBD-augmented images, "
+                                      "val = 1,449; no id column, so only random splits apply"),
+    "shijli/voc2012": HubPreset("shijli/voc2012", id_column="id",
+                                note="has an id column: the standard VOC split lists apply"),
+    "cityscapes-hub": HubPreset("Chris1/cityscapes", label_column="semantic_segmentation",
+                                label_format="cityscapes_label_ids", class_names=CITYSCAPES_CLASSES,
+                                note="schema preset for Cityscapes copies with image/semantic_segmentation "
+                                "(labelIds masks); pass name= for your copy"),
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train"}
 LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes_label_ids", "cityscapes_color")
@@ -687,19 +487,15 @@ def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask"
             out[codes == code] = index
         return out
     if im.mode in ("RGB", "RGBA"):
-        raise DataError(
-            f"{where} is an RGB image but label_format={label_format!r} expects one channel of "
-            "class ids. Fix: pass label_format='voc_rgb' or 'cityscapes_color'."
-        )
+        raise DataError(f"{where} is an RGB image but label_format={label_format!r} expects one channel of class "
+                        "ids. Fix: pass label_format='voc_rgb' or 'cityscapes_color'.")
     array = np.asarray(im)
     if array.ndim == 3:
         array = array[..., 0]
     if array.dtype != np.uint8:
         if array.size and (array.min() < 0 or array.max() > 255):
-            raise DataError(
-                f"{where} holds values outside 0..255 (dtype {array.dtype}). Fix: store class "
-                "indices as uint8 PNG with 255 = ignore."
-            )
+            raise DataError(f"{where} holds values outside 0..255 (dtype {array.dtype}). Fix: store class indices "
+                            "as uint8 PNG with 255 = ignore.")
         array = array.astype(np.uint8)
     if fmt == "cityscapes_label_ids":
         array = cityscapes_label_id_to_train_id()[array]
@@ -723,17 +519,10 @@ def _open_hub_source(name: str, load_kwargs: dict[str, Any]) -> datasets.Dataset
     return loaded
 
 
-def load_hub(
-    name: str,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    id_column: str | None = None,
-    label_format: str | None = None,
-    class_names: Sequence[str] | None = None,
-    split_map: Mapping[str, str] | None = None,
-    num_proc: int | None = None,
-    **load_kwargs: Any,
-) -> datasets.DatasetDict:
+def load_hub(name: str, image_column: str | None = None, label_column: str | None = None,
+             id_column: str | None = None, label_format: str | None = None, class_names: Sequence[str] | None = None,
+             split_map: Mapping[str, str] | None = None, num_proc: int | None = None,
+             **load_kwargs: Any) -> datasets.DatasetDict:
     """A Hub dataset (``datasets.load_dataset``) or a local ``save_to_disk`` folder / parquet files.
 
     Columns are renamed to ``id``/``image``/``label`` (defaults from :data:`HUB_PRESETS` when
@@ -763,35 +552,20 @@ def load_hub(
     out: dict[str, datasets.Dataset] = {}
     for split, ds in loaded.items():
         new_split = (split_map or {}).get(split, _SPLIT_ALIASES.get(split, split))
-        out[new_split] = _normalise_hub_split(
-            ds, new_split, source, image_column, label_column, id_column, label_format, class_names, num_proc
-        )
+        out[new_split] = _normalise_hub_split(ds, new_split, source, image_column, label_column, id_column,
+                                              label_format, class_names, num_proc)
     return datasets.DatasetDict(out)
 
 
-def _normalise_hub_split(
-    ds: datasets.Dataset,
-    split: str,
-    source: str,
-    image_column: str,
-    label_column: str | None,
-    id_column: str | None,
-    label_format: str,
-    class_names: Sequence[str] | None,
-    num_proc: int | None,
-) -> datasets.Dataset:
+def _normalise_hub_split(ds: datasets.Dataset, split: str, source: str, image_column: str, label_column: str | None,
+                         id_column: str | None, label_format: str, class_names: Sequence[str] | None,
+                         num_proc: int | None) -> datasets.Dataset:
     if len(ds) == 0:
         raise DataError(f"split {split!r} of {source} is empty. Fix: check the dataset name / data_files.")
-    for column, what in (
-        (image_column, "image_column"),
-        (label_column, "label_column"),
-        (id_column, "id_column"),
-    ):
+    for column, what in ((image_column, "image_column"), (label_column, "label_column"), (id_column, "id_column")):
         if column is not None and column not in ds.column_names:
-            raise DataError(
-                f"{source} split {split!r} has no column {column!r} (columns: {ds.column_names}). "
-                f"Fix: pass {what}=<one of those>" + (" or None." if what != "image_column" else ".")
-            )
+            raise DataError(f"{source} split {split!r} has no column {column!r} (columns: {ds.column_names}). "
+                            f"Fix: pass {what}=<one of those>" + (" or None." if what != "image_column" else "."))
     has_label = label_column is not None
     keep = [c for c in (id_column, image_column, label_column) if c is not None]
     ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
@@ -813,22 +587,14 @@ def _normalise_hub_split(
             ds = ds.cast_column("label", datasets.Image())
         ds = _convert_hub_labels(ds, label_format, source, split, num_proc)
     ds = ds.select_columns(["id", "image", "label"] if has_label else ["id", "image"])
-    meta = {
-        "class_names": list(class_names) if class_names else None,
-        "ignore_index": IGNORE_INDEX,
-        "source": f"hub:{source}",
-        "split": split,
-        "ids_generated": ids_generated,
-        "label_format": label_format,
-        "num_skipped": 0,
-        "skipped": [],
-    }
+    meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
+            "source": f"hub:{source}", "split": split, "ids_generated": ids_generated, "label_format": label_format,
+            "num_skipped": 0, "skipped": []}
     return set_dataset_metadata(ds, meta)
 
 
-def _convert_hub_labels(
-    ds: datasets.Dataset, label_format: str, source: str, split: str, num_proc: int | None
-) -> datasets.Dataset:
+def _convert_hub_labels(ds: datasets.Dataset, label_format: str, source: str, split: str,
+                        num_proc: int | None) -> datasets.Dataset:
     raw = ds.cast_column("label", datasets.Image(decode=False))
     first = raw[0]["label"]
     if label_format in ("auto", "index", "palette"):
@@ -842,59 +608,33 @@ def _convert_hub_labels(
             indices = labels_to_indices(im, label_format, where)
         return {"label": {"bytes": _encode_png(indices), "path": None}}
 
-    features = raw.features.copy()
-    converted = raw.map(
-        convert,
-        features=features,
-        num_proc=num_proc,
-        desc=f"{split}: decoding {label_format} masks to class indices",
-    )
+    converted = raw.map(convert, features=raw.features.copy(), num_proc=num_proc,
+                        desc=f"{split}: decoding {label_format} masks to class indices")
     return converted.cast_column("label", datasets.Image())
 
 
-class _open_record:  # noqa: N801 - used like a function in a with-statement
+@contextlib.contextmanager
+def _open_record(record: Mapping[str, Any] | None, where: str) -> Iterator[PILImage.Image]:
     """Open a ``datasets.Image(decode=False)`` record ``{"bytes", "path"}`` with PIL, naming it on failure."""
-
-    def __init__(self, record: Mapping[str, Any] | None, where: str) -> None:
-        self.record, self.where = record, where
-        self.image: PILImage.Image | None = None
-
-    def __enter__(self) -> PILImage.Image:
-        record = self.record
-        if record is None or (not record.get("bytes") and not record.get("path")):
-            raise DataError(f"{self.where}: missing (empty value). Fix: drop the row or supply the file.")
-        source = record.get("path") or "<bytes>"
-        try:
-            data = io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"]
-            self.image = PILImage.open(data)
-            self.image.load()
-        except FileNotFoundError as exc:
-            raise DataError(
-                f"{self.where}: file {source} does not exist. Fix: restore it, or load with skip_bad=True."
-            ) from exc
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(
-                f"{self.where}: cannot decode {source} ({exc}). Fix: re-export the file as "
-                "PNG/JPEG, or load with skip_bad=True."
-            ) from exc
-        return self.image
-
-    def __exit__(self, *exc: object) -> None:
-        if self.image is not None:
-            self.image.close()
+    if record is None or (not record.get("bytes") and not record.get("path")):
+        raise DataError(f"{where}: missing (empty value). Fix: drop the row or supply the file.")
+    source = record.get("path") or "<bytes>"
+    try:
+        image = PILImage.open(io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"])
+        image.load()
+    except FileNotFoundError as exc:
+        raise DataError(f"{where}: file {source} does not exist. Fix: restore it, or load with skip_bad=True.") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export the file as PNG/JPEG, or load "
+                        "with skip_bad=True.") from exc
+    with image:
+        yield image
 
 
-# --------------------------------------------------------------------------------------------
-# entry point
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ entry point
 
 _LOADERS: dict[str, Callable[..., datasets.DatasetDict]] = {
-    "voc": load_voc,
-    "cityscapes": load_cityscapes,
-    "camvid": load_camvid,
-    "folder": load_folder,
-    "hub": load_hub,
-}
+    "voc": load_voc, "cityscapes": load_cityscapes, "camvid": load_camvid, "folder": load_folder, "hub": load_hub}
 
 
 def available_kinds() -> list[str]:
@@ -925,15 +665,8 @@ def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
 def _load_preset_with_name(kind: str, name: str, kwargs: dict[str, Any]) -> datasets.DatasetDict:
     """A preset's schema applied to another copy (``name=``), e.g. a local save of the same dataset."""
     preset = HUB_PRESETS[kind]
-    defaults = {
-        "image_column": preset.image_column,
-        "label_column": preset.label_column,
-        "id_column": preset.id_column,
-        "label_format": preset.label_format,
-        "class_names": preset.class_names,
-    }
-    for key, value in defaults.items():
-        kwargs.setdefault(key, value)
+    for key in ("image_column", "label_column", "id_column", "label_format", "class_names"):
+        kwargs.setdefault(key, getattr(preset, key))
     return load_hub(name, **kwargs)
 
 
