@@ -139,8 +139,10 @@ class EvaluationResult:
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; NaN becomes ``null``."""
+        """JSON-ready dict; NaN becomes ``null``. ``dataset``/``split`` (from the settings) head it, so that
+        ``des4-push-to-hub --results`` reads the file as it is."""
         return {
+            **{key: self.settings[key] for key in ("dataset", "split") if key in self.settings},
             "mean_iou": _nan_to_none([self.mean_iou])[0],
             "pixel_accuracy": _nan_to_none([self.pixel_accuracy])[0],
             "mean_accuracy": _nan_to_none([self.mean_accuracy])[0],
@@ -209,43 +211,11 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def plot_per_class_iou(self, path: str | os.PathLike[str] | None = None) -> bytes:
-        """Bar chart (PNG bytes) of the per-class IoU with the mean as a dashed line; written to ``path``
-        atomically when given. Uses matplotlib's Agg canvas (no display, no global backend change)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        values = [0.0 if math.isnan(v) else 100.0 * v for v in self.per_class_iou]
-        absent = [math.isnan(v) for v in self.per_class_iou]
-        figure = Figure(figsize=(max(6.0, 0.45 * self.num_classes + 2.0), 4.5), dpi=100)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        positions = list(range(self.num_classes))
-        colours = ["#bbbbbb" if a else "#3b75af" for a in absent]
-        bars = axes.bar(positions, values, color=colours)
-        for bar, value, is_absent in zip(bars, values, absent):
-            label = "n/a" if is_absent else f"{value:.1f}"
-            axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, label, ha="center", va="bottom", fontsize=7)
-        if not math.isnan(self.mean_iou):
-            axes.axhline(100.0 * self.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
-                         label=f"mIoU {100.0 * self.mean_iou:.2f} %")
-            axes.legend(loc="upper right", fontsize=8)
-        axes.set_xticks(positions)
-        axes.set_xticklabels(self.class_names, rotation=45 if self.num_classes > 6 else 0, ha="right"
-                             if self.num_classes > 6 else "center", fontsize=8)
-        axes.set_ylim(0, 105)
-        axes.set_ylabel("IoU (%)")
+        """Bar chart (PNG bytes) of the per-class IoU, mean dashed; written to ``path`` atomically when given."""
         title = "Per-class IoU"
         if self.settings.get("dataset"):
-            title += f" — {self.settings['dataset']}" + (f" {self.settings['split']}" if self.settings.get("split")
-                                                          else "")
-        axes.set_title(title, fontsize=10)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        data = buffer.getvalue()
-        if path is not None:
-            atomic_write(path, data)
-        return data
+            title += f" — {self.settings['dataset']} {self.settings.get('split') or ''}".rstrip()
+        return plot_per_class_iou(self.class_names, self.per_class_iou, self.mean_iou, title, path)
 
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir`` (each atomically:
@@ -257,6 +227,43 @@ class EvaluationResult:
         atomic_write(paths["markdown"], self.to_markdown())
         self.plot_per_class_iou(paths["chart"])
         return paths
+
+
+def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float | None], mean_iou: float, title: str,
+                       path: str | os.PathLike[str] | None = None) -> bytes:
+    """Bar chart (PNG bytes) of IoU fractions (None/NaN: class absent, "n/a") with the mean as a dashed line.
+
+    Uses matplotlib's Agg canvas (no display, no global backend change); written to ``path`` atomically when given.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    absent = [value is None or math.isnan(value) for value in ious]
+    values = [0.0 if gone else 100.0 * value for value, gone in zip(ious, absent)]
+    count = len(class_names)
+    figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
+    for bar, value, gone in zip(bars, values, absent):
+        axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
+                  va="bottom", fontsize=7)
+    if not math.isnan(mean_iou):
+        axes.axhline(100.0 * mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
+                     label=f"mIoU {100.0 * mean_iou:.2f} %")
+        axes.legend(loc="upper right", fontsize=8)
+    axes.set_xticks(range(count))
+    axes.set_xticklabels(class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
+                         fontsize=8)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("IoU (%)")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    if path is not None:
+        atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _markdown_value(value: Any) -> str:
@@ -536,5 +543,6 @@ __all__ = [
     "check_model_classes",
     "default_stride",
     "evaluate_segmentation",
+    "plot_per_class_iou",
     "protocol_for",
 ]

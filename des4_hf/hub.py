@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub_names import SHORT_NAMES, hub_namespace
-from .utils import atomic_path
+from .utils import atomic_path, atomic_write
 
 TEMPLATE_NAME = "des4.md.j2"
 REQUIRED_RESULT_KEYS = ("dataset", "split", "mean_iou", "per_class_iou", "pixel_accuracy", "num_images")
@@ -33,28 +33,23 @@ OVERLAY_NAME = "images/example_prediction.png"
 RESULTS_NAME = "eval_results.json"
 
 
-# The DeS4 paper's published mIoU (%) with DeepLabv3+ ResNet-101 (SPEC §6; Tables 1 and 2 of the paper).
-# These are reference numbers shown as the paper's, never as this package's results.
-PAPER_RESULTS: tuple[tuple[str, str, float], ...] = (
-    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/16 (92)", 68.02),
-    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/8 (183)", 72.23),
-    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/4 (366)", 74.58),
-    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "1/2 (732)", 77.62),
-    ("PASCAL VOC 2012, classic (labeled from the 1,464 fine images)", "full (1,464)", 80.86),
-    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/16 (662)", 77.28),
-    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/8 (1,323)", 81.02),
-    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/4 (2,646)", 81.61),
-    ("PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)", "1/2 (5,291)", 82.11),
-    ("Cityscapes (labeled from the 2,975 fine train images)", "1/8 (372)", 75.74),
-    ("Cityscapes (labeled from the 2,975 fine train images)", "1/4 (744)", 77.87),
-)
+# The DeS4 paper's published mIoU (%) with DeepLabv3+ ResNet-101 (SPEC §6; Tables 1 and 2 of the paper), shown as
+# the paper's reference numbers, never as this package's results: benchmark → ((labeled images, mIoU), ...).
+_PAPER = {
+    "PASCAL VOC 2012, classic (labeled from the 1,464 fine images)":
+        (("1/16 (92)", 68.02), ("1/8 (183)", 72.23), ("1/4 (366)", 74.58), ("1/2 (732)", 77.62),
+         ("full (1,464)", 80.86)),
+    "PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)":
+        (("1/16 (662)", 77.28), ("1/8 (1,323)", 81.02), ("1/4 (2,646)", 81.61), ("1/2 (5,291)", 82.11)),
+    "Cityscapes (labeled from the 2,975 fine train images)": (("1/8 (372)", 75.74), ("1/4 (744)", 77.87)),
+}
+PAPER_RESULTS: tuple[tuple[str, str, float], ...] = tuple(
+    (benchmark, split, miou) for benchmark, rows in _PAPER.items() for split, miou in rows)
 
 _DATASET_NAMES = (("cityscapes", "Cityscapes"), ("camvid", "CamVid"), ("voc", "PASCAL VOC 2012"))
 
 
-# ------------------------------------------------------------------------------------------------------
-# Evaluation results
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class EvalResults:
     """One evaluation (dataset split) as ``scripts/evaluate.py`` writes it; IoUs are fractions in [0, 1]."""
@@ -84,9 +79,7 @@ class EvalResults:
         parts = []
         window = self.extra.get("sliding_window")
         if window:
-            crop = self.extra.get("crop_size") or (
-                window.get("crop_size") if isinstance(window, dict) else None
-            )
+            crop = self.extra.get("crop_size") or (window.get("crop_size") if isinstance(window, dict) else None)
             parts.append(f"sliding window{f' {crop}' if crop else ''}")
         elif "sliding_window" in self.extra:
             parts.append("whole image")
@@ -98,15 +91,7 @@ class EvalResults:
         return ", ".join(parts) if parts else "single scale"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.extra,
-            "dataset": self.dataset,
-            "split": self.split,
-            "mean_iou": self.mean_iou,
-            "per_class_iou": self.per_class_iou,
-            "pixel_accuracy": self.pixel_accuracy,
-            "num_images": self.num_images,
-        }
+        return {**self.extra, **{key: getattr(self, key) for key in REQUIRED_RESULT_KEYS}}
 
 
 def _number(value: Any, what: str, source: str, allow_missing: bool = False) -> float | None:
@@ -124,28 +109,22 @@ def _number(value: Any, what: str, source: str, allow_missing: bool = False) -> 
 def _fraction(value: float, what: str, source: str, scale: float) -> float:
     value = value / scale
     if not 0.0 <= value <= 1.0 + 1e-9:
-        raise ValueError(
-            f"{source}: {what}={value * scale!r} is outside [0, 1]. IoUs and accuracies must be fractions "
-            "(as the "
-            '`mean_iou` metric returns them); if the file stores percentages add "unit": "percent" to it.'
-        )
+        raise ValueError(f"{source}: {what}={value * scale!r} is outside [0, 1]. IoUs and accuracies must be "
+                         "fractions (as the `mean_iou` metric returns them); if the file stores percentages add "
+                         '"unit": "percent" to it.')
     return min(value, 1.0)
 
 
 def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalResults:
     """Validate one evaluation record; raises ValueError saying what is wrong with it."""
     if not isinstance(data, Mapping):
-        raise ValueError(
-            f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}, "
-            f"got {type(data).__name__}."
-        )
+        raise ValueError(f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}, "
+                         f"got {type(data).__name__}.")
     missing = [key for key in REQUIRED_RESULT_KEYS if key not in data]
     if missing:
-        raise ValueError(
-            f"{source}: the evaluation JSON lacks {missing}; it needs {list(REQUIRED_RESULT_KEYS)} "
-            "as written by "
-            "`scripts/evaluate.py --out eval.json`. Re-run the evaluation instead of editing numbers by hand."
-        )
+        raise ValueError(f"{source}: the evaluation JSON lacks {missing}; it needs {list(REQUIRED_RESULT_KEYS)} as "
+                         "written by `scripts/evaluate.py --out DIR` (DIR/eval.json). Re-run the evaluation instead "
+                         "of editing numbers by hand.")
     unit = data.get("unit", "fraction")
     if unit not in ("fraction", "percent"):
         raise ValueError(f"{source}: unit={unit!r}; use 'fraction' (default) or 'percent'.")
@@ -158,30 +137,18 @@ def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalR
         raise ValueError(f"{source}: num_images must be a positive integer, got {num_images!r}.")
     per_class = data["per_class_iou"]
     if not isinstance(per_class, Mapping) or not per_class:
-        raise ValueError(
-            f"{source}: per_class_iou must be a non-empty object {{class name: IoU}}, got {per_class!r}."
-        )
+        raise ValueError(f"{source}: per_class_iou must be a non-empty object {{class name: IoU}}, got {per_class!r}.")
     per_class_iou: dict[str, float | None] = {}
     for name, value in per_class.items():
         number = _number(value, f"per_class_iou[{name!r}]", source, allow_missing=True)
-        per_class_iou[str(name)] = (
-            None if number is None else _fraction(number, f"per_class_iou[{name!r}]", source, scale)
-        )
-    mean_iou = _fraction(_number(data["mean_iou"], "mean_iou", source) or 0.0, "mean_iou", source, scale)
-    pixel_accuracy = _fraction(
-        _number(data["pixel_accuracy"], "pixel_accuracy", source) or 0.0, "pixel_accuracy", source, scale
-    )
+        per_class_iou[str(name)] = None if number is None else _fraction(number, f"per_class_iou[{name!r}]", source,
+                                                                         scale)
+    mean_iou, pixel_accuracy = (_fraction(_number(data[key], key, source) or 0.0, key, source, scale)
+                                for key in ("mean_iou", "pixel_accuracy"))
     extra = {key: value for key, value in data.items() if key not in REQUIRED_RESULT_KEYS and key != "unit"}
-    return EvalResults(
-        dataset=data["dataset"].strip(),
-        split=data["split"].strip(),
-        mean_iou=mean_iou,
-        per_class_iou=per_class_iou,
-        pixel_accuracy=pixel_accuracy,
-        num_images=num_images,
-        extra=extra,
-        source=source,
-    )
+    return EvalResults(dataset=data["dataset"].strip(), split=data["split"].strip(), mean_iou=mean_iou,
+                       per_class_iou=per_class_iou, pixel_accuracy=pixel_accuracy, num_images=num_images, extra=extra,
+                       source=source)
 
 
 ResultsSource = str | Path | Mapping[str, Any] | EvalResults
@@ -191,88 +158,63 @@ def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -
     """Evaluation JSON file(s) / dict(s) → validated records. A file may hold one record or a list of them."""
     if results is None:
         return []
-    items: Sequence[Any] = (
-        [results] if isinstance(results, (str, Path, Mapping, EvalResults)) else list(results)
-    )
+    items = [results] if isinstance(results, (str, Path, Mapping, EvalResults)) else list(results)
     parsed: list[EvalResults] = []
     for item in items:
-        if isinstance(item, EvalResults):
-            parsed.append(item)
-            continue
-        if isinstance(item, Mapping):
-            parsed.append(parse_eval_results(item))
+        if isinstance(item, (EvalResults, Mapping)):
+            parsed.append(item if isinstance(item, EvalResults) else parse_eval_results(item))
             continue
         path = Path(item)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"evaluation results {path} not found: run `scripts/evaluate.py ... --out {path}` first."
-            )
+            raise FileNotFoundError(f"evaluation results {path} not found: run `scripts/evaluate.py ... --out DIR` "
+                                    "first and pass DIR/eval.json.")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(
-                f"{path} is not valid JSON ({error}); pass the file written by scripts/evaluate.py."
-            ) from None
+            raise ValueError(f"{path} is not valid JSON ({error}); pass the file written by scripts/evaluate.py.") \
+                from None
         records = data if isinstance(data, list) else [data]
         if not records:
             raise ValueError(f"{path} holds an empty list; it needs at least one evaluation record.")
-        for index, record in enumerate(records):
-            parsed.append(
-                parse_eval_results(record, f"{path}" + (f"[{index}]" if isinstance(data, list) else ""))
-            )
+        parsed += [parse_eval_results(record, f"{path}" + (f"[{index}]" if isinstance(data, list) else ""))
+                   for index, record in enumerate(records)]
     seen: set[tuple[str, str]] = set()
     for record in parsed:
         key = (record.dataset, record.split)
         if key in seen:
-            raise ValueError(
-                f"two evaluation records for dataset {key[0]!r} split {key[1]!r}; keep one of them."
-            )
+            raise ValueError(f"two evaluation records for dataset {key[0]!r} split {key[1]!r}; keep one of them.")
         seen.add(key)
     return parsed
 
 
-def _check_results_match_labels(
-    results: Sequence[EvalResults], labels: Sequence[str], model_dir: str
-) -> None:
+def _check_results_match_labels(results: Sequence[EvalResults], labels: Sequence[str], model_dir: str) -> None:
     allowed = set(labels) | {str(index) for index in range(len(labels))}
     for record in results:
         unknown = sorted(set(record.per_class_iou) - allowed)
         if unknown:
-            raise ValueError(
-                f"{record.source}: per_class_iou names classes {unknown[:8]} that the model in {model_dir} "
-                f"does not have (its classes: {list(labels)[:8]}{' ...' if len(labels) > 8 else ''}). "
-                "Is this the evaluation "
-                "of another model?"
-            )
+            raise ValueError(f"{record.source}: per_class_iou names classes {unknown[:8]} that the model in "
+                             f"{model_dir} does not have (its classes: {list(labels)[:8]}"
+                             f"{' ...' if len(labels) > 8 else ''}). Is this the evaluation of another model?")
 
 
 def _label_of(name: str, labels: Sequence[str]) -> str:
     return labels[int(name)] if name.isdigit() and name not in labels and int(name) < len(labels) else name
 
 
-# ------------------------------------------------------------------------------------------------------
-# Model directory
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ model folder
 def _model_files(model_dir: Path) -> list[Path]:
     if not model_dir.is_dir():
-        raise FileNotFoundError(
-            f"model directory {model_dir} not found: pass the folder written by training (e.g. out/best)."
-        )
+        raise FileNotFoundError(f"model directory {model_dir} not found: pass the folder written by training "
+                                "(e.g. out/best).")
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
-        hint = (
-            " Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
-            if "preprocessor_config.json" in missing
-            else " Save the model with model.save_pretrained(model_dir)."
-        )
+        hint = (" Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
+                if "preprocessor_config.json" in missing else " Save the model with model.save_pretrained(model_dir).")
         raise FileNotFoundError(f"{model_dir} lacks {missing}.{hint}")
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
     if not weights:
-        raise FileNotFoundError(
-            f"{model_dir} holds no *.safetensors weights; re-save the model with "
-            "model.save_pretrained(model_dir) "
-            "(safetensors is the default)."
-        )
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights; re-save the model with "
+                                "model.save_pretrained(model_dir) (safetensors is the default).")
     return [model_dir / name for name in MODEL_FILES] + weights
 
 
@@ -289,9 +231,7 @@ def _labels(config: Any) -> list[str]:
     return [str(config.id2label[index]) for index in range(config.num_labels)]
 
 
-# ------------------------------------------------------------------------------------------------------
-# Card
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ card
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
@@ -319,54 +259,24 @@ def _template_text(template_path: str | Path | None) -> str:
 def _card_data(repo_id: str, model_name: str, results: Sequence[EvalResults], license_id: str) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
-    eval_results = []
-    for record in results:
-        common = dict(
-            task_type="image-segmentation",
-            task_name="Semantic Segmentation",
-            dataset_type=record.dataset,
-            dataset_name=record.dataset_name,
-            dataset_split=record.split,
-        )
-        eval_results.append(
-            EvalResult(
-                metric_type="mean_iou",
-                metric_name="mIoU (%)",
-                metric_value=round(100 * record.mean_iou, 2),
-                **common,
-            )
-        )
-        eval_results.append(
-            EvalResult(
-                metric_type="accuracy",
-                metric_name="Pixel accuracy (%)",
-                metric_value=round(100 * record.pixel_accuracy, 2),
-                **common,
-            )
-        )
+    metrics = (("mean_iou", "mIoU (%)", "mean_iou"), ("accuracy", "Pixel accuracy (%)", "pixel_accuracy"))
+    eval_results = [
+        EvalResult(metric_type=kind, metric_name=name, metric_value=round(100 * getattr(record, key), 2),
+                   task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=record.dataset,
+                   dataset_name=record.dataset_name, dataset_split=record.split)
+        for record in results for kind, name, key in metrics]
     datasets = sorted({record.dataset for record in results if "/" in record.dataset})
     return ModelCardData(
-        license=license_id,
-        pipeline_tag="image-segmentation",
+        license=license_id, pipeline_tag="image-segmentation", model_name=model_name, datasets=datasets or None,
         tags=["des4", "des4-hf", "semantic-segmentation", "semi-supervised", "image-segmentation", "timm"],
-        datasets=datasets or None,
-        model_name=model_name,
-        eval_results=eval_results or None,
-    )
+        eval_results=eval_results or None)
 
 
-def render_model_card(
-    model_dir: str | Path,
-    results_json: ResultsSource | Sequence[ResultsSource] | None = None,
-    overlay_image: str | None = None,
-    chart_image: str | Sequence[str] | None = None,
-    repo_id: str = "your-username/des4-model",
-    *,
-    model_name: str | None = None,
-    license_id: str = "apache-2.0",
-    template_path: str | Path | None = None,
-    results_files: Sequence[str] = (),
-) -> str:
+def render_model_card(model_dir: str | Path, results_json: ResultsSource | Sequence[ResultsSource] | None = None,
+                      overlay_image: str | None = None, chart_image: str | Sequence[str] | None = None,
+                      repo_id: str = "your-username/des4-model", *, model_name: str | None = None,
+                      license_id: str = "apache-2.0", template_path: str | Path | None = None,
+                      results_files: Sequence[str] = ()) -> str:
     """The Markdown model card (YAML front matter with ``model-index``) for the model in ``model_dir``.
 
     Args:
@@ -390,71 +300,41 @@ def render_model_card(
     _check_results_match_labels(results, labels, str(model_dir))
     charts = [chart_image] if isinstance(chart_image, str) else list(chart_image or [])
     if charts and len(charts) != len(results):
-        raise ValueError(
-            f"got {len(charts)} chart image(s) for {len(results)} evaluation record(s); give one per record."
-        )
+        raise ValueError(f"got {len(charts)} chart image(s) for {len(results)} evaluation record(s); give one per "
+                         "record.")
     model_name = model_name or repo_id.split("/")[-1]
     namespace, _, name = repo_id.partition("/")
     short_name = name if name in SHORT_NAMES and namespace == hub_namespace() else None
 
     num_parameters = _count_parameters(model_dir)
-    arch = {
-        "backbone": config.backbone,
-        "output_stride": config.output_stride,
-        "aspp_rates": "/".join(str(rate) for rate in config.aspp_rates),
-        "decoder_channels": config.decoder_channels,
-        "num_labels": config.num_labels,
-        "logit_scale": f"{config.logit_scale:g}",
-        "prototype_momentum": f"{config.prototype_momentum:g}",
-        "encoder_momentum": f"{config.encoder_momentum:g}",
-        "mes_num_zones": config.mes_num_zones,
-        "mes_alpha": f"{config.mes_alpha:g}",
-        "num_parameters": f"{num_parameters / 1e6:.1f} M" if num_parameters else "unknown",
-    }
+    arch = {key: getattr(config, key) for key in ("backbone", "output_stride", "decoder_channels", "num_labels",
+                                                  "mes_num_zones")}
+    arch.update({key: f"{getattr(config, key):g}" for key in ("logit_scale", "prototype_momentum",
+                                                              "encoder_momentum", "mes_alpha")})
+    arch["aspp_rates"] = "/".join(str(rate) for rate in config.aspp_rates)
+    arch["num_parameters"] = f"{num_parameters / 1e6:.1f} M" if num_parameters else "unknown"
     training = dict(getattr(config, "training", None) or {})
     first = ("method", "split", "recipe", "dataset", "steps", "epochs")
     training_rows = [(key, _format_value(training[key])) for key in first if key in training]
-    training_rows += [
-        (key, _format_value(value)) for key, value in sorted(training.items()) if key not in first
-    ]
+    training_rows += [(key, _format_value(value)) for key, value in sorted(training.items()) if key not in first]
 
     rendered_results = []
     for index, record in enumerate(results):
         per_class = {_label_of(key, labels): value for key, value in record.per_class_iou.items()}
-        rows = [(label, _pct(per_class[label])) for label in labels if label in per_class]
-        rendered_results.append(
-            {
-                "dataset": record.dataset,
-                "dataset_name": record.dataset_name,
-                "split": record.split,
-                "num_images": record.num_images,
-                "miou_pct": _pct(record.mean_iou),
-                "pixel_accuracy_pct": _pct(record.pixel_accuracy),
-                "protocol": record.protocol,
-                "per_class": rows,
-                "chart": charts[index] if charts else None,
-            }
-        )
+        rendered_results.append({
+            "dataset": record.dataset, "dataset_name": record.dataset_name, "split": record.split,
+            "num_images": record.num_images, "miou_pct": _pct(record.mean_iou),
+            "pixel_accuracy_pct": _pct(record.pixel_accuracy), "protocol": record.protocol,
+            "per_class": [(label, _pct(per_class[label])) for label in labels if label in per_class],
+            "chart": charts[index] if charts else None})
 
-    card_data = _card_data(repo_id, model_name, results, license_id)
-    environment = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    template = environment.from_string(_template_text(template_path))
-    content = template.render(
-        card_data=card_data.to_yaml(),
-        model_name=model_name,
-        repo_id=repo_id,
-        short_name=short_name,
-        arch=arch,
-        labels=labels,
-        training_rows=training_rows,
-        results=rendered_results,
-        results_files=list(results_files),
-        overlay_image=overlay_image,
-        paper_table=_paper_table(),
-        package_version=__version__,
-    )
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                     keep_trailing_newline=True)
+    content = environment.from_string(_template_text(template_path)).render(
+        card_data=_card_data(repo_id, model_name, results, license_id).to_yaml(), model_name=model_name,
+        repo_id=repo_id, short_name=short_name, arch=arch, labels=labels, training_rows=training_rows,
+        results=rendered_results, results_files=list(results_files), overlay_image=overlay_image,
+        paper_table=_paper_table(), package_version=__version__)
     content = re.sub(r"\n{3,}", "\n\n", content).rstrip() + "\n"
     ModelCard(content)  # fails here, not on the Hub, if the front matter does not parse
     return content
@@ -475,50 +355,23 @@ def _count_parameters(model_dir: Path) -> int:
     return total
 
 
-# ------------------------------------------------------------------------------------------------------
-# Images
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ images
 def make_iou_chart(record: EvalResults, path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """A horizontal bar chart PNG of the per-class IoU (%) of one evaluation record, mean IoU marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """The per-class IoU chart of one evaluation record (the evaluation's own chart), classes in model order."""
+    from .evaluation import plot_per_class_iou
 
     names = list(record.per_class_iou)
     if labels is not None:
         names = [name for name in labels if name in record.per_class_iou] + [
-            name for name in record.per_class_iou if name not in labels
-        ]
-    values = [100.0 * (record.per_class_iou[name] or 0.0) for name in names]
+            name for name in record.per_class_iou if name not in labels]
     shown = [_label_of(name, labels) if labels is not None else name for name in names]
-    figure, axis = plt.subplots(figsize=(7.0, 1.2 + 0.28 * len(names)), dpi=100)
-    try:
-        bars = axis.barh(range(len(names)), values, color="#4c72b0")
-        for bar, name in zip(bars, names, strict=True):
-            if record.per_class_iou[name] is None:  # class absent from the split: IoU undefined
-                axis.text(1, bar.get_y() + bar.get_height() / 2, "n/a", va="center", fontsize=8)
-        axis.axvline(
-            100.0 * record.mean_iou, color="#c44e52", linestyle="--", label=f"mIoU {_pct(record.mean_iou)}"
-        )
-        axis.set_yticks(range(len(names)), shown)
-        axis.invert_yaxis()
-        axis.set_xlim(0, 100)
-        axis.set_xlabel("IoU (%)")
-        axis.set_title(f"Per-class IoU: {record.dataset_name} {record.split} ({record.num_images} images)")
-        axis.legend(loc="lower right")
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
-    finally:
-        plt.close(figure)
-    return path
+    title = f"Per-class IoU — {record.dataset_name} {record.split} ({record.num_images} images)"
+    plot_per_class_iou(shown, [record.per_class_iou[name] for name in names], record.mean_iou, title, path)
+    return Path(path)
 
 
-def make_example_overlay(
-    model: Any, processor: Any, image_path: str | Path, path: str | Path, max_side: int = 512
-) -> Path:
+def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
+                         max_side: int = 512) -> Path:
     """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
     from PIL import Image
 
@@ -535,9 +388,7 @@ def make_example_overlay(
     return Path(path)
 
 
-# ------------------------------------------------------------------------------------------------------
-# Push
-# ------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------ push
 def validate_repo_id(repo_id: str) -> str:
     """``namespace/name`` as huggingface_hub's own validator accepts it, or a ValueError saying what to pass."""
     from huggingface_hub.utils import HFValidationError
@@ -564,26 +415,19 @@ def validate_revision(revision: str | None) -> str | None:
 def _token_available(token: str | None) -> None:
     if token is not None:
         if not isinstance(token, str) or not token.strip():
-            raise ValueError(
-                "token must be a non-empty string; better, leave it out and use HF_TOKEN or `hf auth login`."
-            )
+            raise ValueError("token must be a non-empty string; better, leave it out and use HF_TOKEN or "
+                             "`hf auth login`.")
         return
     from huggingface_hub import get_token
 
     if get_token() is None:
-        raise ValueError(
-            "no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN environment "
-            "variable to a token with write access) and run the push again."
-        )
+        raise ValueError("no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN "
+                         "environment variable to a token with write access) and run the push again.")
 
 
-def stage_model_repo(
-    model_dir: str | Path,
-    staging_dir: str | Path,
-    repo_id: str,
-    results: ResultsSource | Sequence[ResultsSource] | None = None,
-    example_image: str | Path | None = None,
-) -> Path:
+def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: str,
+                     results: ResultsSource | Sequence[ResultsSource] | None = None,
+                     example_image: str | Path | None = None) -> Path:
     """Validate everything and write the folder that is uploaded: model files, README.md, images, results.
 
     No network access. Raises before writing anything when the inputs are not usable.
@@ -601,15 +445,8 @@ def stage_model_repo(
     _check_results_match_labels(records, labels, str(model_dir))
     if example_image is not None and not Path(example_image).is_file():
         raise FileNotFoundError(f"example image {example_image} not found.")
-    result_names = (
-        [
-            str(Path(item).name)
-            for item in ([results] if isinstance(results, (str, Path)) else results or [])
-            if isinstance(item, (str, Path))
-        ]
-        if results is not None
-        else []
-    )
+    given = [results] if isinstance(results, (str, Path)) else list(results or [])
+    result_names = [Path(item).name for item in given if isinstance(item, (str, Path))]
 
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
@@ -622,37 +459,21 @@ def stage_model_repo(
         make_iou_chart(record, staging / chart, labels)
         charts.append(chart)
     if records:
-        (staging / RESULTS_NAME).write_text(
-            json.dumps([record.to_dict() for record in records], indent=2, allow_nan=False, default=str)
-            + "\n",
-            encoding="utf-8",
-        )
+        atomic_write(staging / RESULTS_NAME, json.dumps([record.to_dict() for record in records], indent=2,
+                                                        allow_nan=False, default=str) + "\n")
     overlay_name = None
     if example_image is not None:
         make_example_overlay(model, processor, example_image, staging / OVERLAY_NAME)
         overlay_name = OVERLAY_NAME
-    card = render_model_card(
-        staging,
-        records,
-        overlay_image=overlay_name,
-        chart_image=charts,
-        repo_id=repo_id,
-        results_files=result_names,
-    )
-    (staging / "README.md").write_text(card, encoding="utf-8")
+    atomic_write(staging / "README.md", render_model_card(staging, records, overlay_image=overlay_name,
+                                                         chart_image=charts, repo_id=repo_id,
+                                                         results_files=result_names))
     return staging
 
 
-def push_to_hub(
-    model_dir: str | Path,
-    repo_id: str,
-    results: ResultsSource | Sequence[ResultsSource] | None = None,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    token: str | None = None,
-    example_image: str | Path | None = None,
-) -> str:
+def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
+                private: bool = False, revision: str | None = None, commit_message: str | None = None,
+                token: str | None = None, example_image: str | Path | None = None) -> str:
     """Upload a trained DeS4 model with its model card to ``repo_id``; returns the repo URL (at ``revision``).
 
     Creates the repo if needed (``private`` makes a new repo private; an existing public repo is refused
@@ -672,17 +493,11 @@ def push_to_hub(
         api = HfApi(token=token)
         repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
         if private and api.repo_info(repo_id).private is False:
-            raise ValueError(
-                f"{repo_id} already exists and is public; --private only applies to a new repo. Make it "
-                "private in its settings on the Hub first, or drop --private. Nothing was uploaded."
-            )
+            raise ValueError(f"{repo_id} already exists and is public; --private only applies to a new repo. Make "
+                             "it private in its settings on the Hub first, or drop --private. Nothing was uploaded.")
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staging,
-            revision=revision,
-            commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})",
-        )
+        api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
+                          commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})")
     url = str(repo_url).rstrip("/")
     return f"{url}/tree/{revision}" if revision else url

@@ -528,6 +528,23 @@ def test_explain_hub_errors_leaves_other_errors_alone() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # evaluation JSON and card inputs
 # ---------------------------------------------------------------------------------------------------------
+def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> None:
+    import torch
+
+    from des4_hf.evaluation import EvaluationResult
+    from des4_hf.hub import load_eval_results
+
+    confusion = torch.tensor([[8, 2, 0], [1, 4, 0], [0, 0, 0]])  # class "c" absent: IoU undefined
+    result = EvaluationResult.from_confusion(confusion, ["a", "b", "c"], num_images=3,
+                                             settings={"dataset": "camvid", "split": "val"})
+    paths = result.save(tmp_path / "eval")
+    (record,) = load_eval_results(paths["json"])
+    assert (record.dataset, record.split, record.num_images) == ("camvid", "val", 3)
+    assert record.mean_iou == pytest.approx((8 / 11 + 4 / 7) / 2)
+    assert record.per_class_iou == {"a": pytest.approx(8 / 11), "b": pytest.approx(4 / 7), "c": None}
+    assert paths["chart"].read_bytes().startswith(b"\x89PNG")
+
+
 def test_eval_results_shape_is_checked(tmp_path: Path) -> None:
     from des4_hf.hub import load_eval_results, validate_repo_id
 
