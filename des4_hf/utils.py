@@ -1,4 +1,4 @@
-"""Small helpers every layer uses: the one way this package writes a file."""
+"""Small helpers every layer uses: the one way this package writes a file, and where it caches derived files."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Indented JSON (numpy/torch scalars as floats) through :func:`atomic_write`."""
     return atomic_write(path, json.dumps(payload, indent=2, default=float) + "\n")
+
+
+def des4_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where derived files go (converted weights, Cityscapes train-id masks; never a possibly read-only source).
+
+    Order: the ``cache_dir`` argument, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``, ``$XDG_CACHE_HOME/des4_hf``,
+    ``~/.cache/des4_hf``.
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("DES4_CACHE"):
+        return Path(os.environ["DES4_CACHE"]).expanduser()
+    for variable in ("HF_HOME", "XDG_CACHE_HOME"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser() / "des4_hf"
+    return Path.home() / ".cache" / "des4_hf"

@@ -30,7 +30,7 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
-from ..utils import atomic_path
+from ..utils import atomic_path, des4_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -289,15 +289,6 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
 # ------------------------------------------------------------------------------------------------ Cityscapes
 
 
-def default_cache_dir() -> Path:
-    """Where derived files go (never the dataset root, which may be read-only): ``$DES4_HF_CACHE``
-    or ``$HF_HOME/des4_hf`` or ``~/.cache/des4_hf``."""
-    if os.environ.get("DES4_HF_CACHE"):
-        return Path(os.environ["DES4_HF_CACHE"])
-    hf_home = os.environ.get("HF_HOME")
-    return Path(hf_home) / "des4_hf" if hf_home else Path.home() / ".cache" / "des4_hf"
-
-
 def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
     try:
         with PILImage.open(src) as im:
@@ -320,8 +311,8 @@ def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
     root = Path(root)
     _require_dir(root / "leftImg8bit", "Cityscapes leftImg8bit/", "pass root=<folder with leftImg8bit/ and gtFine/>")
     _require_dir(root / "gtFine", "Cityscapes gtFine/", "download gtFine_trainvaltest.zip into the root")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    converted_root = cache / "cityscapes_train_ids" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    root_hash = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    converted_root = des4_cache_dir(cache_dir) / "cityscapes_train_ids" / root_hash
     lut = cityscapes_label_id_to_train_id()
     meta = {"class_names": list(CITYSCAPES_CLASSES), "ignore_index": IGNORE_INDEX, "source": "cityscapes",
             "root": str(root)}
