@@ -78,18 +78,12 @@ def protocol_for(kind: str) -> EvalProtocol:
     return PROTOCOLS.get(kind) or PROTOCOLS[_PROTOCOL_ALIASES.get(kind, "default")]
 
 
-# ------------------------------------------------------------------------------------------------
-# result
-# ------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ result
 
 
 def _nan_to_none(values: Iterable[float]) -> list[float | None]:
     return [None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
             for value in values]
-
-
-def _none_to_nan(values: Iterable[float | None]) -> list[float]:
-    return [float("nan") if value is None else float(value) for value in values]
 
 
 def _percent(value: float | None, digits: int = 2) -> str:
@@ -114,24 +108,16 @@ class EvaluationResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_confusion(
-        cls, confusion: Tensor, class_names: Sequence[str], num_images: int, settings: Mapping[str, Any] | None = None
-    ) -> EvaluationResult:
+    def from_confusion(cls, confusion: Tensor, class_names: Sequence[str], num_images: int,
+                       settings: Mapping[str, Any] | None = None) -> EvaluationResult:
         confusion = confusion.detach().to("cpu", torch.int64)
         if len(class_names) != confusion.shape[0]:
             raise ValueError(f"{len(class_names)} class names for a {tuple(confusion.shape)} confusion matrix")
         scores = scores_from_confusion(confusion)
-        return cls(
-            confusion=confusion,
-            class_names=list(class_names),
-            per_class_iou=scores["per_class_iou"].tolist(),
-            mean_iou=scores["mean_iou"],
-            pixel_accuracy=scores["pixel_accuracy"],
-            num_images=int(num_images),
-            per_class_accuracy=scores["per_class_accuracy"].tolist(),
-            mean_accuracy=scores["mean_accuracy"],
-            settings=dict(settings or {}),
-        )
+        return cls(confusion=confusion, class_names=list(class_names), per_class_iou=scores["per_class_iou"].tolist(),
+                   mean_iou=scores["mean_iou"], pixel_accuracy=scores["pixel_accuracy"], num_images=int(num_images),
+                   per_class_accuracy=scores["per_class_accuracy"].tolist(), mean_accuracy=scores["mean_accuracy"],
+                   settings=dict(settings or {}))
 
     @property
     def num_classes(self) -> int:
@@ -160,10 +146,8 @@ class EvaluationResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvaluationResult:
-        names = list(data["class_names"])
         confusion = torch.tensor(data["confusion_matrix"], dtype=torch.int64)
-        result = cls.from_confusion(confusion, names, int(data["num_images"]), data.get("settings"))
-        return result
+        return cls.from_confusion(confusion, list(data["class_names"]), int(data["num_images"]), data.get("settings"))
 
     @classmethod
     def from_json(cls, text: str) -> EvaluationResult:
@@ -272,9 +256,7 @@ def _markdown_value(value: Any) -> str:
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
-# ------------------------------------------------------------------------------------------------
-# checks
-# ------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ checks
 
 
 def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:
@@ -295,10 +277,8 @@ def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str]
     )
 
 
-def check_dataset_labels(
-    hf_dataset: Any, num_classes: int, ignore_index: int = 255, indices: Sequence[int] | None = None,
-    num_threads: int = 4,
-) -> None:
+def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 255,
+                         indices: Sequence[int] | None = None, num_threads: int = 4) -> None:
     """Decode the masks of ``hf_dataset`` (a ``datasets.Dataset`` with ``id``/``label``; only ``indices``
     when given) and raise :class:`~des4_hf.metrics.LabelRangeError` naming the first image whose labels lie
     outside ``[0, num_classes)`` ∪ ``{ignore_index}``. Cheap next to inference (no image decoding); run it
@@ -318,12 +298,9 @@ def check_dataset_labels(
         mask = decode_mask_record(record, f"mask of image {id_!r}")
         check_label_range(mask, num_classes, ignore_index, where=f"image {id_!r}")
 
-    rows: Iterator[tuple[str, Any]] = (
-        (id_, record) for batch in raw.iter(batch_size=64) for id_, record in zip(batch["id"], batch["label"])
-    )
+    rows = ((id_, record) for batch in raw.iter(batch_size=64) for id_, record in zip(batch["id"], batch["label"]))
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        for _ in pool.map(check, rows):
-            pass
+        list(pool.map(check, rows))
 
 
 def _warn_uninitialised_prototypes(model: nn.Module, class_names: Sequence[str]) -> None:
@@ -335,9 +312,8 @@ def _warn_uninitialised_prototypes(model: nn.Module, class_names: Sequence[str])
                        "..." if len(missing) > 8 else "")
 
 
-def _check_settings(
-    num_classes: int, class_names: Sequence[str], sliding_window: Any, scales: Sequence[float], batch_size: int
-) -> tuple[tuple[int, int] | None, tuple[float, ...]]:
+def _check_settings(num_classes: int, class_names: Sequence[str], sliding_window: Any, scales: Sequence[float],
+                    batch_size: int) -> tuple[tuple[int, int] | None, tuple[float, ...]]:
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be >= 1")
     if len(class_names) != num_classes:
@@ -359,9 +335,7 @@ def _check_settings(
     return window, scales
 
 
-# ------------------------------------------------------------------------------------------------
-# the loop
-# ------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ the loop
 
 
 def _process_info(accelerator: Any) -> tuple[int, int, bool]:
@@ -404,10 +378,8 @@ def _same_size_batches(items: Iterable[Mapping[str, Any]], batch_size: int) -> I
 
 def _as_eval_dataset(dataset: Any, num_classes: int, image_mean: Sequence[float] | None,
                      image_std: Sequence[float] | None) -> Any:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return dataset
+    import datasets
+
     if isinstance(dataset, datasets.DatasetDict):
         raise TypeError(f"pass one split (e.g. ds['val']), not a DatasetDict with splits {list(dataset)}")
     if not isinstance(dataset, datasets.Dataset):
@@ -419,26 +391,13 @@ def _as_eval_dataset(dataset: Any, num_classes: int, image_mean: Sequence[float]
                        num_classes=num_classes)
 
 
-def evaluate_segmentation(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    num_classes: int,
-    class_names: Sequence[str],
-    accelerator: Any = None,
-    sliding_window: tuple[int, int] | int | None = None,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    batch_size: int = 1,
-    ignore_index: int = 255,
-    progress: bool = True,
-    num_workers: int = 0,
-    image_mean: Sequence[float] | None = None,
-    image_std: Sequence[float] | None = None,
-    settings: Mapping[str, Any] | None = None,
-) -> EvaluationResult:
+def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, class_names: Sequence[str],
+                          accelerator: Any = None, sliding_window: tuple[int, int] | int | None = None,
+                          flip: bool = False, scales: Sequence[float] = (1.0,), precision: str = "auto",
+                          channels_last: bool | None = None, batch_size: int = 1, ignore_index: int = 255,
+                          progress: bool = True, num_workers: int = 0, image_mean: Sequence[float] | None = None,
+                          image_std: Sequence[float] | None = None,
+                          settings: Mapping[str, Any] | None = None) -> EvaluationResult:
     """mIoU of ``model`` on ``dataset`` from one confusion matrix over all pixels, reduced over processes.
 
     ``model``: anything called as ``model(pixel_values=x).logits`` with logits at the input's size
@@ -521,28 +480,8 @@ def evaluate_segmentation(
     metric.reduce(accelerator)
     if accelerator is not None:
         num_images = int(accelerator.reduce(torch.tensor(num_images, device=device), "sum"))
-    record = {
-        "protocol": "sliding window" if window else "whole image",
-        "sliding_window": list(window) if window else None,
-        "flip": bool(flip),
-        "scales": list(scales),
-        "precision": choice.name,
-        "ignore_index": ignore_index,
-        "num_processes": world_size,
-    }
-    record.update(settings or {})
+    record = {"protocol": "sliding window" if window else "whole image",
+              "sliding_window": list(window) if window else None, "flip": bool(flip), "scales": list(scales),
+              "precision": choice.name, "ignore_index": ignore_index, "num_processes": world_size, **(settings or {})}
     return EvaluationResult.from_confusion(metric.matrix, class_names, num_images, record)
 
-
-__all__ = [
-    "CITYSCAPES_SLIDING_WINDOW",
-    "PROTOCOLS",
-    "EvalProtocol",
-    "EvaluationResult",
-    "check_dataset_labels",
-    "check_model_classes",
-    "default_stride",
-    "evaluate_segmentation",
-    "plot_per_class_iou",
-    "protocol_for",
-]

@@ -199,9 +199,7 @@ def explain_hub_errors(name_or_path: str | os.PathLike[str], revision: str | Non
     except HubModelNotAvailableError:
         raise  # already explained (nested use)
     except Exception as error:
-        short = _short_name_for(
-            os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
-        )
+        short = _short_name_for(os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path)
         classified = _classify(error) if short is not None else None
         if short is None or classified is None:
             raise

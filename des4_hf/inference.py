@@ -91,9 +91,7 @@ def sliding_window_logits(
             window = pixel_values[..., top : top + crop_h, left : left + crop_w]
             window_logits = _model_logits(model, window)
             if logits_sum is None:
-                logits_sum = torch.zeros(
-                    batch, window_logits.shape[1], height, width, device=pixel_values.device
-                )
+                logits_sum = torch.zeros(batch, window_logits.shape[1], height, width, device=pixel_values.device)
             logits_sum[..., top : top + crop_h, left : left + crop_w] += window_logits
             counts[..., top : top + crop_h, left : left + crop_w] += 1
     assert logits_sum is not None

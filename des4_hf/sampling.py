@@ -163,9 +163,7 @@ _KEY_BITS = 40  # random sort keys; the group id goes in the bits above them
 _MARGIN_SD, _MARGIN_MIN = 4.0, 16.0
 
 
-def _draw_in_groups(
-    group: Tensor, num_groups: int, alloc: Tensor, generator: torch.Generator | None
-) -> Tensor:
+def _draw_in_groups(group: Tensor, num_groups: int, alloc: Tensor, generator: torch.Generator | None) -> Tensor:
     """Positions (into ``group``) of a uniform random subset of ``alloc[g]`` elements of every group g.
 
     Every element gets a random key; the ``alloc[g]`` smallest keys of a group are a uniform draw
@@ -309,9 +307,7 @@ def sample_class_features(
     else:
         raise ValueError(f"embeddings must be (N, d) or (B, d, h, w), got shape {tuple(embeddings.shape)}")
     if labels.numel() != n:
-        raise ValueError(
-            f"labels have {labels.numel()} pixels but embeddings {tuple(embeddings.shape)} have {n}"
-        )
+        raise ValueError(f"labels have {labels.numel()} pixels but embeddings {tuple(embeddings.shape)} have {n}")
     with torch.no_grad():
         idx = select_pixels(labels, entropy, class_ratio, method, num_zones, alpha, ignore_index, generator)
         num_classes = class_ratio.numel()

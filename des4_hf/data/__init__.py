@@ -35,12 +35,7 @@ from .datasets import (
     voc_palette,
 )
 from .splits import STANDARD_SPLITS, SemiSupervisedSplit, list_standard_splits, split_lists_root
-from .torch_datasets import (
-    EvalDataset,
-    LabeledTrainDataset,
-    UnlabeledTrainDataset,
-    eval_collate,
-)
+from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainDataset, eval_collate
 
 __all__ = [
     "AugmentConfig",

@@ -159,9 +159,7 @@ def strong_photometric(image: torch.Tensor, config: AugmentConfig, generator: to
     return x
 
 
-def cutmix_box(
-    size: int | tuple[int, int], config: AugmentConfig, generator: torch.Generator
-) -> torch.Tensor:
+def cutmix_box(size: int | tuple[int, int], config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """A boolean ``(H, W)`` mask, True inside one random box (all False with prob 1 - cutmix_prob).
 
     Area fraction ~ U(cutmix_area), aspect ratio ~ U(cutmix_ratio); a box that does not fit

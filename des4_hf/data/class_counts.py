@@ -37,9 +37,7 @@ def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
-def _count_one(
-    item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool
-) -> np.ndarray | None:
+def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool) -> np.ndarray | None:
     id_, record = item
     where = f"label of id {id_!r}" + (f" ({record.get('path')})" if record and record.get("path") else "")
     try:

@@ -127,9 +127,7 @@ class SemiSupervisedSplit:
         if not ids:
             raise DataError("cannot split an empty dataset. Fix: check the training split.")
         if len(set(ids)) != len(ids):
-            raise DataError(
-                "ids are not unique; a split would be ambiguous. Fix: give every row a unique id."
-            )
+            raise DataError("ids are not unique; a split would be ambiguous. Fix: give every row a unique id.")
         n = len(ids)
         if isinstance(labeled, float) and not labeled.is_integer():
             if not 0.0 < labeled < 1.0:
@@ -162,9 +160,7 @@ class SemiSupervisedSplit:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         (out / "labeled.txt").write_text("\n".join(self.labeled_ids) + "\n")
-        (out / "unlabeled.txt").write_text(
-            "\n".join(self.unlabeled_ids) + ("\n" if self.unlabeled_ids else "")
-        )
+        (out / "unlabeled.txt").write_text("\n".join(self.unlabeled_ids) + ("\n" if self.unlabeled_ids else ""))
         (out / "split.json").write_text(
             json.dumps(
                 {
@@ -179,18 +175,14 @@ class SemiSupervisedSplit:
         )
         return out
 
-    def apply(
-        self, dataset: datasets.Dataset | datasets.DatasetDict
-    ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    def apply(self, dataset: datasets.Dataset | datasets.DatasetDict) -> tuple[datasets.Dataset, datasets.Dataset]:
         """Select rows by ``id``: ``(labeled, unlabeled)``; the unlabeled one has no ``label`` column.
 
         A ``DatasetDict`` is split on its ``"train"`` split. Rows keep the order of the lists.
         """
         if isinstance(dataset, datasets.DatasetDict):
             if "train" not in dataset:
-                raise DataError(
-                    f"DatasetDict has no 'train' split (has {list(dataset)}). Fix: pass the split."
-                )
+                raise DataError(f"DatasetDict has no 'train' split (has {list(dataset)}). Fix: pass the split.")
             dataset = dataset["train"]
         if "id" not in dataset.column_names:
             raise DataError(

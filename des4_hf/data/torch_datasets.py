@@ -256,11 +256,7 @@ class EvalDataset(_SegmentationBase):
     def __getitem__(self, index: int) -> dict[str, Any]:
         _, id_, image, mask = self.load_or_substitute(index)
         assert mask is not None
-        return {
-            "pixel_values": normalize(image, self.mean, self.std),
-            "labels": mask.to(torch.int64),
-            "id": id_,
-        }
+        return {"pixel_values": normalize(image, self.mean, self.std), "labels": mask.to(torch.int64), "id": id_}
 
 
 def eval_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
