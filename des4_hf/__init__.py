@@ -17,11 +17,5 @@ AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Des4Config, image_processor_classes={"pil": Des4ImageProcessor}, exist_ok=True)
 
-__all__ = [
-    "Des4Config",
-    "Des4ForSemanticSegmentation",
-    "Des4ImageProcessor",
-    "Des4PreTrainedModel",
-    "PrototypeHead",
-    "__version__",
-]
+__all__ = ["Des4Config", "Des4ForSemanticSegmentation", "Des4ImageProcessor", "Des4PreTrainedModel", "PrototypeHead",
+           "__version__"]

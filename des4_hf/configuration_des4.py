@@ -63,25 +63,12 @@ class Des4Config(PreTrainedConfig):
 
     model_type = "des4"
 
-    def __init__(
-        self,
-        backbone: str = "resnet101",
-        encoder_weights: str | None = None,
-        output_stride: int = 16,
-        decoder_channels: int = 256,
-        aspp_rates: list[int] | tuple[int, ...] | None = None,
-        low_level_channels: int = 48,
-        decoder_dropout: float = 0.1,
-        separable_convs: bool = False,
-        logit_scale: float = 10.0,
-        semantic_loss_ignore_index: int = 255,
-        prototype_momentum: float = 0.99,
-        encoder_momentum: float = 0.99,
-        mes_num_zones: int = 5,
-        mes_alpha: float = 0.1,
-        training: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, backbone: str = "resnet101", encoder_weights: str | None = None, output_stride: int = 16,
+                 decoder_channels: int = 256, aspp_rates: list[int] | tuple[int, ...] | None = None,
+                 low_level_channels: int = 48, decoder_dropout: float = 0.1, separable_convs: bool = False,
+                 logit_scale: float = 10.0, semantic_loss_ignore_index: int = 255, prototype_momentum: float = 0.99,
+                 encoder_momentum: float = 0.99, mes_num_zones: int = 5, mes_alpha: float = 0.1,
+                 training: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if output_stride not in ALLOWED_OUTPUT_STRIDES:
             raise ValueError(f"output_stride={output_stride!r} is not supported: use 16 (default) or 8.")
         if aspp_rates is None:

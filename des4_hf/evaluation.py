@@ -127,19 +127,14 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN becomes ``null``. ``dataset``/``split`` (from the settings) head it, so that
         ``des4-push-to-hub --results`` reads the file as it is."""
-        return {
-            **{key: self.settings[key] for key in ("dataset", "split") if key in self.settings},
-            "mean_iou": _nan_to_none([self.mean_iou])[0],
-            "pixel_accuracy": _nan_to_none([self.pixel_accuracy])[0],
-            "mean_accuracy": _nan_to_none([self.mean_accuracy])[0],
-            "num_images": self.num_images,
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "per_class_iou": dict(zip(self.class_names, _nan_to_none(self.per_class_iou))),
-            "per_class_accuracy": dict(zip(self.class_names, _nan_to_none(self.per_class_accuracy))),
-            "settings": self.settings,
-            "confusion_matrix": self.confusion.tolist(),
-        }
+        return {**{key: self.settings[key] for key in ("dataset", "split") if key in self.settings},
+                "mean_iou": _nan_to_none([self.mean_iou])[0],
+                "pixel_accuracy": _nan_to_none([self.pixel_accuracy])[0],
+                "mean_accuracy": _nan_to_none([self.mean_accuracy])[0], "num_images": self.num_images,
+                "num_classes": self.num_classes, "class_names": list(self.class_names),
+                "per_class_iou": dict(zip(self.class_names, _nan_to_none(self.per_class_iou))),
+                "per_class_accuracy": dict(zip(self.class_names, _nan_to_none(self.per_class_accuracy))),
+                "settings": self.settings, "confusion_matrix": self.confusion.tolist()}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -38,11 +38,8 @@ class ShortName:
 SHORT_NAMES: dict[str, ShortName] = {
     item.name: item
     for item in (
-        ShortName(
-            "des4-voc-aug",
-            "PASCAL VOC 2012 + SBD ('blended' split, 1,323 labeled images)",
-            "voc_blended_1323",
-        ),
+        ShortName("des4-voc-aug", "PASCAL VOC 2012 + SBD ('blended' split, 1,323 labeled images)",
+                  "voc_blended_1323"),
         ShortName("des4-voc", "PASCAL VOC 2012 ('classic' split, 1,464 labeled images)", "voc_classic_1464"),
         ShortName("des4-cityscapes", "Cityscapes (744 labeled images)", "cityscapes_744"),
     )
@@ -159,14 +156,12 @@ def _first_line(error: BaseException) -> str:
 
 def _explain(short: ShortName, repo_id: str, revision: str | None, kind: str, cause: BaseException) -> str:
     at = f" (revision {revision!r})" if revision else ""
-    what = {
-        "offline": "is not in the local Hugging Face cache and Hub access is switched off or unreachable",
-        "network": "is not in the local Hugging Face cache and the Hub could not be reached",
-        "repo": "was not found on the Hub (it does not exist, is private, or your token cannot read it)",
-        "revision": "exists on the Hub but has no such revision",
-        "files": "exists on the Hub but holds no complete DeS4 model (config.json / safetensors missing)",
-        "http": "could not be downloaded from the Hub",
-    }[kind]
+    what = {"offline": "is not in the local Hugging Face cache and Hub access is switched off or unreachable",
+            "network": "is not in the local Hugging Face cache and the Hub could not be reached",
+            "repo": "was not found on the Hub (it does not exist, is private, or your token cannot read it)",
+            "revision": "exists on the Hub but has no such revision",
+            "files": "exists on the Hub but holds no complete DeS4 model (config.json / safetensors missing)",
+            "http": "could not be downloaded from the Hub"}[kind]
     revision_flag = f" --revision {revision}" if revision else ""
     return (
         f"DeS4 model {short.name!r} = Hub repo {repo_id!r}{at} {what}.\n"

@@ -88,15 +88,9 @@ class Des4ImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
 
-    def __init__(
-        self,
-        do_resize: bool = False,
-        size: dict[str, int] | None = None,
-        do_normalize: bool = True,
-        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, do_resize: bool = False, size: dict[str, int] | None = None, do_normalize: bool = True,
+                 image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                 image_std: Sequence[float] = IMAGENET_DEFAULT_STD, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.do_resize = do_resize
         self.size = dict(size) if size is not None else None
@@ -152,10 +146,8 @@ class Des4ImageProcessor(BaseImageProcessor):
         if do_resize:
             _check_size(size)
             assert size is not None
-            tensor = F.interpolate(
-                tensor[None], size=_target_size(tuple(tensor.shape[-2:]), size), mode="bilinear",
-                align_corners=False, antialias=True,
-            )[0]
+            tensor = F.interpolate(tensor[None], size=_target_size(tuple(tensor.shape[-2:]), size), mode="bilinear",
+                                   align_corners=False, antialias=True)[0]
         if do_normalize:
             mean = torch.tensor(self.image_mean).view(3, 1, 1)
             std = torch.tensor(self.image_std).view(3, 1, 1)

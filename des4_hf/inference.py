@@ -105,14 +105,8 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
     return sorted({min(i * stride, size - crop) for i in range(steps)})
 
 
-def predict_logits(
-    model: nn.Module,
-    pixel_values: Tensor,
-    *,
-    sliding_window: tuple[int, int] | None = None,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-) -> Tensor:
+def predict_logits(model: nn.Module, pixel_values: Tensor, *, sliding_window: tuple[int, int] | None = None,
+                   flip: bool = False, scales: Sequence[float] = (1.0,)) -> Tensor:
     """Test-time logits at the input's size: optional sliding window (crop, stride), flip, multi-scale.
 
     Multi-scale and flipped logits are resized back and averaged.
@@ -190,15 +184,9 @@ def display_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
 
 
-def segment_images(
-    model: nn.Module,
-    processor: Any,
-    images: list[Image.Image],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    channels_last: bool,
-    sliding_window: tuple[int, int] | None,
-) -> list[np.ndarray]:
+def segment_images(model: nn.Module, processor: Any, images: list[Image.Image], device: torch.device,
+                   autocast_dtype: torch.dtype | None, channels_last: bool,
+                   sliding_window: tuple[int, int] | None) -> list[np.ndarray]:
     """(H, W) uint8 label maps, one per image, at each image's own size (same-size images per call)."""
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
     pixel_values = pixel_values.to(device)

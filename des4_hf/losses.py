@@ -14,15 +14,8 @@ from .modeling_des4 import prototype_logits, segmentation_loss
 
 CLASS_WEIGHTINGS = ("none", "median-frequency", "sqrt-median-frequency")
 
-__all__ = [
-    "CLASS_WEIGHTINGS",
-    "prototype_logits",
-    "entropy",
-    "class_balancing_weights",
-    "cross_entropy_loss",
-    "pixel_weights",
-    "unbiased_supervised_loss",
-]
+__all__ = ["CLASS_WEIGHTINGS", "prototype_logits", "entropy", "class_balancing_weights", "cross_entropy_loss",
+           "pixel_weights", "unbiased_supervised_loss"]
 
 
 def entropy(probs: Tensor, dim: int = 1, eps: float = 1e-10) -> Tensor:
@@ -119,10 +112,8 @@ def pixel_weights(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Te
     return normalised.reshape(weights.shape)
 
 
-def unbiased_supervised_loss(
-    logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255,
-    class_weights: Tensor | None = None,
-) -> Tensor:
+def unbiased_supervised_loss(logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255,
+                             class_weights: Tensor | None = None) -> Tensor:
     """``L_l^ub`` of Eq. 8 with the pixel weights of Eq. 7 (SPEC §2.3).
 
     Args:

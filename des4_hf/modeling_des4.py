@@ -350,14 +350,8 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
 
-    def forward(
-        self,
-        pixel_values: Tensor,
-        labels: Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> SemanticSegmenterOutput | tuple[Tensor, ...]:
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any) -> SemanticSegmenterOutput | tuple[Tensor, ...]:
         r"""
         pixel_values: (B, 3, H, W) normalised images; any H and W.
         labels: optional (B, H, W) class indices, ``config.semantic_loss_ignore_index`` (255) ignored.

@@ -22,16 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = [
-    "SamplingMethod",
-    "SAMPLING_METHODS",
-    "class_ratio",
-    "class_quotas",
-    "allocate_zone_quotas",
-    "entropy_zones",
-    "select_pixels",
-    "sample_class_features",
-]
+__all__ = ["SamplingMethod", "SAMPLING_METHODS", "class_ratio", "class_quotas", "allocate_zone_quotas",
+           "entropy_zones", "select_pixels", "sample_class_features"]
 
 SamplingMethod = Literal["mes", "quantity", "confidence"]
 SAMPLING_METHODS: tuple[str, ...] = ("mes", "quantity", "confidence")
@@ -210,16 +202,9 @@ def _highest_entropy_in_classes(lab: Tensor, ent: Tensor, num_classes: int, quot
     return order[rank < quota[sorted_lab]]
 
 
-def select_pixels(
-    labels: Tensor,
-    entropy: Tensor,
-    class_ratio: Tensor,
-    method: SamplingMethod = "mes",
-    num_zones: int = 5,
-    alpha: float = 0.1,
-    ignore_index: int = 255,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: SamplingMethod = "mes",
+                  num_zones: int = 5, alpha: float = 0.1, ignore_index: int = 255,
+                  generator: torch.Generator | None = None) -> Tensor:
     """Indices (into the flattened ``labels``) of the pixels chosen to update the prototypes.
 
     Args:
@@ -274,17 +259,9 @@ def select_pixels(
     return valid[torch.sort(chosen).values]
 
 
-def sample_class_features(
-    embeddings: Tensor,
-    labels: Tensor,
-    entropy: Tensor,
-    class_ratio: Tensor,
-    method: SamplingMethod = "mes",
-    num_zones: int = 5,
-    alpha: float = 0.1,
-    ignore_index: int = 255,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
+def sample_class_features(embeddings: Tensor, labels: Tensor, entropy: Tensor, class_ratio: Tensor,
+                          method: SamplingMethod = "mes", num_zones: int = 5, alpha: float = 0.1,
+                          ignore_index: int = 255, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Per-class sums and counts of the sampled embeddings (the GAP of Eq. 12, before division).
 
     Args:

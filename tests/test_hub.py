@@ -4,7 +4,8 @@ The fake server implements the subset of the Hub HTTP API that ``create_repo``, 
 ``upload_folder`` (preupload + NDJSON commit, regular files only: xet is switched off),
 ``snapshot_download`` /
 ``hf_hub_download`` and ``from_pretrained`` use. huggingface_hub reads HF_ENDPOINT at import time, so the
-round trip runs in a subprocess pointed at the server.
+round trip runs in a subprocess pointed at the server (slow tier). Where the server is not the point, the push is
+checked against a recording stand-in for ``HfApi`` (fast tier).
 """
 
 from __future__ import annotations
@@ -589,3 +590,65 @@ def test_push_validates_before_any_network_call(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "model" / "config.json").write_text("{}")
     assert main(["--model", str(tmp_path / "model"), "--repo-id", "me/des4"]) == 2
     assert main(["--model", str(tmp_path / "model"), "--repo-id", "not-a-repo-id"]) == 2
+
+
+class _RecordingHfApi:
+    """Stands in for ``huggingface_hub.HfApi`` where the server is not the point: records what push asks."""
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    existing_public: set[str] = set()
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> str:
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://hub.example/{repo_id}"
+
+    def repo_info(self, repo_id: str) -> Any:
+        return type("Info", (), {"private": repo_id not in self.existing_public})()
+
+    def create_branch(self, repo_id: str, **kwargs: Any) -> None:
+        self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs: Any) -> None:
+        folder = Path(kwargs["folder_path"])  # a temporary folder: record its content now
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", {**kwargs, "files": files,
+                                             "card": (folder / "README.md").read_text(encoding="utf-8")}))
+
+
+def test_push_to_hub_creates_private_repo_branch_and_uploads_one_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    import torch
+
+    from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+    from des4_hf.hub import push_to_hub
+
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16,
+                                                   id2label={0: "background", 1: "road", 2: "car"}))
+    model.prototype_head.initialized.fill_(True)
+    model.save_pretrained(tmp_path / "model")
+    Des4ImageProcessor().save_pretrained(tmp_path / "model")
+    results = _eval_json(tmp_path / "eval.json")
+    monkeypatch.setattr(huggingface_hub, "HfApi", _RecordingHfApi)
+    _RecordingHfApi.calls, _RecordingHfApi.existing_public = [], {"me/public"}
+
+    url = push_to_hub(tmp_path / "model", "me/des4-camvid", results=[tmp_path / "eval.json"], private=True,
+                      revision="v1", commit_message="first upload", token=FAKE_TOKEN)
+    assert url == "https://hub.example/me/des4-camvid/tree/v1"
+    (create, create_kwargs), (branch, branch_kwargs), (upload, upload_kwargs) = _RecordingHfApi.calls
+    assert (create, create_kwargs["private"], create_kwargs["exist_ok"]) == ("create_repo", True, True)
+    assert (branch, branch_kwargs["branch"]) == ("create_branch", "v1")
+    assert (upload, upload_kwargs["revision"], upload_kwargs["commit_message"]) == ("upload_folder", "v1",
+                                                                                    "first upload")
+    assert {"README.md", "config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json",
+            "images/per_class_iou.png"} <= set(upload_kwargs["files"])
+    assert f"| road | {100 * results['per_class_iou']['road']:.2f} |" in upload_kwargs["card"]
+
+    _RecordingHfApi.calls = []
+    with pytest.raises(ValueError, match="already exists and is public"):
+        push_to_hub(tmp_path / "model", "me/public", private=True, token=FAKE_TOKEN)
+    assert [name for name, _ in _RecordingHfApi.calls] == ["create_repo"], "nothing may be uploaded"

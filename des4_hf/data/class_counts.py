@@ -53,14 +53,8 @@ def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, ski
     return counts[:num_classes].astype(np.int64)
 
 
-def class_pixel_counts(
-    labeled_dataset: datasets.Dataset,
-    num_classes: int,
-    cache_dir: str | os.PathLike[str],
-    split_fingerprint: str,
-    skip_bad: bool = False,
-    num_threads: int = 2,
-) -> np.ndarray:
+def class_pixel_counts(labeled_dataset: datasets.Dataset, num_classes: int, cache_dir: str | os.PathLike[str],
+                       split_fingerprint: str, skip_bad: bool = False, num_threads: int = 2) -> np.ndarray:
     """``(C,)`` int64 pixel count per class over ``labeled_dataset`` (255 excluded).
 
     Read from ``cache_dir/class_pixel_counts-<fingerprint>-<C>c.json`` when present (and made
@@ -72,12 +66,8 @@ def class_pixel_counts(
         stored = json.loads(cache.read_text())
         if stored.get("num_images") == len(labeled_dataset) and len(stored.get("counts", ())) == num_classes:
             return np.asarray(stored["counts"], dtype=np.int64)
-        logger.warning(
-            "ignoring stale %s (made for %s images, dataset has %d)",
-            cache,
-            stored.get("num_images"),
-            len(labeled_dataset),
-        )
+        logger.warning("ignoring stale %s (made for %s images, dataset has %d)", cache, stored.get("num_images"),
+                       len(labeled_dataset))
     if len(labeled_dataset) == 0:
         raise DataError(
             "the labeled dataset is empty; class counts need at least one mask. "
@@ -96,13 +86,8 @@ def class_pixel_counts(
     atomic_write(
         cache,
         json.dumps(
-            {
-                "split_fingerprint": split_fingerprint,
-                "num_classes": num_classes,
-                "num_images": len(labeled_dataset),
-                "num_skipped": skipped,
-                "counts": total.tolist(),
-            },
+            {"split_fingerprint": split_fingerprint, "num_classes": num_classes, "num_images": len(labeled_dataset),
+             "num_skipped": skipped, "counts": total.tolist()},
             indent=1,
         )
         + "\n"

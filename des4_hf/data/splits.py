@@ -27,10 +27,8 @@ STANDARD_SPLITS: dict[str, str] = {
     **{f"voc-classic-{n}": f"pascal/{n}" for n in (92, 183, 366, 732, 1464)},  # VOC Train 1/16 .. 1.4k
     **{f"cityscapes-{n}": f"cityscapes/{n}" for n in (186, 372, 744, 1488)},  # 1/16 .. 1/2
 }
-_ALIASES = {
-    **{f"voc-aug-{n}": f"voc-blended-{n}" for n in (662, 1323, 2646, 5291)},
-    **{f"voc-train-{n}": f"voc-classic-{n}" for n in (92, 183, 366, 732, 1464)},
-}
+_ALIASES = {**{f"voc-aug-{n}": f"voc-blended-{n}" for n in (662, 1323, 2646, 5291)},
+            **{f"voc-train-{n}": f"voc-classic-{n}" for n in (92, 183, 366, 732, 1464)}}
 
 
 def split_lists_root() -> Path:
@@ -112,13 +110,8 @@ class SemiSupervisedSplit:
         return cls(_read_ids(labeled), _read_ids(unlabeled) if unlabeled.is_file() else (), name)
 
     @classmethod
-    def random(
-        cls,
-        dataset_or_ids: datasets.Dataset | datasets.DatasetDict | Sequence[str],
-        labeled: float | int = 1 / 8,
-        seed: int = 0,
-        name: str | None = None,
-    ) -> SemiSupervisedSplit:
+    def random(cls, dataset_or_ids: datasets.Dataset | datasets.DatasetDict | Sequence[str],
+               labeled: float | int = 1 / 8, seed: int = 0, name: str | None = None) -> SemiSupervisedSplit:
         """Seeded random split. ``labeled``: a fraction in (0, 1) (rounded, at least 1) or a count.
 
         The draw depends only on the *set* of ids and the seed (ids are sorted first).
@@ -163,12 +156,8 @@ class SemiSupervisedSplit:
         (out / "unlabeled.txt").write_text("\n".join(self.unlabeled_ids) + ("\n" if self.unlabeled_ids else ""))
         (out / "split.json").write_text(
             json.dumps(
-                {
-                    "name": self.name,
-                    "num_labeled": len(self.labeled_ids),
-                    "num_unlabeled": len(self.unlabeled_ids),
-                    "fingerprint": self.fingerprint,
-                },
+                {"name": self.name, "num_labeled": len(self.labeled_ids), "num_unlabeled": len(self.unlabeled_ids),
+                 "fingerprint": self.fingerprint},
                 indent=2,
             )
             + "\n"

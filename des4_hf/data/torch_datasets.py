@@ -91,16 +91,8 @@ class _SegmentationBase(torch.utils.data.Dataset):
     stream = 0
     with_labels = True
 
-    def __init__(
-        self,
-        hf_dataset: datasets.Dataset,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        *,
-        seed: int = 0,
-        num_classes: int | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float], *,
+                 seed: int = 0, num_classes: int | None = None, skip_bad: bool = False) -> None:
         with_labels = self.with_labels
         if isinstance(hf_dataset, datasets.DatasetDict):
             raise TypeError("pass one split (a datasets.Dataset), e.g. ds['train'], not a DatasetDict.")
@@ -178,17 +170,9 @@ class _SegmentationBase(torch.utils.data.Dataset):
 class _TrainBase(_SegmentationBase):
     """Random crops of ``crop_size`` (augmentation ``config``, U2PL's defaults when None)."""
 
-    def __init__(
-        self,
-        hf_dataset: datasets.Dataset,
-        crop_size: int,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        seed: int = 0,
-        config: AugmentConfig | None = None,
-        num_classes: int | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, hf_dataset: datasets.Dataset, crop_size: int, image_mean: Sequence[float],
+                 image_std: Sequence[float], seed: int = 0, config: AugmentConfig | None = None,
+                 num_classes: int | None = None, skip_bad: bool = False) -> None:
         super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes, skip_bad=skip_bad)
         config = config or AugmentConfig(crop_size=crop_size)
         self.config = config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
@@ -229,12 +213,9 @@ class UnlabeledTrainDataset(_TrainBase):
         crop, _, padding = apply_geometry(image, None, geometry)
         strong = strong_photometric(crop, self.config, generator)
         cutmix = cutmix_box(self.config.crop_size, self.config, generator)
-        return {
-            "pixel_values_weak": _normalize_masked(crop, self.mean, self.std, padding),
-            "pixel_values_strong": _normalize_masked(strong, self.mean, self.std, padding),
-            "padding_mask": padding,
-            "cutmix_mask": cutmix,
-        }
+        return {"pixel_values_weak": _normalize_masked(crop, self.mean, self.std, padding),
+                "pixel_values_strong": _normalize_masked(strong, self.mean, self.std, padding),
+                "padding_mask": padding, "cutmix_mask": cutmix}
 
 
 class EvalDataset(_SegmentationBase):
@@ -243,14 +224,8 @@ class EvalDataset(_SegmentationBase):
     Sizes differ between images: use ``batch_size=1`` or :func:`eval_collate`.
     """
 
-    def __init__(
-        self,
-        hf_dataset: datasets.Dataset,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        num_classes: int | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float],
+                 num_classes: int | None = None, skip_bad: bool = False) -> None:
         super().__init__(hf_dataset, image_mean, image_std, num_classes=num_classes, skip_bad=skip_bad)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -270,12 +245,8 @@ def eval_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         h, w = item["labels"].shape
         pixel_values[i, :, :h, :w] = item["pixel_values"]
         labels[i, :h, :w] = item["labels"]
-    return {
-        "pixel_values": pixel_values,
-        "labels": labels,
-        "id": [item["id"] for item in batch],
-        "sizes": torch.tensor([tuple(item["labels"].shape) for item in batch]),
-    }
+    return {"pixel_values": pixel_values, "labels": labels, "id": [item["id"] for item in batch],
+            "sizes": torch.tensor([tuple(item["labels"].shape) for item in batch])}
 
 
 def _normalize_masked(

@@ -13,7 +13,6 @@ from .confusion import (
     LabelRangeError,
     check_label_range,
     confusion_matrix,
-    per_class_table,
     scores_from_confusion,
 )
 
@@ -31,13 +30,5 @@ def load_mean_iou(**kwargs: Any) -> Any:
     return evaluate.load(MEAN_IOU_PATH, **kwargs)
 
 
-__all__ = [
-    "MEAN_IOU_PATH",
-    "ConfusionMatrix",
-    "LabelRangeError",
-    "check_label_range",
-    "confusion_matrix",
-    "load_mean_iou",
-    "per_class_table",
-    "scores_from_confusion",
-]
+__all__ = ["MEAN_IOU_PATH", "ConfusionMatrix", "LabelRangeError", "check_label_range", "confusion_matrix",
+           "load_mean_iou", "scores_from_confusion"]

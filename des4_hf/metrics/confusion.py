@@ -13,7 +13,6 @@ that is predicted but absent from the targets has IoU 0 and counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,10 +27,8 @@ def _describe(where: str | None) -> str:
     return f"{where}: " if where else ""
 
 
-def check_label_range(
-    target: Tensor, num_classes: int, ignore_index: int | None = 255, *, where: str | None = None,
-    what: str = "labels",
-) -> None:
+def check_label_range(target: Tensor, num_classes: int, ignore_index: int | None = 255, *, where: str | None = None,
+                      what: str = "labels") -> None:
     """Raise :class:`LabelRangeError` when ``target`` holds values outside ``[0, C)`` ∪ ``{ignore_index}``.
 
     ``where`` names the sample (e.g. ``"image '2007_000033'"``) in the message.
@@ -102,13 +99,9 @@ def scores_from_confusion(matrix: Tensor) -> dict[str, Any]:
     per_class_iou = torch.where(union > 0, intersection / union.clamp(min=1), nan)
     per_class_accuracy = torch.where(target_area > 0, intersection / target_area.clamp(min=1), nan)
     total = target_area.sum()
-    return {
-        "per_class_iou": per_class_iou,
-        "mean_iou": _nanmean(per_class_iou),
-        "per_class_accuracy": per_class_accuracy,
-        "mean_accuracy": _nanmean(per_class_accuracy),
-        "pixel_accuracy": float(intersection.sum() / total) if total > 0 else float("nan"),
-    }
+    return {"per_class_iou": per_class_iou, "mean_iou": _nanmean(per_class_iou),
+            "per_class_accuracy": per_class_accuracy, "mean_accuracy": _nanmean(per_class_accuracy),
+            "pixel_accuracy": float(intersection.sum() / total) if total > 0 else float("nan")}
 
 
 def _nanmean(values: Tensor) -> float:
@@ -157,12 +150,6 @@ class ConfusionMatrix:
         self.matrix += batch
         return batch
 
-    def merge(self, matrix: Tensor) -> None:
-        """Add a confusion matrix computed elsewhere (same number of classes)."""
-        if matrix.shape != self.matrix.shape:
-            raise ValueError(f"cannot merge a {tuple(matrix.shape)} matrix into {tuple(self.matrix.shape)}")
-        self.matrix += matrix.to(self.matrix.device, torch.int64)
-
     @torch.no_grad()
     def reduce(self, accelerator: Any = None) -> Tensor:
         """Sum the matrix over the processes of ``accelerator`` (a no-op for one process or none).
@@ -185,15 +172,3 @@ class ConfusionMatrix:
     def __repr__(self) -> str:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={self.num_pixels}, reduced={self.reduced})"
 
-
-def per_class_table(
-    per_class_iou: Sequence[float] | Tensor, class_names: Sequence[str] | None = None, digits: int = 2
-) -> list[tuple[str, str]]:
-    """``[(class name, "IoU %" or "n/a")]`` rows for printing."""
-    values = per_class_iou.tolist() if isinstance(per_class_iou, Tensor) else list(per_class_iou)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(len(values))]
-    rows = []
-    for name, value in zip(names, values):
-        absent = value is None or value != value
-        rows.append((name, "n/a" if absent else f"{100.0 * value:.{digits}f}"))
-    return rows

@@ -4,13 +4,5 @@ from .config import METHOD_PRESETS, TrainConfig
 from .teacher_student import StepOutput, TeacherStudent, ema_momentum, ema_update_
 from .trainer import NonFiniteLossError, Trainer
 
-__all__ = [
-    "METHOD_PRESETS",
-    "NonFiniteLossError",
-    "StepOutput",
-    "TeacherStudent",
-    "TrainConfig",
-    "Trainer",
-    "ema_momentum",
-    "ema_update_",
-]
+__all__ = ["METHOD_PRESETS", "NonFiniteLossError", "StepOutput", "TeacherStudent", "TrainConfig", "Trainer",
+           "ema_momentum", "ema_update_"]

@@ -210,13 +210,11 @@ class Trainer:
     def training_record(self) -> dict[str, Any]:
         """What the exported config records about the run (SPEC: "config records method, split, recipe")."""
         config = self.config
-        return {
-            "method": config.method, "decoupled": config.decoupled, "shared_head": config.shared_head,
-            "reweight": config.reweight, "sampler": config.sampler, "dataset": config.dataset,
-            "split": getattr(self, "split", None) and self.split.name,
-            "split_fingerprint": getattr(self, "split", None) and self.split.fingerprint,
-            "recipe": config.to_dict(),
-        }
+        return {"method": config.method, "decoupled": config.decoupled, "shared_head": config.shared_head,
+                "reweight": config.reweight, "sampler": config.sampler, "dataset": config.dataset,
+                "split": getattr(self, "split", None) and self.split.name,
+                "split_fingerprint": getattr(self, "split", None) and self.split.fingerprint,
+                "recipe": config.to_dict()}
 
     # -- 3. checkpoints --------------------------------------------------------------------------------------
     @property

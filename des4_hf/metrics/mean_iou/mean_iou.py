@@ -69,23 +69,13 @@ class MeanIoU(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
-                }
+                {"predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+                 "references": datasets.Sequence(datasets.Sequence(datasets.Value("int64")))}
             ),
         )
 
-    def _compute(
-        self,
-        predictions,
-        references,
-        num_labels,
-        ignore_index,
-        nan_to_num=None,
-        label_map=None,
-        reduce_labels=False,
-    ):
+    def _compute(self, predictions, references, num_labels, ignore_index, nan_to_num=None, label_map=None,
+                 reduce_labels=False):
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
         num_labels = int(num_labels)
@@ -106,13 +96,9 @@ class MeanIoU(evaluate.Metric):
         scores = scores_from_confusion(matrix)
         per_category_iou = scores["per_class_iou"].numpy()
         per_category_accuracy = scores["per_class_accuracy"].numpy()
-        result = {
-            "mean_iou": scores["mean_iou"],
-            "mean_accuracy": scores["mean_accuracy"],
-            "overall_accuracy": scores["pixel_accuracy"],
-            "per_category_iou": per_category_iou,
-            "per_category_accuracy": per_category_accuracy,
-        }
+        result = {"mean_iou": scores["mean_iou"], "mean_accuracy": scores["mean_accuracy"],
+                  "overall_accuracy": scores["pixel_accuracy"], "per_category_iou": per_category_iou,
+                  "per_category_accuracy": per_category_accuracy}
         if nan_to_num is not None:
             result = {
                 key: np.nan_to_num(value, nan=nan_to_num) if isinstance(value, np.ndarray)
