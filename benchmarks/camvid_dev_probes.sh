@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Early-phase options (issue 14, SPEC §2.7 / §3.8 / §4) probed on the held-out CamVid dev split, never on val.
 # Each variant is the demo recipe (configs/camvid_demo.yaml, pinned to first-mean prototypes and per-loss means) at
-# 300 steps, seed 0, plus one or more options; two runs go side by side with
+# 300 steps, seed 0, plus one or more options (CONFIG / STEPS / SEED / OUT override them); two runs go side by side with
 # one thread each, niced, resumable (--resume latest) and skipped once finished. Results: the teacher / student
 # mIoU lines printed at the end, from <out>/<variant>/last/eval.json.
 #   python scripts/make_dev_split.py --out /tmp/camvid_dev
 #   bash benchmarks/camvid_dev_probes.sh [variant ...]        # default: every variant below
+# The study's question (why does DeS4 trail MT + CutMix at 1000 steps?) on dev, with the study's own recipe:
+#   CONFIG=configs/camvid_study.yaml STEPS=1000 OUT=outputs/dev_probes_study bash benchmarks/camvid_dev_probes.sh \
+#     study-des4 study-mt-cutmix
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="${DEV:-/tmp/camvid_dev}"
 OUT="${OUT:-outputs/dev_probes}"
 STEPS="${STEPS:-300}"
+CONFIG="${CONFIG:-configs/camvid_demo.yaml}"
 PY="${PY:-.venv/bin/python}"
 declare -A ARGS=(
   [base]=""
@@ -22,6 +26,8 @@ declare -A ARGS=(
   [all-noquantile]="--prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2"
   [supervised]="--method supervised"
   [mt-all]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2"
+  [study-des4]=""
+  [study-mt-cutmix]="--method mean-teacher"
   [mt-all-mes-bank]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2 --no-ema-teacher-bank"
 )
 VARIANTS=("$@")
@@ -30,7 +36,7 @@ run() {
   local name="$1"
   [ -f "$OUT/$name/last/eval.json" ] && return 0
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nice -n 10 "$PY" scripts/train.py --config configs/camvid_demo.yaml \
+  OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nice -n 10 "$PY" scripts/train.py --config "$CONFIG" \
     --data-root "$DEV" --max-steps "$STEPS" --seed "${SEED:-0}" --num-workers 0 --overlays 0 --resume latest \
     --output-dir "$OUT/$name" ${ARGS[$name]} > "$OUT/$name.log" 2>&1 || echo "[probe] $name failed: $OUT/$name.log"
 }

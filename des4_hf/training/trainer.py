@@ -487,11 +487,13 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             return
         modules = [unwrapped.student] + ([unwrapped.teacher_decoder] if unwrapped.decoupled else [])
-        for module in modules:
-            for layer in module.modules():
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
-                    layer.running_mean.copy_(self.accelerator.reduce(layer.running_mean, "mean"))
-                    layer.running_var.copy_(self.accelerator.reduce(layer.running_var, "mean"))
+        buffers = [buffer for module in modules for layer in module.modules()
+                   if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None
+                   for buffer in (layer.running_mean, layer.running_var)]
+        if buffers:  # one all-reduce for every layer, not two per layer
+            averaged = self.accelerator.reduce(torch.cat([buffer.flatten() for buffer in buffers]), "mean")
+            for buffer, value in zip(buffers, averaged.split([buffer.numel() for buffer in buffers]), strict=True):
+                buffer.copy_(value.view_as(buffer))
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop every process together when any process sees a NaN/inf loss term."""
