@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=60, help="number of held-out images")
     args = parser.parse_args(argv)
     if args.data_root is None:
-        args.data_root = default_camvid_root()
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"  # ../shared beside the clone
+        args.data_root = default_camvid_root() or (shared if shared.is_dir() else None)
         if args.data_root is None:
             print("error: no --data-root given and ../shared/data/camvid not found; pass --data-root or set "
                   "DES4_CAMVID_ROOT.", file=sys.stderr)
