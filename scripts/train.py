@@ -87,6 +87,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """``des4-train``: parse a recipe (+ overrides) and run the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from des4_hf.data import DataError
     from des4_hf.training import NonFiniteLossError, Trainer
 
     try:
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 3
+    except DataError as error:  # missing or bad data: the message names the file and the fix
+        print(f"des4-train: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:

@@ -94,6 +94,16 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
 
 
+def test_cli_reports_a_missing_data_root_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from des4_hf_scripts.train import main
+
+    missing = tmp_path / "no-camvid-here"
+    assert main(["--dataset", "camvid", "--data-root", str(missing), "--output-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("des4-train: ") and str(missing) in error and "Fix:" in error
+    assert "Traceback" not in error and len(error.splitlines()) == 1
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
     config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
