@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.inference import (
     PRECISIONS,
     color_palette,
@@ -33,7 +34,8 @@ from des4_hf.utils import atomic_path
 
 logger = logging.getLogger("des4_hf.predict")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+# The dataset loaders' image types, plus the ones PIL reads that are rare in datasets.
+IMAGE_EXTENSIONS = (*DATASET_IMAGE_EXTENSIONS, ".gif", ".ppm", ".pgm", ".pnm")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
