@@ -1,13 +1,8 @@
-"""Publishing a DeS4 model on the Hugging Face Hub: model card, per-class IoU chart, example overlay, push.
+"""Publishing a DeS4 model on the Hub: model card, per-class IoU chart, example overlay, one-commit push.
 
-```
-python scripts/push_to_hub.py --model out/best --repo-id <user>/des4-voc-aug --results eval.json \
-    --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG]
-```
-
-Everything is validated before the first network call (the model loads with its prototypes, the evaluation
-JSON has the classes of the model, the repo id, a token). The token is never printed or logged. The card is
-rendered from ``des4_hf/model_cards/des4.md.j2``; every number in it is read from the evaluation JSON.
+Everything is validated before the first network call (the model loads with its prototypes, the evaluation JSON
+has the model's classes, the repo id, a token); the token is never printed. The card is rendered from
+``model_cards/des4.md.j2`` and every number in it is read from the evaluation JSON.
 """
 
 from __future__ import annotations
@@ -73,58 +68,43 @@ class EvalResults:
 
     @property
     def protocol(self) -> str:
-        """How the evaluation was run, from optional keys of the JSON (e.g. sliding window, flip, scales)."""
-        if isinstance(self.extra.get("protocol"), str):
-            return self.extra["protocol"]
-        parts = []
-        window = self.extra.get("sliding_window")
-        if window:
-            crop = self.extra.get("crop_size") or (window.get("crop_size") if isinstance(window, dict) else None)
-            parts.append(f"sliding window{f' {crop}' if crop else ''}")
-        elif "sliding_window" in self.extra:
-            parts.append("whole image")
-        if self.extra.get("flip"):
-            parts.append("flip")
-        scales = self.extra.get("scales")
-        if isinstance(scales, (list, tuple)) and len(scales) > 1:
-            parts.append("scales " + "/".join(str(s) for s in scales))
-        return ", ".join(parts) if parts else "single scale"
+        """How the evaluation was run, from optional keys of the JSON (sliding window, flip, scales)."""
+        settings = self.extra.get("settings")  # EvaluationResult.to_dict keeps the protocol there
+        extra = {**(settings if isinstance(settings, Mapping) else {}), **self.extra}
+        if isinstance(extra.get("protocol"), str):
+            return extra["protocol"]
+        window, scales = extra.get("sliding_window"), extra.get("scales")
+        crop = extra.get("crop_size") or (window.get("crop_size") if isinstance(window, dict) else None)
+        parts = [f"sliding window{f' {crop}' if crop else ''}" if window else
+                 "whole image" if "sliding_window" in extra else "", "flip" if extra.get("flip") else "",
+                 "scales " + "/".join(map(str, scales)) if isinstance(scales, (list, tuple)) and len(scales) > 1 else ""]
+        return ", ".join(filter(None, parts)) or "single scale"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.extra, **{key: getattr(self, key) for key in REQUIRED_RESULT_KEYS}}
 
 
-def _number(value: Any, what: str, source: str, allow_missing: bool = False) -> float | None:
-    if value is None and allow_missing:
+def _fraction(value: Any, what: str, source: str, scale: float) -> float | None:
+    """A finite number in [0, 1] after dividing by ``scale``; None for a class absent from the split (null/NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{source}: {what} must be a number, got {value!r}.")
-    if math.isnan(value) and allow_missing:
-        return None  # a class absent from the split: IoU undefined
-    if not math.isfinite(value):
-        raise ValueError(f"{source}: {what} is {value!r}; expected a finite number.")
-    return float(value)
-
-
-def _fraction(value: float, what: str, source: str, scale: float) -> float:
-    value = value / scale
-    if not 0.0 <= value <= 1.0 + 1e-9:
-        raise ValueError(f"{source}: {what}={value * scale!r} is outside [0, 1]. IoUs and accuracies must be "
-                         "fractions (as the `mean_iou` metric returns them); if the file stores percentages add "
-                         '"unit": "percent" to it.')
-    return min(value, 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{source}: {what} must be a finite number, got {value!r}.")
+    if not 0.0 <= value / scale <= 1.0 + 1e-9:
+        raise ValueError(f"{source}: {what}={value!r} is outside [0, 1]. IoUs and accuracies must be fractions (as the "
+                         '`mean_iou` metric returns them); if the file stores percentages add "unit": "percent" to it.')
+    return min(value / scale, 1.0)
 
 
 def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalResults:
     """Validate one evaluation record; raises ValueError saying what is wrong with it."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}, "
-                         f"got {type(data).__name__}.")
-    missing = [key for key in REQUIRED_RESULT_KEYS if key not in data]
+    missing = [key for key in REQUIRED_RESULT_KEYS if key not in data] if isinstance(data, Mapping) else None
     if missing:
         raise ValueError(f"{source}: the evaluation JSON lacks {missing}; it needs {list(REQUIRED_RESULT_KEYS)} as "
                          "written by `scripts/evaluate.py --out DIR` (DIR/eval.json). Re-run the evaluation instead "
                          "of editing numbers by hand.")
+    if missing is None:
+        raise ValueError(f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}.")
     unit = data.get("unit", "fraction")
     if unit not in ("fraction", "percent"):
         raise ValueError(f"{source}: unit={unit!r}; use 'fraction' (default) or 'percent'.")
@@ -132,23 +112,19 @@ def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalR
     for key in ("dataset", "split"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise ValueError(f"{source}: {key!r} must be a non-empty string, got {data[key]!r}.")
-    num_images = data["num_images"]
+    num_images, per_class = data["num_images"], data["per_class_iou"]
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"{source}: num_images must be a positive integer, got {num_images!r}.")
-    per_class = data["per_class_iou"]
     if not isinstance(per_class, Mapping) or not per_class:
         raise ValueError(f"{source}: per_class_iou must be a non-empty object {{class name: IoU}}, got {per_class!r}.")
-    per_class_iou: dict[str, float | None] = {}
-    for name, value in per_class.items():
-        number = _number(value, f"per_class_iou[{name!r}]", source, allow_missing=True)
-        per_class_iou[str(name)] = None if number is None else _fraction(number, f"per_class_iou[{name!r}]", source,
-                                                                         scale)
-    mean_iou, pixel_accuracy = (_fraction(_number(data[key], key, source) or 0.0, key, source, scale)
-                                for key in ("mean_iou", "pixel_accuracy"))
-    extra = {key: value for key, value in data.items() if key not in REQUIRED_RESULT_KEYS and key != "unit"}
-    return EvalResults(dataset=data["dataset"].strip(), split=data["split"].strip(), mean_iou=mean_iou,
-                       per_class_iou=per_class_iou, pixel_accuracy=pixel_accuracy, num_images=num_images, extra=extra,
-                       source=source)
+    scores = {key: _fraction(data[key], key, source, scale) for key in ("mean_iou", "pixel_accuracy")}
+    if None in scores.values():
+        raise ValueError(f"{source}: mean_iou and pixel_accuracy must be numbers, got {scores}.")
+    return EvalResults(
+        dataset=data["dataset"].strip(), split=data["split"].strip(), num_images=num_images, source=source,
+        per_class_iou={str(name): _fraction(value, f"per_class_iou[{name!r}]", source, scale)
+                       for name, value in per_class.items()}, **scores,  # type: ignore[arg-type]
+        extra={key: value for key, value in data.items() if key not in REQUIRED_RESULT_KEYS and key != "unit"})
 
 
 ResultsSource = str | Path | Mapping[str, Any] | EvalResults
@@ -156,9 +132,8 @@ ResultsSource = str | Path | Mapping[str, Any] | EvalResults
 
 def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -> list[EvalResults]:
     """Evaluation JSON file(s) / dict(s) → validated records. A file may hold one record or a list of them."""
-    if results is None:
-        return []
-    items = [results] if isinstance(results, (str, Path, Mapping, EvalResults)) else list(results)
+    items = [] if results is None else [results] if isinstance(results, (str, Path, Mapping, EvalResults)) \
+        else list(results)
     parsed: list[EvalResults] = []
     for item in items:
         if isinstance(item, (EvalResults, Mapping)):
@@ -173,17 +148,14 @@ def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON ({error}); pass the file written by scripts/evaluate.py.") \
                 from None
-        records = data if isinstance(data, list) else [data]
-        if not records:
+        if data == []:
             raise ValueError(f"{path} holds an empty list; it needs at least one evaluation record.")
-        parsed += [parse_eval_results(record, f"{path}" + (f"[{index}]" if isinstance(data, list) else ""))
-                   for index, record in enumerate(records)]
-    seen: set[tuple[str, str]] = set()
-    for record in parsed:
-        key = (record.dataset, record.split)
-        if key in seen:
+        parsed += [parse_eval_results(record, f"{path}[{index}]") for index, record in enumerate(data)] \
+            if isinstance(data, list) else [parse_eval_results(data, str(path))]
+    keys = [(record.dataset, record.split) for record in parsed]
+    for key in keys:
+        if keys.count(key) > 1:
             raise ValueError(f"two evaluation records for dataset {key[0]!r} split {key[1]!r}; keep one of them.")
-        seen.add(key)
     return parsed
 
 
@@ -216,15 +188,6 @@ def _model_files(model_dir: Path) -> list[Path]:
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights; re-save the model with "
                                 "model.save_pretrained(model_dir) (safetensors is the default).")
     return [model_dir / name for name in MODEL_FILES] + weights
-
-
-def _load_config(model_dir: Path) -> Any:
-    from .configuration_des4 import Des4Config
-
-    config = Des4Config.from_pretrained(str(model_dir))
-    if getattr(config, "model_type", None) != Des4Config.model_type:
-        raise ValueError(f"{model_dir}/config.json is a {config.model_type!r} model, not a DeS4 model.")
-    return config
 
 
 def _labels(config: Any) -> list[str]:
@@ -292,9 +255,12 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
     from huggingface_hub import ModelCard
 
     from . import __version__
+    from .configuration_des4 import Des4Config
 
     model_dir = Path(model_dir)
-    config = _load_config(model_dir)
+    config = Des4Config.from_pretrained(str(model_dir))
+    if config.model_type != Des4Config.model_type:
+        raise ValueError(f"{model_dir}/config.json is a {config.model_type!r} model, not a DeS4 model.")
     labels = _labels(config)
     results = load_eval_results(results_json)
     _check_results_match_labels(results, labels, str(model_dir))
@@ -341,17 +307,13 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
 
 
 def _count_parameters(model_dir: Path) -> int:
-    try:
-        from safetensors import safe_open
-    except ImportError:  # pragma: no cover - safetensors is a dependency
-        return 0
+    from safetensors import safe_open
+
     total = 0
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                if key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")):
-                    continue
-                total += math.prod(handle.get_slice(key).get_shape())
+            total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()  # noqa: SIM118
+                         if not key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")))
     return total
 
 
@@ -413,14 +375,11 @@ def validate_revision(revision: str | None) -> str | None:
 
 
 def _token_available(token: str | None) -> None:
-    if token is not None:
-        if not isinstance(token, str) or not token.strip():
-            raise ValueError("token must be a non-empty string; better, leave it out and use HF_TOKEN or "
-                             "`hf auth login`.")
-        return
     from huggingface_hub import get_token
 
-    if get_token() is None:
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise ValueError("token must be a non-empty string; better, leave it out and use HF_TOKEN or `hf auth login`.")
+    if token is None and get_token() is None:
         raise ValueError("no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN "
                          "environment variable to a token with write access) and run the push again.")
 
