@@ -1,15 +1,9 @@
-"""Segmentation datasets as Hugging Face ``datasets.DatasetDict`` objects (VOC, Cityscapes, CamVid, folders, Hub).
+"""Segmentation datasets as ``datasets.DatasetDict`` objects (VOC, Cityscapes, CamVid, folders, Hub copies).
 
-Every loader returns splits ``"train"`` and ``"val"`` (where the source has them) with the columns ``id`` (the
-id the standard split lists use), ``image`` (RGB) and ``label`` (uint8 class indices, 255 = ignore; absent for
-a folder of unlabeled images). Files are referenced by path, never copied, and checked for existence eagerly;
-size mismatches, out-of-range values and unreadable files are found when decoded
-(:mod:`des4_hf.data.torch_datasets`), since decoding 10k masks up front costs minutes.
-
-Class names and the ignore index travel in ``Dataset.info.description`` (JSON that survives ``select``/``map``/
-``save_to_disk``): :func:`get_class_names`, :func:`get_dataset_metadata`. VOC's ``"train"`` is the 10,582-image
-SBD-augmented set when ``SegmentationClassAug`` exists (``train_set="auto"``: both semi-supervised protocols draw
-their unlabeled images from it), else the 1,464 ``SegmentationClass`` images; ``"val"`` is the 1,449 val ids.
+Every loader returns ``"train"`` and ``"val"`` (where the source has them) with the columns ``id`` (as the standard
+split lists name it), ``image`` (RGB) and ``label`` (uint8 class indices, 255 = ignore; absent for unlabeled
+folders). Files are referenced by path and checked for existence eagerly; bad contents are found when decoded.
+Class names travel in ``Dataset.info.description`` (JSON that survives ``select``/``map``/``save_to_disk``).
 """
 
 from __future__ import annotations
@@ -90,8 +84,6 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
-# ------------------------------------------------------------------------------------------------ metadata
-
 FEATURES_UNLABELED = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
 FEATURES_LABELED = datasets.Features({**FEATURES_UNLABELED, "label": datasets.Image()})
 
@@ -132,9 +124,6 @@ def get_class_names(ds: datasets.Dataset | datasets.DatasetDict) -> list[str]:
     return list(names)
 
 
-# ------------------------------------------------------------------------------------------------ building blocks
-
-
 @dataclass
 class _Pairs:
     """Rows of one split before they become a ``datasets.Dataset``."""
@@ -147,8 +136,7 @@ class _Pairs:
     def add(self, id_: str, image: Path, label: Path) -> None:
         self.ids.append(id_)
         self.images.append(str(image))
-        assert self.labels is not None
-        self.labels.append(str(label))
+        self.labels.append(str(label))  # type: ignore[union-attr]
 
 
 def _bad(message: str, skip_bad: bool, pairs: _Pairs) -> None:
@@ -164,11 +152,8 @@ def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str,
         raise DataError(f"split {split!r} from {where} is empty{skipped}. Fix: check the path and the id list / "
                         "folder content.")
     meta = dict(metadata, split=split, num_skipped=len(pairs.skipped), skipped=pairs.skipped[:20])
-    columns: dict[str, list[Any]] = {"id": pairs.ids, "image": pairs.images}
-    features = FEATURES_UNLABELED
-    if pairs.labels is not None:
-        columns["label"] = pairs.labels
-        features = FEATURES_LABELED
+    columns = {"id": pairs.ids, "image": pairs.images, **({"label": pairs.labels} if pairs.labels is not None else {})}
+    features = FEATURES_LABELED if pairs.labels is not None else FEATURES_UNLABELED
     return datasets.Dataset.from_dict(columns, features=features, info=_info(meta, title, features), split=split)
 
 
@@ -198,21 +183,14 @@ def _stems(folder: Path) -> dict[str, Path]:
     """``stem → path`` of the image files directly inside ``folder`` (one listing, no stat per file)."""
     if not folder.is_dir():
         return {}
-    out: dict[str, Path] = {}
-    with os.scandir(folder) as it:
-        for entry in it:
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                out[stem] = Path(entry.path)
-    return out
+    with os.scandir(folder) as entries:
+        return {os.path.splitext(entry.name)[0]: Path(entry.path) for entry in entries
+                if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS}
 
 
 def _require_dir(path: Path, what: str, fix: str) -> None:
     if not path.is_dir():
         raise DataError(f"{what} not found: {path} is not a folder. Fix: {fix}")
-
-
-# ------------------------------------------------------------------------------------------------ VOC layout
 
 
 def load_voc(root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False) -> datasets.DatasetDict:
@@ -286,9 +264,6 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
         for split in ("train", "val")})
 
 
-# ------------------------------------------------------------------------------------------------ Cityscapes
-
-
 def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
     try:
         with PILImage.open(src) as im:
@@ -350,9 +325,6 @@ def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
     return datasets.DatasetDict(out)
 
 
-# ------------------------------------------------------------------------------------------------ plain folders
-
-
 def _walk_images(folder: Path) -> dict[str, Path]:
     """``relative path without extension → file`` for every image under ``folder`` (recursive)."""
     out: dict[str, Path] = {}
@@ -402,13 +374,9 @@ def load_folder(images: PathLike, masks: PathLike | None = None, val_images: Pat
     images_p = Path(images)
     masks_p = Path(masks) if masks is not None else None
     if class_names is None:
-        for candidate in filter(None, (masks_p, images_p)):
-            for f in (candidate / "classes.txt", candidate.parent / "classes.txt"):
-                if f.is_file():
-                    class_names = _read_id_list(f)
-                    break
-            if class_names is not None:
-                break
+        found = [f for folder in filter(None, (masks_p, images_p)) for f in (folder, folder.parent)
+                 if (f / "classes.txt").is_file()]
+        class_names = _read_id_list(found[0] / "classes.txt") if found else None
     if class_names is None and num_classes is not None:
         class_names = [f"class_{i}" for i in range(num_classes)]
     meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
@@ -419,10 +387,6 @@ def load_folder(images: PathLike, masks: PathLike | None = None, val_images: Pat
         val_pairs = _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None, skip_bad)
         out["val"] = _to_dataset(val_pairs, "val", meta, "image folder", str(val_images))
     return datasets.DatasetDict(out)
-
-
-# ------------------------------------------------------------------------------------------------ Hub copies
-# (and local parquet / save_to_disk copies of the same schemas)
 
 
 @dataclass(frozen=True)
@@ -499,17 +463,6 @@ def _encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _open_hub_source(name: str, load_kwargs: dict[str, Any]) -> datasets.DatasetDict:
-    path = Path(name)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(name, **load_kwargs)
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
-    return loaded
-
-
 def load_hub(name: str, image_column: str | None = None, label_column: str | None = None,
              id_column: str | None = None, label_format: str | None = None, class_names: Sequence[str] | None = None,
              split_map: Mapping[str, str] | None = None, num_proc: int | None = None,
@@ -523,29 +476,30 @@ def load_hub(name: str, image_column: str | None = None, label_column: str | Non
     ids are generated as ``"<split>-<row>"`` and marked ``ids_generated`` in the metadata, so
     that applying a standard split list fails with the reason instead of selecting nothing.
     """
-    preset = HUB_PRESETS.get(name)
-    source = preset.name if preset is not None else name
-    image_column = image_column or (preset.image_column if preset else "image")
-    label_column = label_column if label_column is not None else (preset.label_column if preset else "mask")
-    id_column = id_column if id_column is not None else (preset.id_column if preset else None)
-    label_format = label_format or (preset.label_format if preset else "auto")
-    if class_names is None and preset is not None:
-        class_names = preset.class_names
+    preset = HUB_PRESETS.get(name) or HubPreset(name, class_names=())
+    source = preset.name
+    image_column = image_column or preset.image_column
+    label_column = label_column if label_column is not None else preset.label_column
+    id_column = id_column if id_column is not None else preset.id_column
+    label_format = label_format or preset.label_format
+    class_names = class_names if class_names is not None else (preset.class_names or None)
     if label_format not in LABEL_FORMATS:
         raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
-    if source.endswith(".parquet") or (Path(source).is_dir() and any(Path(source).glob("*.parquet"))):
-        files = source if source.endswith(".parquet") else {}
-        if not files:
-            files = {p.stem.split("-")[0]: str(p) for p in sorted(Path(source).glob("*.parquet"))}
+    path = Path(source)
+    if source.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
+        files = source if source.endswith(".parquet") else {
+            p.stem.split("-")[0]: str(p) for p in sorted(path.glob("*.parquet"))}
         loaded = datasets.load_dataset("parquet", data_files=files, **load_kwargs)
+    elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(path))
     else:
-        loaded = _open_hub_source(source, load_kwargs)
-    out: dict[str, datasets.Dataset] = {}
-    for split, ds in loaded.items():
-        new_split = (split_map or {}).get(split, _SPLIT_ALIASES.get(split, split))
-        out[new_split] = _normalise_hub_split(ds, new_split, source, image_column, label_column, id_column,
-                                              label_format, class_names, num_proc)
-    return datasets.DatasetDict(out)
+        loaded = datasets.load_dataset(source, **load_kwargs)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    splits = {split: (split_map or {}).get(split, _SPLIT_ALIASES.get(split, split)) for split in loaded}
+    return datasets.DatasetDict({new: _normalise_hub_split(loaded[old], new, source, image_column, label_column,
+                                                           id_column, label_format, class_names, num_proc)
+                                 for old, new in splits.items()})
 
 
 def _normalise_hub_split(ds: datasets.Dataset, split: str, source: str, image_column: str, label_column: str | None,
@@ -558,14 +512,9 @@ def _normalise_hub_split(ds: datasets.Dataset, split: str, source: str, image_co
             raise DataError(f"{source} split {split!r} has no column {column!r} (columns: {ds.column_names}). "
                             f"Fix: pass {what}=<one of those>" + (" or None." if what != "image_column" else "."))
     has_label = label_column is not None
-    keep = [c for c in (id_column, image_column, label_column) if c is not None]
-    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
-    renames = {image_column: "image"}
-    if has_label:
-        renames[label_column] = "label"  # type: ignore[index]
-    if id_column is not None:
-        renames[id_column] = "id"
-    ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    renames = {column: new for column, new in ((image_column, "image"), (label_column, "label"), (id_column, "id"))
+               if column is not None}
+    ds = ds.select_columns(list(renames)).rename_columns({k: v for k, v in renames.items() if k != v})
     ids_generated = id_column is None
     if ids_generated:
         ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
@@ -621,8 +570,6 @@ def _open_record(record: Mapping[str, Any] | None, where: str) -> Iterator[PILIm
     with image:
         yield image
 
-
-# ------------------------------------------------------------------------------------------------ entry point
 
 _LOADERS: dict[str, Callable[..., datasets.DatasetDict]] = {
     "voc": load_voc, "cityscapes": load_cityscapes, "camvid": load_camvid, "folder": load_folder, "hub": load_hub}
