@@ -1,21 +1,8 @@
-"""Evaluation on the papers' protocols: a dataset-level confusion matrix, reduced across processes.
+"""Evaluation on the papers' protocols (SPEC §5): one dataset-level confusion matrix, summed across processes.
 
-```python
-from des4_hf import Des4ForSemanticSegmentation
-from des4_hf.data import EvalDataset, get_class_names, load_segmentation_dataset
-from des4_hf.evaluation import PROTOCOLS, evaluate_segmentation
-
-ds = load_segmentation_dataset("cityscapes", root="/data/cityscapes")["val"]
-model = Des4ForSemanticSegmentation.from_pretrained("out/best")
-names = get_class_names(ds)
-result = evaluate_segmentation(model, EvalDataset(ds, mean, std), num_classes=len(names), class_names=names,
-                               sliding_window=PROTOCOLS["cityscapes"].sliding_window)
-result.save("out/eval")         # eval.json, eval.md, per_class_iou.png
-```
-
-Protocols (SPEC §5): VOC and CamVid val whole image at original resolution; Cityscapes val with a 769 sliding
-window at stride 513, logits averaged. Each process takes indices ``rank::world_size`` (every image counted once)
-and the confusion matrices are summed with ``accelerator.reduce``.
+VOC and CamVid val: whole image at original resolution; Cityscapes val: a 769 sliding window at stride 513, logits
+averaged. Each process takes indices ``rank::world_size``, so every image counts once. ``evaluate_segmentation``
+returns an :class:`EvaluationResult`, whose ``save`` writes ``eval.json``, ``eval.md`` and ``per_class_iou.png``.
 """
 
 from __future__ import annotations
@@ -57,18 +44,10 @@ class EvalProtocol:
     sliding_window: tuple[int, int] | None = None
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
-    description: str = ""
 
 
-PROTOCOLS: dict[str, EvalProtocol] = {
-    "voc": EvalProtocol("voc", None, description="VOC 2012 val (1,449) at original resolution, whole image"),
-    "cityscapes": EvalProtocol(
-        "cityscapes", CITYSCAPES_SLIDING_WINDOW,
-        description="Cityscapes val (500) at 2048×1024, sliding window 769, stride 513 (⅔), logits averaged",
-    ),
-    "camvid": EvalProtocol("camvid", None, description="CamVid val (101) at 480×360, whole image"),
-    "default": EvalProtocol("default", None, description="whole image at original resolution"),
-}
+PROTOCOLS: dict[str, EvalProtocol] = {name: EvalProtocol(name, window) for name, window in (
+    ("voc", None), ("cityscapes", CITYSCAPES_SLIDING_WINDOW), ("camvid", None), ("default", None))}
 # Hub presets of des4_hf.data and the protocol of the benchmark they copy.
 _PROTOCOL_ALIASES = {"jxie/pascal-voc-2012": "voc", "shijli/voc2012": "voc", "cityscapes-hub": "cityscapes"}
 
@@ -76,9 +55,6 @@ _PROTOCOL_ALIASES = {"jxie/pascal-voc-2012": "voc", "shijli/voc2012": "voc", "ci
 def protocol_for(kind: str) -> EvalProtocol:
     """The default protocol of a dataset kind or Hub preset name (``"default"``: whole image)."""
     return PROTOCOLS.get(kind) or PROTOCOLS[_PROTOCOL_ALIASES.get(kind, "default")]
-
-
-# ------------------------------------------------------------------------------------------------ result
 
 
 def _nan_to_none(values: Iterable[float]) -> list[float | None]:
@@ -123,7 +99,6 @@ class EvaluationResult:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN becomes ``null``. ``dataset``/``split`` (from the settings) head it, so that
         ``des4-push-to-hub --results`` reads the file as it is."""
@@ -136,37 +111,23 @@ class EvaluationResult:
                 "per_class_accuracy": dict(zip(self.class_names, _nan_to_none(self.per_class_accuracy))),
                 "settings": self.settings, "confusion_matrix": self.confusion.tolist()}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationResult:
-        confusion = torch.tensor(data["confusion_matrix"], dtype=torch.int64)
-        return cls.from_confusion(confusion, list(data["class_names"]), int(data["num_images"]), data.get("settings"))
-
-    @classmethod
-    def from_json(cls, text: str) -> EvaluationResult:
-        return cls.from_dict(json.loads(text))
-
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvaluationResult:
         """Read an ``eval.json`` (or the folder holding it)."""
         path = Path(path)
-        if path.is_dir():
-            path = path / "eval.json"
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        data = json.loads((path / "eval.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+        return cls.from_confusion(torch.tensor(data["confusion_matrix"], dtype=torch.int64), data["class_names"],
+                                  data["num_images"], data.get("settings"))
 
-    # -- reports ----------------------------------------------------------------------------------
     def to_text(self) -> str:
         """Plain aligned table for the terminal."""
         width = max([len(name) for name in self.class_names] + [len("pixel accuracy")])
-        lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
-        lines += [f"{name:<{width}}  {_percent(iou):>7}" for name, iou in zip(self.class_names, self.per_class_iou)]
-        lines.append("-" * (width + 9))
-        lines.append(f"{'mean IoU':<{width}}  {_percent(self.mean_iou):>7}")
-        lines.append(f"{'pixel accuracy':<{width}}  {_percent(self.pixel_accuracy):>7}")
-        lines.append(f"({self.num_images} images, {self.num_classes} classes)")
-        return "\n".join(lines)
+        rule = "-" * (width + 9)
+        rows = [*zip(self.class_names, self.per_class_iou), (rule, None),
+                ("mean IoU", self.mean_iou), ("pixel accuracy", self.pixel_accuracy)]
+        return "\n".join([f"{'class':<{width}}  IoU (%)", rule]
+                         + [name if name == rule else f"{name:<{width}}  {_percent(iou):>7}" for name, iou in rows]
+                         + [f"({self.num_images} images, {self.num_classes} classes)"])
 
     def to_markdown(self) -> str:
         settings = self.settings
@@ -202,7 +163,7 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "eval.json", "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
-        atomic_write(paths["json"], self.to_json() + "\n")
+        atomic_write(paths["json"], json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         atomic_write(paths["markdown"], self.to_markdown())
         self.plot_per_class_iou(paths["chart"])
         return paths
@@ -252,9 +213,6 @@ def _markdown_value(value: Any) -> str:
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
-# ------------------------------------------------------------------------------------------------ checks
-
-
 def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:
     """Raise ``ValueError`` when the model's (or a config's) ``num_labels`` differs from the dataset's classes.
 
@@ -275,10 +233,8 @@ def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str]
 
 def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 255,
                          indices: Sequence[int] | None = None, num_threads: int = 4) -> None:
-    """Decode the masks of ``hf_dataset`` (a ``datasets.Dataset`` with ``id``/``label``; only ``indices``
-    when given) and raise :class:`~des4_hf.metrics.LabelRangeError` naming the first image whose labels lie
-    outside ``[0, num_classes)`` ∪ ``{ignore_index}``. Cheap next to inference (no image decoding); run it
-    before loading the model so that a wrong dataset fails in seconds, not after an hour."""
+    """Raise ``LabelRangeError`` naming the first image (of ``indices``) whose mask holds values outside
+    ``[0, num_classes)`` ∪ ``{ignore_index}``: masks only, so a wrong dataset fails in seconds, not after an hour."""
     import datasets
 
     from .data.torch_datasets import decode_mask_record
@@ -331,28 +287,9 @@ def _check_settings(num_classes: int, class_names: Sequence[str], sliding_window
     return window, scales
 
 
-# ------------------------------------------------------------------------------------------------ the loop
-
-
-def _process_info(accelerator: Any) -> tuple[int, int, bool]:
-    if accelerator is not None:
-        return accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    return 0, 1, True
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _is_channels_last(model: nn.Module) -> bool:
-    for tensor in model.parameters():
-        if tensor.dim() == 4:
-            return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
-    return False
+    weight = next((tensor for tensor in model.parameters() if tensor.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def _first(batch: list[Any]) -> Any:
@@ -394,37 +331,26 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
                           progress: bool = True, num_workers: int = 0, image_mean: Sequence[float] | None = None,
                           image_std: Sequence[float] | None = None,
                           settings: Mapping[str, Any] | None = None) -> EvaluationResult:
-    """mIoU of ``model`` on ``dataset`` from one confusion matrix over all pixels, reduced over processes.
+    """mIoU of ``model`` on ``dataset`` from one confusion matrix over all pixels, summed over processes.
 
-    ``model``: anything called as ``model(pixel_values=x).logits`` with logits at the input's size
-    (:class:`~des4_hf.Des4ForSemanticSegmentation`). ``dataset``: items ``{"pixel_values" (3, H, W) normalised,
-    "labels" (H, W) int, "id"}`` at full resolution (:class:`des4_hf.data.EvalDataset`), or a
-    ``datasets.Dataset`` with ``id``/``image``/``label`` (wrapped in ``EvalDataset`` with ``image_mean``/
-    ``image_std``, ImageNet's by default). Predictions are compared with the labels at the labels' own
-    resolution: nothing is resized.
-
-    ``sliding_window``: ``(crop, stride)`` (``PROTOCOLS["cityscapes"].sliding_window`` = (769, 513)) or None
-    for whole-image inference; ``flip`` / ``scales``: test-time augmentation (logits averaged);
-    ``precision``: ``auto|fp32|bf16|fp16`` and ``channels_last`` (:func:`des4_hf.inference.resolve_precision`). ``batch_size``
-    batches consecutive images of the same size only. ``settings``: extra entries recorded in the result.
-
-    With ``accelerator`` each process evaluates indices
-    ``rank::world_size`` and the confusion matrices are summed; every process returns the same result.
-    The model is put in eval mode (and back into training mode afterwards if it was training).
-
-    Raises ``ValueError`` before any inference when the model's ``num_labels`` differs from ``num_classes``,
-    and :class:`~des4_hf.metrics.LabelRangeError` naming the image when an image's labels lie outside
-    ``[0, num_classes)`` ∪ ``{ignore_index}`` (checked before that image is run).
+    ``model(pixel_values=x).logits`` must be at the input's size. ``dataset`` yields full-resolution items
+    ``{"pixel_values", "labels", "id"}`` (:class:`des4_hf.data.EvalDataset`), or is a ``datasets.Dataset``
+    (wrapped with ``image_mean``/``image_std``); predictions are compared at the labels' own resolution.
+    ``sliding_window``: ``(crop, stride)`` or None (whole image); ``flip``/``scales``: logits averaged;
+    ``batch_size`` batches consecutive images of equal size only. With ``accelerator`` each process evaluates
+    ``rank::world_size`` and every process returns the same result. A class-count mismatch raises before any
+    inference; labels outside ``[0, num_classes)`` ∪ ``{ignore_index}`` raise ``LabelRangeError`` naming the image.
     """
     window, scales = _check_settings(num_classes, class_names, sliding_window, scales, batch_size)
     if accelerator is not None and hasattr(accelerator, "unwrap_model"):
         model = accelerator.unwrap_model(model)
     check_model_classes(model, num_classes, class_names)
-    rank, world_size, is_main = _process_info(accelerator)
+    rank, world_size, is_main = (accelerator.process_index, accelerator.num_processes,
+                                 accelerator.is_main_process) if accelerator is not None else (0, 1, True)
     if is_main:
         _warn_uninitialised_prototypes(model, class_names)
     dataset = _as_eval_dataset(dataset, num_classes, image_mean, image_std)
-    device = accelerator.device if accelerator is not None else _model_device(model)
+    device = accelerator.device if accelerator is not None else next(model.parameters(), torch.empty(0)).device
     choice = resolve_precision(precision, device, channels_last=channels_last)
 
     indices = list(range(rank, len(dataset), world_size))
