@@ -66,14 +66,6 @@ class TrainerState:
     pseudo_label_counts: list[float] = field(default_factory=list)
 
 
-def training_precision(requested: str) -> str:
-    """``TrainConfig.mixed_precision`` → ``fp32|bf16|fp16`` through the one resolver (fp32 on any CPU for auto)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "fp16" and device == "cpu":
-        raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU use 'no' or 'bf16'.")
-    return resolve_precision({"no": "fp32"}.get(requested, requested), device).name
-
-
 def warmup_steps(config: TrainConfig, max_steps: int) -> int:
     """Supervised-only warm-up steps: ``round(supervised_warmup × max_steps)``; none for the supervised method."""
     return 0 if config.method == "supervised" else round(config.supervised_warmup * max_steps)
@@ -101,7 +93,12 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.output_dir = Path(config.output_dir)
-        self.precision = training_precision(config.mixed_precision)  # also the evaluation's
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if config.mixed_precision == "fp16" and device == "cpu":
+            raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU use 'no' or 'bf16'.")
+        # the one resolver (fp32 on any CPU for auto); also the evaluation's precision
+        self.precision = resolve_precision({"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
+                                           device).name
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
@@ -142,9 +139,8 @@ class Trainer:
             counts = class_pixel_counts(self.labeled_hf, self.num_classes, self.output_dir / "cache", split.fingerprint)
         self.labeled_pixel_counts = np.asarray(counts, dtype=np.int64)
         self.class_ratio = compute_class_ratio(torch.as_tensor(self.labeled_pixel_counts)).to(accelerator.device)
-        self.class_weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts), config.class_weighting)
-        if self.class_weights is not None:
-            self.class_weights = self.class_weights.to(accelerator.device)
+        weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts), config.class_weighting)
+        self.class_weights = weights.to(accelerator.device) if weights is not None else None
         self.val_hf = dataset[config.val_split]
         self.print(f"data: {config.dataset} — {len(self.labeled_hf)} labeled, {len(self.unlabeled_hf)} unlabeled "
                    f"(split {split.name}), {len(self.val_hf)} val, {self.num_classes} classes")
@@ -191,10 +187,8 @@ class Trainer:
                                          config.num_workers))
         self.model, self.optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
         self.labeled_stream = BatchStream(loaders[0], accelerator, config.batch_size, "labeled")
-        self.unlabeled_stream = None
-        if len(loaders) > 1:
-            self.unlabeled_stream = BatchStream(loaders[1], accelerator, config.effective_unlabeled_batch_size,
-                                                "unlabeled")
+        self.unlabeled_stream = BatchStream(loaders[1], accelerator, config.effective_unlabeled_batch_size,
+                                            "unlabeled") if len(loaders) > 1 else None
         self.val_dataset = EvalDataset(self.val_hf, mean, std, num_classes=self.num_classes)
         # An epoch is one pass over the unlabeled set (the labeled set cycles alongside) [choice, as U2PL].
         epoch_stream = self.unlabeled_stream or self.labeled_stream
@@ -235,10 +229,6 @@ class Trainer:
         accelerator.wait_for_everyone()
         return path
 
-    def complete_checkpoints(self) -> list[Path]:
-        folders = [p for p in self.checkpoint_root.glob("checkpoint_*") if (p / STATE_FILE).is_file()]
-        return sorted(folders, key=_checkpoint_number)
-
     def resume(self) -> None:
         """Load ``config.resume`` ("latest" or a checkpoint folder); new checkpoints are numbered after it."""
         existing = sorted(self.checkpoint_root.glob("checkpoint_*"), key=_checkpoint_number)
@@ -247,7 +237,7 @@ class Trainer:
         if resume is None:
             return
         if resume == "latest":
-            complete = self.complete_checkpoints()
+            complete = [folder for folder in existing if (folder / STATE_FILE).is_file()]
             if not complete:
                 self.print(f"resume=latest: no checkpoint under {self.checkpoint_root}; starting fresh")
                 return
@@ -301,13 +291,11 @@ class Trainer:
                 self.export(teacher, self.output_dir / "best", record)
             if final:
                 self.export(teacher, self.output_dir / "last", record)
-        message = f"step {self.state.step}: teacher mIoU {100 * teacher_miou:.2f}"
-        if "student" in record:
-            message += f", student mIoU {100 * record['student']['mean_iou']:.2f}"
-        self.print(message + f" (best {100 * self.state.best_miou:.2f} at step {self.state.best_step})")
-        self.accelerator.log({"eval/teacher_miou": teacher_miou,
-                              **({"eval/student_miou": record["student"]["mean_iou"]} if "student" in record else {})},
-                             step=self.state.step)
+        scores = {f"eval/{name}_miou": record[name]["mean_iou"] for name in ("teacher", "student") if name in record}
+        self.print(f"step {self.state.step}: " + ", ".join(f"{key[5:-5]} mIoU {100 * value:.2f}"
+                                                           for key, value in scores.items())
+                   + f" (best {100 * self.state.best_miou:.2f} at step {self.state.best_step})")
+        self.accelerator.log(scores, step=self.state.step)
         self.accelerator.wait_for_everyone()
         return record
 
@@ -324,23 +312,18 @@ class Trainer:
     def _plot_pseudo_labels(self, report: dict[str, Any], path: Path) -> None:
         if sum(report["pseudo_label_share"]) == 0:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global backend, no figure to close
 
         positions = np.arange(len(report["classes"]))
-        figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(positions)), 3.5))
+        figure = Figure(figsize=(max(6, 0.6 * len(positions)), 3.5), dpi=100, layout="tight")
+        axis = figure.add_subplot()
         axis.bar(positions - 0.2, report["labeled_share"], 0.4, label="labeled ground truth")
         axis.bar(positions + 0.2, report["pseudo_label_share"], 0.4, label="teacher pseudo labels")
-        axis.set_xticks(positions, report["classes"], rotation=45, ha="right")
-        axis.set_ylabel("share of pixels")
-        axis.set_title(f"Class distribution, step {self.state.step}")
+        axis.set(xticks=positions, ylabel="share of pixels", title=f"Class distribution, step {self.state.step}")
+        axis.set_xticklabels(report["classes"], rotation=45, ha="right")
         axis.legend()
-        figure.tight_layout()
         with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100, format="png")
-        plt.close(figure)
+            figure.savefig(temporary, format="png")
 
     def export(self, model: Des4ForSemanticSegmentation, target: Path, record: dict[str, Any]) -> None:
         """``save_pretrained`` (+ image processor) into a temporary folder, then swap it in."""
