@@ -42,12 +42,8 @@ def _loading_checkpoint() -> Iterator[None]:
 
 
 def prototype_logits(embeddings: Tensor, prototypes: Tensor, scale: float) -> Tensor:
-    """Eq. 6: ``logit_c = s · cos(f, p_c)``.
-
-    ``embeddings`` is (B, d, h, w) or (N, d); ``prototypes`` is (C, d). Returns (B, C, h, w) or (N, C).
-    The paper's "argmin over a similarity" is read as argmax of the cosine (SPEC §1 [choice]), and the
-    fixed scale s lets a cross-entropy fit cosine logits that would otherwise live in [-1, 1].
-    """
+    """Eq. 6: ``logit_c = s · cos(f, p_c)`` for (B, d, h, w) or (N, d) embeddings and (C, d) prototypes; the scale s
+    lets a cross-entropy fit cosines in [-1, 1]. The paper's "argmin over a similarity" is read as argmax."""
     prototypes = F.normalize(prototypes.to(embeddings.dtype), dim=1)
     if embeddings.dim() == 2:
         return scale * F.normalize(embeddings, dim=1) @ prototypes.t()
@@ -64,22 +60,16 @@ class Des4Encoder(nn.Module):
         import timm
 
         try:
-            self.body = timm.create_model(
-                config.backbone, pretrained=False, features_only=True, output_stride=config.output_stride
-            )
+            self.body = timm.create_model(config.backbone, pretrained=False, features_only=True,
+                                          output_stride=config.output_stride)
         except Exception as error:  # timm raises several types; all mean "this backbone cannot do it"
-            raise ValueError(
-                f"backbone={config.backbone!r} cannot be built with features_only=True and "
-                f"output_stride={config.output_stride} ({error}). Pick a CNN-style timm backbone such as "
-                "'resnet101' or 'efficientnet_lite0'."
-            ) from error
-        reductions = self.body.feature_info.reduction()
-        channels = self.body.feature_info.channels()
+            raise ValueError(f"backbone={config.backbone!r} cannot be built with features_only=True and output_stride="
+                             f"{config.output_stride} ({error}). Pick a CNN-style timm backbone such as 'resnet101' "
+                             "or 'efficientnet_lite0'.") from error
+        reductions, channels = self.body.feature_info.reduction(), self.body.feature_info.channels()
         if 4 not in reductions:
-            raise ValueError(
-                f"backbone={config.backbone!r} has no stride-4 feature (its reductions are {reductions}); "
-                "the DeepLabv3+ decoder needs one. Pick a CNN-style backbone such as 'resnet101'."
-            )
+            raise ValueError(f"backbone={config.backbone!r} has no stride-4 feature (its reductions are {reductions}); "
+                             "the DeepLabv3+ decoder needs one. Pick a CNN-style backbone such as 'resnet101'.")
         self.output_stride = config.output_stride
         self.low_level_index = reductions.index(4)
         self.low_level_channels = channels[self.low_level_index]
@@ -94,21 +84,21 @@ class Des4Encoder(nn.Module):
         return features[self.low_level_index], features[-1]
 
 
-def _conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, separable: bool = False
-) -> nn.Sequential:
-    """Conv → BN → ReLU. ``separable`` splits a k×k conv into depthwise k×k + pointwise 1×1 (Xception-style
-    DeepLabv3+): at stride 4 the full 3×3 convs cost more than a light encoder (config ``separable_convs``)."""
+def _conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, separable: bool = False,
+          bias: bool = False) -> list[nn.Module]:
+    """A k×k conv, or with ``separable`` (Xception-style DeepLabv3+) a depthwise k×k + pointwise 1×1 pair: at
+    stride 4 the full 3×3 convs cost more than a light encoder (config ``separable_convs``)."""
     padding = 0 if kernel_size == 1 else dilation
     if separable and kernel_size > 1:
-        convs: list[nn.Module] = [
-            nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
-                      groups=in_channels, bias=False),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        ]
-    else:
-        convs = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False)]
-    return nn.Sequential(*convs, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        return [nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
+                          groups=in_channels, bias=False), nn.Conv2d(in_channels, out_channels, 1, bias=bias)]
+    return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=bias)]
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                  separable: bool = False) -> nn.Sequential:
+    return nn.Sequential(*_conv(in_channels, out_channels, kernel_size, dilation, separable),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class ASPPPooling(nn.Module):
@@ -126,15 +116,11 @@ class ASPPPooling(nn.Module):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1×1, one 3×3 atrous conv per rate, image pooling, 1×1 projection."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, rates: list[int], dropout: float, separable: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, rates: list[int], dropout: float,
+                 separable: bool = False) -> None:
         super().__init__()
-        branches = [_conv_bn_relu(in_channels, out_channels, 1)]
-        branches += [
-            _conv_bn_relu(in_channels, out_channels, 3, dilation=rate, separable=separable) for rate in rates
-        ]
-        self.branches = nn.ModuleList(branches)
+        self.branches = nn.ModuleList([_conv_bn_relu(in_channels, out_channels, 1)] + [
+            _conv_bn_relu(in_channels, out_channels, 3, dilation=rate, separable=separable) for rate in rates])
         self.pooling = ASPPPooling(in_channels, out_channels)
         self.project = _conv_bn_relu(out_channels * (len(rates) + 2), out_channels, 1)
         self.dropout = nn.Dropout(dropout)
@@ -156,12 +142,8 @@ class Des4Decoder(nn.Module):
         self.fuse = _conv_bn_relu(width + config.low_level_channels, width, 3, separable=separable)
         # Linear last conv (no BN/ReLU): a ReLU would confine embeddings to the positive orthant,
         # where every cosine is >= 0 and prototypes separate worse.
-        if separable:
-            self.embed: nn.Module = nn.Sequential(
-                nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.Conv2d(width, width, 1)
-            )
-        else:
-            self.embed = nn.Conv2d(width, width, 3, padding=1)
+        convs = _conv(width, width, 3, separable=separable, bias=True)
+        self.embed = nn.Sequential(*convs) if separable else convs[0]
 
     def forward(self, low_level: Tensor, high_level: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Embeddings at stride 4; with the unpadded input ``size`` (H, W), cropped to ⌈H/4⌉ × ⌈W/4⌉."""
@@ -198,13 +180,9 @@ class PrototypeHead(nn.Module):
 
     @torch.no_grad()
     def reset_orthonormal_(self, generator: torch.Generator | None = None) -> PrototypeHead:
-        """Random orthonormal prototypes, every class flagged ``initialized`` (SPEC §3.8 [choice]).
-
-        Each class then starts at cosine 0 to every other and is blended by the Eq. 12 EMA from its first
-        sample on, instead of being set to its first mean: the first means of a randomly initialised decoder
-        are nearly collinear (cosine 0.84–0.88), so classes that share a direction separate only slowly.
-        Needs ``num_classes <= d`` (the decoder width).
-        """
+        """Random orthonormal prototypes, every class flagged ``initialized`` (SPEC §3.8 [choice]): each class starts
+        at cosine 0 to the others and the Eq. 12 EMA blends it from its first sample on, instead of starting at
+        its first mean, which for a random decoder is nearly collinear with the others'. Needs C <= d."""
         num_classes, dim = self.prototypes.shape
         if num_classes > dim:
             raise ValueError(f"{num_classes} orthonormal prototypes do not fit in d={dim} dimensions: raise "
@@ -228,19 +206,14 @@ class PrototypeHead(nn.Module):
 
     @torch.no_grad()
     def update(self, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
-        """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample.
-
-        ``sums`` (C, d) and ``counts`` (C,) are per-class sums and numbers of sampled features (the trainer sums
-        them over processes first, so every process applies the same update). A class not yet ``initialized``
-        (see :meth:`reset_orthonormal_`) is set to its first mean and flagged. Returns the counts.
-        """
+        """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample, from per-class feature
+        ``sums`` (C, d) and ``counts`` (C,) (summed over processes first); a class not yet ``initialized`` is set to
+        its first mean. Returns the counts."""
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} must be in [0, 1] (τ2 of Eq. 12; the paper uses 0.99)")
         if sums.shape != self.prototypes.shape or counts.shape != (self.num_classes,):
-            raise ValueError(
-                f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), got "
-                f"{tuple(sums.shape)} and {tuple(counts.shape)}"
-            )
+            raise ValueError(f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), "
+                             f"got {tuple(sums.shape)} and {tuple(counts.shape)}")
         sums = sums.detach().to(device=self.prototypes.device, dtype=torch.float64)
         counts = counts.detach().to(device=self.prototypes.device, dtype=torch.float64)
         # A non-finite sum would poison a prototype for good: skip such classes (and say so).
@@ -252,20 +225,15 @@ class PrototypeHead(nn.Module):
         if not bool(seen.any()):
             return counts
         means = sums[seen] / counts[seen, None]
-        previous = self.prototypes[seen].to(torch.float64)
-        first_time = ~self.initialized[seen]
-        blended = momentum * previous + (1.0 - momentum) * means
-        blended = torch.where(first_time[:, None], means, blended)
+        blended = momentum * self.prototypes[seen].to(torch.float64) + (1.0 - momentum) * means
+        blended = torch.where(self.initialized[seen][:, None], blended, means)
         self.prototypes[seen] = F.normalize(blended, dim=1).to(self.prototypes.dtype)
         self.initialized[seen] = True
         return counts
 
 
 def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
-    """Zero-pad (bottom/right) so height and width are multiples of ``multiple``.
-
-    Zero is the dataset mean after normalisation, the least surprising filler for the encoder.
-    """
+    """Zero-pad (bottom/right) to multiples of ``multiple``; zero is the dataset mean after normalisation."""
     height, width = pixel_values.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h == 0 and pad_w == 0:
@@ -274,10 +242,7 @@ def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    """Mean cross-entropy over non-ignored pixels; 0 (still attached to the graph) when all are ignored.
-
-    No host sync: the count of valid pixels stays on the device.
-    """
+    """Mean cross-entropy over non-ignored pixels; 0 (still in the graph) when all are ignored; no host sync."""
     labels = labels.long()
     per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     return per_pixel.sum() / (labels != ignore_index).sum().clamp_min(1)
@@ -313,15 +278,9 @@ class Des4PreTrainedModel(PreTrainedModel):
 
 
 class Des4ForSemanticSegmentation(Des4PreTrainedModel):
-    """DeS4 segmenter: ``logits = P(D(E(x)))`` at the input's resolution.
+    """DeS4 segmenter: ``logits = P(D(E(x)))`` at the input's resolution; with ``labels`` also the loss.
 
-    Example:
-
-    ```python
-    >>> from des4_hf import Des4Config, Des4ForSemanticSegmentation
-    >>> model = Des4ForSemanticSegmentation(Des4Config(backbone="resnet101", num_labels=21))
-    >>> outputs = model(pixel_values, labels=labels)  # outputs.loss, outputs.logits (B, 21, H, W)
-    ```
+    ``Des4ForSemanticSegmentation(Des4Config(backbone="resnet101", num_labels=21))(pixel_values, labels=labels)``
     """
 
     def __init__(self, config: Des4Config) -> None:
@@ -358,25 +317,20 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         output_hidden_states: also return ``hidden_states = (embeddings,)``, the (B, d, ⌈H/4⌉, ⌈W/4⌉) pixel
             embeddings the prototypes classify.
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_hidden_states = output_hidden_states if output_hidden_states is not None \
+            else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(
-                f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
-                "use Des4ImageProcessor to convert images."
-            )
+            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
+                             "use Des4ImageProcessor to convert images.")
         embeddings = self.embed(pixel_values)
         logits = self.upsample_logits(self.prototype_head(embeddings), tuple(pixel_values.shape[-2:]))
 
         loss = None
         if labels is not None:
             if labels.shape[-2:] != logits.shape[-2:]:
-                raise ValueError(
-                    f"labels are {tuple(labels.shape[-2:])} but pixel_values are {tuple(logits.shape[-2:])}: "
-                    "give one label map per image at the image's size."
-                )
+                raise ValueError(f"labels are {tuple(labels.shape[-2:])} but pixel_values are "
+                                 f"{tuple(logits.shape[-2:])}: give one label map per image at the image's size.")
             loss = segmentation_loss(logits, labels, self.config.semantic_loss_ignore_index)
 
         hidden_states = (embeddings,) if output_hidden_states else None
@@ -397,17 +351,15 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         try:
             with _loading_checkpoint(), explain_hub_errors(pretrained_model_name_or_path, kwargs.get("revision")):
-                model, info = super().from_pretrained(
-                    pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-                )
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                      **kwargs)
         except RuntimeError as error:
             if "mismatched" not in str(error):
                 raise
-            raise ValueError(
-                f"{pretrained_model_name_or_path}: some tensors have a different shape from what config.json "
-                "describes (see the load report above; e.g. prototypes saved for another num_labels). Fix "
-                "config.json to match the weights, or re-export the model with `save_pretrained`."
-            ) from error
+            raise ValueError(f"{pretrained_model_name_or_path}: some tensors have a different shape from what "
+                             "config.json describes (see the load report above; e.g. prototypes saved for another "
+                             "num_labels). Fix config.json to match the weights, or re-export the model with "
+                             "`save_pretrained`.") from error
         _check_loading_info(info, pretrained_model_name_or_path, model)
         return (model, info) if want_info else model
 
@@ -417,20 +369,15 @@ def _check_loading_info(info: dict[str, Any], source: Any, model: Des4ForSemanti
     mismatched = [str(item) for item in info.get("mismatched_keys", [])]
     missing_prototypes = [key for key in PROTOTYPE_KEYS if key in missing]
     if missing_prototypes:
-        raise ValueError(
-            f"{source}: the checkpoint has no {missing_prototypes}. DeS4 prototypes are the classifier, "
-            "so a checkpoint without them is not a usable model. Re-export it with "
-            "`model.save_pretrained(...)` from a trained Des4ForSemanticSegmentation."
-        )
+        raise ValueError(f"{source}: the checkpoint has no {missing_prototypes}. DeS4 prototypes are the classifier, "
+                         "so a checkpoint without them is not a usable model. Re-export it with "
+                         "`model.save_pretrained(...)` from a trained Des4ForSemanticSegmentation.")
     if mismatched:
-        raise ValueError(
-            f"{source}: tensors with the wrong shape for this config: {mismatched[:5]}. The config and the "
-            "weights disagree (e.g. num_labels or decoder_channels); fix config.json or re-export the model."
-        )
+        raise ValueError(f"{source}: tensors with the wrong shape for this config: {mismatched[:5]}. The config and "
+                         "the weights disagree (e.g. num_labels or decoder_channels); fix config.json or re-export "
+                         "the model.")
     if missing:
-        raise ValueError(
-            f"{source}: the checkpoint lacks {len(missing)} tensors, e.g. {missing[:5]}; refusing to run with "
-            "uninitialised weights. Re-export it with `model.save_pretrained(...)`."
-        )
+        raise ValueError(f"{source}: the checkpoint lacks {len(missing)} tensors, e.g. {missing[:5]}; refusing to run "
+                         "with uninitialised weights. Re-export it with `model.save_pretrained(...)`.")
     if not torch.isfinite(model.prototype_head.prototypes).all():
         raise ValueError(f"{source}: the stored prototypes contain NaN or inf; the checkpoint is corrupt.")
