@@ -1,10 +1,7 @@
 """Teacher and student of one run (SPEC §2) and the Eq. 4 step: batches in, losses and prototype statistics out.
 
-:class:`TeacherStudent` holds the student (E^S, D^S, P), the EMA teacher encoder E^T, the teacher decoder D^T
-(decoupled: trained by ``L_l^ub``; mean teacher: an EMA copy) and, without a shared head, the teacher's own bank.
-Its ``forward`` is one (micro-)batch of SPEC §2 steps 1–8; the trainer applies the results (backward, optimizer,
-:meth:`TeacherStudent.update_teacher`, :func:`apply_prototype_updates`). Losses and samplers come from
-:mod:`des4_hf.losses` and :mod:`des4_hf.sampling`; every switch comes from the run's :class:`TrainConfig`.
+:class:`TeacherStudent`'s ``forward`` is one (micro-)batch of SPEC §2 steps 1–8; the trainer applies the results
+(backward, optimizer, :meth:`TeacherStudent.update_teacher`, :func:`apply_prototype_updates`).
 """
 
 from __future__ import annotations
@@ -24,24 +21,16 @@ from .config import TrainConfig
 
 
 def ema_momentum(step: int, momentum: float, warmup_steps: int = 0) -> float:
-    """U2PL-style ``τ = min(1 − 1/(s+1), τ1)`` (SPEC §2 [choice]): early teachers follow fast.
-
-    ``s`` counts 0-based optimizer steps, restarting at the end of a supervised-only warm-up of
-    ``warmup_steps``: τ = 0 at that step, so the teacher that starts making pseudo labels is a copy of the
-    warmed-up student, as in U2PL. During the warm-up the teacher follows the same schedule from step 0
-    (DeS4's teacher decoder and prototypes are trained on the teacher encoder's features all along).
-    """
+    """U2PL-style ``τ = min(1 − 1/(s+1), τ1)`` (SPEC §2 [choice]): early teachers follow fast. ``s`` restarts at
+    the end of a supervised-only warm-up, so the first teacher to make pseudo labels is a copy of the student."""
     s = step - warmup_steps if step >= warmup_steps else step
     return min(1.0 - 1.0 / (s + 1), momentum)
 
 
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """Eq. 5 in place: ``θ_t ← τ·θ_t + (1−τ)·θ_s`` for parameters and floating buffers (BN statistics).
-
-    The trainer averages the student's BN statistics over processes before this, so teachers stay identical
-    on every process. Integer buffers (``num_batches_tracked``) are copied.
-    """
+    """Eq. 5 in place: ``θ_t ← τ·θ_t + (1−τ)·θ_s`` for parameters and float buffers (BN statistics, averaged
+    over processes first); integer buffers are copied."""
     for teacher_param, student_param in zip(teacher.parameters(), student.parameters(), strict=True):
         teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
     for teacher_buffer, student_buffer in zip(teacher.buffers(), student.buffers(), strict=True):
@@ -52,34 +41,20 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
 
 
 def rampup_weight(step: int, max_steps: int, rampup: float) -> float:
-    """Factor in [0, 1] for λ2 at 0-based ``step``: ``exp(−5(1−t)²)`` with t = step / (rampup·max_steps), then 1.
-
-    The sigmoid-shaped ramp-up of Mean Teacher (Tarvainen & Valpola 2017); ``rampup=0`` is always 1.
-    """
+    """Mean Teacher's ramp-up factor for λ2: ``exp(−5(1−t)²)`` with t = step / (rampup·max_steps), then 1."""
     length = rampup * max_steps
-    if length <= 0 or step >= length:
-        return 1.0
-    progress = max(0.0, step / length)
-    return math.exp(-5.0 * (1.0 - progress) ** 2)
+    return 1.0 if length <= 0 or step >= length else math.exp(-5.0 * (1.0 - max(0.0, step / length)) ** 2)
 
 
 def unlabeled_loss_factor(batch_labeled: int, batch_unlabeled: int, pixel_balanced: bool) -> float:
-    """Factor on ``λ2 · L_u`` so that one unlabeled pixel weighs λ2 times one labeled pixel (SPEC §2.7 [choice]).
-
-    Each loss is a mean over its own pixels, so unscaled an unlabeled pixel weighs ``λ2 · B_l / B_u`` times a
-    labeled one (4.5× with 6 labeled + 2 unlabeled crops and λ2 = 1.5); ``B_u / B_l`` restores λ2. Equal
-    batches, as in the paper, give 1 either way.
-    """
+    """Factor on ``λ2 · L_u`` so that an unlabeled pixel weighs λ2 times a labeled one whatever the batch sizes
+    (SPEC §2.7 [choice]): each loss is a mean over its own pixels, so unscaled it weighs ``λ2 · B_l / B_u``."""
     return batch_unlabeled / batch_labeled if pixel_balanced else 1.0
 
 
 def low_confidence_mask(confidence: Tensor, pseudo_labels: Tensor, quantile: float, ignore_index: int) -> Tensor:
-    """Pixels whose confidence lies below the ``quantile`` of their pseudo class's confidences in this batch.
-
-    A threshold that passes pixels whatever the logit scale: with cosine logits × 10 a fixed 0.95 passes
-    nothing early in training, while this keeps the most confident ``1 − quantile`` of every class, rare
-    classes included (a class-wise quantile threshold; SPEC §2.7 [choice]).
-    """
+    """Pixels below the ``quantile`` of their pseudo class's confidences in this batch (SPEC §2.7 [choice]): unlike
+    a fixed threshold, which cosine logits may never pass, it keeps the surest ``1 − quantile`` of every class."""
     drop = torch.zeros_like(pseudo_labels, dtype=torch.bool)
     for cls in torch.unique(pseudo_labels[pseudo_labels != ignore_index]).tolist():
         members = pseudo_labels == cls
@@ -116,13 +91,10 @@ class StepOutput:
 
 
 class TeacherStudent(nn.Module):
-    """Student (E^S, D^S), teacher (E^T, D^T) and the prototype bank(s) of one run, as ``config`` switches them.
-
-    ``method=supervised``: no teacher. ``decoupled`` (D.T.): D^T is trained by ``L_l^ub``, else an EMA of D^S.
-    ``shared_head`` (S.H.): one bank for both, else the teacher keeps its own; with neither D.T. nor S.H. and
-    ``ema_teacher_bank`` (the mean teacher, SPEC §4) that bank is an EMA of the student's, else updated by MES
-    on the EMA decoder's own features.
-    """
+    """Student (E^S, D^S), teacher (E^T, D^T) and prototype bank(s) of one run, as ``config`` switches them:
+    ``supervised`` has no teacher; ``decoupled`` (D.T.) trains D^T by ``L_l^ub``, else it is an EMA of D^S;
+    ``shared_head`` (S.H.) shares one bank, else the teacher keeps its own, which for the mean teacher with
+    ``ema_teacher_bank`` (SPEC §4) is an EMA of the student's, else updated by MES on the teacher's features."""
 
     def __init__(self, student: Des4ForSemanticSegmentation, config: TrainConfig) -> None:
         super().__init__()
@@ -165,13 +137,9 @@ class TeacherStudent(nn.Module):
     def forward(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None = None, *,
                 class_ratio: Tensor, class_weights: Tensor | None = None, generator: torch.Generator | None = None,
                 lambda_unsupervised: float | None = None, unsupervised: bool = True) -> StepOutput:
-        """The losses of Eq. 4 for one (micro-)batch and the prototype statistics of step 8.
-
-        ``lambda_unsupervised`` overrides the config's λ2 for this step (the ramp-up); ``unsupervised=False``
-        is a supervised-only warm-up step (no unlabeled batch, no pseudo labels). ``class_weights`` (C,), when
-        given, weight the cross-entropies per target class: the student's ``L_l^b`` and ``L_u``, and ``L_l^ub``
-        on top of its Eq. 7 pixel weights.
-        """
+        """The losses of Eq. 4 for one (micro-)batch and the prototype statistics of step 8. ``lambda_unsupervised``
+        overrides λ2 (the ramp-up); ``unsupervised=False`` is a warm-up step on labels only; ``class_weights`` (C,)
+        weight every cross-entropy per target class (``L_l^ub`` on top of its Eq. 7 pixel weights)."""
         config, student = self.train_config, self.student
         ignore = student.config.semantic_loss_ignore_index
         lambda_u = config.lambda_unsupervised if lambda_unsupervised is None else lambda_unsupervised
@@ -194,8 +162,7 @@ class TeacherStudent(nn.Module):
         # 1. Teacher encoder, no grad: labeled and weak unlabeled views in one pass (E^T runs on EMA stats).
         with torch.no_grad():
             low, high = self.teacher_encoder(torch.cat([images_l, images_weak]))
-        features_l = (low[:batch_l], high[:batch_l])
-        features_u = (low[batch_l:], high[batch_l:])
+        features_l, features_u = (low[:batch_l], high[:batch_l]), (low[batch_l:], high[batch_l:])
 
         # 2–3. Teacher decoder on the labeled batch. Decoupled: trained by L_l^ub on detached E^T features;
         # otherwise an EMA copy, evaluated without grad. Its embeddings also feed MES (computed once).
@@ -288,16 +255,12 @@ class TeacherStudent(nn.Module):
     def _bank_statistics(self, teacher_embeddings: Tensor, teacher_low_res: Tensor, student_embeddings: Tensor,
                          student_low_res: Tensor, labels: Tensor, class_ratio: Tensor,
                          generator: torch.Generator | None) -> tuple[PrototypeStatistics, PrototypeStatistics | None]:
-        """Step 8's samples on the labeled batch: the teacher's features for the shared (or teacher's) bank, and
-        the student's for its own bank when the banks are separate. A mean teacher's bank that follows the
-        student's by EMA samples nothing (empty statistics, never applied)."""
-        if self.teacher_bank_follows_student:
-            teacher = PrototypeStatistics.empty(self.teacher_head)
-        else:
-            teacher = self._sample(teacher_embeddings, teacher_low_res, labels, class_ratio, generator)
-        student = None
-        if not self.shared_head:
-            student = self._sample(student_embeddings, student_low_res, labels, class_ratio, generator)
+        """Step 8's samples on the labeled batch: the teacher's features for the shared (or teacher's) bank, the
+        student's for its own bank; a bank that follows the student's by EMA samples nothing."""
+        teacher = PrototypeStatistics.empty(self.teacher_head) if self.teacher_bank_follows_student else \
+            self._sample(teacher_embeddings, teacher_low_res, labels, class_ratio, generator)
+        student = None if self.shared_head else \
+            self._sample(student_embeddings, student_low_res, labels, class_ratio, generator)
         return teacher, student
 
     # -- after each optimizer step -----------------------------------------------------------------------
