@@ -7,10 +7,9 @@ then ``"mes"`` splits each class's entropies into ``k`` equal-width zones (Eq. 1
 uniformly from the class; ``"confidence"`` takes its highest-entropy pixels. :func:`sample_class_features`
 returns per-class ``sums`` and ``counts`` of the chosen embeddings for ``PrototypeHead.update``.
 
-Rounding, zone boundaries, shortfall borrowing and tie-breaking follow SPEC §3 (each a **[choice]**; spelled
-out in ``reports/sampling.md``). The per-pixel work is vectorised: each pixel gets a random integer key and every
-(class, zone) group keeps its ``N_i`` smallest keys (a uniform draw without replacement); only the quota
-arithmetic loops in Python, over at most ``C × k`` numbers. Speed: ``reports/sampling.md``.
+Rounding, zone boundaries, shortfall borrowing and tie-breaking follow SPEC §3 (each a **[choice]**). Per-pixel
+work is vectorised: every (class, zone) group keeps the pixels with its ``N_i`` smallest random keys (a uniform
+draw without replacement); only the quota arithmetic loops in Python, over at most ``C × k`` numbers.
 """
 
 from __future__ import annotations
@@ -30,12 +29,8 @@ SAMPLING_METHODS: tuple[str, ...] = ("mes", "quantity", "confidence")
 
 
 def class_ratio(pixel_counts: Tensor | Sequence[int]) -> Tensor:
-    """Class ratio ``R`` of Sec. 3.3: ``r_c = n_min / n_c`` (float64, shape ``(C,)``).
-
-    ``pixel_counts[c]`` is the number of labeled pixels of class ``c`` in the whole labeled set.
-    ``n_min`` is the smallest non-zero count, so the rarest class gets ``r = 1`` and frequent
-    classes are under-sampled; a class with no labeled pixel gets ``r = 0`` (never sampled).
-    """
+    """Class ratio ``R`` of Sec. 3.3: ``r_c = n_min / n_c`` (float64, ``(C,)``) from the labeled set's pixel counts;
+    the rarest class gets 1, a class without labeled pixels 0 (never sampled)."""
     counts = torch.as_tensor(pixel_counts).detach().to(torch.float64).flatten()
     if (counts < 0).any():
         raise ValueError(f"pixel_counts must be non-negative, got {counts.tolist()}")
@@ -47,33 +42,18 @@ def class_ratio(pixel_counts: Tensor | Sequence[int]) -> Tensor:
 
 
 def class_quotas(batch_counts: Tensor, ratio: Tensor) -> Tensor:
-    """Per-class sample quota in this batch: ``min(n_c^b, max(1, round(r_c · n_c^b)))`` (int64).
-
-    Zero for classes absent from the batch (``n_c^b = 0``) or never seen (``r_c = 0``).
-    """
+    """Per-class quota in this batch: ``min(n_c^b, max(1, round(r_c · n_c^b)))`` (int64); 0 if ``n_c^b`` or ``r_c``
+    is 0."""
     n = batch_counts.to(torch.float64)
     r = ratio.to(device=n.device, dtype=torch.float64)
-    quota = torch.round(r * n).clamp_min(1.0)
-    quota = torch.minimum(quota, n)
-    quota = torch.where((n > 0) & (r > 0), quota, torch.zeros_like(quota))
-    return quota.to(torch.int64)
+    quota = torch.minimum(torch.round(r * n).clamp_min(1.0), n)
+    return torch.where((n > 0) & (r > 0), quota, torch.zeros_like(quota)).to(torch.int64)
 
 
-def allocate_zone_quotas(
-    quota: int, zone_counts: Sequence[int], zone_means: Sequence[float], alpha: float = 0.1
-) -> list[int]:
-    """Split one class's quota ``n̂_c`` over its entropy zones (Eq. 11 + SPEC §3.4–3.5).
-
-    Args:
-        quota: ``n̂_c``; at most ``sum(zone_counts)``.
-        zone_counts: pixels in each zone, low to high entropy.
-        zone_means: mean entropy of each zone (ignored for empty zones).
-        alpha: the ``α`` of Eq. 11.
-
-    Returns:
-        How many pixels to draw from each zone; sums to ``quota`` and never exceeds a zone's
-        count.
-    """
+def allocate_zone_quotas(quota: int, zone_counts: Sequence[int], zone_means: Sequence[float],
+                         alpha: float = 0.1) -> list[int]:
+    """Split one class's quota ``n̂_c`` (at most ``sum(zone_counts)``) over its entropy zones, low to high (Eq. 11,
+    SPEC §3.4–3.5): pixels to draw per zone, summing to ``quota``, never more than a zone holds."""
     k = len(zone_counts)
     if quota > sum(zone_counts):
         raise ValueError(f"quota {quota} exceeds the {sum(zone_counts)} pixels available")
@@ -106,35 +86,21 @@ def allocate_zone_quotas(
     return alloc
 
 
-def _flatten_inputs(labels: Tensor, entropy: Tensor) -> tuple[Tensor, Tensor]:
-    if labels.shape != entropy.shape:
-        raise ValueError(
-            f"labels {tuple(labels.shape)} and entropy {tuple(entropy.shape)} must have the same shape "
-            "(resize the labels to the embedding resolution with nearest interpolation first)"
-        )
-    return labels.reshape(-1).long(), entropy.reshape(-1)
-
-
 def _valid_pixels(labels: Tensor, num_classes: int, ratio: Tensor, ignore_index: int) -> Tensor:
     """Indices of pixels that can be sampled: not ignored and of a class with ``r_c > 0``."""
     ignored = labels == ignore_index
     bad = ~ignored & ((labels < 0) | (labels >= num_classes))
     if bad.any():
-        raise ValueError(
-            f"labels hold {labels[bad].unique().tolist()}, outside [0, {num_classes}) and not "
-            f"ignore_index={ignore_index}; class_ratio has {num_classes} entries"
-        )
+        raise ValueError(f"labels hold {labels[bad].unique().tolist()}, outside [0, {num_classes}) and not "
+                         f"ignore_index={ignore_index}; class_ratio has {num_classes} entries")
     # One lookup in a (C + 1)-entry table; slot C stands for "ignored".
     sampled = torch.cat([ratio > 0, ratio.new_zeros(1, dtype=torch.bool)])
     return sampled[torch.where(ignored, num_classes, labels)].nonzero().squeeze(1)
 
 
 def entropy_zones(labels: Tensor, entropy: Tensor, num_classes: int, num_zones: int = 5) -> Tensor:
-    """Zone index (Eq. 10) of every pixel, computed per class over that class's ``[E_min, E_max]``.
-
-    ``labels`` must hold only classes in ``[0, num_classes)`` (filter ignored pixels first).
-    Returns an int64 tensor of the same length with values in ``[0, num_zones)``.
-    """
+    """Zone index (Eq. 10, int64 in ``[0, num_zones)``) of every pixel over its class's ``[E_min, E_max]``;
+    ``labels`` hold only classes in ``[0, num_classes)``."""
     e = entropy.to(torch.float64)
     emin = torch.full((num_classes,), math.inf, dtype=torch.float64, device=e.device)
     emax = torch.full((num_classes,), -math.inf, dtype=torch.float64, device=e.device)
@@ -156,14 +122,9 @@ _MARGIN_SD, _MARGIN_MIN = 4.0, 16.0
 
 
 def _draw_in_groups(group: Tensor, num_groups: int, alloc: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Positions (into ``group``) of a uniform random subset of ``alloc[g]`` elements of every group g.
-
-    Every element gets a random key; the ``alloc[g]`` smallest keys of a group are a uniform draw
-    without replacement. Only keys under a per-group threshold (a few standard deviations above
-    the expected ``alloc/size`` share) can be among them, so only those candidates are sorted; a
-    group with too few candidates is retried whole. The result depends on the keys only, never
-    on the threshold, so a seed always gives the same draw.
-    """
+    """Positions (into ``group``) of a uniform random subset of ``alloc[g]`` elements of every group g: the
+    ``alloc[g]`` smallest random keys. Only keys under a per-group threshold are sorted (a group with too few
+    is retried whole); the draw depends on the keys only, so a seed always gives the same draw."""
     n = group.numel()
     gen_device = generator.device if generator is not None else group.device
     keys = torch.randint(0, 1 << _KEY_BITS, (n,), generator=generator, device=gen_device).to(group.device)
@@ -205,22 +166,12 @@ def _highest_entropy_in_classes(lab: Tensor, ent: Tensor, num_classes: int, quot
 def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: SamplingMethod = "mes",
                   num_zones: int = 5, alpha: float = 0.1, ignore_index: int = 255,
                   generator: torch.Generator | None = None) -> Tensor:
-    """Indices (into the flattened ``labels``) of the pixels chosen to update the prototypes.
+    """Sorted flat indices of the pixels chosen to update the prototypes.
 
-    Args:
-        labels: class per pixel, any shape (flattened), ``ignore_index`` = not sampled.
-        entropy: Eq. 9 entropy of the teacher's softmax at the same pixels, same shape.
-        class_ratio: ``(C,)`` from :func:`class_ratio` over the labeled set.
-        method: ``"mes"`` (Eq. 10–11), ``"quantity"`` (uniform in the class) or
-            ``"confidence"`` (highest entropy first). All use the quota of :func:`class_quotas`.
-        num_zones: ``k`` of Eq. 10 (MES only).
-        alpha: ``α`` of Eq. 11 (MES only), must be > 0.
-        ignore_index: label value that is never sampled.
-        generator: seeds the random draws; same inputs and seed give the same pixels. It must
-            live on the labels' device (a CPU generator for CPU tensors).
-
-    Returns:
-        Sorted int64 tensor of flat pixel indices.
+    ``labels`` (any shape; ``ignore_index`` never sampled) and ``entropy`` (Eq. 9, same shape), ``class_ratio``
+    (C,) of the labeled set; ``method``: ``"mes"`` (Eq. 10–11, ``num_zones`` = k, ``alpha`` = α),
+    ``"quantity"`` (uniform in the class) or ``"confidence"`` (highest entropy first), all with the quota of
+    :func:`class_quotas`. The same inputs and ``generator`` seed (on the labels' device) give the same pixels.
     """
     if method not in SAMPLING_METHODS:
         raise ValueError(f"method={method!r} is not one of {SAMPLING_METHODS}")
@@ -228,7 +179,10 @@ def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: 
         raise ValueError(f"num_zones must be >= 1, got {num_zones}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 (it keeps 1/(alpha + mean entropy) finite), got {alpha}")
-    flat_labels, flat_entropy = _flatten_inputs(labels, entropy)
+    if labels.shape != entropy.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and entropy {tuple(entropy.shape)} must have the same shape "
+                         "(resize the labels to the embedding resolution with nearest interpolation first)")
+    flat_labels, flat_entropy = labels.reshape(-1).long(), entropy.reshape(-1)
     num_classes = class_ratio.numel()
     ratio = class_ratio.to(device=flat_labels.device, dtype=torch.float64).flatten()
     valid = _valid_pixels(flat_labels, num_classes, ratio, ignore_index)
@@ -249,11 +203,8 @@ def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: 
         esum = torch.zeros(num_groups, dtype=torch.float64, device=group.device).index_add_(0, group, ent)
         means = (esum / sizes.clamp_min(1)).view(num_classes, num_zones).tolist()
         counts_cz = sizes.view(num_classes, num_zones).tolist()
-        alloc = [0] * num_groups
-        for c, q in enumerate(quota.tolist()):  # loop over classes on C × k numbers only
-            if q > 0:
-                zq = allocate_zone_quotas(q, counts_cz[c], means[c], alpha)
-                alloc[c * num_zones : (c + 1) * num_zones] = zq
+        alloc = [n for c, q in enumerate(quota.tolist())  # a loop over C × k numbers only
+                 for n in (allocate_zone_quotas(q, counts_cz[c], means[c], alpha) if q > 0 else [0] * num_zones)]
         alloc_t = torch.tensor(alloc, dtype=torch.int64, device=group.device)
         chosen = _draw_in_groups(group, num_groups, alloc_t, generator)
     return valid[torch.sort(chosen).values]
@@ -262,19 +213,10 @@ def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: 
 def sample_class_features(embeddings: Tensor, labels: Tensor, entropy: Tensor, class_ratio: Tensor,
                           method: SamplingMethod = "mes", num_zones: int = 5, alpha: float = 0.1,
                           ignore_index: int = 255, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Per-class sums and counts of the sampled embeddings (the GAP of Eq. 12, before division).
+    """Per-class ``sums`` (C, d) and int64 ``counts`` (C,) of the sampled embeddings (Eq. 12's GAP before division).
 
-    Args:
-        embeddings: ``(N, d)`` teacher pixel embeddings (L2-normalised), or ``(B, d, h, w)``
-            straight from the decoder (gathered image by image, no full transpose; on CPU this
-            reads most of the tensor, see the module docstring for what it costs).
-        labels: ``(N,)`` or ``(B, h, w)`` ground-truth class, ``ignore_index`` = not sampled.
-        entropy: same shape as ``labels``, Eq. 9 of the teacher's softmax.
-        class_ratio, method, num_zones, alpha, ignore_index, generator: see :func:`select_pixels`.
-
-    Returns:
-        ``sums`` ``(C, d)`` (float32 or wider) and ``counts`` ``(C,)`` int64. Classes absent from
-        the batch or with ``r_c = 0`` have zero sums and counts.
+    ``embeddings``: (N, d) L2-normalised, or (B, d, h, w) straight from the decoder (gathered image by image, no
+    transpose); ``labels``/``entropy``: (N,) or (B, h, w); the rest as in :func:`select_pixels`.
     """
     if embeddings.dim() == 2:
         n, d = embeddings.shape
