@@ -1,8 +1,5 @@
-"""DeS4 losses (Sec. 3.2): prototype logits (Eq. 6), entropy (Eq. 9) and the unbiased
-supervised loss of the teacher decoder (Eq. 7–8), as SPEC §1 and §2.3 read them.
-
-Pure functions of tensors: no model, trainer or data code here.
-"""
+"""DeS4 losses (Sec. 3.2, SPEC §1, §2.3) as pure tensor functions: prototype logits (Eq. 6), entropy (Eq. 9) and
+the teacher decoder's unbiased supervised loss (Eq. 7–8)."""
 
 from __future__ import annotations
 
@@ -19,32 +16,21 @@ __all__ = ["CLASS_WEIGHTINGS", "prototype_logits", "entropy", "class_balancing_w
 
 
 def entropy(probs: Tensor, dim: int = 1, eps: float = 1e-10) -> Tensor:
-    """Eq. 9: ``H(z) = −Σ_i z_i · log(z_i + ε)`` along ``dim`` (``ε = 1e-10``).
-
-    ``probs`` is a probability distribution along ``dim`` (e.g. ``logits.softmax(1)``); the result
-    drops that dimension. Uniform over C classes gives ``log C``; one-hot gives 0.
-    """
+    """Eq. 9: ``H(z) = −Σ_i z_i · log(z_i + ε)`` of probabilities along ``dim``, which the result drops."""
     return -(probs * torch.log(probs + eps)).sum(dim)
 
 
 def _check_shapes(logits: Tensor, labels: Tensor) -> None:
     if logits.dim() < 2 or labels.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match: expected logits "
-            "(B, C, H, W) with labels (B, H, W) (or (N, C) with (N,)). Upsample the logits to the label size "
-            "first, e.g. F.interpolate(logits, size=labels.shape[-2:], mode='bilinear', align_corners=False)."
-        )
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match: expected logits "
+                         "(B, C, H, W) with labels (B, H, W) (or (N, C) with (N,)). Upsample the logits to the label "
+                         "size first, e.g. F.interpolate(logits, size=labels.shape[-2:], mode='bilinear').")
 
 
 def class_balancing_weights(pixel_counts: Tensor, method: str) -> Tensor | None:
-    """Per-class cross-entropy weights from the labeled set's pixel counts (not in the paper; off by default).
-
-    ``median-frequency`` is the median frequency balancing of Eigen & Fergus (2015), used by SegNet on
-    CamVid: ``w_c = median(f) / f_c`` with ``f_c`` the class's share of the labeled pixels and the
-    median over the classes that occur. ``sqrt-median-frequency`` is its square root, a milder
-    version. A class with no labeled pixel gets weight 1 (it never appears as a target). ``none``
-    returns ``None``.
-    """
+    """Per-class cross-entropy weights from the labeled pixel counts (not in the paper): ``median-frequency``
+    (Eigen & Fergus 2015, as SegNet on CamVid) ``w_c = median(f) / f_c`` over the classes that occur, its square
+    root ``sqrt-median-frequency``, or ``none`` (None). A class without labeled pixels gets 1."""
     if method not in CLASS_WEIGHTINGS:
         raise ValueError(f"class weighting {method!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
     if method == "none":
@@ -70,16 +56,10 @@ def _pixel_class_weights(class_weights: Tensor, logits: Tensor, labels: Tensor, 
     return class_weights.to(device=logits.device, dtype=torch.float32)[labels.masked_fill(~valid, 0)] * valid
 
 
-def cross_entropy_loss(
-    logits: Tensor, labels: Tensor, ignore_index: int = 255, class_weights: Tensor | None = None
-) -> Tensor:
-    """Mean cross-entropy over the pixels whose label is not ``ignore_index`` (Eq. 6's ``L_ce``).
-
-    Unlike ``F.cross_entropy(..., reduction="mean")`` it returns 0 instead of NaN when every pixel
-    is ignored; that 0 is still connected to ``logits`` so ``backward()`` works. No host sync.
-    With ``class_weights`` (C,), pixel j counts ``w[y_j]`` times: ``Σ w·CE / Σ w`` over the valid pixels
-    (PyTorch's weighted mean), so uniform weights give the plain mean.
-    """
+def cross_entropy_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255,
+                       class_weights: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the non-ignored pixels (``L_ce``): 0, still in the graph, when all are ignored, where
+    ``F.cross_entropy`` gives NaN. With ``class_weights`` (C,), the weighted mean ``Σ w·CE / Σ w``."""
     _check_shapes(logits, labels)
     if class_weights is None:
         return segmentation_loss(logits, labels, ignore_index)
@@ -91,14 +71,9 @@ def cross_entropy_loss(
 
 @torch.no_grad()
 def pixel_weights(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Eq. 7 weights ``W_i = (1 − max softmax)² / Σ (1 − max softmax)²`` per image (detached).
-
-    Shape of ``labels``, float32: 0 at ignored pixels, and the valid pixels of each image sum to 1
-    (an image with no valid pixel is all 0). ``1 − max softmax`` is computed as
-    ``−expm1(max log_softmax)`` so a confident pixel keeps a tiny non-zero weight instead of
-    rounding to 0; if every weight of an image still underflows to 0 the image falls back to
-    uniform weights, the limit of equal tiny weights.
-    """
+    """Eq. 7 weights ``W_i = (1 − max softmax)² / Σ (1 − max softmax)²`` per image, detached, 0 at ignored pixels.
+    ``1 − max softmax`` is ``−expm1(max log_softmax)``, so confident pixels keep tiny non-zero weights; an image
+    whose weights all underflow falls back to uniform weights (their limit)."""
     _check_shapes(logits, labels)
     labels = labels.long()
     valid = labels != ignore_index
@@ -114,24 +89,9 @@ def pixel_weights(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Te
 
 def unbiased_supervised_loss(logits: Tensor, labels: Tensor, reweight: bool = True, ignore_index: int = 255,
                              class_weights: Tensor | None = None) -> Tensor:
-    """``L_l^ub`` of Eq. 8 with the pixel weights of Eq. 7 (SPEC §2.3).
-
-    Args:
-        logits: ``(B, C, H, W)`` teacher-decoder logits through the prototypes, at label size.
-        labels: ``(B, H, W)`` class indices, ``ignore_index`` excluded from loss and weights.
-        reweight: ``False`` switches pixel re-weighting off (ablation "P.R.", Table 3): plain mean
-            cross-entropy over all valid pixels of the batch.
-        ignore_index: label value to ignore.
-        class_weights: optional ``(C,)`` per-class weights (not in the paper): each pixel's Eq. 7 weight is
-            multiplied by its class's weight and the image's weights are normalised to sum 1 again;
-            with ``reweight=False``, the class-weighted mean of :func:`cross_entropy_loss`.
-
-    Returns:
-        Scalar: per image ``Σ_j W_ij · CE_ij`` (weights detached, summing to 1 over the image's
-        valid pixels), averaged over the images that have at least one valid pixel. Images with no
-        valid pixel add nothing, not even to the denominator; an all-ignored batch gives a 0
-        that is still connected to ``logits``.
-    """
+    """``L_l^ub`` of Eq. 8 (SPEC §2.3): per image ``Σ_j W_ij · CE_ij`` with the Eq. 7 weights, averaged over the
+    images with a valid pixel. ``reweight=False`` (ablation "P.R.") is the plain mean cross-entropy;
+    ``class_weights`` (not in the paper) multiply the Eq. 7 weights, renormalised per image."""
     if not reweight:
         return cross_entropy_loss(logits, labels, ignore_index, class_weights)
     _check_shapes(logits, labels)
