@@ -1,14 +1,9 @@
-"""Confusion-matrix segmentation metrics: per-class IoU, mIoU, pixel accuracy.
+"""Confusion-matrix segmentation metrics (per-class IoU, mIoU, pixel accuracy), shared by evaluation and the
+``evaluate`` module so that both count pixels the same way.
 
-Pure tensor code with no dependency on the rest of the package, so that the training loop (periodic
-evaluation), :mod:`des4_hf.evaluation` and the ``evaluate`` module in ``metrics/mean_iou`` all count
-pixels the same way.
-
-Conventions: rows of the matrix are the ground-truth classes, columns the predicted classes
-(``matrix[t, p]`` = number of pixels of class ``t`` predicted as ``p``), as in scikit-learn and
-torchmetrics. Pixels whose target equals ``ignore_index`` (255) are not counted. A class that is
-absent from both the predictions and the targets has IoU NaN and is left out of the mean; a class
-that is predicted but absent from the targets has IoU 0 and counts.
+``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p`` (as scikit-learn); targets equal to
+``ignore_index`` are not counted. A class absent from predictions and targets has IoU NaN, left out of the mean;
+one predicted but absent from the targets has IoU 0 and counts.
 """
 
 from __future__ import annotations
@@ -23,18 +18,12 @@ class LabelRangeError(ValueError):
     """Target (or prediction) values outside ``[0, num_classes)`` ∪ ``{ignore_index}``."""
 
 
-def _describe(where: str | None) -> str:
-    return f"{where}: " if where else ""
-
-
 def check_label_range(target: Tensor, num_classes: int, ignore_index: int | None = 255, *, where: str | None = None,
                       what: str = "labels") -> None:
-    """Raise :class:`LabelRangeError` when ``target`` holds values outside ``[0, C)`` ∪ ``{ignore_index}``.
-
-    ``where`` names the sample (e.g. ``"image '2007_000033'"``) in the message.
-    """
+    """Raise :class:`LabelRangeError`, naming the sample ``where``, for values outside ``[0, C)`` ∪ ``{ignore_index}``."""
+    where = f"{where}: " if where else ""
     if target.is_floating_point() or target.is_complex():
-        raise TypeError(f"{_describe(where)}{what} must be an integer tensor of class indices, got {target.dtype}.")
+        raise TypeError(f"{where}{what} must be an integer tensor of class indices, got {target.dtype}.")
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -42,52 +31,35 @@ def check_label_range(target: Tensor, num_classes: int, ignore_index: int | None
         values = torch.unique(target[bad]).tolist()
         shown = values[:10] + (["..."] if len(values) > 10 else [])
         allowed = f"0..{num_classes - 1}" + (f" and {ignore_index} (ignore)" if ignore_index is not None else "")
-        raise LabelRangeError(
-            f"{_describe(where)}{what} hold values {shown} ({int(bad.sum())} pixels) outside the "
-            f"{num_classes} classes ({allowed}). Fix: check that the dataset and the model use the same "
-            "classes (num_labels) and that void pixels are stored as the ignore index."
-        )
+        raise LabelRangeError(f"{where}{what} hold values {shown} ({int(bad.sum())} pixels) outside the {num_classes} "
+                              f"classes ({allowed}). Fix: check that the dataset and the model use the same classes "
+                              "(num_labels) and that void pixels are stored as the ignore index.")
 
 
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255, *, check: bool = True,
-    where: str | None = None,
-) -> Tensor:
-    """``(C, C)`` int64 confusion matrix of class-index maps ``pred`` and ``target`` (any equal shapes).
-
-    ``matrix[t, p]`` counts the pixels of true class ``t`` predicted as ``p``; pixels whose target is
-    ``ignore_index`` are skipped. One ``torch.bincount`` over ``t * C + p``, on the tensors' device.
-    With ``check`` (default) values outside ``[0, C)`` raise :class:`LabelRangeError` (targets may also
-    hold ``ignore_index``) instead of being silently miscounted.
-    """
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255, *,
+                     check: bool = True, where: str | None = None) -> Tensor:
+    """``(C, C)`` int64 confusion matrix of equal-shaped class-index maps: one ``bincount`` over ``t * C + p``. With
+    ``check``, values outside ``[0, C)`` raise :class:`LabelRangeError` instead of being miscounted."""
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be >= 1.")
     if pred.shape != target.shape:
-        raise ValueError(
-            f"{_describe(where)}predictions {tuple(pred.shape)} and labels {tuple(target.shape)} differ in "
-            "shape: compare label maps at the same resolution (pass class indices, not logits)."
-        )
-    pred = pred.reshape(-1)
-    target = target.reshape(-1)
+        raise ValueError(f"{f'{where}: ' if where else ''}predictions {tuple(pred.shape)} and labels "
+                         f"{tuple(target.shape)} differ in shape: compare label maps at the same resolution (pass "
+                         "class indices, not logits).")
+    pred, target = pred.reshape(-1), target.reshape(-1)
     if check:
         check_label_range(target, num_classes, ignore_index, where=where)
         check_label_range(pred, num_classes, None, where=where, what="predictions")
     if ignore_index is not None:
         keep = target != ignore_index
         pred, target = pred[keep], target[keep]
-    index = target.long() * num_classes + pred.long()
-    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    counts = torch.bincount(target.long() * num_classes + pred.long(), minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
 
 def scores_from_confusion(matrix: Tensor) -> dict[str, Any]:
-    """IoU and accuracy figures of a ``(C, C)`` confusion matrix (rows = truth, columns = prediction).
-
-    Returns ``per_class_iou`` and ``per_class_accuracy`` (float64 tensors, NaN where undefined: IoU for a
-    class absent from both predictions and targets, accuracy for a class absent from the targets),
-    ``mean_iou`` / ``mean_accuracy`` (mean over the defined classes; NaN when there is none) and
-    ``pixel_accuracy`` (correct / labelled pixels; NaN without labelled pixels), as Python floats.
-    """
+    """``per_class_iou``/``per_class_accuracy`` (float64 tensors, NaN where undefined), their means over the defined
+    classes and ``pixel_accuracy`` (floats, NaN when undefined) of a ``(C, C)`` confusion matrix."""
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"a confusion matrix is (C, C), got {tuple(matrix.shape)}")
     matrix = matrix.detach().to("cpu", torch.float64)
@@ -110,19 +82,8 @@ def _nanmean(values: Tensor) -> float:
 
 
 class ConfusionMatrix:
-    """Accumulates a ``(C, C)`` confusion matrix over batches, optionally across processes.
-
-    ```python
-    >>> metric = ConfusionMatrix(num_classes=21)
-    >>> for logits, labels in ...:
-    ...     metric.update(logits.argmax(1), labels)
-    >>> metric.reduce(accelerator)  # sum over the processes of an accelerate run
-    >>> metric.compute()["mean_iou"]
-    ```
-
-    Each process must update with a *disjoint* part of the data (shard indices ``rank::world_size``,
-    no padding duplicates) so that every image is counted exactly once after :meth:`reduce`.
-    """
+    """Accumulates a ``(C, C)`` confusion matrix over batches (``update``), summed over processes by ``reduce``:
+    each process must update with a disjoint shard, so every image counts once."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255, device: torch.device | str | None = None):
         if num_classes < 1:
