@@ -1,13 +1,8 @@
 """``torch.utils.data.Dataset`` wrappers the trainer and the evaluator iterate.
 
-Images are decoded with ``torchvision.io.decode_image`` straight from the path or the Arrow bytes, masks with
-PIL (a palette PNG must be read as indices). The randomness of item ``i`` comes from a generator seeded by
-``(seed, epoch, i, stream)`` (:func:`des4_hf.data.augment.item_generator`): call ``set_epoch(epoch)`` first
-(the trainer keys items by ``(epoch, index)``, see :mod:`des4_hf.training.streams`).
-
-Bad data raises :class:`~des4_hf.data.datasets.DataError` naming the file (size mismatch, out-of-range mask
-values, unreadable file). With ``skip_bad=True`` the item is logged, its id added to ``bad_ids`` and the next
-good item returned instead, so an epoch keeps its length.
+Images are decoded by torchvision straight from the path or the Arrow bytes, masks by PIL (palette PNGs as
+indices). Item ``i``'s randomness comes from ``(seed, epoch, i, stream)``: call ``set_epoch`` first. Bad data
+raises :class:`DataError` naming the file; with ``skip_bad=True`` the next good item is returned instead.
 """
 
 from __future__ import annotations
@@ -48,15 +43,11 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         raise DataError(f"{where}: missing (empty value). Fix: drop the row or supply the file.")
     source = record.get("path") or "<bytes>"
     try:
-        if record.get("bytes"):
-            data = torch.frombuffer(bytearray(record["bytes"]), dtype=torch.uint8)
-        else:
-            data = read_file(record["path"])
+        data = torch.frombuffer(bytearray(record["bytes"]), dtype=torch.uint8) if record.get("bytes") \
+            else read_file(record["path"])
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(
-            f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, "
-            "or use skip_bad=True."
-        ) from exc
+        raise DataError(f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, or use "
+                        "skip_bad=True.") from exc
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
@@ -65,9 +56,8 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         with PILImage.open(io.BytesIO(data.numpy().tobytes())) as im:
             array = np.array(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001
-        raise DataError(
-            f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or use skip_bad=True."
-        ) from exc
+        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or use "
+                        "skip_bad=True.") from exc
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -99,16 +89,12 @@ class _SegmentationBase(torch.utils.data.Dataset):
         if len(hf_dataset) == 0:
             raise DataError("the dataset split is empty. Fix: check the split / the labeled ids.")
         if with_labels and "label" not in hf_dataset.column_names:
-            raise DataError(
-                f"this dataset has no 'label' column (columns: {hf_dataset.column_names}); "
-                "labeled training and evaluation need masks. Fix: pass the labeled split."
-            )
-        raw = hf_dataset.cast_column("image", datasets.Image(decode=False))
-        columns = ["id", "image"]
-        if with_labels:
-            raw = raw.cast_column("label", datasets.Image(decode=False))
-            columns.append("label")
-        self._raw = raw.select_columns(columns)
+            raise DataError(f"this dataset has no 'label' column (columns: {hf_dataset.column_names}); labeled "
+                            "training and evaluation need masks. Fix: pass the labeled split.")
+        images = ["image", "label"] if with_labels else ["image"]
+        self._raw = hf_dataset.select_columns(["id", *images])
+        for column in images:  # raw bytes/paths, decoded here (a cheap cast: no table rewrite)
+            self._raw = self._raw.cast_column(column, datasets.Image(decode=False))
         self.num_classes = _num_classes(hf_dataset, num_classes)
         self.mean = torch.tensor(list(image_mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(image_std), dtype=torch.float32).view(-1, 1, 1)
@@ -130,23 +116,16 @@ class _SegmentationBase(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         """``(id, image uint8 (3,H,W), mask uint8 (H,W) or None)``, validated."""
         row = self._raw[index]
-        id_ = row["id"]
-        image_record = row["image"]
+        id_, image_record, label_record = row["id"], row["image"], row.get("label")
         image = decode_image_record(image_record, f"image of id {id_!r}")
         if not self.with_labels:
             return id_, image, None
-        label_record = row["label"]
-        where = f"mask of id {id_!r}" + (
-            f" ({label_record['path']})" if label_record and label_record.get("path") else ""
-        )
+        where = f"mask of id {id_!r}" + (f" ({label_record['path']})" if (label_record or {}).get("path") else "")
         mask = decode_mask_record(label_record, where)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
-            image_path = (image_record or {}).get("path") or "<bytes>"
-            raise DataError(
-                f"{where}: mask is {tuple(mask.shape)[::-1]} (W×H) but image {image_path} is "
-                f"{tuple(image.shape[-2:])[::-1]}. Fix: re-export the mask at the image size, or "
-                "use skip_bad=True."
-            )
+            raise DataError(f"{where}: mask is {tuple(mask.shape)[::-1]} (W×H) but image "
+                            f"{(image_record or {}).get('path') or '<bytes>'} is {tuple(image.shape[-2:])[::-1]}. "
+                            "Fix: re-export the mask at the image size, or use skip_bad=True.")
         if self.num_classes is not None:
             check_mask_values(mask.numpy(), self.num_classes, where)
         return id_, image, mask
@@ -195,13 +174,8 @@ class LabeledTrainDataset(_TrainBase):
 
 
 class UnlabeledTrainDataset(_TrainBase):
-    """Weak and strong views of one unlabeled crop (same geometry), its padding and CutMix box.
-
-    ``pixel_values_weak`` / ``pixel_values_strong`` float (3, c, c); ``padding_mask`` bool
-    (c, c), True where the crop lies outside the image (ignore the pseudo label there);
-    ``cutmix_mask`` bool (c, c), the box the trainer fills from another sample of the batch.
-    A ``label`` column, if present, is never read.
-    """
+    """Weak and strong views (same geometry) of one unlabeled crop: ``pixel_values_weak``/``_strong`` (3, c, c),
+    ``padding_mask`` (c, c; True outside the image) and ``cutmix_mask`` (the box filled from another sample)."""
 
     stream = STREAM_UNLABELED
     with_labels = False
@@ -219,10 +193,8 @@ class UnlabeledTrainDataset(_TrainBase):
 
 
 class EvalDataset(_SegmentationBase):
-    """Full-resolution ``pixel_values`` float (3, H, W), ``labels`` int64 (H, W) and ``id`` (str).
-
-    Sizes differ between images: use ``batch_size=1`` or :func:`eval_collate`.
-    """
+    """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images
+    (``batch_size=1`` or :func:`eval_collate`)."""
 
     def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float],
                  num_classes: int | None = None, skip_bad: bool = False) -> None:
@@ -249,9 +221,8 @@ def eval_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "sizes": torch.tensor([tuple(item["labels"].shape) for item in batch])}
 
 
-def _normalize_masked(
-    image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, padding: torch.Tensor
-) -> torch.Tensor:
+def _normalize_masked(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                      padding: torch.Tensor) -> torch.Tensor:
     """Normalise, then set padded pixels to 0 (= the mean colour, a neutral input)."""
     out = normalize(image, mean, std)
     return out.masked_fill_(padding, 0.0) if bool(padding.any()) else out
