@@ -14,15 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from des4_hf.training.config import (
-    CLASS_WEIGHTINGS,
-    METHODS,
-    MIXED_PRECISION,
-    PROTOTYPE_INITS,
-    REPORT_TO,
-    SAMPLERS,
-    TrainConfig,
-)
+from des4_hf.training.config import CHOICES, TrainConfig
 
 _FLAG_ALIASES = {
     "decoupled": "--no-decoupled",
@@ -38,10 +30,6 @@ def _field_type(item: dataclasses.Field) -> Any:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
     return annotation
-
-
-_CHOICES = {"method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS,
-            "mixed_precision": MIXED_PRECISION, "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -69,7 +57,7 @@ def train_parser() -> argparse.ArgumentParser:
             parser.add_argument(option, dest=dest, type=float, nargs=2, default=None, help=help_text)
         else:
             converter = kind if kind in (int, float, str) else str
-            choices = _CHOICES.get(item.name)  # shown in --help; checked with the rest in TrainConfig.validate
+            choices = CHOICES.get(item.name)  # shown in --help; checked with the rest in TrainConfig.validate
             parser.add_argument(option, dest=dest, type=converter, default=None, help=help_text,
                                 metavar="{" + ",".join(choices) + "}" if choices else None)
     return parser

@@ -26,6 +26,10 @@ SAMPLERS = ("mes", "quantity", "confidence")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
 PROTOTYPE_INITS = ("orthonormal", "first-mean")
+#: every option with a fixed set of values (also the command line's choices)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": MIXED_PRECISION,
+    "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
 
 
 @dataclass
@@ -52,8 +56,6 @@ class TrainConfig:
     # -- data ---------------------------------------------------------------------------------------
     dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
     data_root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
     split: str | None = None  # a named split (e.g. voc-blended-1323) or a split folder
     labeled_fraction: float = 0.125  # used when `split` is None: a seeded random split
     crop_size: int = 513
@@ -75,43 +77,19 @@ class TrainConfig:
     prototype_momentum: float = 0.99  # τ2 (Eq. 12)
     mes_num_zones: int = 5
     mes_alpha: float = 0.1
-    # Class-wise quantile threshold (SPEC §2.7 [choice]): per batch, the pseudo labels of each class whose teacher
-    # confidence lies below that class's q-quantile are ignored, so the least sure q of every class drops out. A
-    # fixed threshold cannot do this with cosine logits: at 0.95 no pixel passes the first 40 steps. Not in the
-    # paper, so off by default; the CamVid recipes use 0.2 (with the three options below: dev split, 300 steps,
-    # teacher 42.47 vs 38.75 without any of the four, benchmarks/camvid_dev_probes.sh).
-    pseudo_label_quantile: float | None = None
-    # SPEC §3.8 [choice]: "orthonormal" = random orthonormal prototypes, blended by the Eq. 12 EMA from the first
-    # step; "first-mean" = a class's first sampled mean. First means of a random decoder are nearly collinear
-    # (cosine 0.84–0.88; road–sidewalk 0.96), so classes separate slowly. Dev split, 300 steps, seed 0: teacher
-    # 40.12 vs 38.75 with first means; hence the default.
-    prototype_init: str = "orthonormal"
-    # SPEC §2.7 [choice]: L_u × B_u/B_l, so an unlabeled pixel weighs λ2 times a labeled one whatever the batch
-    # sizes (a no-op for equal batches, as in the paper's recipes); false = each loss a mean over its own pixels
-    # (6 + 2 crops and λ2 = 1.5: 4.5× instead of 1.5×). Dev split, 300 steps: teacher 40.78 vs 38.75; the default.
-    pixel_balanced_losses: bool = True
-    # SPEC §2.7 [choice]: the first fraction of the steps trains on labels only (no L_u, no pseudo labels: cheaper
-    # steps); the teacher's EMA schedule restarts at its end, so pseudo labels come from a copy of the warmed-up
-    # student (U2PL's supervised-only first epoch). Dev split, 300 steps: 0.2 gave 39.60 vs 38.75, less than the
-    # seed spread (3.4) and a cost that grows with long schedules: off by default, 0.2 in the CamVid recipes.
-    supervised_warmup: float = 0.0
-    # SPEC §4: the mean teacher's own prototype bank (method mean-teacher, or no D.T. and no S.H.) is an EMA of
-    # the student's bank like the rest of the teacher; false = MES on the EMA decoder's features (its bank never
-    # followed the student's: cosine 0.29–0.61 between the two after one step).
-    ema_teacher_bank: bool = True
-    # λ2 rises from 0 to lambda_unsupervised over this fraction of the steps with the sigmoid-shaped
-    # exp(−5(1−t)²) ramp of Mean Teacher (Tarvainen & Valpola 2017). Not in the paper: 0 (off) by
-    # default; for schedules of a few hundred steps, where early pseudo labels are mostly wrong.
-    unsupervised_rampup: float = 0.0
-    # Per-class weights on the cross-entropies from the labeled set's pixel counts: none | median-frequency |
-    # sqrt-median-frequency (des4_hf.losses.class_balancing_weights). Not in the paper, so none by default.
-    # They weight the student's L_l^b and L_u and L_l^ub too (multiplying its Eq. 7 pixel weights, renormalised
-    # per image).
+    # The early-phase [choice]s of SPEC §2.7 and §3.8; the recipes' values were chosen on the dev split
+    # (benchmarks/camvid_dev_probes.sh, reports/camvid/README.md). None is in the paper.
+    pseudo_label_quantile: float | None = None  # per batch, drop each class's least confident q of pseudo labels
+    prototype_init: str = "orthonormal"  # random orthonormal bank blended by Eq. 12 | "first-mean" of a class
+    pixel_balanced_losses: bool = True  # L_u × B_u/B_l: an unlabeled pixel weighs λ2 × a labeled one
+    supervised_warmup: float = 0.0  # first fraction of the steps on labels only; the EMA teacher restarts after it
+    ema_teacher_bank: bool = True  # SPEC §4: a mean teacher's own bank is an EMA of the student's (else MES)
+    unsupervised_rampup: float = 0.0  # λ2 ramps up as exp(−5(1−t)²) over this fraction (Mean Teacher)
+    # Per-class CE weights from the labeled pixel counts (des4_hf.losses.class_balancing_weights), on all losses
     class_weighting: str = "none"
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True
-    sync_batchnorm: bool = True  # applied on CUDA only
     num_workers: int = 2
     seed: int = 0
     output_dir: str = "outputs/des4"
@@ -145,12 +123,8 @@ class TrainConfig:
             if not condition:
                 errors.append(message)
 
-        check(self.method in METHODS, f"method={self.method!r}: choose one of {', '.join(METHODS)}")
-        check(self.sampler in SAMPLERS, f"sampler={self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        check(self.class_weighting in CLASS_WEIGHTINGS,
-              f"class_weighting={self.class_weighting!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
-        check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}")
-        check(self.report_to in REPORT_TO, f"report_to={self.report_to!r}: one of {', '.join(REPORT_TO)}")
+        for name, choices in CHOICES.items():
+            check(getattr(self, name) in choices, f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
         check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")
         check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
         check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
@@ -170,8 +144,6 @@ class TrainConfig:
         check(self.pseudo_label_quantile is None or 0 <= self.pseudo_label_quantile < 1,
               f"pseudo_label_quantile={self.pseudo_label_quantile}: the share of each class's pseudo labels to drop, "
               "in [0, 1) (e.g. 0.2), or null")
-        check(self.prototype_init in PROTOTYPE_INITS,
-              f"prototype_init={self.prototype_init!r}: choose one of {', '.join(PROTOTYPE_INITS)}")
         check(0 <= self.supervised_warmup < 1,
               f"supervised_warmup={self.supervised_warmup}: a fraction of the steps in [0, 1) (0 = off)")
         check(0 <= self.unsupervised_rampup <= 1,

@@ -120,11 +120,11 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         with accelerator.main_process_first():
             dataset = load_segmentation_dataset(config.dataset, **({"root": config.data_root} if config.data_root else {}))
-        if config.train_split not in dataset or config.val_split not in dataset:
-            raise ValueError(f"dataset {config.dataset!r} has splits {list(dataset)}; set train_split/val_split")
+        if "train" not in dataset or "val" not in dataset:
+            raise ValueError(f"dataset {config.dataset!r} has splits {list(dataset)}; training needs 'train' and 'val'")
         self.class_names = get_class_names(dataset)
         self.num_classes = len(self.class_names)
-        train = dataset[config.train_split]
+        train = dataset["train"]
         if config.split is None:
             split = SemiSupervisedSplit.random(train, labeled=config.labeled_fraction, seed=config.seed)
         elif config.split in list_standard_splits():
@@ -141,7 +141,7 @@ class Trainer:
         self.class_ratio = compute_class_ratio(torch.as_tensor(self.labeled_pixel_counts)).to(accelerator.device)
         weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts), config.class_weighting)
         self.class_weights = weights.to(accelerator.device) if weights is not None else None
-        self.val_hf = dataset[config.val_split]
+        self.val_hf = dataset["val"]
         self.print(f"data: {config.dataset} — {len(self.labeled_hf)} labeled, {len(self.unlabeled_hf)} unlabeled "
                    f"(split {split.name}), {len(self.val_hf)} val, {self.num_classes} classes")
         if self.class_weights is not None:
@@ -166,7 +166,7 @@ class Trainer:
         if config.prototype_init == "orthonormal":  # before the teacher copies the bank; the same on every rank
             student.prototype_head.reset_orthonormal_(torch.Generator().manual_seed(config.seed))
         model = TeacherStudent(student, config)
-        if accelerator.device.type == "cuda" and accelerator.num_processes > 1 and config.sync_batchnorm:
+        if accelerator.device.type == "cuda" and accelerator.num_processes > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -334,7 +334,7 @@ class Trainer:
             shutil.rmtree(temporary)
         model.save_pretrained(temporary)
         self.image_processor.save_pretrained(temporary)
-        atomic_write_json(temporary / "eval.json", {"dataset": self.config.dataset, "split": self.config.val_split,
+        atomic_write_json(temporary / "eval.json", {"dataset": self.config.dataset, "split": "val",
                                                      **record["teacher"], "step": self.state.step})
         old = target.with_name(f".old-{target.name}")
         if target.exists():
