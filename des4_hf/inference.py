@@ -1,7 +1,5 @@
-"""Inference helpers shared by prediction, evaluation and benchmarks.
-
-Precision choice, whole-image / sliding-window / flip / multi-scale logits, palettes and overlays.
-"""
+"""Inference shared by prediction, evaluation and benchmarks: the precision choice, whole-image / sliding-window /
+flip / multi-scale logits, palettes and overlays."""
 
 from __future__ import annotations
 
@@ -31,35 +29,25 @@ class PrecisionChoice:
 
 
 def resolve_precision(precision: str, device: torch.device | str, channels_last: bool | None = None) -> PrecisionChoice:
-    """Turn ``auto|fp32|bf16|fp16`` into a concrete choice for ``device``.
-
-    The one precision resolver of the package (prediction, evaluation and training). ``auto`` is bf16 (fp16
-    without bf16) on CUDA and fp32 + channels_last on any CPU: bf16 on CPUs measured slower than fp32 even
-    where oneDNN reports native support (``reports/benchmark.md``), so capability flags never decide it.
-    """
+    """``auto|fp32|bf16|fp16`` → a concrete choice for ``device``: the package's one precision resolver. ``auto`` is
+    bf16 (fp16 without bf16) on CUDA and fp32 + channels_last on any CPU, where bf16 measured slower even with native
+    support (``reports/benchmark.md``): capability flags never decide it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
     device = torch.device(device)
     if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
+        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision='fp16' is not supported on the CPU: use 'fp32' or 'bf16'.")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if channels_last is None:
-        channels_last = True  # never slower for these conv nets in our measurements, often faster
-    return PrecisionChoice(precision, dtype, channels_last)
+    return PrecisionChoice(precision, dtype, True if channels_last is None else channels_last)
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.autocast`` for ``dtype`` on ``device``; a no-op for fp32."""
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+    with torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype is not None \
+            else contextlib.nullcontext():
         yield
 
 
@@ -67,14 +55,10 @@ def _model_logits(model: nn.Module, pixel_values: Tensor) -> Tensor:
     return model(pixel_values=pixel_values).logits.float()
 
 
-def sliding_window_logits(
-    model: nn.Module, pixel_values: Tensor, crop_size: int | tuple[int, int], stride: int | tuple[int, int]
-) -> Tensor:
-    """Logits of (B, 3, H, W) from overlapping crops, overlapping logits averaged.
-
-    Windows cover the whole image; the last window of a row/column is aligned with the border, and an
-    image smaller than the crop is run whole (the model pads internally).
-    """
+def sliding_window_logits(model: nn.Module, pixel_values: Tensor, crop_size: int | tuple[int, int],
+                          stride: int | tuple[int, int]) -> Tensor:
+    """Logits of (B, 3, H, W) from overlapping crops, averaged where they overlap; the last window of a row or
+    column is aligned with the border, and an image smaller than the crop is run whole."""
     crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     stride_h, stride_w = (stride, stride) if isinstance(stride, int) else stride
     if stride_h < 1 or stride_w < 1 or stride_h > crop_h or stride_w > crop_w:
@@ -82,20 +66,17 @@ def sliding_window_logits(
     batch, _, height, width = pixel_values.shape
     if height <= crop_h and width <= crop_w:
         return _model_logits(model, pixel_values)
-    tops = _window_starts(height, crop_h, stride_h)
-    lefts = _window_starts(width, crop_w, stride_w)
     logits_sum: Tensor | None = None
     counts = torch.zeros(1, 1, height, width, device=pixel_values.device)
-    for top in tops:
-        for left in lefts:
-            window = pixel_values[..., top : top + crop_h, left : left + crop_w]
-            window_logits = _model_logits(model, window)
+    for top in _window_starts(height, crop_h, stride_h):
+        for left in _window_starts(width, crop_w, stride_w):
+            window = (..., slice(top, top + crop_h), slice(left, left + crop_w))
+            window_logits = _model_logits(model, pixel_values[window])
             if logits_sum is None:
                 logits_sum = torch.zeros(batch, window_logits.shape[1], height, width, device=pixel_values.device)
-            logits_sum[..., top : top + crop_h, left : left + crop_w] += window_logits
-            counts[..., top : top + crop_h, left : left + crop_w] += 1
-    assert logits_sum is not None
-    return logits_sum / counts
+            logits_sum[window] += window_logits
+            counts[window] += 1
+    return logits_sum / counts  # type: ignore[operator]
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -107,41 +88,27 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 def predict_logits(model: nn.Module, pixel_values: Tensor, *, sliding_window: tuple[int, int] | None = None,
                    flip: bool = False, scales: Sequence[float] = (1.0,)) -> Tensor:
-    """Test-time logits at the input's size: optional sliding window (crop, stride), flip, multi-scale.
-
-    Multi-scale and flipped logits are resized back and averaged.
-    """
+    """Test-time logits at the input's size: optional sliding window (crop, stride), flip and scales, averaged."""
     height, width = pixel_values.shape[-2:]
     total: Tensor | None = None
     views = 0
     for scale in scales:
-        scaled = pixel_values
-        if scale != 1.0:
-            scaled = F.interpolate(
-                pixel_values, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
-            )
+        scaled = pixel_values if scale == 1.0 else F.interpolate(
+            pixel_values, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
         for flipped in (False, True) if flip else (False,):
             inputs = scaled.flip(-1) if flipped else scaled
-            if sliding_window is not None:
-                logits = sliding_window_logits(model, inputs, sliding_window[0], sliding_window[1])
-            else:
-                logits = _model_logits(model, inputs)
-            if flipped:
-                logits = logits.flip(-1)
+            logits = _model_logits(model, inputs) if sliding_window is None else \
+                sliding_window_logits(model, inputs, sliding_window[0], sliding_window[1])
+            logits = logits.flip(-1) if flipped else logits
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             total = logits if total is None else total + logits
             views += 1
-    assert total is not None
-    return total / views
+    return total / views  # type: ignore[operator]
 
 
 def color_palette(num_classes: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map ((N, 3) uint8): class bits spread over the high bits of R, G, B.
-
-    Index 255 (ignore) comes out white-ish, and class 0 black, as in VOC's own PNGs.
-    """
-    # One implementation of the colour map: the data package decodes VOC palette PNGs with it.
+    """The PASCAL VOC colour map ((N ≥ 256, 3) uint8), as in VOC's own PNGs (the one the data loaders decode)."""
     from .data.datasets import voc_palette
 
     return voc_palette(max(num_classes, 256))
