@@ -237,7 +237,7 @@ def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 
     ``[0, num_classes)`` ∪ ``{ignore_index}``: masks only, so a wrong dataset fails in seconds, not after an hour."""
     import datasets
 
-    from .data.torch_datasets import decode_mask_record
+    from .data.datasets import decode_mask
 
     if "label" not in hf_dataset.column_names:
         raise ValueError(f"the dataset has no 'label' column (columns: {hf_dataset.column_names}); evaluation "
@@ -247,7 +247,7 @@ def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 
 
     def check(row: tuple[str, Any]) -> None:
         id_, record = row
-        mask = decode_mask_record(record, f"mask of image {id_!r}")
+        mask = torch.from_numpy(decode_mask(record, f"mask of image {id_!r}"))
         check_label_range(mask, num_classes, ignore_index, where=f"image {id_!r}")
 
     rows = ((id_, record) for batch in raw.iter(batch_size=64) for id_, record in zip(batch["id"], batch["label"]))

@@ -48,16 +48,9 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def des4_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where derived files go (converted weights, Cityscapes train-id masks; never a possibly read-only source).
-
-    Order: the ``cache_dir`` argument, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``, ``$XDG_CACHE_HOME/des4_hf``,
-    ``~/.cache/des4_hf``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("DES4_CACHE"):
-        return Path(os.environ["DES4_CACHE"]).expanduser()
-    for variable in ("HF_HOME", "XDG_CACHE_HOME"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable]).expanduser() / "des4_hf"
-    return Path.home() / ".cache" / "des4_hf"
+    """Where derived files go (converted weights, Cityscapes train-id masks), never a possibly read-only source:
+    ``cache_dir``, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``, ``$XDG_CACHE_HOME/des4_hf`` or ``~/.cache/des4_hf``."""
+    if cache_dir is not None or os.environ.get("DES4_CACHE"):
+        return Path(cache_dir or os.environ["DES4_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(home).expanduser() / "des4_hf"

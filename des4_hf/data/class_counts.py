@@ -1,10 +1,5 @@
-"""Per-class pixel counts of the labeled set (MES class ratio R, SPEC §3), computed once and cached.
-
-The counts depend only on the labeled ids and the masks, so the cache key is the split
-fingerprint plus the class count. The cache lives under the run's cache/output folder, not
-the dataset root (which may be read-only). The JSON is written atomically (temp file +
-rename), so several processes computing it at once cannot leave a torn file.
-"""
+"""Per-class pixel counts of the labeled set (MES class ratio R, SPEC §3), computed once and cached under the run's
+folder (the dataset root may be read-only), keyed by the split fingerprint and the class count."""
 
 from __future__ import annotations
 
@@ -20,7 +15,7 @@ import datasets
 import numpy as np
 
 from ..utils import atomic_write
-from .datasets import IGNORE_INDEX, DataError, _open_record, iter_label_records, labels_to_indices
+from .datasets import IGNORE_INDEX, DataError, decode_mask, iter_label_records
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +25,15 @@ def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> None:
     counts = np.bincount(mask.reshape(-1), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if bad:
-        raise DataError(
-            f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
-            "Fix: remap them to class indices (or 255 = ignore), check num_classes, "
-            "or use skip_bad=True."
-        )
+        raise DataError(f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. Fix: "
+                        "remap them to class indices (or 255 = ignore), check num_classes, or use skip_bad=True.")
 
 
 def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool) -> np.ndarray | None:
     id_, record = item
     where = f"label of id {id_!r}" + (f" ({record.get('path')})" if record and record.get("path") else "")
     try:
-        with _open_record(record, where) as im:
-            mask = labels_to_indices(im, "index", where)
+        mask = decode_mask(record, where)
         counts = np.bincount(mask.reshape(-1), minlength=256)
         check_mask_values(mask, num_classes, where)
     except DataError as exc:
@@ -55,12 +46,8 @@ def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, ski
 
 def class_pixel_counts(labeled_dataset: datasets.Dataset, num_classes: int, cache_dir: str | os.PathLike[str],
                        split_fingerprint: str, skip_bad: bool = False, num_threads: int = 2) -> np.ndarray:
-    """``(C,)`` int64 pixel count per class over ``labeled_dataset`` (255 excluded).
-
-    Read from ``cache_dir/class_pixel_counts-<fingerprint>-<C>c.json`` when present (and made
-    for the same number of images), else computed by decoding every mask once — which also
-    validates the masks: a value outside ``[0, C) ∪ {255}`` raises an error naming the file.
-    """
+    """``(C,)`` int64 pixel count per class over ``labeled_dataset``, from the cache when it was made for as many
+    images, else by decoding every mask once, which also validates them (an error names the file)."""
     cache = Path(cache_dir) / f"class_pixel_counts-{split_fingerprint}-{num_classes}c.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
@@ -69,27 +56,13 @@ def class_pixel_counts(labeled_dataset: datasets.Dataset, num_classes: int, cach
         logger.warning("ignoring stale %s (made for %s images, dataset has %d)", cache, stored.get("num_images"),
                        len(labeled_dataset))
     if len(labeled_dataset) == 0:
-        raise DataError(
-            "the labeled dataset is empty; class counts need at least one mask. "
-            "Fix: check the split (labeled ids) against the dataset."
-        )
-    total = np.zeros(num_classes, dtype=np.int64)
-    skipped = 0
+        raise DataError("the labeled dataset is empty; class counts need at least one mask. Fix: check the split "
+                        "(labeled ids) against the dataset.")
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        for counts in pool.map(
-            lambda item: _count_one(item, num_classes, skip_bad), iter_label_records(labeled_dataset)
-        ):
-            if counts is None:
-                skipped += 1
-            else:
-                total += counts
-    atomic_write(
-        cache,
-        json.dumps(
-            {"split_fingerprint": split_fingerprint, "num_classes": num_classes, "num_images": len(labeled_dataset),
-             "num_skipped": skipped, "counts": total.tolist()},
-            indent=1,
-        )
-        + "\n"
-    )
+        per_image = list(pool.map(lambda item: _count_one(item, num_classes, skip_bad),
+                                  iter_label_records(labeled_dataset)))
+    total = np.sum([counts for counts in per_image if counts is not None] or [np.zeros(num_classes, np.int64)], 0)
+    atomic_write(cache, json.dumps({
+        "split_fingerprint": split_fingerprint, "num_classes": num_classes, "num_images": len(labeled_dataset),
+        "num_skipped": sum(counts is None for counts in per_image), "counts": total.tolist()}, indent=1) + "\n")
     return total

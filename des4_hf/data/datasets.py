@@ -608,6 +608,12 @@ def _load_preset_with_name(kind: str, name: str, kwargs: dict[str, Any]) -> data
     return load_hub(name, **kwargs)
 
 
+def decode_mask(record: Mapping[str, Any] | None, where: str) -> np.ndarray:
+    """uint8 ``(H, W)`` class indices of a ``datasets.Image(decode=False)`` mask record (a writable copy)."""
+    with _open_record(record, where) as im:
+        return np.array(labels_to_indices(im, "index", where), dtype=np.uint8, copy=True)
+
+
 def iter_label_records(ds: datasets.Dataset) -> Iterable[tuple[str, Mapping[str, Any] | None]]:
     """``(id, raw label record)`` pairs without decoding, for fast scans (class counts, checks)."""
     if "label" not in ds.column_names:

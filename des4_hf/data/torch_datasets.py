@@ -29,7 +29,7 @@ from .augment import (
     strong_photometric,
 )
 from .class_counts import check_mask_values
-from .datasets import IGNORE_INDEX, DataError, _open_record, get_dataset_metadata, labels_to_indices
+from .datasets import IGNORE_INDEX, DataError, decode_mask, get_dataset_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or use "
                         "skip_bad=True.") from exc
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def decode_mask_record(record: Mapping[str, Any] | None, where: str) -> torch.Tensor:
-    """uint8 ``(H, W)`` class-index tensor from a ``datasets.Image(decode=False)`` record."""
-    with _open_record(record, where) as im:
-        array = np.array(labels_to_indices(im, "index", where), dtype=np.uint8, copy=True)
-    return torch.from_numpy(array)
 
 
 def _num_classes(hf_dataset: datasets.Dataset, num_classes: int | None) -> int | None:
@@ -121,7 +114,7 @@ class _SegmentationBase(torch.utils.data.Dataset):
         if not self.with_labels:
             return id_, image, None
         where = f"mask of id {id_!r}" + (f" ({label_record['path']})" if (label_record or {}).get("path") else "")
-        mask = decode_mask_record(label_record, where)
+        mask = torch.from_numpy(decode_mask(label_record, where))
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(f"{where}: mask is {tuple(mask.shape)[::-1]} (W×H) but image "
                             f"{(image_record or {}).get('path') or '<bytes>'} is {tuple(image.shape[-2:])[::-1]}. "

@@ -49,13 +49,11 @@ class EpochSampler(Sampler):
 
 def stream_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int) -> DataLoader:
     """The DataLoader to ``accelerator.prepare`` for a :class:`BatchStream` (full batches only)."""
-    return DataLoader(
-        EpochIndexed(dataset), batch_size=batch_size, sampler=EpochSampler(len(dataset), seed),  # type: ignore[arg-type]
-        drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
-        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run
-        # (which creates its iterators at other steps) would see different dropout masks.
-        generator=torch.Generator().manual_seed(seed),
-    )
+    # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run (which creates its
+    # iterators at other steps) would see different dropout masks.
+    return DataLoader(EpochIndexed(dataset), batch_size=batch_size, sampler=EpochSampler(len(dataset), seed),
+                      drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 class BatchStream:
@@ -67,10 +65,8 @@ class BatchStream:
         self.batches_done = 0  # batches already produced in the current epoch
         self._iterator: Iterator[Any] | None = None
         if len(loader) == 0:
-            raise ValueError(
-                f"{name}: {len(loader.dataset)} images cannot fill one batch of {batch_size} on each of "
-                f"{accelerator.num_processes} process(es); lower the batch size or use fewer processes."
-            )
+            raise ValueError(f"{name}: {len(loader.dataset)} images cannot fill one batch of {batch_size} on each of "
+                             f"{accelerator.num_processes} process(es); lower the batch size or use fewer processes.")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -95,11 +91,9 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         launch = (state.get("num_processes"), state.get("batch_size"))
         if launch != (self.accelerator.num_processes, self.batch_size):
-            raise ValueError(
-                f"{self.name}: the checkpoint was written with {launch[0]} process(es) × batch {launch[1]}, this run "
-                f"has {self.accelerator.num_processes} × {self.batch_size}; resume with the same launch "
-                "settings for an exact continuation."
-            )
+            raise ValueError(f"{self.name}: the checkpoint was written with {launch[0]} process(es) × batch "
+                             f"{launch[1]}, this run has {self.accelerator.num_processes} × {self.batch_size}; resume "
+                             "with the same launch settings for an exact continuation.")
         self.epoch, self.batches_done, self._iterator = int(state["epoch"]), int(state["batches_done"]), None
 
     def epoch_indices(self, epoch: int) -> list[int]:
