@@ -28,23 +28,9 @@ OVERLAY_NAME = "images/example_prediction.png"
 RESULTS_NAME = "eval_results.json"
 
 
-# The DeS4 paper's published mIoU (%) with DeepLabv3+ ResNet-101 (SPEC §6; Tables 1 and 2 of the paper), shown as
-# the paper's reference numbers, never as this package's results: benchmark → ((labeled images, mIoU), ...).
-_PAPER = {
-    "PASCAL VOC 2012, classic (labeled from the 1,464 fine images)":
-        (("1/16 (92)", 68.02), ("1/8 (183)", 72.23), ("1/4 (366)", 74.58), ("1/2 (732)", 77.62),
-         ("full (1,464)", 80.86)),
-    "PASCAL VOC 2012, blended (labeled from the 10,582 augmented images)":
-        (("1/16 (662)", 77.28), ("1/8 (1,323)", 81.02), ("1/4 (2,646)", 81.61), ("1/2 (5,291)", 82.11)),
-    "Cityscapes (labeled from the 2,975 fine train images)": (("1/8 (372)", 75.74), ("1/4 (744)", 77.87)),
-}
-PAPER_RESULTS: tuple[tuple[str, str, float], ...] = tuple(
-    (benchmark, split, miou) for benchmark, rows in _PAPER.items() for split, miou in rows)
-
 _DATASET_NAMES = (("cityscapes", "Cityscapes"), ("camvid", "CamVid"), ("voc", "PASCAL VOC 2012"))
 
 
-# ------------------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class EvalResults:
     """One evaluation (dataset split) as ``scripts/evaluate.py`` writes it; IoUs are fractions in [0, 1]."""
@@ -60,11 +46,7 @@ class EvalResults:
 
     @property
     def dataset_name(self) -> str:
-        lowered = self.dataset.lower()
-        for key, pretty in _DATASET_NAMES:
-            if key in lowered:
-                return pretty
-        return self.dataset
+        return next((pretty for key, pretty in _DATASET_NAMES if key in self.dataset.lower()), self.dataset)
 
     @property
     def protocol(self) -> str:
@@ -173,7 +155,6 @@ def _label_of(name: str, labels: Sequence[str]) -> str:
     return labels[int(name)] if name.isdigit() and name not in labels and int(name) < len(labels) else name
 
 
-# ------------------------------------------------------------------------------------------------------ model folder
 def _model_files(model_dir: Path) -> list[Path]:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} not found: pass the folder written by training "
@@ -194,7 +175,6 @@ def _labels(config: Any) -> list[str]:
     return [str(config.id2label[index]) for index in range(config.num_labels)]
 
 
-# ------------------------------------------------------------------------------------------------------ card
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
@@ -205,12 +185,6 @@ def _format_value(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)):
         return "`" + json.dumps(value, sort_keys=True, default=str) + "`"
     return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _paper_table() -> str:
-    lines = ["| benchmark | labeled images | mIoU (%), paper |", "|---|---|---|"]
-    lines += [f"| {benchmark} | {split} | {miou:.2f} |" for benchmark, split, miou in PAPER_RESULTS]
-    return "\n".join(lines)
 
 
 def _template_text(template_path: str | Path | None) -> str:
@@ -240,17 +214,10 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
                       repo_id: str = "your-username/des4-model", *, model_name: str | None = None,
                       license_id: str = "apache-2.0", template_path: str | Path | None = None,
                       results_files: Sequence[str] = ()) -> str:
-    """The Markdown model card (YAML front matter with ``model-index``) for the model in ``model_dir``.
-
-    Args:
-        model_dir: a saved DeS4 model (only its ``config.json`` is read here).
-        results_json: evaluation JSON path(s), dict(s) or :class:`EvalResults`; ``None``: no results.
-        overlay_image: path, relative to the card, of the example prediction image (``None``: no example).
-        chart_image: relative path(s) of the per-class IoU chart(s), one per evaluation record, in order.
-        repo_id: the Hub repo the card is for (used in the usage code).
-        template_path: another Jinja template (default: ``des4_hf/model_cards/des4.md.j2``).
-        results_files: names of the evaluation files, shown in the card for provenance.
-    """
+    """The Markdown model card (YAML front matter with ``model-index``) of the model in ``model_dir`` (its
+    ``config.json``), for ``repo_id``: ``results_json`` (paths, dicts or :class:`EvalResults`), and paths relative
+    to the card of the example ``overlay_image`` and the ``chart_image`` of each record; ``results_files`` are
+    named in the card for provenance."""
     import jinja2
     from huggingface_hub import ModelCard
 
@@ -300,7 +267,7 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
         card_data=_card_data(repo_id, model_name, results, license_id).to_yaml(), model_name=model_name,
         repo_id=repo_id, short_name=short_name, arch=arch, labels=labels, training_rows=training_rows,
         results=rendered_results, results_files=list(results_files), overlay_image=overlay_image,
-        paper_table=_paper_table(), package_version=__version__)
+        package_version=__version__)
     content = re.sub(r"\n{3,}", "\n\n", content).rstrip() + "\n"
     ModelCard(content)  # fails here, not on the Hub, if the front matter does not parse
     return content
@@ -317,7 +284,6 @@ def _count_parameters(model_dir: Path) -> int:
     return total
 
 
-# ------------------------------------------------------------------------------------------------------ images
 def make_iou_chart(record: EvalResults, path: str | Path, labels: Sequence[str] | None = None) -> Path:
     """The per-class IoU chart of one evaluation record (the evaluation's own chart), classes in model order."""
     from .evaluation import plot_per_class_iou
@@ -350,7 +316,6 @@ def make_example_overlay(model: Any, processor: Any, image_path: str | Path, pat
     return Path(path)
 
 
-# ------------------------------------------------------------------------------------------------------ push
 def validate_repo_id(repo_id: str) -> str:
     """``namespace/name`` as huggingface_hub's own validator accepts it, or a ValueError saying what to pass."""
     from huggingface_hub.utils import HFValidationError
