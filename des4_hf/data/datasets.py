@@ -194,13 +194,10 @@ def _require_dir(path: Path, what: str, fix: str) -> None:
 
 
 def load_voc(root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False) -> datasets.DatasetDict:
-    """PASCAL VOC 2012 (``VOCdevkit/VOC2012``), optionally with the SBD ``SegmentationClassAug`` masks.
-
-    ``train_set``: ``"aug"`` = the 10,582 augmented ids (``ImageSets/Segmentation/train_aug.txt``
-    or ``trainaug.txt`` when present, else every ``SegmentationClassAug`` mask that is not a val
-    id), ``"fine"`` = the 1,464 ``train.txt`` ids with ``SegmentationClass`` masks, ``"auto"`` =
-    ``"aug"`` when ``SegmentationClassAug/`` exists. val = ``val.txt`` (1,449 ids).
-    """
+    """PASCAL VOC 2012 (``VOCdevkit/VOC2012``). ``train_set``: ``"aug"``, the 10,582 SBD-augmented ids
+    (``train_aug.txt`` / ``trainaug.txt``, else every ``SegmentationClassAug`` mask not in val), from which both
+    semi-supervised protocols draw; ``"fine"``, the 1,464 ``train.txt`` ids; ``"auto"``: aug when its masks exist.
+    val: the 1,449 ``val.txt`` ids."""
     root = Path(root)
     sets = root / "ImageSets" / "Segmentation"
     _require_dir(root / "JPEGImages", "VOC JPEGImages/", "pass root=<...>/VOCdevkit/VOC2012")
@@ -248,10 +245,8 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
     """CamVid 11 classes in VOC layout (367 train, 101 val, 480×360, void = 255)."""
     resolved = Path(root) if root is not None else default_camvid_root()
     if resolved is None:
-        raise DataError(
-            "CamVid root not given. Fix: pass root=<folder with JPEGImages/, SegmentationClass/, ImageSets/> "
-            "(--data-root on the command line) or set DES4_CAMVID_ROOT."
-        )
+        raise DataError("CamVid root not given. Fix: pass root=<folder with JPEGImages/, SegmentationClass/, "
+                        "ImageSets/> (--data-root on the command line) or set DES4_CAMVID_ROOT.")
     _require_dir(resolved / "JPEGImages", "CamVid JPEGImages/", "pass root= pointing at the CamVid copy")
     classes_file = resolved / "classes.txt"
     names = _read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
@@ -276,13 +271,9 @@ def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
 
 def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
                     cache_dir: str | os.PathLike[str] | None = None, num_threads: int = 2) -> datasets.DatasetDict:
-    """Cityscapes fine (``leftImg8bit/`` + ``gtFine/``), 19 train ids, 255 elsewhere.
-
-    Uses ``*_gtFine_labelTrainIds.png`` when present. Otherwise the ``*_gtFine_labelIds.png``
-    masks are mapped to train ids once and written as ``labelTrainIds`` PNGs under
-    ``cache_dir/cityscapes_train_ids/<hash of root>/`` (the dataset root may be read-only);
-    later loads reuse them. ``id`` = image path relative to ``root`` (as in the split lists).
-    """
+    """Cityscapes fine (``leftImg8bit/`` + ``gtFine/``), 19 train ids, 255 elsewhere; ``id`` = the image path
+    relative to ``root``, as in the split lists. Without ``*_labelTrainIds.png`` the ``*_labelIds.png`` masks are
+    mapped once into :func:`des4_cache_dir` (the dataset root may be read-only)."""
     root = Path(root)
     _require_dir(root / "leftImg8bit", "Cityscapes leftImg8bit/", "pass root=<folder with leftImg8bit/ and gtFine/>")
     _require_dir(root / "gtFine", "Cityscapes gtFine/", "download gtFine_trainvaltest.zip into the root")
@@ -365,12 +356,9 @@ PathLike = str | os.PathLike[str]
 def load_folder(images: PathLike, masks: PathLike | None = None, val_images: PathLike | None = None,
                 val_masks: PathLike | None = None, class_names: Sequence[str] | None = None,
                 num_classes: int | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
-    """Image/mask pairs matched by relative path + stem; ``masks=None`` gives an unlabeled set.
-
-    Masks are single-channel PNGs of class indices (palette PNGs are read as indices), 255 =
-    ignore. Class names: ``class_names``, else ``num_classes`` generic names, else a
-    ``classes.txt`` in the mask (or image) folder's parent.
-    """
+    """Image/mask pairs matched by relative path + stem (``masks=None``: unlabeled). Masks hold class indices (palette
+    PNGs read as indices), 255 = ignore. Class names: ``class_names``, ``num_classes`` generic ones, or a
+    ``classes.txt`` in (or beside) the mask or image folder."""
     images_p = Path(images)
     masks_p = Path(masks) if masks is not None else None
     if class_names is None:
@@ -421,13 +409,9 @@ def _rgb_lut(colors: Sequence[tuple[int, int, int]]) -> dict[int, int]:
 
 
 def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask") -> np.ndarray:
-    """Decode one mask image to ``(H, W)`` uint8 class indices according to ``label_format``.
-
-    ``index``/``palette``: pixel values (palette PNG indices) are the classes; ``voc_rgb``:
-    RGB colours of the VOC colour map (void colour → 255); ``cityscapes_label_ids``: labelIds →
-    train ids; ``cityscapes_color``: ``gtFine_color`` colours → train ids. Unknown colours → 255.
-    ``auto`` reads palette/grey masks as indices and RGB masks with the VOC colour map.
-    """
+    """One mask image → ``(H, W)`` uint8 class indices. ``index``/``palette``: the values are the classes;
+    ``voc_rgb`` / ``cityscapes_color``: colours of the VOC map / ``gtFine_color`` (unknown → 255);
+    ``cityscapes_label_ids``: labelIds → train ids; ``auto``: RGB masks as ``voc_rgb``, others as indices."""
     if label_format not in LABEL_FORMATS:
         raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
     fmt = label_format
@@ -467,15 +451,10 @@ def load_hub(name: str, image_column: str | None = None, label_column: str | Non
              id_column: str | None = None, label_format: str | None = None, class_names: Sequence[str] | None = None,
              split_map: Mapping[str, str] | None = None, num_proc: int | None = None,
              **load_kwargs: Any) -> datasets.DatasetDict:
-    """A Hub dataset (``datasets.load_dataset``) or a local ``save_to_disk`` folder / parquet files.
-
-    Columns are renamed to ``id``/``image``/``label`` (defaults from :data:`HUB_PRESETS` when
-    ``name`` is a preset). Masks that are not already single-channel indices (RGB colour masks,
-    Cityscapes labelIds) are converted once with ``Dataset.map`` (cached by ``datasets`` for
-    Hub copies). Split names ``validation``/``valid`` become ``val``. Without an id column
-    ids are generated as ``"<split>-<row>"`` and marked ``ids_generated`` in the metadata, so
-    that applying a standard split list fails with the reason instead of selecting nothing.
-    """
+    """A Hub dataset, a local ``save_to_disk`` folder or parquet files, with columns renamed to ``id``/``image``/
+    ``label`` (defaults from :data:`HUB_PRESETS`) and ``validation`` to ``val``. Masks that are not indices are
+    converted once with ``Dataset.map``. Without an id column, ids ``"<split>-<row>"`` are generated and marked,
+    so that a standard split list fails with the reason instead of selecting nothing."""
     preset = HUB_PRESETS.get(name) or HubPreset(name, class_names=())
     source = preset.name
     image_column = image_column or preset.image_column
@@ -581,31 +560,17 @@ def available_kinds() -> list[str]:
 
 
 def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
-    """Load a segmentation dataset as a ``DatasetDict`` with ``id``/``image``/``label`` columns.
-
-    ``kind``: ``voc`` (root=, train_set=), ``cityscapes`` (root=, cache_dir=), ``camvid`` (root=
-    optional), ``folder`` (images=, masks=, val_images=, val_masks=, class_names=), ``hub``
-    (name=, image_column=, label_column=, id_column=, label_format=, split_map=, plus
-    ``datasets.load_dataset`` kwargs), or a Hub preset name from :data:`HUB_PRESETS`
-    (``jxie/pascal-voc-2012``, ``shijli/voc2012``, ``cityscapes-hub``).
-    Local loaders accept ``skip_bad=True`` to log and drop pairs with missing files.
-    """
+    """A ``DatasetDict`` with ``id``/``image``/``label`` columns. ``kind``: ``voc``, ``cityscapes``, ``camvid``,
+    ``folder`` or ``hub`` (their loaders' keyword arguments), or a :data:`HUB_PRESETS` name (``name=`` applies
+    its schema to another copy). Local loaders take ``skip_bad=True`` to log and drop broken pairs."""
     if kind in HUB_PRESETS:
-        name = kwargs.pop("name", None)
-        if name is None or name == kind:
-            return load_hub(kind, **kwargs)
-        return _load_preset_with_name(kind, name, kwargs)
+        name = kwargs.pop("name", None) or kind
+        for key in ("image_column", "label_column", "id_column", "label_format", "class_names"):
+            kwargs.setdefault(key, getattr(HUB_PRESETS[kind], key))
+        return load_hub(name, **kwargs)
     if kind not in _LOADERS:
         raise DataError(f"unknown dataset kind {kind!r}. Allowed: {available_kinds()}.")
     return _LOADERS[kind](**kwargs)
-
-
-def _load_preset_with_name(kind: str, name: str, kwargs: dict[str, Any]) -> datasets.DatasetDict:
-    """A preset's schema applied to another copy (``name=``), e.g. a local save of the same dataset."""
-    preset = HUB_PRESETS[kind]
-    for key in ("image_column", "label_column", "id_column", "label_format", "class_names"):
-        kwargs.setdefault(key, getattr(preset, key))
-    return load_hub(name, **kwargs)
 
 
 def decode_mask(record: Mapping[str, Any] | None, where: str) -> np.ndarray:
