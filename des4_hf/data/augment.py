@@ -1,16 +1,9 @@
 """Weak / strong views and CutMix boxes on tensors (torchvision.transforms.v2.functional).
 
-Every random draw takes an explicit ``torch.Generator`` seeded per item from ``(seed, epoch, index)``, so a crop
-depends neither on the DataLoader workers nor on what ran before (a resumed run reproduces it).
-
-* weak: random scale in [0.5, 2.0] (bilinear image, nearest-exact mask), random crop (mask padded with 255, the
-  image padding reported as ``padding_mask``), horizontal flip;
-* strong: the weak crop + colour jitter, random grayscale, Gaussian blur: weak and strong share the geometry;
-* CutMix: one box per sample as a boolean mask; the step pastes it from another sample of the batch.
-
-Defaults follow U2PL / UniMatch, whose code the paper's splits come from **[choice]**: jitter
-(0.5, 0.5, 0.5, 0.25) with p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma in [0.1, 2.0], CutMix p = 1
-with box area in [2 %, 40 %] of the crop and aspect ratio in [0.3, 1/0.3].
+Weak: random scale, crop (mask padded with 255) and flip; strong: the weak crop plus colour jitter, grayscale and
+blur (the same geometry); CutMix: one box per sample, pasted from another sample by the step. Every draw uses a
+generator seeded per item from ``(seed, epoch, index)``, so a resumed run reproduces it. Defaults follow U2PL /
+UniMatch **[choice]**.
 """
 
 from __future__ import annotations
@@ -98,14 +91,10 @@ def sample_geometry(height: int, width: int, config: AugmentConfig, generator: t
     return Geometry(scale, top, left, flip, crop)
 
 
-def apply_geometry(
-    image: torch.Tensor, mask: torch.Tensor | None, geometry: Geometry
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Scale, crop (padding past the border) and flip.
-
-    ``image`` uint8 ``(3, H, W)``, ``mask`` uint8 ``(H, W)`` or None. Returns the image crop
-    (padding = 0), the mask crop (padding = 255) and ``padding_mask`` (bool, True = padding).
-    """
+def apply_geometry(image: torch.Tensor, mask: torch.Tensor | None,
+                   geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Scale, crop and flip a uint8 (3, H, W) image and (H, W) mask: the crops (padded with 0 / 255) and the
+    padding mask (True = padding)."""
     _, height, width = image.shape
     h, w = max(1, round(height * geometry.scale)), max(1, round(width * geometry.scale))
     crop, top, left = geometry.crop_size, geometry.top, geometry.left
@@ -129,9 +118,8 @@ def apply_geometry(
     return out_image, out_mask, padding
 
 
-def weak_augment(
-    image: torch.Tensor, mask: torch.Tensor | None, config: AugmentConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def weak_augment(image: torch.Tensor, mask: torch.Tensor | None, config: AugmentConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Random scale + crop + flip. See :func:`apply_geometry` for the returned tensors."""
     geometry = sample_geometry(image.shape[-2], image.shape[-1], config, generator)
     return apply_geometry(image, mask, geometry)
@@ -160,11 +148,8 @@ def strong_photometric(image: torch.Tensor, config: AugmentConfig, generator: to
 
 
 def cutmix_box(size: int | tuple[int, int], config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """A boolean ``(H, W)`` mask, True inside one random box (all False with prob 1 - cutmix_prob).
-
-    Area fraction ~ U(cutmix_area), aspect ratio ~ U(cutmix_ratio); a box that does not fit
-    is redrawn (deterministically, from the same generator), so the area stays in range.
-    """
+    """A boolean ``(H, W)`` mask, True inside one box of area ~ U(cutmix_area) and aspect ~ U(cutmix_ratio), redrawn
+    from the same generator until it fits (all False with probability 1 - cutmix_prob)."""
     height, width = (size, size) if isinstance(size, int) else size
     mask = torch.zeros((height, width), dtype=torch.bool)
     if not _coin(generator, config.cutmix_prob):

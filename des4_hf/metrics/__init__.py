@@ -1,7 +1,4 @@
-"""Segmentation metrics: a confusion-matrix mIoU usable anywhere (training, evaluation, the `evaluate` module).
-
-This package imports nothing else from des4-hf, so every layer (the training loop included) may use it.
-"""
+"""Segmentation metrics: a confusion-matrix mIoU that every layer may use (it imports nothing else from des4-hf)."""
 
 from __future__ import annotations
 
@@ -21,10 +18,7 @@ MEAN_IOU_PATH = str(Path(__file__).resolve().parent / "mean_iou")
 
 
 def load_mean_iou(**kwargs: Any) -> Any:
-    """``evaluate.load`` of the mean-IoU module shipped in this package, by local path (works offline).
-
-    Same inputs and output keys as the Hub's ``mean_iou``; ``kwargs`` go to ``evaluate.load``.
-    """
+    """``evaluate.load`` of the shipped mean-IoU module by local path (works offline; the Hub ``mean_iou``'s API)."""
     import evaluate
 
     return evaluate.load(MEAN_IOU_PATH, **kwargs)
