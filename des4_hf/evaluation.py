@@ -70,8 +70,8 @@ def _percent(value: float | None, digits: int = 2) -> str:
 
 @dataclass
 class EvaluationResult:
-    """Scores of one evaluation run. IoU and accuracies are fractions in [0, 1] (NaN: class absent from
-    both predictions and labels — left out of the mean); the Markdown and the chart show percent."""
+    """Scores of one evaluation: fractions in [0, 1] (NaN: class absent from predictions and labels, left out of the
+    mean); the Markdown and the chart show percent."""
 
     confusion: Tensor
     class_names: list[str]
@@ -158,8 +158,7 @@ class EvaluationResult:
         return plot_per_class_iou(self.class_names, self.per_class_iou, self.mean_iou, title, path)
 
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir`` (each atomically:
-        a temporary file in the same folder, then ``os.replace``). Returns the paths."""
+        """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir``, each atomically; their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "eval.json", "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
@@ -171,10 +170,8 @@ class EvaluationResult:
 
 def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float | None], mean_iou: float, title: str,
                        path: str | os.PathLike[str] | None = None) -> bytes:
-    """Bar chart (PNG bytes) of IoU fractions (None/NaN: class absent, "n/a") with the mean as a dashed line.
-
-    Uses matplotlib's Agg canvas (no display, no global backend change); written to ``path`` atomically when given.
-    """
+    """Bar chart (PNG bytes; also written to ``path``) of IoU fractions (None/NaN: "n/a"), the mean dashed; on
+    matplotlib's Agg canvas, so no display and no global backend change."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -192,19 +189,14 @@ def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float | None],
         axes.axhline(100.0 * mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
                      label=f"mIoU {100.0 * mean_iou:.2f} %")
         axes.legend(loc="upper right", fontsize=8)
-    axes.set_xticks(range(count))
+    axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
     axes.set_xticklabels(class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
                          fontsize=8)
-    axes.set_ylim(0, 105)
-    axes.set_ylabel("IoU (%)")
     axes.set_title(title, fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    if path is not None:
-        atomic_write(path, data)
-    return data
+    return atomic_write(path, buffer.getvalue()).read_bytes() if path is not None else buffer.getvalue()
 
 
 def _markdown_value(value: Any) -> str:
@@ -214,9 +206,8 @@ def _markdown_value(value: Any) -> str:
 
 
 def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:
-    """Raise ``ValueError`` when the model's (or a config's) ``num_labels`` differs from the dataset's classes.
-
-    ``model``: a model with ``.config``, or the config itself (to check before loading any weights)."""
+    """Raise ``ValueError`` when a model's (or, before loading weights, a config's) ``num_labels`` differs from the
+    dataset's."""
     config = getattr(model, "config", model)
     model_classes = getattr(config, "num_labels", None)
     if model_classes is None or int(model_classes) == int(num_classes):
@@ -224,11 +215,9 @@ def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str]
     id2label = getattr(config, "id2label", None) or {}
     model_names = [id2label.get(i, id2label.get(str(i), str(i))) for i in range(int(model_classes))]
     shown = list(class_names)[:8] if class_names is not None else []
-    raise ValueError(
-        f"the model predicts {model_classes} classes ({model_names[:8]}{'...' if model_classes > 8 else ''}) but the "
-        f"dataset has {num_classes}{f' ({shown}...)' if shown else ''}. Evaluate the model on the dataset it was "
-        "trained for, or fine-tune/train one with num_labels equal to the dataset's classes."
-    )
+    raise ValueError(f"the model predicts {model_classes} classes ({model_names[:8]}{'...' if model_classes > 8 else ''})"
+                     f" but the dataset has {num_classes}{f' ({shown}...)' if shown else ''}. Evaluate the model on the "
+                     "dataset it was trained for, or fine-tune/train one with num_labels equal to the dataset's classes.")
 
 
 def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 255,
