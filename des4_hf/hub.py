@@ -352,10 +352,8 @@ def _token_available(token: str | None) -> None:
 def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: str,
                      results: ResultsSource | Sequence[ResultsSource] | None = None,
                      example_image: str | Path | None = None) -> Path:
-    """Validate everything and write the folder that is uploaded: model files, README.md, images, results.
-
-    No network access. Raises before writing anything when the inputs are not usable.
-    """
+    """Validate everything, then write the folder that is uploaded (model files, README.md, images, results); no
+    network access, and nothing is written when an input is not usable."""
     from .image_processing_des4 import Des4ImageProcessor
     from .modeling_des4 import Des4ForSemanticSegmentation
 
@@ -398,14 +396,10 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
 def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
                 private: bool = False, revision: str | None = None, commit_message: str | None = None,
                 token: str | None = None, example_image: str | Path | None = None) -> str:
-    """Upload a trained DeS4 model with its model card to ``repo_id``; returns the repo URL (at ``revision``).
+    """Upload a trained model, its card, results and images to ``repo_id`` in one commit; returns the repo URL.
 
-    Creates the repo if needed (``private`` makes a new repo private; an existing public repo is refused
-    rather than silently uploaded to) and the branch ``revision``
-    if it does not exist, then uploads in one commit: ``*.safetensors`` (with the prototypes),
-    ``config.json``, ``preprocessor_config.json``, ``README.md`` (the card), ``eval_results.json`` and
-    ``images/`` (per-class IoU chart(s), example prediction). ``token`` defaults to ``HF_TOKEN`` or the
-    token saved by ``hf auth login``; it is never printed.
+    Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
+    branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
     """
     from huggingface_hub import HfApi
 
