@@ -18,8 +18,8 @@ from des4_hf.data.augment import (
     apply_geometry,
     cutmix_box,
     item_generator,
+    sample_geometry,
     strong_photometric,
-    weak_augment,
 )
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -29,6 +29,11 @@ COLORS = torch.tensor(
     [[10, 10, 10], [120, 10, 10], [10, 120, 10], [10, 10, 120], [120, 120, 10], [10, 120, 120]],
     dtype=torch.uint8,
 )
+
+
+def weak_augment(image: torch.Tensor, mask: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple:
+    """The weak view as the training datasets draw it: sampled geometry, then applied."""
+    return apply_geometry(image, mask, sample_geometry(image.shape[-2], image.shape[-1], config, generator))
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,6 @@ from des4_hf.data import (
     UnlabeledTrainDataset,
     cityscapes_label_id_to_train_id,
     class_pixel_counts,
-    eval_collate,
     get_class_names,
     get_dataset_metadata,
     load_segmentation_dataset,
@@ -437,5 +436,3 @@ def test_eval_dataset_full_resolution(camvid_root: Path) -> None:
     assert item["labels"].dtype == torch.int64 and item["id"] == val[0]["id"]
     pixels = item["pixel_values"]
     assert torch.isfinite(pixels).all() and -2.2 < pixels.min() < 0 < pixels.max() < 2.7
-    batch = eval_collate([ev[0], ev[1]])
-    assert batch["pixel_values"].shape == (2, 3, 360, 480) and batch["id"] == val["id"]

@@ -27,7 +27,7 @@ from .datasets import (
     voc_palette,
 )
 from .splits import STANDARD_SPLITS, SemiSupervisedSplit, list_standard_splits, split_lists_root
-from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainDataset, eval_collate
+from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainDataset
 
 __all__ = ["AugmentConfig", "check_mask_values", "class_pixel_counts", "CAMVID_CLASSES", "CITYSCAPES_CLASSES",
            "HUB_PRESETS", "IGNORE_INDEX", "VOC_CLASSES", "DataError", "HubPreset", "available_kinds",
@@ -35,4 +35,4 @@ __all__ = ["AugmentConfig", "check_mask_values", "class_pixel_counts", "CAMVID_C
            "labels_to_indices", "load_camvid", "load_cityscapes", "load_folder", "load_hub",
            "load_segmentation_dataset", "load_voc", "set_dataset_metadata", "voc_palette", "STANDARD_SPLITS",
            "SemiSupervisedSplit", "list_standard_splits", "split_lists_root", "EvalDataset", "LabeledTrainDataset",
-           "UnlabeledTrainDataset", "eval_collate"]
+           "UnlabeledTrainDataset"]

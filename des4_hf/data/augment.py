@@ -118,13 +118,6 @@ def apply_geometry(image: torch.Tensor, mask: torch.Tensor | None,
     return out_image, out_mask, padding
 
 
-def weak_augment(image: torch.Tensor, mask: torch.Tensor | None, config: AugmentConfig,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Random scale + crop + flip. See :func:`apply_geometry` for the returned tensors."""
-    geometry = sample_geometry(image.shape[-2], image.shape[-1], config, generator)
-    return apply_geometry(image, mask, geometry)
-
-
 def strong_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Colour jitter (random order), random grayscale and Gaussian blur on a uint8 ``(3, H, W)`` crop: torchvision's
     own operations (as ``ColorJitter``, ``RandomGrayscale``, ``GaussianBlur``), their parameters drawn from

@@ -29,7 +29,7 @@ from .augment import (
     strong_photometric,
 )
 from .class_counts import check_mask_values
-from .datasets import IGNORE_INDEX, DataError, decode_mask, get_dataset_metadata
+from .datasets import DataError, decode_mask, get_dataset_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ class UnlabeledTrainDataset(_TrainBase):
 
 
 class EvalDataset(_SegmentationBase):
-    """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images
-    (``batch_size=1`` or :func:`eval_collate`)."""
+    """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images."""
 
     def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float],
                  num_classes: int | None = None, skip_bad: bool = False) -> None:
@@ -197,21 +196,6 @@ class EvalDataset(_SegmentationBase):
         _, id_, image, mask = self.load_or_substitute(index)
         assert mask is not None
         return {"pixel_values": normalize(image, self.mean, self.std), "labels": mask.to(torch.int64), "id": id_}
-
-
-def eval_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pad a batch of different sizes to the largest (image 0, labels 255) — padding is ignored."""
-    height = max(item["pixel_values"].shape[-2] for item in batch)
-    width = max(item["pixel_values"].shape[-1] for item in batch)
-    channels = batch[0]["pixel_values"].shape[0]
-    pixel_values = torch.zeros((len(batch), channels, height, width), dtype=torch.float32)
-    labels = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.int64)
-    for i, item in enumerate(batch):
-        h, w = item["labels"].shape
-        pixel_values[i, :, :h, :w] = item["pixel_values"]
-        labels[i, :h, :w] = item["labels"]
-    return {"pixel_values": pixel_values, "labels": labels, "id": [item["id"] for item in batch],
-            "sizes": torch.tensor([tuple(item["labels"].shape) for item in batch])}
 
 
 def _normalize_masked(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
