@@ -51,6 +51,6 @@ def des4_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where derived files go (converted weights, Cityscapes train-id masks), never a possibly read-only source:
     ``cache_dir``, ``$DES4_CACHE``, ``$HF_HOME/des4_hf``, ``$XDG_CACHE_HOME/des4_hf`` or ``~/.cache/des4_hf``."""
     if cache_dir is not None or os.environ.get("DES4_CACHE"):
-        return Path(cache_dir or os.environ["DES4_CACHE"]).expanduser()
+        return Path(cache_dir if cache_dir is not None else os.environ["DES4_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(home).expanduser() / "des4_hf"
