@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .inference import autocast, predict_logits, resolve_precision
-from .metrics.confusion import ConfusionMatrix, check_label_range, scores_from_confusion
+from .metrics import ConfusionMatrix, check_label_range, scores_from_confusion
 from .utils import atomic_write
 
 logger = logging.getLogger(__name__)

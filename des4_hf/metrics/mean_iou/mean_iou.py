@@ -1,7 +1,7 @@
 """Mean Intersection-over-Union for semantic segmentation, as an `evaluate` module shipped with des4-hf.
 
 Same inputs and output keys as the Hub's ``mean_iou`` metric (so either can be swapped in), computed
-from one confusion matrix per call with :mod:`des4_hf.metrics.confusion`. Load it offline by path:
+from one confusion matrix per call with :mod:`des4_hf.metrics`. Load it offline by path:
 
     import des4_hf.metrics
     metric = des4_hf.metrics.load_mean_iou()   # = evaluate.load(<this folder>)
@@ -12,7 +12,7 @@ import evaluate
 import numpy as np
 import torch
 
-from des4_hf.metrics.confusion import confusion_matrix, scores_from_confusion
+from des4_hf.metrics import confusion_matrix, scores_from_confusion
 
 _DESCRIPTION = """
 IoU of a class = true positives / (true positives + false positives + false negatives), counted over
