@@ -21,9 +21,10 @@ def _check_timm_backbone(name: str) -> None:
     if timm.is_model(name):
         return
     suggestions = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    raise ValueError(f"backbone={name!r} is not a timm model name.{f' Did you mean one of {suggestions}?' if suggestions else ''}"
-                     " Any model from `timm.list_models()` that supports `features_only=True` and has a stride-4 "
-                     "feature works (e.g. 'resnet101', 'resnet50', 'efficientnet_lite0', 'convnext_tiny').")
+    hint = f" Did you mean one of {suggestions}?" if suggestions else ""
+    raise ValueError(f"backbone={name!r} is not a timm model name.{hint} Any model from `timm.list_models()` that "
+                     "supports `features_only=True` and has a stride-4 feature works (e.g. 'resnet101', 'resnet50', "
+                     "'efficientnet_lite0', 'convnext_tiny').")
 
 
 class Des4Config(PreTrainedConfig):

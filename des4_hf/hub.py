@@ -114,8 +114,8 @@ ResultsSource = str | Path | Mapping[str, Any] | EvalResults
 
 def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -> list[EvalResults]:
     """Evaluation JSON file(s) / dict(s) → validated records. A file may hold one record or a list of them."""
-    items = [] if results is None else [results] if isinstance(results, (str, Path, Mapping, EvalResults)) \
-        else list(results)
+    single = results is None or isinstance(results, (str, Path, Mapping, EvalResults))
+    items = ([] if results is None else [results]) if single else list(results)  # type: ignore[arg-type]
     parsed: list[EvalResults] = []
     for item in items:
         if isinstance(item, (EvalResults, Mapping)):
