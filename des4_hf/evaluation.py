@@ -196,7 +196,10 @@ def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float | None],
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return atomic_write(path, buffer.getvalue()).read_bytes() if path is not None else buffer.getvalue()
+    data = buffer.getvalue()
+    if path is not None:
+        atomic_write(path, data)
+    return data
 
 
 def _markdown_value(value: Any) -> str:

@@ -20,22 +20,22 @@ from .datasets import IGNORE_INDEX, DataError, decode_mask, iter_label_records
 logger = logging.getLogger(__name__)
 
 
-def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> None:
-    """Raise :class:`DataError` naming ``where`` when ``mask`` holds values outside ``[0, C) ∪ {255}``."""
+def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """Raise :class:`DataError` naming ``where`` when ``mask`` holds values outside ``[0, C) ∪ {255}``; else the
+    mask's pixel count per value (256)."""
     counts = np.bincount(mask.reshape(-1), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if bad:
         raise DataError(f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. Fix: "
                         "remap them to class indices (or 255 = ignore), check num_classes, or use skip_bad=True.")
+    return counts
 
 
 def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool) -> np.ndarray | None:
     id_, record = item
     where = f"label of id {id_!r}" + (f" ({record.get('path')})" if record and record.get("path") else "")
     try:
-        mask = decode_mask(record, where)
-        counts = np.bincount(mask.reshape(-1), minlength=256)
-        check_mask_values(mask, num_classes, where)
+        counts = check_mask_values(decode_mask(record, where), num_classes, where)
     except DataError as exc:
         if not skip_bad:
             raise

@@ -93,12 +93,12 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.output_dir = Path(config.output_dir)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if config.mixed_precision == "fp16" and device == "cpu":
-            raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU use 'no' or 'bf16'.")
-        # the one resolver (fp32 on any CPU for auto); also the evaluation's precision
-        self.precision = resolve_precision({"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
-                                           device).name
+        # the one resolver (fp32 on any CPU for auto; fp16 refused there); also the evaluation's precision
+        try:
+            self.precision = resolve_precision({"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
+                                               "cuda" if torch.cuda.is_available() else "cpu").name
+        except ValueError as error:
+            raise ValueError(f"mixed_precision={config.mixed_precision!r}: {error}") from None
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
@@ -291,11 +291,10 @@ class Trainer:
                 self.export(teacher, self.output_dir / "best", record)
             if final:
                 self.export(teacher, self.output_dir / "last", record)
-        scores = {f"eval/{name}_miou": record[name]["mean_iou"] for name in ("teacher", "student") if name in record}
-        self.print(f"step {self.state.step}: " + ", ".join(f"{key[5:-5]} mIoU {100 * value:.2f}"
-                                                           for key, value in scores.items())
+        scores = {name: record[name]["mean_iou"] for name in ("teacher", "student") if name in record}
+        self.print(f"step {self.state.step}: " + ", ".join(f"{name} mIoU {100 * value:.2f}" for name, value in scores.items())
                    + f" (best {100 * self.state.best_miou:.2f} at step {self.state.best_step})")
-        self.accelerator.log(scores, step=self.state.step)
+        self.accelerator.log({f"eval/{name}_miou": value for name, value in scores.items()}, step=self.state.step)
         self.accelerator.wait_for_everyone()
         return record
 
