@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The CamVid study's largest budget on a GPU machine (issue 14, point 3): the same study script, recipe, split and
+# rows as on the CPU, at CamVid's full resolution. The CPU recipe trains on 224² crops of frames scaled 0.5–1.0;
+# here the crops are 360² (the frame's full height) of frames scaled 0.5–2.0 (the library's default
+# augmentation), so the network trains at the resolution it is evaluated at. Everything else is the recipe's.
+# Rows land in <report-dir>/study-<tag>.json (+ .md, _curves.png), their "cpu" field naming the GPU.
+#
+#   DATA_ROOT=../shared/data/camvid REPORT_DIR=reports/camvid TAG=h200 bash benchmarks/camvid_study_device.sh
+#
+# On the lent device machine (bare, offline), the packages its image lacks travel as wheels in .whl/ and CamVid
+# in .devdata/camvid (both ignored by git, named in the run's carry); REPORT_DIR defaults to $OUT there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA_ROOT="${DATA_ROOT:-.devdata/camvid}"
+REPORT_DIR="${REPORT_DIR:-${OUT:-reports/camvid}}"
+RUNS_DIR="${RUNS_DIR:-outputs/camvid_study}"
+TAG="${TAG:-gpu}"
+BUDGET="${BUDGET:-2000}"
+PYTHON="${PYTHON:-python3}"
+WHEELS="${WHEELS:-.whl}"  # wheels for Python 3.12 (the device's); WHEELS=none elsewhere
+if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export DES4_CACHE="${DES4_CACHE:-/tmp/des4_cache}"
+mkdir -p "$REPORT_DIR" "$RUNS_DIR"
+"$PYTHON" - << 'EOF'
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+for name in ("timm", "transformers", "accelerate", "datasets", "huggingface_hub", "numpy", "pyarrow"):
+    print(name, importlib.import_module(name).__version__)
+EOF
+# The runs' logs (without weights), refreshed while the study trains: what comes back if the time runs out.
+pack_runs() {
+  tar -czf "$REPORT_DIR/.runs-$TAG.tgz" --exclude='checkpoint*' --exclude=best --exclude=last --exclude=split \
+    -C "$RUNS_DIR" . 2> /dev/null && mv "$REPORT_DIR/.runs-$TAG.tgz" "$REPORT_DIR/runs-$TAG.tgz"
+}
+( while sleep 20; do pack_runs; done ) &
+packer=$!
+trap 'kill $packer 2> /dev/null' EXIT
+"$PYTHON" benchmarks/camvid_study.py --budgets "$BUDGET" --seeds 0 --tag "$TAG" --data-root "$DATA_ROOT" \
+  --report-dir "$REPORT_DIR" --runs-dir "$RUNS_DIR" -- --crop-size 360 --scale-range 0.5 2.0 --num-workers "${WORKERS:-8}" \
+  --checkpoint-every 1000 --eval-every "$BUDGET" 2>&1 | tee "$REPORT_DIR/study-$TAG.log"
+status=${PIPESTATUS[0]}
+pack_runs
+exit "$status"
