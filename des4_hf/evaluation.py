@@ -113,11 +113,20 @@ class EvaluationResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvaluationResult:
-        """Read an ``eval.json`` (or the folder holding it)."""
+        """Read an ``eval.json`` (or the folder holding it) as :meth:`save` wrote it; the scores are recomputed from
+        its confusion matrix, so a hand-edited number cannot slip through."""
         path = Path(path)
-        data = json.loads((path / "eval.json" if path.is_dir() else path).read_text(encoding="utf-8"))
-        return cls.from_confusion(torch.tensor(data["confusion_matrix"], dtype=torch.int64), data["class_names"],
-                                  data["num_images"], data.get("settings"))
+        path = path / "eval.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluation results {path} not found: run `scripts/evaluate.py ... --out DIR` "
+                                    "first and pass DIR/eval.json.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls.from_confusion(torch.tensor(data["confusion_matrix"], dtype=torch.int64), data["class_names"],
+                                      data["num_images"], data.get("settings"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not an eval.json written by des4-hf's evaluation ({type(error).__name__}: "
+                             f"{error}); re-run `scripts/evaluate.py ... --out DIR` instead of editing it.") from None
 
     def to_text(self) -> str:
         """Plain aligned table for the terminal."""

@@ -13,142 +13,60 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .evaluation import EvaluationResult
 from .hub_names import SHORT_NAMES, hub_namespace
 from .utils import atomic_path, atomic_write
 
 TEMPLATE_NAME = "des4.md.j2"
-REQUIRED_RESULT_KEYS = ("dataset", "split", "mean_iou", "per_class_iou", "pixel_accuracy", "num_images")
 MODEL_FILES = ("config.json", "preprocessor_config.json")
 OVERLAY_NAME = "images/example_prediction.png"
 RESULTS_NAME = "eval_results.json"
-
-
 _DATASET_NAMES = (("cityscapes", "Cityscapes"), ("camvid", "CamVid"), ("voc", "PASCAL VOC 2012"))
 
-
-@dataclass(frozen=True)
-class EvalResults:
-    """One evaluation (dataset split) as ``scripts/evaluate.py`` writes it; IoUs are fractions in [0, 1]."""
-
-    dataset: str
-    split: str
-    mean_iou: float
-    per_class_iou: dict[str, float | None]
-    pixel_accuracy: float
-    num_images: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    source: str = "<dict>"
-
-    @property
-    def dataset_name(self) -> str:
-        return next((pretty for key, pretty in _DATASET_NAMES if key in self.dataset.lower()), self.dataset)
-
-    @property
-    def protocol(self) -> str:
-        """How the evaluation was run, from optional keys of the JSON (sliding window, flip, scales)."""
-        settings = self.extra.get("settings")  # EvaluationResult.to_dict keeps the protocol there
-        extra = {**(settings if isinstance(settings, Mapping) else {}), **self.extra}
-        if isinstance(extra.get("protocol"), str):
-            return extra["protocol"]
-        window, scales = extra.get("sliding_window"), extra.get("scales")
-        crop = extra.get("crop_size") or (window.get("crop_size") if isinstance(window, dict) else None)
-        parts = [f"sliding window{f' {crop}' if crop else ''}" if window else
-                 "whole image" if "sliding_window" in extra else "", "flip" if extra.get("flip") else "",
-                 "scales " + "/".join(map(str, scales)) if isinstance(scales, (list, tuple)) and len(scales) > 1 else ""]
-        return ", ".join(filter(None, parts)) or "single scale"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, **{key: getattr(self, key) for key in REQUIRED_RESULT_KEYS}}
+ResultsSource = str | Path | EvaluationResult
 
 
-def _fraction(value: Any, what: str, source: str, scale: float) -> float | None:
-    """A finite number in [0, 1] after dividing by ``scale``; None for a class absent from the split (null/NaN)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{source}: {what} must be a finite number, got {value!r}.")
-    if not 0.0 <= value / scale <= 1.0 + 1e-9:
-        raise ValueError(f"{source}: {what}={value!r} is outside [0, 1]. IoUs and accuracies must be fractions (as the "
-                         '`mean_iou` metric returns them); if the file stores percentages add "unit": "percent" to it.')
-    return min(value / scale, 1.0)
+def _dataset_name(dataset: str) -> str:
+    return next((pretty for key, pretty in _DATASET_NAMES if key in dataset.lower()), dataset)
 
 
-def parse_eval_results(data: Mapping[str, Any], source: str = "<dict>") -> EvalResults:
-    """Validate one evaluation record; raises ValueError saying what is wrong with it."""
-    missing = [key for key in REQUIRED_RESULT_KEYS if key not in data] if isinstance(data, Mapping) else None
-    if missing:
-        raise ValueError(f"{source}: the evaluation JSON lacks {missing}; it needs {list(REQUIRED_RESULT_KEYS)} as "
-                         "written by `scripts/evaluate.py --out DIR` (DIR/eval.json). Re-run the evaluation instead "
-                         "of editing numbers by hand.")
-    if missing is None:
-        raise ValueError(f"{source}: expected a JSON object with keys {list(REQUIRED_RESULT_KEYS)}.")
-    unit = data.get("unit", "fraction")
-    if unit not in ("fraction", "percent"):
-        raise ValueError(f"{source}: unit={unit!r}; use 'fraction' (default) or 'percent'.")
-    scale = 100.0 if unit == "percent" else 1.0
-    for key in ("dataset", "split"):
-        if not isinstance(data[key], str) or not data[key].strip():
-            raise ValueError(f"{source}: {key!r} must be a non-empty string, got {data[key]!r}.")
-    num_images, per_class = data["num_images"], data["per_class_iou"]
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"{source}: num_images must be a positive integer, got {num_images!r}.")
-    if not isinstance(per_class, Mapping) or not per_class:
-        raise ValueError(f"{source}: per_class_iou must be a non-empty object {{class name: IoU}}, got {per_class!r}.")
-    scores = {key: _fraction(data[key], key, source, scale) for key in ("mean_iou", "pixel_accuracy")}
-    if None in scores.values():
-        raise ValueError(f"{source}: mean_iou and pixel_accuracy must be numbers, got {scores}.")
-    return EvalResults(
-        dataset=data["dataset"].strip(), split=data["split"].strip(), num_images=num_images, source=source,
-        per_class_iou={str(name): _fraction(value, f"per_class_iou[{name!r}]", source, scale)
-                       for name, value in per_class.items()}, **scores,  # type: ignore[arg-type]
-        extra={key: value for key, value in data.items() if key not in REQUIRED_RESULT_KEYS and key != "unit"})
+def _protocol(settings: Mapping[str, Any]) -> str:
+    """How the evaluation ran, from its recorded settings: whole image or sliding window, flip, scales."""
+    scales = settings.get("scales") or [1.0]
+    return ", ".join(filter(None, [str(settings.get("protocol") or "whole image"), "flip" if settings.get("flip") else "",
+                                   "scales " + "/".join(map(str, scales)) if len(scales) > 1 else ""]))
 
 
-ResultsSource = str | Path | Mapping[str, Any] | EvalResults
-
-
-def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -> list[EvalResults]:
-    """Evaluation JSON file(s) / dict(s) → validated records. A file may hold one record or a list of them."""
-    single = results is None or isinstance(results, (str, Path, Mapping, EvalResults))
-    items = ([] if results is None else [results]) if single else list(results)  # type: ignore[arg-type]
-    parsed: list[EvalResults] = []
-    for item in items:
-        if isinstance(item, (EvalResults, Mapping)):
-            parsed.append(item if isinstance(item, EvalResults) else parse_eval_results(item))
-            continue
-        path = Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluation results {path} not found: run `scripts/evaluate.py ... --out DIR` "
-                                    "first and pass DIR/eval.json.")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); pass the file written by scripts/evaluate.py.") \
-                from None
-        if data == []:
-            raise ValueError(f"{path} holds an empty list; it needs at least one evaluation record.")
-        parsed += [parse_eval_results(record, f"{path}[{index}]") for index, record in enumerate(data)] \
-            if isinstance(data, list) else [parse_eval_results(data, str(path))]
-    keys = [(record.dataset, record.split) for record in parsed]
+def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -> list[EvaluationResult]:
+    """``eval.json`` file(s) written by the evaluation (or their :class:`EvaluationResult`), each naming the
+    dataset and split it was measured on, at most one per (dataset, split)."""
+    single = results is None or isinstance(results, (str, Path, EvaluationResult))
+    items = ([] if results is None else [results]) if single else list(results)  # type: ignore[list-item]
+    parsed = [item if isinstance(item, EvaluationResult) else EvaluationResult.load(item) for item in items]
+    keys = []
+    for item, record in zip(items, parsed):
+        if not all(isinstance(record.settings.get(key), str) and record.settings[key] for key in ("dataset", "split")):
+            raise ValueError(f"{item}: the evaluation does not record its dataset and split; evaluate with "
+                             "`scripts/evaluate.py --dataset ... --split ...`, which does.")
+        keys.append((record.settings["dataset"], record.settings["split"]))
     for key in keys:
         if keys.count(key) > 1:
             raise ValueError(f"two evaluation records for dataset {key[0]!r} split {key[1]!r}; keep one of them.")
     return parsed
 
 
-def _check_results_match_labels(results: Sequence[EvalResults], labels: Sequence[str], model_dir: str) -> None:
+def _check_results_match_labels(results: Sequence[EvaluationResult], labels: Sequence[str], model_dir: str) -> None:
     allowed = set(labels) | {str(index) for index in range(len(labels))}
     for record in results:
-        unknown = sorted(set(record.per_class_iou) - allowed)
+        unknown = sorted(set(record.class_names) - allowed)
         if unknown:
-            raise ValueError(f"{record.source}: per_class_iou names classes {unknown[:8]} that the model in "
-                             f"{model_dir} does not have (its classes: {list(labels)[:8]}"
-                             f"{' ...' if len(labels) > 8 else ''}). Is this the evaluation of another model?")
+            raise ValueError(f"the evaluation of {record.settings['dataset']} {record.settings['split']} names "
+                             f"classes {unknown[:8]} that the model in {model_dir} does not have (its classes: "
+                             f"{list(labels)[:8]}{' ...' if len(labels) > 8 else ''}). Is it another model's?")
 
 
 def _label_of(name: str, labels: Sequence[str]) -> str:
@@ -193,16 +111,17 @@ def _template_text(template_path: str | Path | None) -> str:
     return resources.files("des4_hf").joinpath("model_cards", TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
-def _card_data(repo_id: str, model_name: str, results: Sequence[EvalResults], license_id: str) -> Any:
+def _card_data(repo_id: str, model_name: str, results: Sequence[EvaluationResult], license_id: str) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
     metrics = (("mean_iou", "mIoU (%)", "mean_iou"), ("accuracy", "Pixel accuracy (%)", "pixel_accuracy"))
     eval_results = [
         EvalResult(metric_type=kind, metric_name=name, metric_value=round(100 * getattr(record, key), 2),
-                   task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=record.dataset,
-                   dataset_name=record.dataset_name, dataset_split=record.split)
+                   task_type="image-segmentation", task_name="Semantic Segmentation",
+                   dataset_type=record.settings["dataset"], dataset_name=_dataset_name(record.settings["dataset"]),
+                   dataset_split=record.settings["split"])
         for record in results for kind, name, key in metrics]
-    datasets = sorted({record.dataset for record in results if "/" in record.dataset})
+    datasets = sorted({record.settings["dataset"] for record in results if "/" in record.settings["dataset"]})
     return ModelCardData(
         license=license_id, pipeline_tag="image-segmentation", model_name=model_name, datasets=datasets or None,
         tags=["des4", "des4-hf", "semantic-segmentation", "semi-supervised", "image-segmentation", "timm"],
@@ -215,7 +134,7 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
                       license_id: str = "apache-2.0", template_path: str | Path | None = None,
                       results_files: Sequence[str] = ()) -> str:
     """The Markdown model card (YAML front matter with ``model-index``) of the model in ``model_dir`` (its
-    ``config.json``), for ``repo_id``: ``results_json`` (paths, dicts or :class:`EvalResults`), and paths relative
+    ``config.json``), for ``repo_id``: ``results_json`` (``eval.json`` paths or :class:`EvaluationResult`), paths relative
     to the card of the example ``overlay_image`` and the ``chart_image`` of each record; ``results_files`` are
     named in the card for provenance."""
     import jinja2
@@ -253,11 +172,13 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
 
     rendered_results = []
     for index, record in enumerate(results):
-        per_class = {_label_of(key, labels): value for key, value in record.per_class_iou.items()}
+        per_class = {_label_of(name, labels): None if math.isnan(value) else value
+                     for name, value in zip(record.class_names, record.per_class_iou)}
+        dataset, split = record.settings["dataset"], record.settings["split"]
         rendered_results.append({
-            "dataset": record.dataset, "dataset_name": record.dataset_name, "split": record.split,
+            "dataset": dataset, "dataset_name": _dataset_name(dataset), "split": split,
             "num_images": record.num_images, "miou_pct": _pct(record.mean_iou),
-            "pixel_accuracy_pct": _pct(record.pixel_accuracy), "protocol": record.protocol,
+            "pixel_accuracy_pct": _pct(record.pixel_accuracy), "protocol": _protocol(record.settings),
             "per_class": [(label, _pct(per_class[label])) for label in labels if label in per_class],
             "chart": charts[index] if charts else None})
 
@@ -282,20 +203,6 @@ def _count_parameters(model_dir: Path) -> int:
             total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()  # noqa: SIM118
                          if not key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")))
     return total
-
-
-def make_iou_chart(record: EvalResults, path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """The per-class IoU chart of one evaluation record (the evaluation's own chart), classes in model order."""
-    from .evaluation import plot_per_class_iou
-
-    names = list(record.per_class_iou)
-    if labels is not None:
-        names = [name for name in labels if name in record.per_class_iou] + [
-            name for name in record.per_class_iou if name not in labels]
-    shown = [_label_of(name, labels) if labels is not None else name for name in names]
-    title = f"Per-class IoU — {record.dataset_name} {record.split} ({record.num_images} images)"
-    plot_per_class_iou(shown, [record.per_class_iou[name] for name in names], record.mean_iou, title, path)
-    return Path(path)
 
 
 def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
@@ -376,9 +283,9 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
         shutil.copy2(path, staging / path.name)
     charts = []
     for record in records:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.dataset}-{record.split}").strip("-").lower()
-        chart = f"images/per_class_iou_{slug}.png" if len(records) > 1 else "images/per_class_iou.png"
-        make_iou_chart(record, staging / chart, labels)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.settings['dataset']}-{record.settings['split']}").strip("-")
+        chart = f"images/per_class_iou_{slug.lower()}.png" if len(records) > 1 else "images/per_class_iou.png"
+        record.plot_per_class_iou(staging / chart)
         charts.append(chart)
     if records:
         atomic_write(staging / RESULTS_NAME, json.dumps([record.to_dict() for record in records], indent=2,

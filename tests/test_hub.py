@@ -373,17 +373,16 @@ print("RESULT " + json.dumps({
 
 
 def _eval_json(path: Path) -> dict[str, Any]:
-    data = {
-        "dataset": "camvid",
-        "split": "val",
-        "mean_iou": 0.41234,
-        "pixel_accuracy": 0.8125,
-        "num_images": 7,
-        "per_class_iou": {"background": 0.5, "road": 0.73702, "car": None},
-        "sliding_window": False,
-    }
-    path.write_text(json.dumps(data))
-    return data
+    """An ``eval.json`` as the evaluation writes it: road IoU 737 / 1000, car absent (n/a); its dict."""
+    import torch
+
+    from des4_hf.evaluation import EvaluationResult
+
+    confusion = torch.tensor([[100, 200, 0], [63, 737, 0], [0, 0, 0]])
+    result = EvaluationResult.from_confusion(confusion, ["background", "road", "car"], num_images=7,
+                                             settings={"dataset": "camvid", "split": "val", "protocol": "whole image"})
+    path.write_text(json.dumps(result.to_dict(), allow_nan=False))
+    return result.to_dict()
 
 
 @pytest.mark.slow  # starts processes
@@ -540,40 +539,37 @@ def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> 
                                              settings={"dataset": "camvid", "split": "val"})
     paths = result.save(tmp_path / "eval")
     (record,) = load_eval_results(paths["json"])
-    assert (record.dataset, record.split, record.num_images) == ("camvid", "val", 3)
+    assert (record.settings["dataset"], record.settings["split"], record.num_images) == ("camvid", "val", 3)
     assert record.mean_iou == pytest.approx((8 / 11 + 4 / 7) / 2)
-    assert record.per_class_iou == {"a": pytest.approx(8 / 11), "b": pytest.approx(4 / 7), "c": None}
+    assert record.per_class_iou[:2] == [pytest.approx(8 / 11), pytest.approx(4 / 7)]
+    assert math.isnan(record.per_class_iou[2])
     assert paths["chart"].read_bytes().startswith(b"\x89PNG")
 
 
-def test_eval_results_shape_is_checked(tmp_path: Path) -> None:
+def test_eval_results_must_be_the_evaluations_own(tmp_path: Path) -> None:
+    """push reads eval.json through EvaluationResult.load (scores recomputed from the confusion matrix); a
+    hand-written or edited file, or one without its dataset and split, is refused with what to run instead."""
+    from des4_hf.evaluation import EvaluationResult
     from des4_hf.hub import load_eval_results, validate_repo_id
 
-    good = {
-        "dataset": "voc",
-        "split": "val",
-        "mean_iou": 0.8,
-        "per_class_iou": {"a": 0.7, "b": math.nan},
-        "pixel_accuracy": 0.9,
-        "num_images": 1449,
-    }
-    (record,) = load_eval_results(good)
-    assert record.per_class_iou == {"a": 0.7, "b": None} and record.dataset_name == "PASCAL VOC 2012"
-    with pytest.raises(ValueError, match="lacks \\['mean_iou'\\]"):
-        load_eval_results({key: value for key, value in good.items() if key != "mean_iou"})
-    with pytest.raises(ValueError, match="unit"):
-        load_eval_results({**good, "mean_iou": 80.1})
-    (percent,) = load_eval_results(
-        {**good, "mean_iou": 80.0, "pixel_accuracy": 90.0, "per_class_iou": {"a": 70.0}, "unit": "percent"}
-    )
-    assert percent.mean_iou == pytest.approx(0.8)
-    with pytest.raises(ValueError, match="num_images"):
-        load_eval_results({**good, "num_images": 0})
+    good = _eval_json(tmp_path / "eval.json")
+    (record,) = load_eval_results(tmp_path / "eval.json")
+    assert record.per_class_iou[1] == pytest.approx(0.737) and record.settings["dataset"] == "camvid"
+    hand_written = {key: good[key] for key in ("dataset", "split", "mean_iou", "per_class_iou", "num_images")}
+    (tmp_path / "hand.json").write_text(json.dumps(hand_written))
+    with pytest.raises(ValueError, match="hand.json is not an eval.json written by des4-hf.*scripts/evaluate.py"):
+        load_eval_results(tmp_path / "hand.json")
     with pytest.raises(FileNotFoundError, match="evaluate"):
         load_eval_results(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="bad.json is not an eval.json"):
         load_eval_results(tmp_path / "bad.json")
+    unnamed = EvaluationResult.load(tmp_path / "eval.json")
+    unnamed.settings = {}
+    with pytest.raises(ValueError, match="does not record its dataset and split"):
+        load_eval_results(unnamed)
+    with pytest.raises(ValueError, match="two evaluation records"):
+        load_eval_results([tmp_path / "eval.json", tmp_path / "eval.json"])
     for bad in ("des4-voc-aug", "a/b/c", "user/na me", "-user/x", "user/x--y"):
         with pytest.raises(ValueError, match="repo id"):
             validate_repo_id(bad)
