@@ -19,7 +19,9 @@ excluded), so it survives a resume.
 
     nohup nice python benchmarks/camvid_study.py > outputs/camvid_study.log 2>&1 &   # resumable
     python benchmarks/camvid_study.py --summary-only                                 # rewrite the report
-    python benchmarks/camvid_study.py --budgets 2000 --seeds 0 --tag h100 -- --crop-size 360   # on a GPU
+    python benchmarks/camvid_study.py --budgets 2000 --seeds 0 --tag h200 -- --crop-size 360   # on a GPU
+    python benchmarks/camvid_study.py --recipe configs/camvid_demo.yaml --budgets 240 --rows supervised des4 \
+        supervised-same-wall-time --runs-dir outputs/camvid_demo_seeds --report-dir reports/camvid/demo  # the demo
 """
 
 from __future__ import annotations
@@ -174,6 +176,10 @@ class StudySettings:
     extra_args: tuple[str, ...] = ()
     data_root: str | None = None
     threads: int | None = None
+    rows: tuple[str, ...] = ()  # only these rows of the plan (all when empty)
+
+    def runs(self) -> list[Run]:
+        return [run for run in plan(self.budgets, self.seeds) if not self.rows or run.row in self.rows]
 
     @property
     def json_path(self) -> Path:
@@ -222,7 +228,7 @@ def run_study(settings: StudySettings, dry_run: bool = False) -> list[dict[str, 
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if settings.threads:
         environment["OMP_NUM_THREADS"] = str(settings.threads)
-    for run in plan(settings.budgets, settings.seeds):
+    for run in settings.runs():
         folder = run_dir(settings.runs_dir, run)
         if finished_record(folder) is not None or (run.row, run.steps, run.seed) in recorded_entries(settings):
             continue
@@ -249,7 +255,7 @@ def collect(settings: StudySettings) -> list[dict[str, Any]]:
     cpu = machine_name()
     recorded = recorded_entries(settings)
     entries = []
-    for run in plan(settings.budgets, settings.seeds):
+    for run in settings.runs():
         key = (run.row, run.steps, run.seed)
         previous_cpu = recorded[key]["cpu"] if key in recorded else cpu  # the machine it was measured on
         entry = study_entry(run, run_dir(settings.runs_dir, run), previous_cpu) or recorded.get(key)
@@ -300,11 +306,12 @@ def check_targets(summary: dict[tuple[str, int], dict[str, Any]], budget: int) -
     return results
 
 
-def render_markdown(entries: Sequence[dict[str, Any]], target_budget: int = 1000) -> str:
+def render_markdown(entries: Sequence[dict[str, Any]], target_budget: int = 1000,
+                    recipe: str = "configs/camvid_study.yaml") -> str:
     summary = summarise(entries)
     machines = sorted({e["cpu"] for e in entries})
     lines = ["# CamVid study: does unlabeled data pay? (issue 14)", "",
-             "Recipe `configs/camvid_study.yaml` for every row, split `reports/camvid/split` (1/8 of CamVid train "
+             f"Recipe `{recipe}` for every row, split `reports/camvid/split` (1/8 of CamVid train "
              "labeled), teacher mIoU (%) on CamVid val (101 images, 480×360). Tail = classes holding < 3 % of the "
              "labeled pixels. Wall = training seconds (data loading included, evaluation excluded). Spread = "
              "max − min over seeds. Written by `python benchmarks/camvid_study.py` from `study.json`.", "",
@@ -380,6 +387,13 @@ def plot_curves(entries: Sequence[dict[str, Any]], path: Path) -> None:
     os.replace(temporary, path)
 
 
+def report_labels(settings: StudySettings) -> tuple[int, str]:
+    """The budget the targets are read at (1000 where planned, else the largest) and the recipe's name."""
+    recipe = settings.recipe.resolve()
+    name = str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(settings.recipe)
+    return (1000 if 1000 in settings.budgets else max(settings.budgets)), name
+
+
 def write_report(settings: StudySettings) -> list[dict[str, Any]]:
     entries = collect(settings)
     settings.report_dir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +401,7 @@ def write_report(settings: StudySettings) -> list[dict[str, Any]]:
     temporary.write_text(json.dumps(entries, indent=2) + "\n")
     os.replace(temporary, settings.json_path)
     stem = settings.json_path.stem
-    (settings.report_dir / f"{stem}.md").write_text(render_markdown(entries))
+    (settings.report_dir / f"{stem}.md").write_text(render_markdown(entries, *report_labels(settings)))
     if entries:
         plot_curves(entries, settings.report_dir / f"{stem}_curves.png")
     return entries
@@ -401,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[300, 1000, 2000])
     parser.add_argument("--tag", default="", help="another machine's study (e.g. h100): study-<tag>.json and runs")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
+    parser.add_argument("--rows", nargs="+", choices=list(ROW_ARGS), default=[], help="only these rows (default: all)")
     args, extra = parser.parse_known_args(argv)
     extra = [value for value in extra if value != "--"]
     for flag, value in (("--recipe", args.recipe), ("--split-dir", args.split_dir)):
@@ -411,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(args.runs_dir) if not args.tag else Path(args.runs_dir) / args.tag
     settings = StudySettings(recipe=Path(args.recipe), split_dir=Path(args.split_dir), runs_dir=runs_dir,
                              report_dir=Path(args.report_dir), budgets=tuple(args.budgets), seeds=tuple(args.seeds),
-                             tag=args.tag, extra_args=tuple(extra), data_root=args.data_root, threads=args.threads)
+                             tag=args.tag, extra_args=tuple(extra), data_root=args.data_root, threads=args.threads,
+                             rows=tuple(args.rows))
     entries = write_report(settings) if args.summary_only else run_study(settings, dry_run=args.dry_run)
     if not args.dry_run:
-        print(render_markdown(entries))
+        print(render_markdown(entries, *report_labels(settings)))
     return 0
 
 

@@ -20,7 +20,7 @@ echo "Teacher on CamVid val (per-class IoU): $OUT/last/eval.json"
 import json, sys
 result = json.load(open(f"{sys.argv[1]}/last/eval.json"))
 for name, iou in result["per_class_iou"].items():
-    print(f"  {name:12s} {100 * iou:6.2f}")
+    print(f"  {name:12s} " + ("   n/a" if iou is None else f"{100 * iou:6.2f}"))
 print(f"  {'mIoU':12s} {100 * result['mean_iou']:6.2f}  ({result['num_images']} val images)")
 print(f"Overlays: {sys.argv[1]}/overlays/   Model: {sys.argv[1]}/last (Des4ForSemanticSegmentation.from_pretrained)")
 PY

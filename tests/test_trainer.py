@@ -125,6 +125,12 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
         with torch.no_grad():
             logits = model(torch.randn(1, 3, 37, 53)).logits
         assert logits.shape == (1, 11, 37, 53)
+    # The folder's eval.json is the evaluation's own, so it can go straight into the Hub card.
+    from des4_hf.hub import load_eval_results
+
+    (result,) = load_eval_results(tmp_path / "last" / "eval.json")
+    assert (result.settings["dataset"], result.settings["split"], result.settings["step"]) == ("camvid", "val", 3)
+    assert result.mean_iou == pytest.approx(final["teacher"]["mean_iou"])
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
     assert {"loss", "loss_unbiased", "loss_supervised", "loss_unsupervised", "lr"} <= set(lines[0])

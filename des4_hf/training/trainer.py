@@ -36,7 +36,7 @@ from ..data import (
     load_segmentation_dataset,
 )
 from ..data.augment import AugmentConfig
-from ..evaluation import evaluate_segmentation, protocol_for
+from ..evaluation import EvaluationResult, evaluate_segmentation, protocol_for
 from ..image_processing_des4 import Des4ImageProcessor
 from ..inference import overlay, resolve_precision, segment_images
 from ..losses import class_balancing_weights
@@ -256,26 +256,29 @@ class Trainer:
         self.print(f"resumed from {checkpoint} at step {self.state.step}")
 
     # -- 4. evaluation and export ----------------------------------------------------------------------------
-    def evaluate(self, model: Des4ForSemanticSegmentation) -> dict[str, Any]:
+    def evaluate(self, model: Des4ForSemanticSegmentation) -> EvaluationResult:
         """mIoU on the val split with the dataset's protocol (sliding window for Cityscapes), over all processes."""
         config = self.config
         count = len(self.val_dataset) if config.eval_max_images is None else min(len(self.val_dataset),
                                                                                  config.eval_max_images)
         protocol = protocol_for(config.dataset)
-        result = evaluate_segmentation(
+        return evaluate_segmentation(
             model, torch.utils.data.Subset(self.val_dataset, range(count)), num_classes=self.num_classes,
             class_names=self.class_names, accelerator=self.accelerator, sliding_window=protocol.sliding_window,
             flip=protocol.flip, scales=protocol.scales, precision=self.precision,
-            channels_last=config.channels_last, progress=False)
-        return {"mean_iou": result.mean_iou, "pixel_accuracy": result.pixel_accuracy, "num_images": count,
-                "per_class_iou": dict(zip(self.class_names, result.per_class_iou, strict=True))}
+            channels_last=config.channels_last, progress=False,
+            settings={"dataset": config.dataset, "split": "val", "step": self.state.step})
 
     def evaluate_and_export(self, final: bool = False) -> dict[str, Any]:
         unwrapped: TeacherStudent = self.accelerator.unwrap_model(self.model)
         teacher = unwrapped.export("teacher")
-        record: dict[str, Any] = {"step": self.state.step, "teacher": self.evaluate(teacher)}
+        results = {"teacher": self.evaluate(teacher)}
         if unwrapped.with_teacher:
-            record["student"] = self.evaluate(unwrapped.export("student"))
+            results["student"] = self.evaluate(unwrapped.export("student"))
+        record: dict[str, Any] = {"step": self.state.step, **{name: {
+            "mean_iou": result.mean_iou, "pixel_accuracy": result.pixel_accuracy, "num_images": result.num_images,
+            "per_class_iou": dict(zip(self.class_names, result.per_class_iou, strict=True))}
+            for name, result in results.items()}}
         record["pseudo_labels"] = self._pseudo_label_report()
         teacher_miou = record["teacher"]["mean_iou"]
         self.state.history.append({"step": self.state.step, "teacher_miou": teacher_miou,
@@ -288,9 +291,9 @@ class Trainer:
             atomic_write_json(eval_dir / f"step_{self.state.step:08d}.json", record)
             self._plot_pseudo_labels(record["pseudo_labels"], eval_dir / f"pseudo_labels_step_{self.state.step:08d}.png")
             if improved:
-                self.export(teacher, self.output_dir / "best", record)
+                self.export(teacher, self.output_dir / "best", results["teacher"])
             if final:
-                self.export(teacher, self.output_dir / "last", record)
+                self.export(teacher, self.output_dir / "last", results["teacher"])
         scores = {name: record[name]["mean_iou"] for name in ("teacher", "student") if name in record}
         self.print(f"step {self.state.step}: " + ", ".join(f"{name} mIoU {100 * value:.2f}" for name, value in scores.items())
                    + f" (best {100 * self.state.best_miou:.2f} at step {self.state.best_step})")
@@ -324,17 +327,16 @@ class Trainer:
         with atomic_path(path) as temporary:
             figure.savefig(temporary, format="png")
 
-    def export(self, model: Des4ForSemanticSegmentation, target: Path, record: dict[str, Any]) -> None:
-        """``save_pretrained`` (+ image processor) into a temporary folder, then swap it in."""
-        model.config.training = {**self.training_record(), "step": self.state.step,
-                                 "val_mean_iou": record["teacher"]["mean_iou"]}
+    def export(self, model: Des4ForSemanticSegmentation, target: Path, result: EvaluationResult) -> None:
+        """``save_pretrained`` (+ image processor, + the evaluation's ``eval.json``) into a temporary folder, then
+        swap it in."""
+        model.config.training = {**self.training_record(), "step": self.state.step, "val_mean_iou": result.mean_iou}
         temporary = target.with_name(f".tmp-{target.name}")
         if temporary.exists():
             shutil.rmtree(temporary)
         model.save_pretrained(temporary)
         self.image_processor.save_pretrained(temporary)
-        atomic_write_json(temporary / "eval.json", {"dataset": self.config.dataset, "split": "val",
-                                                     **record["teacher"], "step": self.state.step})
+        atomic_write_json(temporary / "eval.json", result.to_dict())
         old = target.with_name(f".old-{target.name}")
         if target.exists():
             os.replace(target, old)

@@ -34,6 +34,17 @@ def test_plan_runs_every_seed_at_the_smaller_budgets_then_ablations_then_the_lar
     assert study.plan((300, 1000), (0,))[-1].steps == 1000  # two budgets: both seeded, no "largest" stage
 
 
+def test_rows_limit_the_plan_and_the_report_names_its_recipe_and_budget(tmp_path: Path) -> None:
+    """The demo's seeds (configs/camvid_demo.yaml): supervised, DeS4 and the wall-time row only, targets at 240."""
+    settings = study.StudySettings(recipe=REPO / "configs" / "camvid_demo.yaml", split_dir=tmp_path,
+                                   runs_dir=tmp_path / "runs", report_dir=tmp_path, budgets=(240,), seeds=(0, 1),
+                                   rows=("supervised", "des4", "supervised-same-wall-time"))
+    assert [run.name for run in settings.runs()] == [
+        f"{row}-240-seed{seed}" for seed in (0, 1) for row in ("supervised", "des4", "supervised-same-wall-time")]
+    assert study.report_labels(settings) == (240, "configs/camvid_demo.yaml")
+    assert "Recipe `configs/camvid_demo.yaml`" in study.render_markdown([], *study.report_labels(settings))
+
+
 def test_wall_matched_steps_hand_computed() -> None:
     # DeS4 trained 300 steps in 600 s; supervised 300 steps in 330 s (1.1 s/step) → ⌊600 / 1.1⌋ = 545 steps.
     assert study.wall_matched_steps(600.0, 300, 330.0) == 545
