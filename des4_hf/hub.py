@@ -50,7 +50,8 @@ def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -
     keys = []
     for item, record in zip(items, parsed):
         if not all(isinstance(record.settings.get(key), str) and record.settings[key] for key in ("dataset", "split")):
-            raise ValueError(f"{item}: the evaluation does not record its dataset and split; evaluate with "
+            where = "an EvaluationResult" if isinstance(item, EvaluationResult) else str(item)
+            raise ValueError(f"{where}: the evaluation does not record its dataset and split; evaluate with "
                              "`scripts/evaluate.py --dataset ... --split ...`, which does.")
         keys.append((record.settings["dataset"], record.settings["split"]))
     for key in keys:

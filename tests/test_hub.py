@@ -566,7 +566,7 @@ def test_eval_results_must_be_the_evaluations_own(tmp_path: Path) -> None:
         load_eval_results(tmp_path / "bad.json")
     unnamed = EvaluationResult.load(tmp_path / "eval.json")
     unnamed.settings = {}
-    with pytest.raises(ValueError, match="does not record its dataset and split"):
+    with pytest.raises(ValueError, match="an EvaluationResult: the evaluation does not record its dataset and split"):
         load_eval_results(unnamed)
     with pytest.raises(ValueError, match="two evaluation records"):
         load_eval_results([tmp_path / "eval.json", tmp_path / "eval.json"])
