@@ -160,11 +160,39 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def plot_per_class_iou(self, path: str | os.PathLike[str] | None = None) -> bytes:
-        """Bar chart (PNG bytes) of the per-class IoU, mean dashed; written to ``path`` atomically when given."""
+        """Bar chart (PNG bytes; also written to ``path`` atomically) of the per-class IoU ("n/a": absent class), the
+        mean dashed; on matplotlib's Agg canvas, so no display and no global backend change."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
         title = "Per-class IoU"
         if self.settings.get("dataset"):
             title += f" — {self.settings['dataset']} {self.settings.get('split') or ''}".rstrip()
-        return plot_per_class_iou(self.class_names, self.per_class_iou, self.mean_iou, title, path)
+        absent = [math.isnan(value) for value in self.per_class_iou]
+        values = [0.0 if gone else 100.0 * value for value, gone in zip(self.per_class_iou, absent)]
+        count = self.num_classes
+        figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
+        for bar, value, gone in zip(bars, values, absent):
+            axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
+                      va="bottom", fontsize=7)
+        if not math.isnan(self.mean_iou):
+            axes.axhline(100.0 * self.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
+                         label=f"mIoU {100.0 * self.mean_iou:.2f} %")
+            axes.legend(loc="upper right", fontsize=8)
+        axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
+        axes.set_xticklabels(self.class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
+                             fontsize=8)
+        axes.set_title(title, fontsize=10)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        data = buffer.getvalue()
+        if path is not None:
+            atomic_write(path, data)
+        return data
 
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir``, each atomically; their paths."""
@@ -175,40 +203,6 @@ class EvaluationResult:
         atomic_write(paths["markdown"], self.to_markdown())
         self.plot_per_class_iou(paths["chart"])
         return paths
-
-
-def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float | None], mean_iou: float, title: str,
-                       path: str | os.PathLike[str] | None = None) -> bytes:
-    """Bar chart (PNG bytes; also written to ``path``) of IoU fractions (None/NaN: "n/a"), the mean dashed; on
-    matplotlib's Agg canvas, so no display and no global backend change."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    absent = [value is None or math.isnan(value) for value in ious]
-    values = [0.0 if gone else 100.0 * value for value, gone in zip(ious, absent)]
-    count = len(class_names)
-    figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
-    for bar, value, gone in zip(bars, values, absent):
-        axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
-                  va="bottom", fontsize=7)
-    if not math.isnan(mean_iou):
-        axes.axhline(100.0 * mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
-                     label=f"mIoU {100.0 * mean_iou:.2f} %")
-        axes.legend(loc="upper right", fontsize=8)
-    axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
-    axes.set_xticklabels(class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
-                         fontsize=8)
-    axes.set_title(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    if path is not None:
-        atomic_write(path, data)
-    return data
 
 
 def _markdown_value(value: Any) -> str:
