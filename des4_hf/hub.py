@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EvaluationResult
+from .evaluation import EvaluationResult, _percent
 from .hub_names import SHORT_NAMES, hub_namespace
 from .utils import atomic_path, atomic_write
 
@@ -92,10 +92,6 @@ def _model_files(model_dir: Path) -> list[Path]:
 
 def _labels(config: Any) -> list[str]:
     return [str(config.id2label[index]) for index in range(config.num_labels)]
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100.0 * value:.2f}"
 
 
 def _format_value(value: Any) -> str:
@@ -173,14 +169,13 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
 
     rendered_results = []
     for index, record in enumerate(results):
-        per_class = {_label_of(name, labels): None if math.isnan(value) else value
-                     for name, value in zip(record.class_names, record.per_class_iou)}
+        per_class = {_label_of(name, labels): value for name, value in zip(record.class_names, record.per_class_iou)}
         dataset, split = record.settings["dataset"], record.settings["split"]
         rendered_results.append({
             "dataset": dataset, "dataset_name": _dataset_name(dataset), "split": split,
-            "num_images": record.num_images, "miou_pct": _pct(record.mean_iou),
-            "pixel_accuracy_pct": _pct(record.pixel_accuracy), "protocol": _protocol(record.settings),
-            "per_class": [(label, _pct(per_class[label])) for label in labels if label in per_class],
+            "num_images": record.num_images, "miou_pct": _percent(record.mean_iou),
+            "pixel_accuracy_pct": _percent(record.pixel_accuracy), "protocol": _protocol(record.settings),
+            "per_class": [(label, _percent(per_class[label])) for label in labels if label in per_class],
             "chart": charts[index] if charts else None})
 
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
