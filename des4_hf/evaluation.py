@@ -2,12 +2,11 @@
 
 VOC and CamVid val: whole image at original resolution; Cityscapes val: a 769 sliding window at stride 513, logits
 averaged. Each process takes indices ``rank::world_size``, so every image counts once. ``evaluate_segmentation``
-returns an :class:`EvaluationResult`, whose ``save`` writes ``eval.json``, ``eval.md`` and ``per_class_iou.png``.
+returns an :class:`EvaluationResult`, whose ``save`` writes ``eval.json`` (what the model card reads).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -62,7 +61,8 @@ def _nan_to_none(values: Iterable[float]) -> list[float | None]:
             for value in values]
 
 
-def _percent(value: float | None, digits: int = 2) -> str:
+def percent(value: float | None, digits: int = 2) -> str:
+    """``0.5625`` → ``"56.25"``; ``"n/a"`` for an undefined (NaN or missing) score."""
     if value is None or math.isnan(value):
         return "n/a"
     return f"{100.0 * value:.{digits}f}"
@@ -71,7 +71,7 @@ def _percent(value: float | None, digits: int = 2) -> str:
 @dataclass
 class EvaluationResult:
     """Scores of one evaluation: fractions in [0, 1] (NaN: class absent from predictions and labels, left out of the
-    mean); the Markdown and the chart show percent."""
+    mean). ``scripts/evaluate.py`` renders it as a table, Markdown and a chart, in percent."""
 
     confusion: Tensor
     class_names: list[str]
@@ -128,87 +128,9 @@ class EvaluationResult:
             raise ValueError(f"{path} is not an eval.json written by des4-hf's evaluation ({type(error).__name__}: "
                              f"{error}); re-run `scripts/evaluate.py ... --out DIR` instead of editing it.") from None
 
-    def to_text(self) -> str:
-        """Plain aligned table for the terminal."""
-        width = max([len(name) for name in self.class_names] + [len("pixel accuracy")])
-        rule = "-" * (width + 9)
-        rows = [*zip(self.class_names, self.per_class_iou), (rule, None),
-                ("mean IoU", self.mean_iou), ("pixel accuracy", self.pixel_accuracy)]
-        return "\n".join([f"{'class':<{width}}  IoU (%)", rule]
-                         + [name if name == rule else f"{name:<{width}}  {_percent(iou):>7}" for name, iou in rows]
-                         + [f"({self.num_images} images, {self.num_classes} classes)"])
-
-    def to_markdown(self) -> str:
-        settings = self.settings
-        title = "Evaluation"
-        if settings.get("dataset"):
-            title += f": {settings['dataset']}" + (f" {settings['split']}" if settings.get("split") else "")
-        lines = [f"# {title}", "", f"**mIoU {_percent(self.mean_iou)} %** over {self.num_images} images "
-                 f"(pixel accuracy {_percent(self.pixel_accuracy)} %, mean class accuracy "
-                 f"{_percent(self.mean_accuracy)} %).", ""]
-        if settings:
-            lines += ["| setting | value |", "|---|---|"]
-            lines += [f"| {key} | {_markdown_value(value)} |" for key, value in settings.items()]
-            lines.append("")
-        lines += ["| class | IoU (%) | accuracy (%) |", "|---|---:|---:|"]
-        accuracies = self.per_class_accuracy or [float("nan")] * self.num_classes
-        for name, iou, accuracy in zip(self.class_names, self.per_class_iou, accuracies):
-            lines.append(f"| {name} | {_percent(iou)} | {_percent(accuracy)} |")
-        lines.append(f"| **mean** | **{_percent(self.mean_iou)}** | **{_percent(self.mean_accuracy)}** |")
-        lines += ["", "IoU is computed from one confusion matrix over all pixels of all images; n/a: class absent "
-                  "from both predictions and labels (left out of the mean). Label 255 is ignored.", ""]
-        return "\n".join(lines)
-
-    def plot_per_class_iou(self, path: str | os.PathLike[str] | None = None) -> bytes:
-        """Bar chart (PNG bytes; also written to ``path`` atomically) of the per-class IoU ("n/a": absent class), the
-        mean dashed; on matplotlib's Agg canvas, so no display and no global backend change."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        title = "Per-class IoU"
-        if self.settings.get("dataset"):
-            title += f" — {self.settings['dataset']} {self.settings.get('split') or ''}".rstrip()
-        absent = [math.isnan(value) for value in self.per_class_iou]
-        values = [0.0 if gone else 100.0 * value for value, gone in zip(self.per_class_iou, absent)]
-        count = self.num_classes
-        figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
-        for bar, value, gone in zip(bars, values, absent):
-            axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
-                      va="bottom", fontsize=7)
-        if not math.isnan(self.mean_iou):
-            axes.axhline(100.0 * self.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
-                         label=f"mIoU {100.0 * self.mean_iou:.2f} %")
-            axes.legend(loc="upper right", fontsize=8)
-        axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
-        axes.set_xticklabels(self.class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
-                             fontsize=8)
-        axes.set_title(title, fontsize=10)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        data = buffer.getvalue()
-        if path is not None:
-            atomic_write(path, data)
-        return data
-
-    def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``eval.json``, ``eval.md`` and ``per_class_iou.png`` into ``out_dir``, each atomically; their paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "eval.json", "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
-        atomic_write(paths["json"], json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        atomic_write(paths["markdown"], self.to_markdown())
-        self.plot_per_class_iou(paths["chart"])
-        return paths
-
-
-def _markdown_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) if value else "-"
-    return "-" if value is None else str(value).replace("|", "\\|")
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``eval.json`` (:meth:`to_dict`, read back by :meth:`load`) into ``out_dir`` atomically; its path."""
+        return atomic_write(Path(out_dir) / "eval.json", json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:

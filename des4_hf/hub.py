@@ -1,8 +1,8 @@
-"""Publishing a DeS4 model on the Hub: model card, per-class IoU chart, example overlay, one-commit push.
+"""The model card of a DeS4 model on the Hub, rendered from ``model_cards/des4.md.j2``.
 
-Everything is validated before the first network call (the model loads with its prototypes, the evaluation JSON
-has the model's classes, the repo id, a token); the token is never printed. The card is rendered from
-``model_cards/des4.md.j2`` and every number in it is read from the evaluation JSON.
+Every number in it is read from ``eval.json`` files written by the evaluation (:meth:`EvaluationResult.load`
+recomputes the scores from the confusion matrix, so an edited number cannot slip in), each naming its dataset and
+split. Staging and uploading (``huggingface_hub.upload_folder``) are ``scripts/push_to_hub.py``'s.
 """
 
 from __future__ import annotations
@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EvaluationResult, _percent
+from .evaluation import EvaluationResult, percent
 from .hub_names import SHORT_NAMES, hub_namespace
-from .utils import atomic_path, atomic_write
 
 TEMPLATE_NAME = "des4.md.j2"
-MODEL_FILES = ("config.json", "preprocessor_config.json")
-OVERLAY_NAME = "images/example_prediction.png"
-RESULTS_NAME = "eval_results.json"
 _DATASET_NAMES = (("cityscapes", "Cityscapes"), ("camvid", "CamVid"), ("voc", "PASCAL VOC 2012"))
 
 ResultsSource = str | Path | EvaluationResult
@@ -60,7 +54,7 @@ def load_eval_results(results: ResultsSource | Sequence[ResultsSource] | None) -
     return parsed
 
 
-def _check_results_match_labels(results: Sequence[EvaluationResult], labels: Sequence[str], model_dir: str) -> None:
+def check_results_match_labels(results: Sequence[EvaluationResult], labels: Sequence[str], model_dir: str) -> None:
     allowed = set(labels) | {str(index) for index in range(len(labels))}
     for record in results:
         unknown = sorted(set(record.class_names) - allowed)
@@ -74,23 +68,7 @@ def _label_of(name: str, labels: Sequence[str]) -> str:
     return labels[int(name)] if name.isdigit() and name not in labels and int(name) < len(labels) else name
 
 
-def _model_files(model_dir: Path) -> list[Path]:
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory {model_dir} not found: pass the folder written by training "
-                                "(e.g. out/best).")
-    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
-    if missing:
-        hint = (" Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
-                if "preprocessor_config.json" in missing else " Save the model with model.save_pretrained(model_dir).")
-        raise FileNotFoundError(f"{model_dir} lacks {missing}.{hint}")
-    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
-    if not weights:
-        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights; re-save the model with "
-                                "model.save_pretrained(model_dir) (safetensors is the default).")
-    return [model_dir / name for name in MODEL_FILES] + weights
-
-
-def _labels(config: Any) -> list[str]:
+def labels_of(config: Any) -> list[str]:
     return [str(config.id2label[index]) for index in range(config.num_labels)]
 
 
@@ -144,9 +122,9 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
     config = Des4Config.from_pretrained(str(model_dir))
     if config.model_type != Des4Config.model_type:
         raise ValueError(f"{model_dir}/config.json is a {config.model_type!r} model, not a DeS4 model.")
-    labels = _labels(config)
+    labels = labels_of(config)
     results = load_eval_results(results_json)
-    _check_results_match_labels(results, labels, str(model_dir))
+    check_results_match_labels(results, labels, str(model_dir))
     charts = [chart_image] if isinstance(chart_image, str) else list(chart_image or [])
     if charts and len(charts) != len(results):
         raise ValueError(f"got {len(charts)} chart image(s) for {len(results)} evaluation record(s); give one per "
@@ -173,9 +151,9 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
         dataset, split = record.settings["dataset"], record.settings["split"]
         rendered_results.append({
             "dataset": dataset, "dataset_name": _dataset_name(dataset), "split": split,
-            "num_images": record.num_images, "miou_pct": _percent(record.mean_iou),
-            "pixel_accuracy_pct": _percent(record.pixel_accuracy), "protocol": _protocol(record.settings),
-            "per_class": [(label, _percent(per_class[label])) for label in labels if label in per_class],
+            "num_images": record.num_images, "miou_pct": percent(record.mean_iou),
+            "pixel_accuracy_pct": percent(record.pixel_accuracy), "protocol": _protocol(record.settings),
+            "per_class": [(label, percent(per_class[label])) for label in labels if label in per_class],
             "chart": charts[index] if charts else None})
 
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -199,126 +177,3 @@ def _count_parameters(model_dir: Path) -> int:
             total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()  # noqa: SIM118
                          if not key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")))
     return total
-
-
-def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
-                         max_side: int = 512) -> Path:
-    """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
-    from PIL import Image
-
-    from .inference import overlay, read_image, segment_images
-
-    image = read_image(Path(image_path)).convert("RGB")
-    image.thumbnail((max_side, max_side), Image.BILINEAR)  # keeps the aspect ratio; never enlarges
-    (label_map,) = segment_images(model.eval(), processor, [image], next(model.parameters()).device, None, False, None)
-    canvas = Image.new("RGB", (image.width * 2, image.height))
-    canvas.paste(image, (0, 0))
-    canvas.paste(overlay(image, label_map, alpha=0.6), (image.width, 0))
-    with atomic_path(path) as temporary:
-        canvas.save(temporary, format="PNG")
-    return Path(path)
-
-
-def validate_repo_id(repo_id: str) -> str:
-    """``namespace/name`` as huggingface_hub's own validator accepts it, or a ValueError saying what to pass."""
-    from huggingface_hub.utils import HFValidationError
-    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
-
-    try:
-        hub_validate_repo_id(repo_id)
-        if repo_id.count("/") != 1:
-            raise HFValidationError("a model repo on the Hub belongs to a user or an organisation")
-    except HFValidationError as error:
-        raise ValueError(f"repo id {repo_id!r} is not valid ({error}): use <user-or-org>/<name>, e.g. "
-                         "my-user/des4-voc-aug.") from None
-    return repo_id
-
-
-def validate_revision(revision: str | None) -> str | None:
-    """A branch name git accepts (checked before any upload), or a ValueError."""
-    if revision is not None and (not revision or revision.startswith(("-", "/")) or ".." in revision
-                                 or revision.endswith(("/", ".lock")) or any(c in revision for c in " ~^:?*[\\")):
-        raise ValueError(f"revision {revision!r} is not a valid branch name: use e.g. 'main', 'v1' or 'voc-1323'.")
-    return revision
-
-
-def _token_available(token: str | None) -> None:
-    from huggingface_hub import get_token
-
-    if token is not None and (not isinstance(token, str) or not token.strip()):
-        raise ValueError("token must be a non-empty string; better, leave it out and use HF_TOKEN or `hf auth login`.")
-    if token is None and get_token() is None:
-        raise ValueError("no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN "
-                         "environment variable to a token with write access) and run the push again.")
-
-
-def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: str,
-                     results: ResultsSource | Sequence[ResultsSource] | None = None,
-                     example_image: str | Path | None = None) -> Path:
-    """Validate everything, then write the folder that is uploaded (model files, README.md, images, results); no
-    network access, and nothing is written when an input is not usable."""
-    from .image_processing_des4 import Des4ImageProcessor
-    from .modeling_des4 import Des4ForSemanticSegmentation
-
-    model_dir = Path(model_dir)
-    validate_repo_id(repo_id)
-    files = _model_files(model_dir)
-    model = Des4ForSemanticSegmentation.from_pretrained(str(model_dir))  # checks the prototypes are there
-    processor = Des4ImageProcessor.from_pretrained(str(model_dir))
-    labels = _labels(model.config)
-    records = load_eval_results(results)
-    _check_results_match_labels(records, labels, str(model_dir))
-    if example_image is not None and not Path(example_image).is_file():
-        raise FileNotFoundError(f"example image {example_image} not found.")
-    given = [results] if isinstance(results, (str, Path)) else list(results or [])
-    result_names = [Path(item).name for item in given if isinstance(item, (str, Path))]
-
-    staging = Path(staging_dir)
-    staging.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        shutil.copy2(path, staging / path.name)
-    charts = []
-    for record in records:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.settings['dataset']}-{record.settings['split']}").strip("-")
-        chart = f"images/per_class_iou_{slug.lower()}.png" if len(records) > 1 else "images/per_class_iou.png"
-        record.plot_per_class_iou(staging / chart)
-        charts.append(chart)
-    if records:
-        atomic_write(staging / RESULTS_NAME, json.dumps([record.to_dict() for record in records], indent=2,
-                                                        allow_nan=False, default=str) + "\n")
-    overlay_name = None
-    if example_image is not None:
-        make_example_overlay(model, processor, example_image, staging / OVERLAY_NAME)
-        overlay_name = OVERLAY_NAME
-    atomic_write(staging / "README.md", render_model_card(staging, records, overlay_image=overlay_name,
-                                                         chart_image=charts, repo_id=repo_id,
-                                                         results_files=result_names))
-    return staging
-
-
-def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
-                private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                token: str | None = None, example_image: str | Path | None = None) -> str:
-    """Upload a trained model, its card, results and images to ``repo_id`` in one commit; returns the repo URL.
-
-    Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
-    branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
-    """
-    from huggingface_hub import HfApi
-
-    validate_repo_id(repo_id)
-    revision = validate_revision(revision)
-    _token_available(token)
-    with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
-        stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
-        api = HfApi(token=token)
-        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
-        if private and api.repo_info(repo_id).private is False:
-            raise ValueError(f"{repo_id} already exists and is public; --private only applies to a new repo. Make "
-                             "it private in its settings on the Hub first, or drop --private. Nothing was uploaded.")
-        if revision is not None and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
-                          commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})")
-    url = str(repo_url).rstrip("/")
-    return f"{url}/tree/{revision}" if revision else url

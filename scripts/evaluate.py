@@ -17,15 +17,18 @@ from typing import Any
 
 from des4_hf.evaluation import (
     CITYSCAPES_SLIDING_WINDOW,
+    EvaluationResult,
     check_dataset_labels,
     check_model_classes,
     default_stride,
     evaluate_segmentation,
+    percent,
     protocol_for,
 )
 from des4_hf.inference import (
     PRECISIONS,
 )
+from des4_hf.utils import atomic_write
 
 
 class UsageError(Exception):
@@ -35,6 +38,97 @@ class UsageError(Exception):
 _LOCAL_KINDS_NEEDING_ROOT = ("voc", "cityscapes")
 
 
+# -- the report: a terminal table, eval.md and per_class_iou.png beside eval.json -------------------------------
+def format_table(result: EvaluationResult) -> str:
+    """Plain aligned table of the per-class IoU (%) for the terminal."""
+    width = max([len(name) for name in result.class_names] + [len("pixel accuracy")])
+    rule = "-" * (width + 9)
+    rows = [*zip(result.class_names, result.per_class_iou), (rule, None),
+            ("mean IoU", result.mean_iou), ("pixel accuracy", result.pixel_accuracy)]
+    return "\n".join([f"{'class':<{width}}  IoU (%)", rule]
+                     + [name if name == rule else f"{name:<{width}}  {percent(iou):>7}" for name, iou in rows]
+                     + [f"({result.num_images} images, {result.num_classes} classes)"])
+
+
+def _markdown_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return "-" if value is None else str(value).replace("|", "\\|")
+
+
+def render_markdown(result: EvaluationResult) -> str:
+    """``eval.md``: the mIoU, the evaluation settings and the per-class IoU / accuracy table, in percent."""
+    settings = result.settings
+    title = "Evaluation"
+    if settings.get("dataset"):
+        title += f": {settings['dataset']}" + (f" {settings['split']}" if settings.get("split") else "")
+    lines = [f"# {title}", "", f"**mIoU {percent(result.mean_iou)} %** over {result.num_images} images "
+             f"(pixel accuracy {percent(result.pixel_accuracy)} %, mean class accuracy "
+             f"{percent(result.mean_accuracy)} %).", ""]
+    if settings:
+        lines += ["| setting | value |", "|---|---|"]
+        lines += [f"| {key} | {_markdown_value(value)} |" for key, value in settings.items()]
+        lines.append("")
+    lines += ["| class | IoU (%) | accuracy (%) |", "|---|---:|---:|"]
+    accuracies = result.per_class_accuracy or [float("nan")] * result.num_classes
+    for name, iou, accuracy in zip(result.class_names, result.per_class_iou, accuracies):
+        lines.append(f"| {name} | {percent(iou)} | {percent(accuracy)} |")
+    lines.append(f"| **mean** | **{percent(result.mean_iou)}** | **{percent(result.mean_accuracy)}** |")
+    lines += ["", "IoU is computed from one confusion matrix over all pixels of all images; n/a: class absent "
+              "from both predictions and labels (left out of the mean). Label 255 is ignored.", ""]
+    return "\n".join(lines)
+
+
+def plot_per_class_iou(result: EvaluationResult, path: str | Path | None = None) -> bytes:
+    """Bar chart (PNG bytes; also written to ``path`` atomically) of the per-class IoU ("n/a": absent class), the
+    mean dashed; on matplotlib's Agg canvas, so no display and no global backend change."""
+    import io
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    title = "Per-class IoU"
+    if result.settings.get("dataset"):
+        title += f" — {result.settings['dataset']} {result.settings.get('split') or ''}".rstrip()
+    absent = [math.isnan(value) for value in result.per_class_iou]
+    values = [0.0 if gone else 100.0 * value for value, gone in zip(result.per_class_iou, absent)]
+    count = result.num_classes
+    figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
+    for bar, value, gone in zip(bars, values, absent):
+        axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
+                  va="bottom", fontsize=7)
+    if not math.isnan(result.mean_iou):
+        axes.axhline(100.0 * result.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
+                     label=f"mIoU {100.0 * result.mean_iou:.2f} %")
+        axes.legend(loc="upper right", fontsize=8)
+    axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
+    axes.set_xticklabels(result.class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
+                         fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = buffer.getvalue()
+    if path is not None:
+        atomic_write(path, data)
+    return data
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """``eval.json`` (the library's :meth:`EvaluationResult.save`), ``eval.md`` and ``per_class_iou.png``, each
+    written atomically into ``out_dir``; their paths."""
+    out = Path(out_dir)
+    paths = {"json": result.save(out), "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
+    atomic_write(paths["markdown"], render_markdown(result))
+    plot_per_class_iou(result, paths["chart"])
+    return paths
+
+
+# -- the command ------------------------------------------------------------------------------------------------
 def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="des4-evaluate",
@@ -197,9 +291,9 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
                   **({"root": str(args.root)} if args.root else {})},
     )
     if accelerator.is_main_process:
-        print(result.to_text())
+        print(format_table(result))
         out = Path(args.out) if args.out else Path("eval") / f"{_slug(args.dataset)}-{_slug(args.split)}"
-        paths = result.save(out)
+        paths = write_report(result, out)
         print("wrote " + ", ".join(str(path) for path in paths.values()))
     accelerator.wait_for_everyone()
     return 0

@@ -1,17 +1,177 @@
 #!/usr/bin/env python
-"""Upload a trained DeS4 model with its model card to the Hugging Face Hub (see `des4_hf.hub`).
+"""Upload a trained DeS4 model with its model card to the Hugging Face Hub, in one commit.
 
     python scripts/push_to_hub.py --model out/best --repo-id <user>/des4-voc-aug --results eval.json \
-        --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG]
+        --example-image street.jpg [--private] [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
+
+Everything is checked before the first network call (the model loads with its prototypes, each ``eval.json`` has the
+model's classes, the repo id, the branch, a token); the token is never printed. The card is ``des4_hf.hub``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from des4_hf.hub import push_to_hub, stage_model_repo, validate_revision
+from des4_hf.hub import (
+    ResultsSource,
+    check_results_match_labels,
+    labels_of,
+    load_eval_results,
+    render_model_card,
+)
+from des4_hf.utils import atomic_path, atomic_write
+
+MODEL_FILES = ("config.json", "preprocessor_config.json")
+OVERLAY_NAME = "images/example_prediction.png"
+RESULTS_NAME = "eval_results.json"
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """``namespace/name`` as huggingface_hub's own validator accepts it, or a ValueError saying what to pass."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    try:
+        hub_validate_repo_id(repo_id)
+        if repo_id.count("/") != 1:
+            raise HFValidationError("a model repo on the Hub belongs to a user or an organisation")
+    except HFValidationError as error:
+        raise ValueError(f"repo id {repo_id!r} is not valid ({error}): use <user-or-org>/<name>, e.g. "
+                         "my-user/des4-voc-aug.") from None
+    return repo_id
+
+
+def validate_revision(revision: str | None) -> str | None:
+    """A branch name git accepts (checked before any upload), or a ValueError."""
+    if revision is not None and (not revision or revision.startswith(("-", "/")) or ".." in revision
+                                 or revision.endswith(("/", ".lock")) or any(c in revision for c in " ~^:?*[\\")):
+        raise ValueError(f"revision {revision!r} is not a valid branch name: use e.g. 'main', 'v1' or 'voc-1323'.")
+    return revision
+
+
+def _token_available(token: str | None) -> None:
+    from huggingface_hub import get_token
+
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise ValueError("token must be a non-empty string; better, leave it out and use HF_TOKEN or `hf auth login`.")
+    if token is None and get_token() is None:
+        raise ValueError("no Hugging Face token found: log in once with `hf auth login` (or set the HF_TOKEN "
+                         "environment variable to a token with write access) and run the push again.")
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} not found: pass the folder written by training "
+                                "(e.g. out/best).")
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        hint = (" Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
+                if "preprocessor_config.json" in missing else " Save the model with model.save_pretrained(model_dir).")
+        raise FileNotFoundError(f"{model_dir} lacks {missing}.{hint}")
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
+    if not weights:
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights; re-save the model with "
+                                "model.save_pretrained(model_dir) (safetensors is the default).")
+    return [model_dir / name for name in MODEL_FILES] + weights
+
+
+def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
+                         max_side: int = 512) -> Path:
+    """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
+    from PIL import Image
+
+    from des4_hf.inference import overlay, read_image, segment_images
+
+    image = read_image(Path(image_path)).convert("RGB")
+    image.thumbnail((max_side, max_side), Image.BILINEAR)  # keeps the aspect ratio; never enlarges
+    (label_map,) = segment_images(model.eval(), processor, [image], next(model.parameters()).device, None, False, None)
+    canvas = Image.new("RGB", (image.width * 2, image.height))
+    canvas.paste(image, (0, 0))
+    canvas.paste(overlay(image, label_map, alpha=0.6), (image.width, 0))
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
+    return Path(path)
+
+
+def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: str,
+                     results: ResultsSource | Sequence[ResultsSource] | None = None,
+                     example_image: str | Path | None = None) -> Path:
+    """Validate everything, then write the folder that is uploaded (model files, README.md, images, results); no
+    network access, and nothing is written when an input is not usable."""
+    from des4_hf_scripts.evaluate import plot_per_class_iou
+
+    from des4_hf import Des4ForSemanticSegmentation, Des4ImageProcessor
+
+    model_dir = Path(model_dir)
+    validate_repo_id(repo_id)
+    files = _model_files(model_dir)
+    model = Des4ForSemanticSegmentation.from_pretrained(str(model_dir))  # checks the prototypes are there
+    processor = Des4ImageProcessor.from_pretrained(str(model_dir))
+    labels = labels_of(model.config)
+    records = load_eval_results(results)
+    check_results_match_labels(records, labels, str(model_dir))
+    if example_image is not None and not Path(example_image).is_file():
+        raise FileNotFoundError(f"example image {example_image} not found.")
+    given = [results] if isinstance(results, (str, Path)) else list(results or [])
+    result_names = [Path(item).name for item in given if isinstance(item, (str, Path))]
+
+    staging = Path(staging_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy2(path, staging / path.name)
+    charts = []
+    for record in records:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.settings['dataset']}-{record.settings['split']}").strip("-")
+        chart = f"images/per_class_iou_{slug.lower()}.png" if len(records) > 1 else "images/per_class_iou.png"
+        plot_per_class_iou(record, staging / chart)
+        charts.append(chart)
+    if records:
+        atomic_write(staging / RESULTS_NAME, json.dumps([record.to_dict() for record in records], indent=2,
+                                                        allow_nan=False, default=str) + "\n")
+    overlay_name = None
+    if example_image is not None:
+        make_example_overlay(model, processor, example_image, staging / OVERLAY_NAME)
+        overlay_name = OVERLAY_NAME
+    atomic_write(staging / "README.md", render_model_card(staging, records, overlay_image=overlay_name,
+                                                         chart_image=charts, repo_id=repo_id,
+                                                         results_files=result_names))
+    return staging
+
+
+def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
+                private: bool = False, revision: str | None = None, commit_message: str | None = None,
+                token: str | None = None, example_image: str | Path | None = None) -> str:
+    """Upload a trained model, its card, results and images to ``repo_id`` in one commit; returns the repo URL.
+
+    Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
+    branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
+    """
+    from huggingface_hub import HfApi
+
+    validate_repo_id(repo_id)
+    revision = validate_revision(revision)
+    _token_available(token)
+    with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
+        stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
+        api = HfApi(token=token)
+        repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+        if private and api.repo_info(repo_id).private is False:
+            raise ValueError(f"{repo_id} already exists and is public; --private only applies to a new repo. Make "
+                             "it private in its settings on the Hub first, or drop --private. Nothing was uploaded.")
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
+                          commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})")
+    url = str(repo_url).rstrip("/")
+    return f"{url}/tree/{revision}" if revision else url
 
 
 def push_to_hub_parser() -> argparse.ArgumentParser:

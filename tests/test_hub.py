@@ -530,6 +530,7 @@ def test_explain_hub_errors_leaves_other_errors_alone() -> None:
 # ---------------------------------------------------------------------------------------------------------
 def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> None:
     import torch
+    from des4_hf_scripts.evaluate import write_report
 
     from des4_hf.evaluation import EvaluationResult
     from des4_hf.hub import load_eval_results
@@ -537,7 +538,7 @@ def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> 
     confusion = torch.tensor([[8, 2, 0], [1, 4, 0], [0, 0, 0]])  # class "c" absent: IoU undefined
     result = EvaluationResult.from_confusion(confusion, ["a", "b", "c"], num_images=3,
                                              settings={"dataset": "camvid", "split": "val"})
-    paths = result.save(tmp_path / "eval")
+    paths = write_report(result, tmp_path / "eval")  # what `scripts/evaluate.py --out` writes
     (record,) = load_eval_results(paths["json"])
     assert (record.settings["dataset"], record.settings["split"], record.num_images) == ("camvid", "val", 3)
     assert record.mean_iou == pytest.approx((8 / 11 + 4 / 7) / 2)
@@ -549,8 +550,10 @@ def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> 
 def test_eval_results_must_be_the_evaluations_own(tmp_path: Path) -> None:
     """push reads eval.json through EvaluationResult.load (scores recomputed from the confusion matrix); a
     hand-written or edited file, or one without its dataset and split, is refused with what to run instead."""
+    from des4_hf_scripts.push_to_hub import validate_repo_id
+
     from des4_hf.evaluation import EvaluationResult
-    from des4_hf.hub import load_eval_results, validate_repo_id
+    from des4_hf.hub import load_eval_results
 
     good = _eval_json(tmp_path / "eval.json")
     (record,) = load_eval_results(tmp_path / "eval.json")
@@ -618,9 +621,9 @@ def test_push_to_hub_creates_private_repo_branch_and_uploads_one_folder(tmp_path
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
     import torch
+    from des4_hf_scripts.push_to_hub import push_to_hub
 
     from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
-    from des4_hf.hub import push_to_hub
 
     torch.manual_seed(0)
     model = Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16,

@@ -336,7 +336,7 @@ class Trainer:
             shutil.rmtree(temporary)
         model.save_pretrained(temporary)
         self.image_processor.save_pretrained(temporary)
-        atomic_write_json(temporary / "eval.json", result.to_dict())
+        result.save(temporary)
         old = target.with_name(f".old-{target.name}")
         if target.exists():
             os.replace(target, old)

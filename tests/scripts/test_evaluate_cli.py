@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from des4_hf_scripts.evaluate import UsageError as CliError
-from des4_hf_scripts.evaluate import _protocol_settings, main
+from des4_hf_scripts.evaluate import _protocol_settings, format_table, main, write_report
 from des4_hf_scripts.evaluate import evaluate_parser as build_parser
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+from des4_hf.evaluation import EvaluationResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (120, 90)  # CamVid is 480×360: a quarter in each direction keeps the test fast
@@ -54,6 +55,23 @@ def _save_model(path: Path, names: list[str]) -> Path:
 def tiny_model(mini_camvid: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = (mini_camvid / "classes.txt").read_text().split()
     return _save_model(tmp_path_factory.mktemp("model") / "tiny", names)
+
+
+def test_report_shows_percent_and_marks_absent_classes(tmp_path):
+    """IoU road 5/8, rare absent (n/a, out of the mean), car 3/6: mIoU (62.5 + 50) / 2 = 56.25 %."""
+    confusion = torch.tensor([[5, 0, 1], [0, 0, 0], [2, 0, 3]])
+    result = EvaluationResult.from_confusion(confusion, ["road", "rare", "car"], 4,
+                                             {"dataset": "camvid", "split": "val"})
+    paths = write_report(result, tmp_path / "out")
+    markdown = paths["markdown"].read_text()
+    assert "| rare | n/a |" in markdown and "| **mean** | **56.25** |" in markdown
+    assert "| road | 62.50 |" in markdown and "| split | val |" in markdown
+    table = format_table(result)
+    assert "56.25" in table and "n/a" in table and "(4 images, 3 classes)" in table
+    with Image.open(paths["chart"]) as chart:
+        assert chart.format == "PNG" and chart.size[0] >= 600
+    assert EvaluationResult.load(paths["json"]).mean_iou == pytest.approx(0.5625)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.json", "eval.md", "per_class_iou.png"]
 
 
 def test_cli_prints_and_writes_json_md_png(tiny_model, mini_camvid, tmp_path, capsys):
