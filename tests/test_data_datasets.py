@@ -159,15 +159,13 @@ def test_voc_train_aug_list_file_is_used(voc_root: Path, tmp_path: Path) -> None
     assert load_segmentation_dataset("voc", root=root)["train"]["id"] == [ids[0]]
 
 
-def test_voc_missing_image_names_file_and_skip_bad(voc_root: Path, tmp_path: Path) -> None:
+def test_voc_missing_image_names_file(voc_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "VOC2012"
     shutil.copytree(voc_root, root)
     victim = (root / "ImageSets/Segmentation/val.txt").read_text().split()[0]
     (root / "JPEGImages" / f"{victim}.jpg").unlink()
     with pytest.raises(DataError, match=f"{victim}.jpg does not exist.*Fix"):
         load_segmentation_dataset("voc", root=root)
-    ds = load_segmentation_dataset("voc", root=root, skip_bad=True)
-    assert len(ds["val"]) == 1 and get_dataset_metadata(ds["val"])["num_skipped"] == 1
 
 
 def test_voc_missing_root_says_what_to_pass(tmp_path: Path) -> None:
@@ -265,14 +263,16 @@ def test_folder_pairs_and_unlabeled_folder(camvid_root: Path, tmp_path: Path) ->
     assert item["pixel_values_weak"].shape == (3, 64, 64)
 
 
-def test_folder_missing_mask_named_and_skip_bad(camvid_root: Path, tmp_path: Path) -> None:
+def test_folder_missing_mask_or_image_named(camvid_root: Path, tmp_path: Path) -> None:
     images, masks = _folder(camvid_root, tmp_path)
     victim = sorted(masks.rglob("*.png"))[0]
     victim.unlink()
     with pytest.raises(DataError, match=f"missing mask for image .*{victim.stem}.jpg.*Fix"):
         load_segmentation_dataset("folder", images=images, masks=masks)
-    ds = load_segmentation_dataset("folder", images=images, masks=masks, skip_bad=True)
-    assert len(ds["train"]) == 2 and get_dataset_metadata(ds)["num_skipped"] == 1
+    for mask in (victim, masks / "orphan.png"):  # the first mask back (contents are read lazily), one orphan
+        Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(mask)
+    with pytest.raises(DataError, match="missing image for mask .*orphan.png.*Fix"):
+        load_segmentation_dataset("folder", images=images, masks=masks)
 
 
 def test_empty_split_is_an_error(tmp_path: Path) -> None:
@@ -304,22 +304,6 @@ def test_size_mismatch_values_and_unreadable_files_name_the_file(camvid_root: Pa
         labeled[position[ids[2]]]
     with pytest.raises(DataError, match=files[1].name):
         class_pixel_counts(ds, 11, tmp_path / "cache", "fp")
-    # skip_bad: every pair is bad → a clear error, after logging and counting each one.
-    skipping = LabeledTrainDataset(ds, 64, MEAN, STD, skip_bad=True)
-    with pytest.raises(DataError, match="every item"):
-        skipping[0]
-    assert skipping.bad_ids == set(ids)
-
-
-def test_skip_bad_substitutes_next_good_item(camvid_root: Path, tmp_path: Path) -> None:
-    images, masks = _folder(camvid_root, tmp_path)
-    ds = load_segmentation_dataset("folder", images=images, masks=masks, num_classes=11)["train"]
-    Path(ds[0]["label"].filename).write_bytes(b"broken")
-    skipping = LabeledTrainDataset(ds, 64, MEAN, STD, skip_bad=True)
-    item = skipping[0]
-    assert item["labels"].shape == (64, 64) and skipping.bad_ids == {ds["id"][0]}
-    counts = class_pixel_counts(ds, 11, tmp_path / "cache", "fp2", skip_bad=True)
-    assert counts.sum() > 0
 
 
 # ------------------------------------------------------------------------------------ Hub schemas

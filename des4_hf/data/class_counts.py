@@ -27,25 +27,18 @@ def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> np.ndar
     bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if bad:
         raise DataError(f"{where}: mask values {bad[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. Fix: "
-                        "remap them to class indices (or 255 = ignore), check num_classes, or use skip_bad=True.")
+                        "remap them to class indices (or 255 = ignore), or check num_classes.")
     return counts
 
 
-def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int, skip_bad: bool) -> np.ndarray | None:
+def _count_one(item: tuple[str, Mapping[str, Any] | None], num_classes: int) -> np.ndarray:
     id_, record = item
     where = f"label of id {id_!r}" + (f" ({record.get('path')})" if record and record.get("path") else "")
-    try:
-        counts = check_mask_values(decode_mask(record, where), num_classes, where)
-    except DataError as exc:
-        if not skip_bad:
-            raise
-        logger.warning("skipping: %s", exc)
-        return None
-    return counts[:num_classes].astype(np.int64)
+    return check_mask_values(decode_mask(record, where), num_classes, where)[:num_classes].astype(np.int64)
 
 
 def class_pixel_counts(labeled_dataset: datasets.Dataset, num_classes: int, cache_dir: str | os.PathLike[str],
-                       split_fingerprint: str, skip_bad: bool = False, num_threads: int = 2) -> np.ndarray:
+                       split_fingerprint: str, num_threads: int = 2) -> np.ndarray:
     """``(C,)`` int64 pixel count per class over ``labeled_dataset``, from the cache when it was made for as many
     images, else by decoding every mask once, which also validates them (an error names the file)."""
     cache = Path(cache_dir) / f"class_pixel_counts-{split_fingerprint}-{num_classes}c.json"
@@ -59,10 +52,8 @@ def class_pixel_counts(labeled_dataset: datasets.Dataset, num_classes: int, cach
         raise DataError("the labeled dataset is empty; class counts need at least one mask. Fix: check the split "
                         "(labeled ids) against the dataset.")
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        per_image = list(pool.map(lambda item: _count_one(item, num_classes, skip_bad),
-                                  iter_label_records(labeled_dataset)))
-    total = np.sum([counts for counts in per_image if counts is not None] or [np.zeros(num_classes, np.int64)], 0)
-    atomic_write(cache, json.dumps({
-        "split_fingerprint": split_fingerprint, "num_classes": num_classes, "num_images": len(labeled_dataset),
-        "num_skipped": sum(counts is None for counts in per_image), "counts": total.tolist()}, indent=1) + "\n")
+        total = np.sum(list(pool.map(lambda item: _count_one(item, num_classes), iter_label_records(labeled_dataset))),
+                       axis=0)
+    atomic_write(cache, json.dumps({"split_fingerprint": split_fingerprint, "num_classes": num_classes,
+                                    "num_images": len(labeled_dataset), "counts": total.tolist()}, indent=1) + "\n")
     return total

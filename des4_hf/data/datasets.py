@@ -131,7 +131,6 @@ class _Pairs:
     ids: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     labels: list[str] | None = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
 
     def add(self, id_: str, image: Path, label: Path) -> None:
         self.ids.append(id_)
@@ -139,19 +138,11 @@ class _Pairs:
         self.labels.append(str(label))  # type: ignore[union-attr]
 
 
-def _bad(message: str, skip_bad: bool, pairs: _Pairs) -> None:
-    if not skip_bad:
-        raise DataError(message)
-    logger.warning("skipping: %s", message)
-    pairs.skipped.append(message)
-
-
 def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str, where: str) -> datasets.Dataset:
     if not pairs.ids:
-        skipped = f" ({len(pairs.skipped)} pairs skipped as bad)" if pairs.skipped else ""
-        raise DataError(f"split {split!r} from {where} is empty{skipped}. Fix: check the path and the id list / "
-                        "folder content.")
-    meta = dict(metadata, split=split, num_skipped=len(pairs.skipped), skipped=pairs.skipped[:20])
+        raise DataError(f"split {split!r} from {where} is empty. Fix: check the path and the id list / folder "
+                        "content.")
+    meta = dict(metadata, split=split)
     columns = {"id": pairs.ids, "image": pairs.images, **({"label": pairs.labels} if pairs.labels is not None else {})}
     features = FEATURES_LABELED if pairs.labels is not None else FEATURES_UNLABELED
     return datasets.Dataset.from_dict(columns, features=features, info=_info(meta, title, features), split=split)
@@ -161,7 +152,7 @@ def _read_id_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str], skip_bad: bool) -> _Pairs:
+def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str]) -> _Pairs:
     pairs = _Pairs()
     image_files = _stems(root / "JPEGImages")
     mask_files = [_stems(root / d) for d in mask_dirs]
@@ -169,13 +160,12 @@ def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str], 
         image = image_files.get(id_)
         mask = next((m[id_] for m in mask_files if id_ in m), None)
         if image is None:
-            _bad(f"missing image for id {id_!r}: {root / 'JPEGImages' / (id_ + '.jpg')} does not exist. "
-                 "Fix: restore the file or remove the id from the list.", skip_bad, pairs)
-        elif mask is None:
-            _bad(f"missing mask for id {id_!r}: {root / mask_dirs[0] / (id_ + '.png')} does not exist. "
-                 "Fix: restore the mask, or use skip_bad=True to drop the pair.", skip_bad, pairs)
-        else:
-            pairs.add(id_, image, mask)
+            raise DataError(f"missing image for id {id_!r}: {root / 'JPEGImages' / (id_ + '.jpg')} does not exist. "
+                            "Fix: restore the file or remove the id from the list.")
+        if mask is None:
+            raise DataError(f"missing mask for id {id_!r}: {root / mask_dirs[0] / (id_ + '.png')} does not exist. "
+                            "Fix: restore the mask or remove the id from the list.")
+        pairs.add(id_, image, mask)
     return pairs
 
 
@@ -193,7 +183,7 @@ def _require_dir(path: Path, what: str, fix: str) -> None:
         raise DataError(f"{what} not found: {path} is not a folder. Fix: {fix}")
 
 
-def load_voc(root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bool = False) -> datasets.DatasetDict:
+def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.DatasetDict:
     """PASCAL VOC 2012 (``VOCdevkit/VOC2012``). ``train_set``: ``"aug"``, the 10,582 SBD-augmented ids
     (``train_aug.txt`` / ``trainaug.txt``, else every ``SegmentationClassAug`` mask not in val), from which both
     semi-supervised protocols draw; ``"fine"``, the 1,464 ``train.txt`` ids; ``"auto"``: aug when its masks exist.
@@ -225,7 +215,7 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto", skip_bad: bo
             "train_set": train_set}
     splits = {"train": (train_ids, train_masks), "val": (val_ids, ["SegmentationClass"])}
     return datasets.DatasetDict({
-        split: _to_dataset(_voc_layout_split(root, ids, masks, skip_bad), split, meta, "PASCAL VOC 2012", str(root))
+        split: _to_dataset(_voc_layout_split(root, ids, masks), split, meta, "PASCAL VOC 2012", str(root))
         for split, (ids, masks) in splits.items()})
 
 
@@ -241,7 +231,7 @@ def default_camvid_root() -> Path | None:
     return Path(env) if env else None
 
 
-def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
+def load_camvid(root: str | os.PathLike[str] | None = None) -> datasets.DatasetDict:
     """CamVid 11 classes in VOC layout (367 train, 101 val, 480×360, void = 255)."""
     resolved = Path(root) if root is not None else default_camvid_root()
     if resolved is None:
@@ -254,8 +244,7 @@ def load_camvid(root: str | os.PathLike[str] | None = None, skip_bad: bool = Fal
     sets = resolved / "ImageSets" / "Segmentation"
     return datasets.DatasetDict({
         split: _to_dataset(_voc_layout_split(resolved, _read_id_list(_existing(sets / f"{split}.txt")),
-                                             ["SegmentationClass"], skip_bad),
-                           split, meta, "CamVid (11 classes)", str(resolved))
+                                             ["SegmentationClass"]), split, meta, "CamVid (11 classes)", str(resolved))
         for split in ("train", "val")})
 
 
@@ -269,8 +258,8 @@ def _convert_label_file(src: Path, dst: Path, lut: np.ndarray) -> None:
         PILImage.fromarray(lut[array.astype(np.uint8)]).save(temporary, format="PNG", compress_level=1)
 
 
-def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
-                    cache_dir: str | os.PathLike[str] | None = None, num_threads: int = 2) -> datasets.DatasetDict:
+def load_cityscapes(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
+                    num_threads: int = 2) -> datasets.DatasetDict:
     """Cityscapes fine (``leftImg8bit/`` + ``gtFine/``), 19 train ids, 255 elsewhere; ``id`` = the image path
     relative to ``root``, as in the split lists. Without ``*_labelTrainIds.png`` the ``*_labelIds.png`` masks are
     mapped once into :func:`des4_cache_dir` (the dataset root may be read-only)."""
@@ -301,9 +290,8 @@ def load_cityscapes(root: str | os.PathLike[str], skip_bad: bool = False,
                 if not mask.is_file():
                     to_convert.append((label_ids, mask))
             else:
-                _bad(f"missing mask for {image}: neither {train_ids} nor {label_ids} exists. "
-                     "Fix: extract gtFine for this city, or use skip_bad=True.", skip_bad, pairs)
-                continue
+                raise DataError(f"missing mask for {image}: neither {train_ids} nor {label_ids} exists. Fix: extract "
+                                "gtFine for this city.")
             pairs.add(image.relative_to(root).as_posix(), image, mask)
         if to_convert:
             logger.info("mapping %d Cityscapes labelIds masks to train ids under %s (once)", len(to_convert),
@@ -328,7 +316,7 @@ def _walk_images(folder: Path) -> dict[str, Path]:
     return dict(sorted(out.items()))
 
 
-def _folder_split(images: Path, masks: Path | None, skip_bad: bool) -> _Pairs:
+def _folder_split(images: Path, masks: Path | None) -> _Pairs:
     _require_dir(images, "image folder", "pass images=<folder of photos>")
     image_files = _walk_images(images)
     if masks is None:
@@ -337,16 +325,14 @@ def _folder_split(images: Path, masks: Path | None, skip_bad: bool) -> _Pairs:
     mask_files = _walk_images(masks)
     pairs = _Pairs()
     for id_, image in image_files.items():
-        mask = mask_files.get(id_)
-        if mask is None:
-            _bad(f"missing mask for image {image}: expected {masks / id_}.png (masks are matched to images by "
-                 "relative path and stem). Fix: add the mask, or use skip_bad=True to drop the image.", skip_bad, pairs)
-        else:
-            pairs.add(id_, image, mask)
+        if id_ not in mask_files:
+            raise DataError(f"missing mask for image {image}: expected {masks / id_}.png (masks are matched to images "
+                            "by relative path and stem). Fix: add the mask, or move the image out of the folder.")
+        pairs.add(id_, image, mask_files[id_])
     for id_, mask in mask_files.items():
         if id_ not in image_files:
-            _bad(f"missing image for mask {mask}: no image {images / id_}.* . Fix: add the image or delete the mask.",
-                 skip_bad, pairs)
+            raise DataError(f"missing image for mask {mask}: no image {images / id_}.* . Fix: add the image or delete "
+                            "the mask.")
     return pairs
 
 
@@ -355,7 +341,7 @@ PathLike = str | os.PathLike[str]
 
 def load_folder(images: PathLike, masks: PathLike | None = None, val_images: PathLike | None = None,
                 val_masks: PathLike | None = None, class_names: Sequence[str] | None = None,
-                num_classes: int | None = None, skip_bad: bool = False) -> datasets.DatasetDict:
+                num_classes: int | None = None) -> datasets.DatasetDict:
     """Image/mask pairs matched by relative path + stem (``masks=None``: unlabeled). Masks hold class indices (palette
     PNGs read as indices), 255 = ignore. Class names: ``class_names``, ``num_classes`` generic ones, or a
     ``classes.txt`` in (or beside) the mask or image folder."""
@@ -369,10 +355,9 @@ def load_folder(images: PathLike, masks: PathLike | None = None, val_images: Pat
         class_names = [f"class_{i}" for i in range(num_classes)]
     meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
             "source": "folder", "root": str(images_p)}
-    out = {"train": _to_dataset(_folder_split(images_p, masks_p, skip_bad), "train", meta, "image folder",
-                                str(images_p))}
+    out = {"train": _to_dataset(_folder_split(images_p, masks_p), "train", meta, "image folder", str(images_p))}
     if val_images is not None:
-        val_pairs = _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None, skip_bad)
+        val_pairs = _folder_split(Path(val_images), Path(val_masks) if val_masks is not None else None)
         out["val"] = _to_dataset(val_pairs, "val", meta, "image folder", str(val_images))
     return datasets.DatasetDict(out)
 
@@ -507,8 +492,7 @@ def _normalise_hub_split(ds: datasets.Dataset, split: str, source: str, image_co
         ds = _convert_hub_labels(ds, label_format, source, split, num_proc)
     ds = ds.select_columns(["id", "image", "label"] if has_label else ["id", "image"])
     meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
-            "source": f"hub:{source}", "split": split, "ids_generated": ids_generated, "label_format": label_format,
-            "num_skipped": 0, "skipped": []}
+            "source": f"hub:{source}", "split": split, "ids_generated": ids_generated, "label_format": label_format}
     return set_dataset_metadata(ds, meta)
 
 
@@ -542,10 +526,10 @@ def _open_record(record: Mapping[str, Any] | None, where: str) -> Iterator[PILIm
         image = PILImage.open(io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"])
         image.load()
     except FileNotFoundError as exc:
-        raise DataError(f"{where}: file {source} does not exist. Fix: restore it, or load with skip_bad=True.") from exc
+        raise DataError(f"{where}: file {source} does not exist. Fix: restore it, or drop its row.") from exc
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export the file as PNG/JPEG, or load "
-                        "with skip_bad=True.") from exc
+        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export the file as PNG/JPEG, or drop "
+                        "its row.") from exc
     with image:
         yield image
 
@@ -562,7 +546,7 @@ def available_kinds() -> list[str]:
 def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
     """A ``DatasetDict`` with ``id``/``image``/``label`` columns. ``kind``: ``voc``, ``cityscapes``, ``camvid``,
     ``folder`` or ``hub`` (their loaders' keyword arguments), or a :data:`HUB_PRESETS` name (``name=`` applies
-    its schema to another copy). Local loaders take ``skip_bad=True`` to log and drop broken pairs."""
+    its schema to another copy)."""
     if kind in HUB_PRESETS:
         name = kwargs.pop("name", None) or kind
         for key in ("image_column", "label_column", "id_column", "label_format", "class_names"):

@@ -2,7 +2,7 @@
 
 Images are decoded by torchvision straight from the path or the Arrow bytes, masks by PIL (palette PNGs as
 indices). Item ``i``'s randomness comes from ``(seed, epoch, i, stream)``: call ``set_epoch`` first. Bad data
-raises :class:`DataError` naming the file; with ``skip_bad=True`` the next good item is returned instead.
+raises :class:`DataError` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         data = torch.frombuffer(bytearray(record["bytes"]), dtype=torch.uint8) if record.get("bytes") \
             else read_file(record["path"])
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, or use "
-                        "skip_bad=True.") from exc
+        raise DataError(f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, or "
+                        "drop its row.") from exc
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
@@ -56,8 +56,8 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         with PILImage.open(io.BytesIO(data.numpy().tobytes())) as im:
             array = np.array(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or use "
-                        "skip_bad=True.") from exc
+        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or drop its "
+                        "row.") from exc
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -69,13 +69,13 @@ def _num_classes(hf_dataset: datasets.Dataset, num_classes: int | None) -> int |
 
 
 class _SegmentationBase(torch.utils.data.Dataset):
-    """Row access without PIL decoding of images, validation, ``skip_bad`` substitution, epochs."""
+    """Row access without PIL decoding of images, validation, epochs."""
 
     stream = 0
     with_labels = True
 
     def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float], *,
-                 seed: int = 0, num_classes: int | None = None, skip_bad: bool = False) -> None:
+                 seed: int = 0, num_classes: int | None = None) -> None:
         with_labels = self.with_labels
         if isinstance(hf_dataset, datasets.DatasetDict):
             raise TypeError("pass one split (a datasets.Dataset), e.g. ds['train'], not a DatasetDict.")
@@ -93,8 +93,6 @@ class _SegmentationBase(torch.utils.data.Dataset):
         self.std = torch.tensor(list(image_std), dtype=torch.float32).view(-1, 1, 1)
         self.seed = seed
         self.epoch = 0
-        self.skip_bad = skip_bad
-        self.bad_ids: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -118,25 +116,10 @@ class _SegmentationBase(torch.utils.data.Dataset):
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(f"{where}: mask is {tuple(mask.shape)[::-1]} (W×H) but image "
                             f"{(image_record or {}).get('path') or '<bytes>'} is {tuple(image.shape[-2:])[::-1]}. "
-                            "Fix: re-export the mask at the image size, or use skip_bad=True.")
+                            "Fix: re-export the mask at the image size.")
         if self.num_classes is not None:
             check_mask_values(mask.numpy(), self.num_classes, where)
         return id_, image, mask
-
-    def load_or_substitute(self, index: int) -> tuple[int, str, torch.Tensor, torch.Tensor | None]:
-        if not self.skip_bad:
-            return (index, *self.load(index))
-        n = len(self)
-        for k in range(n):
-            candidate = (index + k) % n
-            try:
-                return (candidate, *self.load(candidate))
-            except DataError as exc:
-                id_ = self._raw[candidate]["id"]
-                if id_ not in self.bad_ids:
-                    logger.warning("skipping bad pair (%d skipped so far): %s", len(self.bad_ids) + 1, exc)
-                    self.bad_ids.add(id_)
-        raise DataError("every item of the dataset is bad (see the warnings above). Fix: check the data.")
 
 
 class _TrainBase(_SegmentationBase):
@@ -144,8 +127,8 @@ class _TrainBase(_SegmentationBase):
 
     def __init__(self, hf_dataset: datasets.Dataset, crop_size: int, image_mean: Sequence[float],
                  image_std: Sequence[float], seed: int = 0, config: AugmentConfig | None = None,
-                 num_classes: int | None = None, skip_bad: bool = False) -> None:
-        super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes, skip_bad=skip_bad)
+                 num_classes: int | None = None) -> None:
+        super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes)
         config = config or AugmentConfig(crop_size=crop_size)
         self.config = config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
 
@@ -157,7 +140,7 @@ class LabeledTrainDataset(_TrainBase):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = self.generator(index)
-        _, _, image, mask = self.load_or_substitute(index)
+        _, image, mask = self.load(index)
         assert mask is not None
         geometry = sample_geometry(image.shape[-2], image.shape[-1], self.config, generator)
         crop, mask_crop, padding = apply_geometry(image, mask, geometry)
@@ -175,7 +158,7 @@ class UnlabeledTrainDataset(_TrainBase):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = self.generator(index)
-        _, _, image, _ = self.load_or_substitute(index)
+        _, image, _ = self.load(index)
         geometry = sample_geometry(image.shape[-2], image.shape[-1], self.config, generator)
         crop, _, padding = apply_geometry(image, None, geometry)
         strong = strong_photometric(crop, self.config, generator)
@@ -189,11 +172,11 @@ class EvalDataset(_SegmentationBase):
     """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images."""
 
     def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float],
-                 num_classes: int | None = None, skip_bad: bool = False) -> None:
-        super().__init__(hf_dataset, image_mean, image_std, num_classes=num_classes, skip_bad=skip_bad)
+                 num_classes: int | None = None) -> None:
+        super().__init__(hf_dataset, image_mean, image_std, num_classes=num_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        _, id_, image, mask = self.load_or_substitute(index)
+        id_, image, mask = self.load(index)
         assert mask is not None
         return {"pixel_values": normalize(image, self.mean, self.std), "labels": mask.to(torch.int64), "id": id_}
 
