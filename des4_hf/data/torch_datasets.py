@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +29,6 @@ from .augment import (
 )
 from .class_counts import check_mask_values
 from .datasets import DataError, decode_mask, get_dataset_metadata
-
-logger = logging.getLogger(__name__)
 
 #: Salts so the labeled and unlabeled datasets do not draw identical crops for the same index.
 STREAM_LABELED, STREAM_UNLABELED = 1, 2

@@ -7,7 +7,6 @@ optimizer, EMA teacher, prototype update, log, evaluate, checkpoint} → export 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -47,7 +46,6 @@ from .config import TrainConfig
 from .streams import BatchStream, stream_loader
 from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
 
-logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 
 
