@@ -12,7 +12,6 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,25 +34,14 @@ def default_stride(crop_size: int) -> int:
     return max(1, round(crop_size * 2 / 3))
 
 
-@dataclass(frozen=True)
-class EvalProtocol:
-    """Default evaluation settings of a benchmark."""
-
-    name: str
-    sliding_window: tuple[int, int] | None = None
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
+#: The sliding window (crop, stride) of each benchmark that evaluates with one, by dataset kind or Hub preset.
+SLIDING_WINDOWS: dict[str, tuple[int, int]] = {"cityscapes": CITYSCAPES_SLIDING_WINDOW,
+                                               "cityscapes-hub": CITYSCAPES_SLIDING_WINDOW}
 
 
-PROTOCOLS: dict[str, EvalProtocol] = {name: EvalProtocol(name, window) for name, window in (
-    ("voc", None), ("cityscapes", CITYSCAPES_SLIDING_WINDOW), ("camvid", None), ("default", None))}
-# Hub presets of des4_hf.data and the protocol of the benchmark they copy.
-_PROTOCOL_ALIASES = {"jxie/pascal-voc-2012": "voc", "shijli/voc2012": "voc", "cityscapes-hub": "cityscapes"}
-
-
-def protocol_for(kind: str) -> EvalProtocol:
-    """The default protocol of a dataset kind or Hub preset name (``"default"``: whole image)."""
-    return PROTOCOLS.get(kind) or PROTOCOLS[_PROTOCOL_ALIASES.get(kind, "default")]
+def protocol_window(kind: str) -> tuple[int, int] | None:
+    """The sliding window of a dataset kind's protocol, or None for whole-image evaluation (VOC, CamVid, others)."""
+    return SLIDING_WINDOWS.get(kind)
 
 
 def _nan_to_none(values: Iterable[float]) -> list[float | None]:
@@ -146,30 +134,6 @@ def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str]
     raise ValueError(f"the model predicts {model_classes} classes ({model_names[:8]}{'...' if model_classes > 8 else ''})"
                      f" but the dataset has {num_classes}{f' ({shown}...)' if shown else ''}. Evaluate the model on the "
                      "dataset it was trained for, or fine-tune/train one with num_labels equal to the dataset's classes.")
-
-
-def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int = 255,
-                         indices: Sequence[int] | None = None, num_threads: int = 4) -> None:
-    """Raise ``LabelRangeError`` naming the first image (of ``indices``) whose mask holds values outside
-    ``[0, num_classes)`` ∪ ``{ignore_index}``: masks only, so a wrong dataset fails in seconds, not after an hour."""
-    import datasets
-
-    from .data.datasets import decode_mask
-
-    if "label" not in hf_dataset.column_names:
-        raise ValueError(f"the dataset has no 'label' column (columns: {hf_dataset.column_names}); evaluation "
-                         "needs ground-truth masks. Pass a labeled split.")
-    subset = hf_dataset.select(indices) if indices is not None else hf_dataset
-    raw = subset.cast_column("label", datasets.Image(decode=False)).select_columns(["id", "label"])
-
-    def check(row: tuple[str, Any]) -> None:
-        id_, record = row
-        mask = torch.from_numpy(decode_mask(record, f"mask of image {id_!r}"))
-        check_label_range(mask, num_classes, ignore_index, where=f"image {id_!r}")
-
-    rows = ((id_, record) for batch in raw.iter(batch_size=64) for id_, record in zip(batch["id"], batch["label"]))
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        list(pool.map(check, rows))
 
 
 def _warn_uninitialised_prototypes(model: nn.Module, class_names: Sequence[str]) -> None:

@@ -1,5 +1,5 @@
-"""DeS4 losses (Sec. 3.2, SPEC §1, §2.3) as pure tensor functions: prototype logits (Eq. 6), entropy (Eq. 9) and
-the teacher decoder's unbiased supervised loss (Eq. 7–8)."""
+"""DeS4 losses (Sec. 3.2, SPEC §1, §2.3) as pure tensor functions: entropy (Eq. 9), class-balanced cross-entropy
+and the teacher decoder's unbiased supervised loss (Eq. 7–8); the prototype logits (Eq. 6) are the model's."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .modeling_des4 import prototype_logits, segmentation_loss
+from .modeling_des4 import segmentation_loss
 
 CLASS_WEIGHTINGS = ("none", "median-frequency", "sqrt-median-frequency")
-
-__all__ = ["CLASS_WEIGHTINGS", "prototype_logits", "entropy", "class_balancing_weights", "cross_entropy_loss",
-           "pixel_weights", "unbiased_supervised_loss"]
 
 
 def entropy(probs: Tensor, dim: int = 1, eps: float = 1e-10) -> Tensor:

@@ -1,16 +1,7 @@
-"""Multi-Entropy Sampling (DeS4 Sec. 3.3, Eq. 9–11) and the ablation samplers of Table 4.
-
-Which labeled pixels feed the prototype EMA (Eq. 12) each step: :func:`class_ratio` ``r_c = n_min / n_c`` over
-the labeled set; :func:`class_quotas` ``n̂_c = min(n_c^b, max(1, round(r_c · n_c^b)))`` per class in the batch;
-then ``"mes"`` splits each class's entropies into ``k`` equal-width zones (Eq. 10), shares the quota by
-:func:`allocate_zone_quotas` (Eq. 11) and draws uniformly within each zone; ``"quantity"`` draws the quota
-uniformly from the class; ``"confidence"`` takes its highest-entropy pixels. :func:`sample_class_features`
-returns per-class ``sums`` and ``counts`` of the chosen embeddings for ``PrototypeHead.update``.
-
-Rounding, zone boundaries, shortfall borrowing and tie-breaking follow SPEC §3 (each a **[choice]**). Per-pixel
-work is vectorised: every (class, zone) group keeps the pixels with its ``N_i`` smallest random keys (a uniform
-draw without replacement); only the quota arithmetic loops in Python, over at most ``C × k`` numbers.
-"""
+"""Multi-Entropy Sampling (DeS4 Sec. 3.3, Eq. 9–11) and the ablation samplers of Table 4: which labeled pixels feed
+the prototype EMA (Eq. 12). Quotas per class (:func:`class_quotas`); ``"mes"`` shares them over ``k`` entropy zones
+(Eq. 10–11), ``"quantity"`` draws uniformly, ``"confidence"`` takes the highest entropies. Rounding, zones, shortfall
+and ties follow SPEC §3 **[choice]**s; per-pixel work is vectorised, only the ``C × k`` quota arithmetic loops."""
 
 from __future__ import annotations
 
@@ -20,9 +11,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-
-__all__ = ["SamplingMethod", "SAMPLING_METHODS", "class_ratio", "class_quotas", "allocate_zone_quotas",
-           "entropy_zones", "select_pixels", "sample_class_features"]
 
 SamplingMethod = Literal["mes", "quantity", "confidence"]
 SAMPLING_METHODS: tuple[str, ...] = ("mes", "quantity", "confidence")

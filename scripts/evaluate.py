@@ -18,12 +18,11 @@ from typing import Any
 from des4_hf.evaluation import (
     CITYSCAPES_SLIDING_WINDOW,
     EvaluationResult,
-    check_dataset_labels,
     check_model_classes,
     default_stride,
     evaluate_segmentation,
     percent,
-    protocol_for,
+    protocol_window,
 )
 from des4_hf.inference import (
     PRECISIONS,
@@ -158,7 +157,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", type=float, nargs="+", default=None,
                         help="multi-scale test, e.g. --scales 0.75 1.0 1.25 (default: 1.0)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16 (CUDA only)")
+                        help="auto (fp32 on the CPU, bf16 or fp16 on CUDA) | fp32 | bf16 | fp16 (CUDA only)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (same-size images only)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
     parser.add_argument("--out", help="folder for eval.json, eval.md, per_class_iou.png "
@@ -170,13 +169,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def _protocol_settings(args: argparse.Namespace) -> tuple[tuple[int, int] | None, bool, tuple[float, ...]]:
-    protocol = protocol_for(args.dataset)
+    protocol = protocol_window(args.dataset)
     use_window = args.sliding_window
     if use_window is None:
-        use_window = protocol.sliding_window is not None or args.crop_size is not None or args.stride is not None
+        use_window = protocol is not None or args.crop_size is not None or args.stride is not None
     window = None
     if use_window:
-        default_crop = protocol.sliding_window[0] if protocol.sliding_window else CITYSCAPES_SLIDING_WINDOW[0]
+        default_crop = (protocol or CITYSCAPES_SLIDING_WINDOW)[0]
         crop = args.crop_size if args.crop_size is not None else default_crop
         stride = args.stride if args.stride is not None else default_stride(crop)
         if crop < 1 or not 1 <= stride <= crop:
@@ -184,10 +183,30 @@ def _protocol_settings(args: argparse.Namespace) -> tuple[tuple[int, int] | None
         window = (crop, stride)
     elif args.crop_size is not None or args.stride is not None:
         raise UsageError("--crop-size/--stride need sliding-window inference: drop --no-sliding-window.")
-    scales = tuple(args.scales) if args.scales else protocol.scales
+    scales = tuple(args.scales) if args.scales else (1.0,)
     if any(not s > 0 for s in scales):
         raise UsageError(f"--scales {list(scales)}: every scale must be > 0.")
-    return window, bool(args.flip or protocol.flip), scales
+    return window, bool(args.flip), scales
+
+
+def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int, indices: Sequence[int],
+                         num_threads: int = 4) -> None:
+    """Raise ``LabelRangeError`` naming the first image (of ``indices``) whose mask holds values outside
+    ``[0, num_classes)`` ∪ ``{ignore_index}``: masks only, so a wrong dataset fails in seconds, not after an hour."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from des4_hf.data.datasets import decode_mask, iter_label_records
+    from des4_hf.metrics import check_label_range
+
+    def check(row: tuple[str, Any]) -> None:
+        id_, record = row
+        mask = torch.from_numpy(decode_mask(record, f"mask of image {id_!r}"))
+        check_label_range(mask, num_classes, ignore_index, where=f"image {id_!r}")
+
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        list(pool.map(check, iter_label_records(hf_dataset.select(indices))))
 
 
 def load_eval_split(args: argparse.Namespace) -> Any:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -73,6 +75,53 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return TrainConfig.from_dict(overrides, source="command line")
 
 
+def plot_pseudo_labels(report: Mapping[str, Any], step: int, path: Path) -> None:
+    """Bar chart of the labeled pixels' class shares against the teacher's pseudo labels' (the paper's Fig. 3)."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no figure to close
+
+    from des4_hf.utils import atomic_path
+
+    positions = np.arange(len(report["classes"]))
+    figure = Figure(figsize=(max(6, 0.6 * len(positions)), 3.5), dpi=100, layout="tight")
+    axis = figure.add_subplot()
+    axis.bar(positions - 0.2, report["labeled_share"], 0.4, label="labeled ground truth")
+    axis.bar(positions + 0.2, report["pseudo_label_share"], 0.4, label="teacher pseudo labels")
+    axis.set(xticks=positions, ylabel="share of pixels", title=f"Class distribution, step {step}")
+    axis.set_xticklabels(report["classes"], rotation=45, ha="right")
+    axis.legend()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+
+
+def write_run_figures(config: TrainConfig) -> None:
+    """After training: ``eval/pseudo_labels_step_*.png`` for every evaluation that saw pseudo labels, and
+    ``overlays/`` of the first ``config.overlays`` val images as the exported ``last/`` teacher predicts them."""
+    from des4_hf import Des4ForSemanticSegmentation, Des4ImageProcessor
+    from des4_hf.data import load_segmentation_dataset
+    from des4_hf.inference import overlay, segment_images
+    from des4_hf.utils import atomic_path
+
+    output_dir = Path(config.output_dir)
+    for record_path in sorted((output_dir / "eval").glob("step_*.json")):
+        record = json.loads(record_path.read_text())
+        if sum(record["pseudo_labels"]["pseudo_label_share"]) > 0:
+            plot_pseudo_labels(record["pseudo_labels"], record["step"],
+                               record_path.with_name(f"pseudo_labels_{record_path.stem}.png"))
+    if config.overlays <= 0:
+        return
+    val = load_segmentation_dataset(config.dataset, **({"root": config.data_root} if config.data_root else {}))["val"]
+    model = Des4ForSemanticSegmentation.from_pretrained(output_dir / "last")
+    processor = Des4ImageProcessor.from_pretrained(output_dir / "last")
+    for index in range(min(config.overlays, len(val))):
+        record = val[index]
+        image = record["image"].convert("RGB")
+        (label_map,) = segment_images(model, processor, [image], model.device, None, False, None)
+        name = str(record["id"]).replace("/", "_")  # Cityscapes ids are paths
+        with atomic_path(output_dir / "overlays" / f"{name}_overlay.jpg") as temporary:
+            overlay(image, label_map).save(temporary, format="JPEG", quality=90)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``des4-train``: parse a recipe (+ overrides) and run the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -95,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"des4-train: {error}", file=sys.stderr)
             return 2
     try:
-        Trainer(config).train()
+        trainer = Trainer(config)
+        trainer.train()
+        if trainer.is_main:
+            write_run_figures(config)
     except NonFiniteLossError as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 3

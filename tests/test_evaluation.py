@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from des4_hf.evaluation import (
-    PROTOCOLS,
     EvaluationResult,
     check_model_classes,
     evaluate_segmentation,
-    protocol_for,
+    protocol_window,
 )
 from des4_hf.inference import predict_logits
 from des4_hf.metrics import LabelRangeError, confusion_matrix
@@ -143,12 +142,12 @@ def test_mismatched_classes_and_bad_labels_fail_before_inference():
 
 
 def test_protocols():
-    assert PROTOCOLS["voc"].sliding_window is None
-    assert PROTOCOLS["camvid"].sliding_window is None
-    assert PROTOCOLS["cityscapes"].sliding_window == (769, 513)
-    assert protocol_for("cityscapes-hub").sliding_window == (769, 513)
-    assert protocol_for("jxie/pascal-voc-2012").name == "voc"
-    assert protocol_for("some/other").sliding_window is None
+    assert protocol_window("voc") is None
+    assert protocol_window("camvid") is None
+    assert protocol_window("cityscapes") == (769, 513)
+    assert protocol_window("cityscapes-hub") == (769, 513)
+    assert protocol_window("jxie/pascal-voc-2012") is None
+    assert protocol_window("some/other") is None
 
 
 def test_result_json_round_trip(tmp_path):

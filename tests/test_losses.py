@@ -13,9 +13,9 @@ from des4_hf.losses import (
     cross_entropy_loss,
     entropy,
     pixel_weights,
-    prototype_logits,
     unbiased_supervised_loss,
 )
+from des4_hf.modeling_des4 import prototype_logits
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

@@ -158,8 +158,11 @@ def test_run_exports_a_loadable_teacher_and_logs(tmp_path: Path, camvid_root: Pa
     assert {"loss", "loss_unbiased", "loss_supervised", "loss_unsupervised", "lr"} <= set(lines[0])
     eval_record = json.loads((tmp_path / "eval" / "step_00000002.json").read_text())
     assert len(eval_record["pseudo_labels"]["pseudo_label_share"]) == 11
+    from des4_hf_scripts.train import write_run_figures  # what scripts/train.py writes after training
+
+    write_run_figures(config)
     assert (tmp_path / "eval" / "pseudo_labels_step_00000002.png").is_file()
-    assert list((tmp_path / "overlays").glob("*_overlay.jpg"))
+    assert len(list((tmp_path / "overlays").glob("*_overlay.jpg"))) == config.overlays
     assert (tmp_path / "split" / "labeled.txt").read_text().count("\n") == 46
     # The exported directory works with the prediction CLI too.
     from des4_hf_scripts.predict import main as predict_main

@@ -49,12 +49,6 @@ CAMVID_CLASSES: tuple[str, ...] = (
 CITYSCAPES_EVAL_LABEL_IDS: tuple[int, ...] = (
     7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
 )
-#: Colours of the 19 Cityscapes train ids in ``*_gtFine_color.png``.
-CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)
 
 
 class DataError(ValueError):
@@ -148,7 +142,7 @@ def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str,
     return datasets.Dataset.from_dict(columns, features=features, info=_info(meta, title, features), split=split)
 
 
-def _read_id_list(path: Path) -> list[str]:
+def read_id_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -197,19 +191,19 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.
         train_set = "aug" if has_aug else "fine"
     if train_set not in ("aug", "fine"):
         raise DataError(f"train_set={train_set!r} is not one of 'auto', 'aug', 'fine'.")
-    val_ids = _read_id_list(_existing(sets / "val.txt"))
+    val_ids = read_id_list(_existing(sets / "val.txt"))
     if train_set == "aug":
         _require_dir(root / "SegmentationClassAug", "SegmentationClassAug/", "unpack the SBD-augmented masks "
                      "(SegmentationClassAug.zip) into the VOC root, or use train_set='fine'")
         list_file = next((sets / n for n in ("train_aug.txt", "trainaug.txt") if (sets / n).is_file()), None)
         if list_file is not None:
-            train_ids = _read_id_list(list_file)
+            train_ids = read_id_list(list_file)
         else:
             val = set(val_ids)
             train_ids = sorted(s for s in _stems(root / "SegmentationClassAug") if s not in val)
         train_masks = ["SegmentationClassAug", "SegmentationClass"]
     else:
-        train_ids = _read_id_list(_existing(sets / "train.txt"))
+        train_ids = read_id_list(_existing(sets / "train.txt"))
         train_masks = ["SegmentationClass", "SegmentationClassAug"]
     meta = {"class_names": list(VOC_CLASSES), "ignore_index": IGNORE_INDEX, "source": "voc", "root": str(root),
             "train_set": train_set}
@@ -239,11 +233,11 @@ def load_camvid(root: str | os.PathLike[str] | None = None) -> datasets.DatasetD
                         "ImageSets/> (--data-root on the command line) or set DES4_CAMVID_ROOT.")
     _require_dir(resolved / "JPEGImages", "CamVid JPEGImages/", "pass root= pointing at the CamVid copy")
     classes_file = resolved / "classes.txt"
-    names = _read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
+    names = read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
     meta = {"class_names": names, "ignore_index": IGNORE_INDEX, "source": "camvid", "root": str(resolved)}
     sets = resolved / "ImageSets" / "Segmentation"
     return datasets.DatasetDict({
-        split: _to_dataset(_voc_layout_split(resolved, _read_id_list(_existing(sets / f"{split}.txt")),
+        split: _to_dataset(_voc_layout_split(resolved, read_id_list(_existing(sets / f"{split}.txt")),
                                              ["SegmentationClass"]), split, meta, "CamVid (11 classes)", str(resolved))
         for split in ("train", "val")})
 
@@ -350,7 +344,7 @@ def load_folder(images: PathLike, masks: PathLike | None = None, val_images: Pat
     if class_names is None:
         found = [f for folder in filter(None, (masks_p, images_p)) for f in (folder, folder.parent)
                  if (f / "classes.txt").is_file()]
-        class_names = _read_id_list(found[0] / "classes.txt") if found else None
+        class_names = read_id_list(found[0] / "classes.txt") if found else None
     if class_names is None and num_classes is not None:
         class_names = [f"class_{i}" for i in range(num_classes)]
     meta = {"class_names": list(class_names) if class_names else None, "ignore_index": IGNORE_INDEX,
@@ -386,33 +380,28 @@ HUB_PRESETS: dict[str, HubPreset] = {
                                 "(labelIds masks); pass name= for your copy"),
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train"}
-LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes_label_ids", "cityscapes_color")
-
-
-def _rgb_lut(colors: Sequence[tuple[int, int, int]]) -> dict[int, int]:
-    return {(int(r) << 16) | (int(g) << 8) | int(b): i for i, (r, g, b) in enumerate(colors)}
+LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes_label_ids")
 
 
 def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask") -> np.ndarray:
     """One mask image → ``(H, W)`` uint8 class indices. ``index``/``palette``: the values are the classes;
-    ``voc_rgb`` / ``cityscapes_color``: colours of the VOC map / ``gtFine_color`` (unknown → 255);
+    ``voc_rgb``: colours of the VOC map (unknown → 255);
     ``cityscapes_label_ids``: labelIds → train ids; ``auto``: RGB masks as ``voc_rgb``, others as indices."""
     if label_format not in LABEL_FORMATS:
         raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
     fmt = label_format
     if fmt == "auto":
         fmt = "voc_rgb" if im.mode in ("RGB", "RGBA") else "index"
-    if fmt in ("voc_rgb", "cityscapes_color"):
+    if fmt == "voc_rgb":
         rgb = np.asarray(im.convert("RGB")).astype(np.int64)
         codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        table = _rgb_lut([tuple(c) for c in voc_palette(256)[:21]] if fmt == "voc_rgb" else CITYSCAPES_COLORS)
         out = np.full(codes.shape, IGNORE_INDEX, dtype=np.uint8)
-        for code, index in table.items():
-            out[codes == code] = index
+        for index, (r, g, b) in enumerate(voc_palette(21).astype(np.int64)):
+            out[codes == (r << 16) | (g << 8) | b] = index
         return out
     if im.mode in ("RGB", "RGBA"):
         raise DataError(f"{where} is an RGB image but label_format={label_format!r} expects one channel of class "
-                        "ids. Fix: pass label_format='voc_rgb' or 'cityscapes_color'.")
+                        "ids. Fix: pass label_format='voc_rgb' for VOC-coloured masks.")
     array = np.asarray(im)
     if array.ndim == 3:
         array = array[..., 0]
@@ -501,13 +490,13 @@ def _convert_hub_labels(ds: datasets.Dataset, label_format: str, source: str, sp
     raw = ds.cast_column("label", datasets.Image(decode=False))
     first = raw[0]["label"]
     if label_format in ("auto", "index", "palette"):
-        with _open_record(first, f"{source} {split} row 0 label") as im:
+        with open_image_record(first, f"{source} {split} row 0 label") as im:
             if im.mode in ("P", "L", "I", "I;16") or label_format != "auto":
                 return ds  # already indices: decode as is, no rewrite
 
     def convert(example: dict[str, Any]) -> dict[str, Any]:
         where = f"{source} {split} id {example['id']!r} label"
-        with _open_record(example["label"], where) as im:
+        with open_image_record(example["label"], where) as im:
             indices = labels_to_indices(im, label_format, where)
         return {"label": {"bytes": _encode_png(indices), "path": None}}
 
@@ -517,7 +506,7 @@ def _convert_hub_labels(ds: datasets.Dataset, label_format: str, source: str, sp
 
 
 @contextlib.contextmanager
-def _open_record(record: Mapping[str, Any] | None, where: str) -> Iterator[PILImage.Image]:
+def open_image_record(record: Mapping[str, Any] | None, where: str) -> Iterator[PILImage.Image]:
     """Open a ``datasets.Image(decode=False)`` record ``{"bytes", "path"}`` with PIL, naming it on failure."""
     if record is None or (not record.get("bytes") and not record.get("path")):
         raise DataError(f"{where}: missing (empty value). Fix: drop the row or supply the file.")
@@ -559,7 +548,7 @@ def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
 
 def decode_mask(record: Mapping[str, Any] | None, where: str) -> np.ndarray:
     """uint8 ``(H, W)`` class indices of a ``datasets.Image(decode=False)`` mask record (a writable copy)."""
-    with _open_record(record, where) as im:
+    with open_image_record(record, where) as im:
         return np.array(labels_to_indices(im, "index", where), dtype=np.uint8, copy=True)
 
 

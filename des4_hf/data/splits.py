@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .datasets import DataError, get_dataset_metadata
+from .datasets import DataError, get_dataset_metadata, read_id_list
 
 #: ``name → folder`` inside ``split_lists/`` (the paper's column in the comment).
 STANDARD_SPLITS: dict[str, str] = {
@@ -38,10 +38,6 @@ def split_lists_root() -> Path:
 def list_standard_splits() -> list[str]:
     """Names accepted by :meth:`SemiSupervisedSplit.from_name`."""
     return sorted(STANDARD_SPLITS)
-
-
-def _read_ids(path: Path) -> tuple[str, ...]:
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class SemiSupervisedSplit:
             raise DataError(f"{labeled} does not exist. Fix: pass a folder holding labeled.txt (and unlabeled.txt), "
                             f"or a standard name: {list_standard_splits()}.")
         name = json.loads(meta.read_text()).get("name", folder.name) if meta.is_file() else folder.name
-        return cls(_read_ids(labeled), _read_ids(unlabeled) if unlabeled.is_file() else (), name)
+        return cls(read_id_list(labeled), read_id_list(unlabeled) if unlabeled.is_file() else (), name)
 
     @classmethod
     def random(cls, dataset_or_ids: datasets.Dataset | datasets.DatasetDict | Sequence[str],

@@ -8,14 +8,12 @@ raises :class:`DataError` naming the file and the fix.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from .augment import (
@@ -28,7 +26,7 @@ from .augment import (
     strong_photometric,
 )
 from .class_counts import check_mask_values
-from .datasets import DataError, decode_mask, get_dataset_metadata
+from .datasets import DataError, decode_mask, get_dataset_metadata, open_image_record
 
 #: Salts so the labeled and unlabeled datasets do not draw identical crops for the same index.
 STREAM_LABELED, STREAM_UNLABELED = 1, 2
@@ -47,15 +45,9 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
                         "drop its row.") from exc
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        pass  # a format torchvision does not decode (BMP, TIFF...): PIL below
-    try:
-        with PILImage.open(io.BytesIO(data.numpy().tobytes())) as im:
-            array = np.array(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export it as JPEG/PNG, or drop its "
-                        "row.") from exc
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    except RuntimeError:  # a format torchvision does not decode (BMP, TIFF...): PIL, which names a bad file
+        with open_image_record({"bytes": data.numpy().tobytes(), "path": record.get("path")}, where) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 def _num_classes(hf_dataset: datasets.Dataset, num_classes: int | None) -> int | None:
@@ -167,10 +159,6 @@ class UnlabeledTrainDataset(_TrainBase):
 
 class EvalDataset(_SegmentationBase):
     """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images."""
-
-    def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float],
-                 num_classes: int | None = None) -> None:
-        super().__init__(hf_dataset, image_mean, image_std, num_classes=num_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         id_, image, mask = self.load(index)

@@ -104,16 +104,12 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
         self.reduced = False
 
-    def reset(self) -> None:
-        self.matrix.zero_()
-        self.reduced = False
-
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, *, where: str | None = None) -> Tensor:
         """Add one batch; ``pred`` are class indices of ``target``'s shape, or logits with an extra class
         dimension at position 1 (argmax is taken). Returns this batch's confusion matrix."""
         if self.reduced:
-            raise RuntimeError("this ConfusionMatrix was already reduced across processes; call reset() first.")
+            raise RuntimeError("this ConfusionMatrix was already reduced across processes; make a new one.")
         if pred.dim() == target.dim() + 1 and pred.is_floating_point():
             pred = pred.argmax(dim=1)
         batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index, where=where)
@@ -140,7 +136,4 @@ class ConfusionMatrix:
     @property
     def num_pixels(self) -> int:
         return int(self.matrix.sum())
-
-    def __repr__(self) -> str:
-        return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={self.num_pixels}, reduced={self.reduced})"
 

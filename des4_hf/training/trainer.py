@@ -35,13 +35,13 @@ from ..data import (
     load_segmentation_dataset,
 )
 from ..data.augment import AugmentConfig
-from ..evaluation import EvaluationResult, evaluate_segmentation, protocol_for
+from ..evaluation import EvaluationResult, evaluate_segmentation, protocol_window
 from ..image_processing_des4 import Des4ImageProcessor
-from ..inference import overlay, resolve_precision, segment_images
+from ..inference import resolve_precision
 from ..losses import class_balancing_weights
 from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
-from ..utils import atomic_path, atomic_write, atomic_write_json
+from ..utils import atomic_write, atomic_write_json
 from .config import TrainConfig
 from .streams import BatchStream, stream_loader
 from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
@@ -259,11 +259,10 @@ class Trainer:
         config = self.config
         count = len(self.val_dataset) if config.eval_max_images is None else min(len(self.val_dataset),
                                                                                  config.eval_max_images)
-        protocol = protocol_for(config.dataset)
         return evaluate_segmentation(
             model, torch.utils.data.Subset(self.val_dataset, range(count)), num_classes=self.num_classes,
-            class_names=self.class_names, accelerator=self.accelerator, sliding_window=protocol.sliding_window,
-            flip=protocol.flip, scales=protocol.scales, precision=self.precision,
+            class_names=self.class_names, accelerator=self.accelerator,
+            sliding_window=protocol_window(config.dataset), precision=self.precision,
             channels_last=config.channels_last, progress=False,
             settings={"dataset": config.dataset, "split": "val", "step": self.state.step})
 
@@ -287,7 +286,6 @@ class Trainer:
         if self.is_main:
             eval_dir = self.output_dir / "eval"
             atomic_write_json(eval_dir / f"step_{self.state.step:08d}.json", record)
-            self._plot_pseudo_labels(record["pseudo_labels"], eval_dir / f"pseudo_labels_step_{self.state.step:08d}.png")
             if improved:
                 self.export(teacher, self.output_dir / "best", results["teacher"])
             if final:
@@ -309,22 +307,6 @@ class Trainer:
         pseudo = (counts / counts.sum().clamp_min(1)).cpu().tolist()
         return {"classes": self.class_names, "labeled_share": labeled.tolist(), "pseudo_label_share": pseudo}
 
-    def _plot_pseudo_labels(self, report: dict[str, Any], path: Path) -> None:
-        if sum(report["pseudo_label_share"]) == 0:
-            return
-        from matplotlib.figure import Figure  # no pyplot: no global backend, no figure to close
-
-        positions = np.arange(len(report["classes"]))
-        figure = Figure(figsize=(max(6, 0.6 * len(positions)), 3.5), dpi=100, layout="tight")
-        axis = figure.add_subplot()
-        axis.bar(positions - 0.2, report["labeled_share"], 0.4, label="labeled ground truth")
-        axis.bar(positions + 0.2, report["pseudo_label_share"], 0.4, label="teacher pseudo labels")
-        axis.set(xticks=positions, ylabel="share of pixels", title=f"Class distribution, step {self.state.step}")
-        axis.set_xticklabels(report["classes"], rotation=45, ha="right")
-        axis.legend()
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-
     def export(self, model: Des4ForSemanticSegmentation, target: Path, result: EvaluationResult) -> None:
         """``save_pretrained`` (+ image processor, + the evaluation's ``eval.json``) into a temporary folder, then
         swap it in."""
@@ -340,16 +322,6 @@ class Trainer:
             os.replace(target, old)
         os.replace(temporary, target)
         shutil.rmtree(old, ignore_errors=True)
-
-    def write_overlays(self, model: Des4ForSemanticSegmentation) -> None:
-        """The first val images with the exported teacher's prediction over them (prediction's own path)."""
-        for index in range(min(self.config.overlays, len(self.val_hf))):
-            record = self.val_hf[index]
-            image = record["image"].convert("RGB")
-            (label_map,) = segment_images(model, self.image_processor, [image], next(model.parameters()).device, None,
-                                          False, None)
-            with atomic_path(self.output_dir / "overlays" / f"{record['id']}_overlay.jpg") as temporary:
-                overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
     # -- 5. the loop -----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -404,8 +376,6 @@ class Trainer:
         final = self.evaluate_and_export(final=True)
         self.save_checkpoint()
         if self.is_main:
-            if config.overlays > 0:
-                self.write_overlays(unwrapped.export("teacher"))
             atomic_write_json(self.output_dir / "results.json", {
                 "final": final, "best_teacher_miou": self.state.best_miou, "best_step": self.state.best_step,
                 "history": self.state.history, "max_steps": self.max_steps})

@@ -41,17 +41,6 @@ Example:
     0.5
 """
 
-_CITATION = """
-@inproceedings{ding2023des4,
-  title     = {Decoupling with Entropy-based Equalization for Semi-Supervised Semantic Segmentation},
-  author    = {Ding, Chuanghao and Zhang, Jianrong and Ding, Henghui and Zhao, Hongwei and Wang, Zhihui
-               and Xing, Tengfei and Hu, Runbo},
-  booktitle = {Proceedings of the Thirty-Second International Joint Conference on Artificial Intelligence (IJCAI-23)},
-  year      = {2023}
-}
-"""
-
-
 def _as_2d(array, what, index):
     array = np.asarray(array)
     if array.dtype == object:  # a ragged list of rows came back from Arrow as an array of arrays
@@ -66,7 +55,7 @@ class MeanIoU(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {"predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
