@@ -114,15 +114,6 @@ def color_palette(num_classes: int = 256) -> np.ndarray:
     return voc_palette(max(num_classes, 256))
 
 
-def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
-    """A palette ("P" mode) PNG image whose pixel values are the class indices."""
-    if label_map.max(initial=0) > 255 or label_map.min(initial=0) < 0:
-        raise ValueError("label maps for palette PNGs must hold values in [0, 255]")
-    image = Image.fromarray(label_map.astype(np.uint8), mode="P")
-    image.putpalette((palette if palette is not None else color_palette()).reshape(-1).tolist())
-    return image
-
-
 def overlay(image: Image.Image, label_map: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None) -> Image.Image:
     """Blend the coloured label map over the RGB image (``alpha`` = weight of the colours)."""
     palette = palette if palette is not None else color_palette()
@@ -140,15 +131,6 @@ def read_image(path: Path) -> Image.Image:
         if image is handle:
             image = handle.copy()
     return image
-
-
-def display_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
-    from .image_processing_des4 import to_rgb_array
-
-    if image.mode == "RGB":
-        return image
-    return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 def segment_images(model: nn.Module, processor: Any, images: list[Image.Image], device: torch.device,

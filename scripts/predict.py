@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -23,8 +24,6 @@ from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.inference import (
     PRECISIONS,
     color_palette,
-    display_rgb,
-    label_map_to_image,
     overlay,
     read_image,
     resolve_precision,
@@ -37,6 +36,24 @@ logger = logging.getLogger("des4_hf.predict")
 # The dataset loaders' image types, plus the ones PIL reads that are rare in datasets.
 IMAGE_EXTENSIONS = (*DATASET_IMAGE_EXTENSIONS, ".gif", ".ppm", ".pgm", ".pnm")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
+    """A palette ("P" mode) PNG image whose pixel values are the class indices."""
+    if label_map.max(initial=0) > 255 or label_map.min(initial=0) < 0:
+        raise ValueError("label maps for palette PNGs must hold values in [0, 255]")
+    image = Image.fromarray(label_map.astype(np.uint8), mode="P")
+    image.putpalette((palette if palette is not None else color_palette()).reshape(-1).tolist())
+    return image
+
+
+def display_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
+    from des4_hf.image_processing_des4 import to_rgb_array
+
+    if image.mode == "RGB":
+        return image
+    return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 class UsageError(Exception):

@@ -274,6 +274,17 @@ def test_checkpoint_with_wrong_prototype_shape_fails(saved, tmp_path):
         Des4ForSemanticSegmentation.from_pretrained(broken)
 
 
+def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototypes(saved):
+    directory, model = saved
+    labels = {0: "road", 1: "car", 2: "sky", 3: "tree", 4: "sign"}
+    tuned = Des4ForSemanticSegmentation.from_pretrained(directory, id2label=labels, label2id={v: k for k, v in
+                                                        labels.items()}, ignore_mismatched_sizes=True)
+    assert tuned.config.num_labels == 5 and tuned.prototype_head.prototypes.shape == (5, 16)
+    assert not bool(tuned.prototype_head.initialized.any()), "the new classes' prototypes wait for their data"
+    torch.testing.assert_close(tuned.decoder.embed.weight, model.decoder.embed.weight)
+    torch.testing.assert_close(tuned.encoder.state_dict(), model.encoder.state_dict())
+
+
 def test_checkpoint_missing_another_tensor_fails(saved, tmp_path):
     directory, _ = saved
     broken = _rewrite_weights(

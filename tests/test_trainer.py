@@ -67,6 +67,8 @@ def test_help_lists_the_choices_of_every_choice_option(capsys) -> None:
     (["--method", "fixmatch"], "method='fixmatch'"),
     (["--sampler", "random"], "sampler='random'"),
     (["--output-stride", "32"], "output_stride=32"),
+    (["--backbone", "resnet1010"], "backbone='resnet1010'"),
+    (["--mes-alpha", "0"], "mes_alpha=0"),
     (["--lr", "-1"], "lr=-1"),
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
     (["--class-weighting", "inverse"], "class_weighting='inverse'"),

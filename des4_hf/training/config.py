@@ -7,12 +7,14 @@ the first evaluation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..configuration_des4 import Des4Config
 from ..losses import CLASS_WEIGHTINGS
 
 # Each method is DeS4 with some of its components switched off (Table 3): the one place they are set.
@@ -125,7 +127,6 @@ class TrainConfig:
 
         for name, choices in CHOICES.items():
             check(getattr(self, name) in choices, f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
-        check(self.output_stride in (8, 16), f"output_stride={self.output_stride}: use 16 or 8")
         check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
         check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
@@ -136,10 +137,6 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps}: must be >= 1")
         check(self.lr > 0, f"lr={self.lr}: must be > 0")
         check(self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be >= 0")
-        check(0 <= self.encoder_momentum < 1, f"encoder_momentum={self.encoder_momentum}: must be in [0, 1)")
-        check(0 <= self.prototype_momentum < 1, f"prototype_momentum={self.prototype_momentum}: must be in [0, 1)")
-        check(self.mes_num_zones >= 1, f"mes_num_zones={self.mes_num_zones}: must be >= 1")
-        check(self.mes_alpha > 0, f"mes_alpha={self.mes_alpha}: must be > 0")
         check(0 < self.labeled_fraction < 1, f"labeled_fraction={self.labeled_fraction}: must be in (0, 1)")
         check(self.pseudo_label_quantile is None or 0 <= self.pseudo_label_quantile < 1,
               f"pseudo_label_quantile={self.pseudo_label_quantile}: the share of each class's pseudo labels to drop, "
@@ -151,8 +148,22 @@ class TrainConfig:
         check(self.checkpoint_every >= 1 and self.eval_every >= 1 and self.log_every >= 1,
               "checkpoint_every, eval_every and log_every must be >= 1")
         check(self.num_workers >= 0, "num_workers must be >= 0")
+        try:  # the architecture's own checks (backbone name, output stride, momenta, MES), before any data loads
+            self.model_config()
+        except ValueError as error:
+            errors.append(str(error))
         if errors:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
+
+    def model_config(self, class_names: Sequence[str] = ("class_0", "class_1"),
+                     training: dict[str, Any] | None = None) -> Des4Config:
+        """The :class:`Des4Config` this run builds, for ``class_names`` (``training``: the run's record)."""
+        return Des4Config(
+            backbone=self.backbone, encoder_weights=self.encoder_weights, output_stride=self.output_stride,
+            decoder_channels=self.decoder_channels, separable_convs=self.separable_convs, logit_scale=self.logit_scale,
+            prototype_momentum=self.prototype_momentum, encoder_momentum=self.encoder_momentum,
+            mes_num_zones=self.mes_num_zones, mes_alpha=self.mes_alpha, id2label=dict(enumerate(class_names)),
+            label2id={name: index for index, name in enumerate(class_names)}, training=training)
 
     # -- I/O ----------------------------------------------------------------------------------------
     @classmethod

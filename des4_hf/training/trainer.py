@@ -23,7 +23,6 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..configuration_des4 import Des4Config
 from ..data import (
     EvalDataset,
     LabeledTrainDataset,
@@ -149,15 +148,7 @@ class Trainer:
     # -- 2. model, optimizer, loaders, schedule --------------------------------------------------------------
     def build(self) -> None:
         config, accelerator = self.config, self.accelerator
-        id2label = dict(enumerate(self.class_names))
-        model_config = Des4Config(
-            backbone=config.backbone, encoder_weights=config.encoder_weights, output_stride=config.output_stride,
-            decoder_channels=config.decoder_channels, separable_convs=config.separable_convs,
-            logit_scale=config.logit_scale, prototype_momentum=config.prototype_momentum,
-            encoder_momentum=config.encoder_momentum, mes_num_zones=config.mes_num_zones, mes_alpha=config.mes_alpha,
-            id2label=id2label, label2id={name: index for index, name in id2label.items()},
-            training=self.training_record(),
-        )
+        model_config = config.model_config(self.class_names, training=self.training_record())
         with accelerator.main_process_first():  # one process converts/caches encoder weights first
             student = Des4ForSemanticSegmentation(model_config)
             self.image_processor = Des4ImageProcessor.for_encoder(config.backbone, config.encoder_weights)
