@@ -10,11 +10,6 @@ from transformers import PreTrainedConfig
 ALLOWED_OUTPUT_STRIDES = (8, 16)
 
 
-def default_aspp_rates(output_stride: int) -> list[int]:
-    """DeepLabv3+'s atrous rates: 6/12/18 at OS16, doubled at OS8 (a twice larger map, the same field of view)."""
-    return [rate * 16 // output_stride for rate in (6, 12, 18)]
-
-
 def _check_timm_backbone(name: str) -> None:
     import timm
 
@@ -53,9 +48,9 @@ class Des4Config(PreTrainedConfig):
                  training: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if output_stride not in ALLOWED_OUTPUT_STRIDES:
             raise ValueError(f"output_stride={output_stride!r} is not supported: use 16 (default) or 8.")
-        if aspp_rates is None:
-            aspp_rates = default_aspp_rates(output_stride)
-        aspp_rates = [int(rate) for rate in aspp_rates]
+        # DeepLabv3+'s rates: 6/12/18 at OS16, doubled at OS8 (a twice larger map, the same field of view).
+        default_rates = [rate * 16 // output_stride for rate in (6, 12, 18)]
+        aspp_rates = [int(rate) for rate in (default_rates if aspp_rates is None else aspp_rates)]
         if len(aspp_rates) == 0 or any(rate < 1 for rate in aspp_rates):
             raise ValueError(f"aspp_rates={aspp_rates!r}: give one or more positive atrous rates, e.g. [6, 12, 18].")
         if decoder_channels < 1 or low_level_channels < 1:

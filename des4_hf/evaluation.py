@@ -214,14 +214,11 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
                           settings: Mapping[str, Any] | None = None) -> EvaluationResult:
     """mIoU of ``model`` on ``dataset`` from one confusion matrix over all pixels, summed over processes.
 
-    ``model(pixel_values=x).logits`` must be at the input's size. ``dataset`` yields full-resolution items
-    ``{"pixel_values", "labels", "id"}`` (:class:`des4_hf.data.EvalDataset`), or is a ``datasets.Dataset``
-    (wrapped with ``image_mean``/``image_std``); predictions are compared at the labels' own resolution.
-    ``sliding_window``: ``(crop, stride)`` or None (whole image); ``flip``/``scales``: logits averaged;
-    ``batch_size`` batches consecutive images of equal size only. With ``accelerator`` each process evaluates
-    ``rank::world_size`` and every process returns the same result. A class-count mismatch raises before any
-    inference; labels outside ``[0, num_classes)`` ∪ ``{ignore_index}`` raise ``LabelRangeError`` naming the image.
-    """
+    ``dataset`` yields full-resolution ``{"pixel_values", "labels", "id"}`` (:class:`des4_hf.data.EvalDataset`) or is
+    a ``datasets.Dataset`` (wrapped with ``image_mean``/``image_std``). ``sliding_window``: ``(crop, stride)`` or
+    None; ``flip``/``scales``: logits averaged; ``batch_size`` groups consecutive equal-size images. With
+    ``accelerator``, each process takes ``rank::world_size``; all return the same result. A class-count mismatch
+    raises before inference, a label outside ``[0, num_classes)`` ∪ ``{ignore_index}`` ``LabelRangeError``."""
     window, scales = _check_settings(num_classes, class_names, sliding_window, scales, batch_size)
     if accelerator is not None and hasattr(accelerator, "unwrap_model"):
         model = accelerator.unwrap_model(model)

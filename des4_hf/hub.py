@@ -80,12 +80,6 @@ def _format_value(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _template_text(template_path: str | Path | None) -> str:
-    if template_path is not None:
-        return Path(template_path).read_text(encoding="utf-8")
-    return resources.files("des4_hf").joinpath("model_cards", TEMPLATE_NAME).read_text(encoding="utf-8")
-
-
 def _card_data(repo_id: str, model_name: str, results: Sequence[EvaluationResult], license_id: str) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -106,8 +100,7 @@ def _card_data(repo_id: str, model_name: str, results: Sequence[EvaluationResult
 def render_model_card(model_dir: str | Path, results_json: ResultsSource | Sequence[ResultsSource] | None = None,
                       overlay_image: str | None = None, chart_image: str | Sequence[str] | None = None,
                       repo_id: str = "your-username/des4-model", *, model_name: str | None = None,
-                      license_id: str = "apache-2.0", template_path: str | Path | None = None,
-                      results_files: Sequence[str] = ()) -> str:
+                      license_id: str = "apache-2.0", results_files: Sequence[str] = ()) -> str:
     """The Markdown model card (YAML front matter with ``model-index``) of the model in ``model_dir`` (its
     ``config.json``), for ``repo_id``: ``results_json`` (``eval.json`` paths or :class:`EvaluationResult`), paths relative
     to the card of the example ``overlay_image`` and the ``chart_image`` of each record; ``results_files`` are
@@ -158,7 +151,8 @@ def render_model_card(model_dir: str | Path, results_json: ResultsSource | Seque
 
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                      keep_trailing_newline=True)
-    content = environment.from_string(_template_text(template_path)).render(
+    template = resources.files("des4_hf").joinpath("model_cards", TEMPLATE_NAME).read_text(encoding="utf-8")
+    content = environment.from_string(template).render(
         card_data=_card_data(repo_id, model_name, results, license_id).to_yaml(), model_name=model_name,
         repo_id=repo_id, short_name=short_name, arch=arch, labels=labels, training_rows=training_rows,
         results=rendered_results, results_files=list(results_files), overlay_image=overlay_image,

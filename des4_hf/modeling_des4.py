@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_des4 import Des4Config
 from .hub_names import explain_hub_errors, resolve_pretrained_name
@@ -309,8 +310,9 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
 
+    @can_return_tuple
     def forward(self, pixel_values: Tensor, labels: Tensor | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> SemanticSegmenterOutput | tuple[Tensor, ...]:
+                **kwargs: Any) -> SemanticSegmenterOutput:
         r"""
         pixel_values: (B, 3, H, W) normalised images; any H and W.
         labels: optional (B, H, W) class indices, ``config.semantic_loss_ignore_index`` (255) ignored.
@@ -319,7 +321,6 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None \
             else self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
                              "use Des4ImageProcessor to convert images.")
@@ -334,9 +335,6 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
             loss = segmentation_loss(logits, labels, self.config.semantic_loss_ignore_index)
 
         hidden_states = (embeddings,) if output_hidden_states else None
-        if not return_dict:
-            output = tuple(item for item in (logits, hidden_states) if item is not None)
-            return ((loss,) + output) if loss is not None else output
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
     # -- loading -----------------------------------------------------------------------------------

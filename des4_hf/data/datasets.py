@@ -2,9 +2,8 @@
 
 Every loader returns ``"train"`` and ``"val"`` (where the source has them) with the columns ``id`` (as the standard
 split lists name it), ``image`` (RGB) and ``label`` (uint8 class indices, 255 = ignore; absent for unlabeled
-folders). Files are referenced by path and checked for existence eagerly; bad contents are found when decoded.
-Class names travel in ``Dataset.info.description`` (JSON that survives ``select``/``map``/``save_to_disk``).
-"""
+folders), files referenced by path. Class names travel in ``Dataset.info.description`` (JSON that survives
+``select``/``map``/``save_to_disk``)."""
 
 from __future__ import annotations
 

@@ -50,13 +50,6 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
             return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
-def _num_classes(hf_dataset: datasets.Dataset, num_classes: int | None) -> int | None:
-    if num_classes is not None:
-        return num_classes
-    names = get_dataset_metadata(hf_dataset).get("class_names")
-    return len(names) if names else None
-
-
 class _SegmentationBase(torch.utils.data.Dataset):
     """Row access without PIL decoding of images, validation, epochs."""
 
@@ -77,7 +70,8 @@ class _SegmentationBase(torch.utils.data.Dataset):
         self._raw = hf_dataset.select_columns(["id", *images])
         for column in images:  # raw bytes/paths, decoded here (a cheap cast: no table rewrite)
             self._raw = self._raw.cast_column(column, datasets.Image(decode=False))
-        self.num_classes = _num_classes(hf_dataset, num_classes)
+        names = get_dataset_metadata(hf_dataset).get("class_names")
+        self.num_classes = num_classes if num_classes is not None else len(names) if names else None
         self.mean = torch.tensor(list(image_mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(image_std), dtype=torch.float32).view(-1, 1, 1)
         self.seed = seed

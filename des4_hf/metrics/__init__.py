@@ -1,10 +1,8 @@
-"""Confusion-matrix segmentation metrics (per-class IoU, mIoU, pixel accuracy) that every layer may use (nothing
-else from des4-hf is imported), shared by evaluation and the ``evaluate`` module in ``mean_iou/``.
+"""Confusion-matrix segmentation metrics (per-class IoU, mIoU, pixel accuracy), the lowest layer (it imports nothing
+from des4-hf), shared by evaluation and the ``evaluate`` module in ``mean_iou/``.
 
-``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p`` (as scikit-learn); targets equal to
-``ignore_index`` are not counted. A class absent from predictions and targets has IoU NaN, left out of the mean;
-one predicted but absent from the targets has IoU 0 and counts.
-"""
+``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p`` (as scikit-learn), ``ignore_index`` targets
+excepted. A class absent from predictions and targets has IoU NaN, left out of the mean."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 Each epoch is a seeded permutation, the same on every process. Items are keyed ``(epoch, index)``, so the
 dataset's per-item augmentation seed follows the epoch even in persistent workers, and a resumed run continues
-with exactly the next batch: its state is ``(epoch, batches_done)``, restored through ``skip_first_batches``.
-"""
+with exactly the next batch: its state is ``(epoch, batches_done)``, restored by ``skip_first_batches``."""
 
 from __future__ import annotations
 

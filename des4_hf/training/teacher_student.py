@@ -1,8 +1,6 @@
-"""Teacher and student of one run (SPEC §2) and the Eq. 4 step: batches in, losses and prototype statistics out.
-
-:class:`TeacherStudent`'s ``forward`` is one (micro-)batch of SPEC §2 steps 1–8; the trainer applies the results
-(backward, optimizer, :meth:`TeacherStudent.update_teacher`, :func:`apply_prototype_updates`).
-"""
+"""Teacher and student of one run (SPEC §2) and the Eq. 4 step: :class:`TeacherStudent`'s ``forward`` is one
+(micro-)batch of SPEC §2 steps 1–8, batches in, losses and prototype statistics out; the trainer applies them
+(backward, optimizer, :meth:`TeacherStudent.update_teacher`, :func:`apply_prototype_updates`)."""
 
 from __future__ import annotations
 
