@@ -133,8 +133,7 @@ def ensure_offline_weights(cache_dir: str | os.PathLike[str] | None = None, forc
 
     path = offline_weights_file(cache_dir)
     if path.is_file() and not force:
-        try:
-            load_weights_file(path)
+        try:  # opening checks the header against the file size: a truncated file fails here
             with safe_open(str(path), framework="pt") as handle:
                 if (handle.metadata() or {}).get("des4_converter_version") == CONVERTER_VERSION:
                     return path

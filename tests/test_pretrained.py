@@ -319,6 +319,9 @@ def test_corrupt_offline_file_is_named_and_rebuilt(lite0_pkg, tmp_path: Path) ->
     assert C.ensure_offline_weights(tmp_path) == cache
     sd = P.resolve_encoder_state_dict("efficientnet_lite0", "imagenet-offline", cache_dir=tmp_path)
     assert sd is not None and len(sd) == 296 and len(load_file(str(cache))) == 296
+    cache.write_bytes(cache.read_bytes()[:-100])  # cut off mid-tensor, the header intact
+    assert C.ensure_offline_weights(tmp_path) == cache
+    assert len(load_file(str(cache))) == 296
 
 
 def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
