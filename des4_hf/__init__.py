@@ -1,8 +1,8 @@
 """des4-hf: DeS4 semi-supervised semantic segmentation (IJCAI-23) on timm, transformers and accelerate.
 
-Importing the package registers ``Des4Config``, ``Des4ForSemanticSegmentation`` and
-``Des4ImageProcessor`` with the transformers Auto classes, so ``AutoModelForSemanticSegmentation``
-and ``pipeline("image-segmentation")`` load DeS4 checkpoints.
+Importing the package registers ``Des4Config``, ``Des4ForSemanticSegmentation`` and ``Des4ImageProcessor`` with
+the transformers Auto classes, so that ``AutoModelForSemanticSegmentation`` and ``pipeline("image-segmentation")``
+load DeS4 checkpoints, and saved checkpoints carry their code for ``trust_remote_code=True``.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -16,6 +16,10 @@ __version__ = "0.1.0"
 AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Des4Config, image_processor_classes={"pil": Des4ImageProcessor}, exist_ok=True)
+# save_pretrained then writes the code beside the weights, with an auto_map: loadable without des4-hf installed
+Des4Config.register_for_auto_class()
+Des4ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+Des4ImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = ["Des4Config", "Des4ForSemanticSegmentation", "Des4ImageProcessor", "Des4PreTrainedModel", "PrototypeHead",
            "__version__"]

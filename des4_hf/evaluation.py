@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,10 +174,6 @@ def _is_channels_last(model: nn.Module) -> bool:
     return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
-def _first(batch: list[Any]) -> Any:
-    return batch[0]
-
-
 def _same_size_batches(items: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[list[Mapping[str, Any]]]:
     """Group consecutive items of equal image size into batches of at most ``batch_size``: never pad, so a
     prediction is exactly that of the image alone (VOC sizes differ; Cityscapes/CamVid sizes do not)."""
@@ -234,7 +231,7 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
     indices = list(range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers,
-        collate_fn=_first, pin_memory=device.type == "cuda",
+        collate_fn=operator.itemgetter(0), pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # never draw from the global RNG: evaluating mid-run must not
     )                                                # change the training that follows (its dropout masks)
     metric = ConfusionMatrix(num_classes, ignore_index, device=device)

@@ -92,7 +92,8 @@ def _card_data(repo_id: str, model_name: str, results: Sequence[EvaluationResult
         for record in results for kind, name, key in metrics]
     datasets = sorted({record.settings["dataset"] for record in results if "/" in record.settings["dataset"]})
     return ModelCardData(
-        license=license_id, pipeline_tag="image-segmentation", model_name=model_name, datasets=datasets or None,
+        license=license_id, library_name="transformers", pipeline_tag="image-segmentation", model_name=model_name,
+        datasets=datasets or None,
         tags=["des4", "des4-hf", "semantic-segmentation", "semi-supervised", "image-segmentation", "timm"],
         eval_results=eval_results or None)
 

@@ -25,6 +25,10 @@ from .configuration_des4 import Des4Config
 from .hub_names import explain_hub_errors, resolve_pretrained_name
 
 logger = logging.getLogger(__name__)
+# The image-segmentation pipeline checks a fixed list of transformers' own classes and logs at error level that any
+# other "is not supported"; DeS4 works in it, so that false line is dropped.
+logging.getLogger("transformers.pipelines.base").addFilter(
+    lambda record: "'Des4ForSemanticSegmentation' is not supported" not in record.getMessage())
 
 # Set while `from_pretrained` builds the model: a saved checkpoint already holds the encoder
 # weights, so building it must never download or read `encoder_weights`.

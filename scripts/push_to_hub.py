@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -67,7 +66,7 @@ def _token_available(token: str | None) -> None:
                          "environment variable to a token with write access) and run the push again.")
 
 
-def _model_files(model_dir: Path) -> list[Path]:
+def _check_model_files(model_dir: Path) -> None:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} not found: pass the folder written by training "
                                 "(e.g. out/best).")
@@ -76,11 +75,9 @@ def _model_files(model_dir: Path) -> list[Path]:
         hint = (" Save the image processor beside the model: Des4ImageProcessor(...).save_pretrained(model_dir)."
                 if "preprocessor_config.json" in missing else " Save the model with model.save_pretrained(model_dir).")
         raise FileNotFoundError(f"{model_dir} lacks {missing}.{hint}")
-    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
-    if not weights:
+    if not any(model_dir.glob("*.safetensors")):
         raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights; re-save the model with "
                                 "model.save_pretrained(model_dir) (safetensors is the default).")
-    return [model_dir / name for name in MODEL_FILES] + weights
 
 
 def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
@@ -112,7 +109,7 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
 
     model_dir = Path(model_dir)
     validate_repo_id(repo_id)
-    files = _model_files(model_dir)
+    _check_model_files(model_dir)
     model = Des4ForSemanticSegmentation.from_pretrained(str(model_dir))  # checks the prototypes are there
     processor = Des4ImageProcessor.from_pretrained(str(model_dir))
     labels = labels_of(model.config)
@@ -125,8 +122,9 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
 
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        shutil.copy2(path, staging / path.name)
+    # Saved again rather than copied: the same tensors, plus the code and auto_map for trust_remote_code=True
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
     charts = []
     for record in records:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{record.settings['dataset']}-{record.settings['split']}").strip("-")

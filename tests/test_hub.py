@@ -448,7 +448,10 @@ def test_push_download_predict_round_trip(fake_hub: Any, tmp_path: Path) -> None
         "eval_results.json",
         "images/example_prediction.png",
         "images/per_class_iou.png",
+        "modeling_des4.py", "configuration_des4.py", "image_processing_des4.py",  # for trust_remote_code=True
     } <= files, files
+    assert json.loads(branch["files"]["config.json"])["auto_map"]["AutoModelForSemanticSegmentation"] == \
+        "modeling_des4.Des4ForSemanticSegmentation"
     assert branch["files"]["images/example_prediction.png"].startswith(b"\x89PNG")
     writes = [
         entry for entry in fake_hub.log if entry["method"] == "POST" and "validate-yaml" not in entry["path"]
@@ -463,13 +466,14 @@ def test_push_download_predict_round_trip(fake_hub: Any, tmp_path: Path) -> None
     assert metrics["accuracy"] == pytest.approx(round(100 * results["pixel_accuracy"], 2))
     (result_entry,) = card.data.eval_results[:1]
     assert result_entry.dataset_type == "camvid" and result_entry.dataset_split == "val"
-    assert card.data.license == "apache-2.0"
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
     text = card.text
     assert "](images/example_prediction.png)" in text and "](images/per_class_iou.png)" in text
     assert "| road | 73.70 |" in text and "| car | n/a |" in text
     assert "paper's published numbers" in text and "81.02" in text
     assert "| method | des4 |" in text and "| split | camvid/20 |" in text
     assert "@inproceedings" in text and "Apache-2.0" in text
+    assert f'AutoModelForSemanticSegmentation.from_pretrained("{repo_id}", trust_remote_code=True)' in text
 
 
 # ---------------------------------------------------------------------------------------------------------

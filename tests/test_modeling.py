@@ -321,3 +321,47 @@ def test_loading_never_fetches_encoder_weights(tmp_path, monkeypatch):
     assert loaded.config.encoder_weights == "imagenet"  # the record is kept
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+REMOTE_CODE = r"""
+import json, sys
+sys.modules["des4_hf"] = sys.modules["des4_hf_scripts"] = None  # not importable in this process
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+model_dir, image_path = sys.argv[1], sys.argv[2]
+model = AutoModelForSemanticSegmentation.from_pretrained(model_dir, trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(**processor(Image.open(image_path), return_tensors="pt")).logits
+segmenter = pipeline("image-segmentation", model=model_dir, trust_remote_code=True)
+print("RESULT " + json.dumps({"module": type(model).__module__, "training": model.training,
+                              "logits": logits.flatten().tolist(),
+                              "labels": sorted(item["label"] for item in segmenter(image_path))}))
+"""
+
+
+@pytest.mark.slow  # starts a process
+def test_a_saved_model_loads_with_trust_remote_code_where_des4_hf_is_not_installed(saved, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    directory, model = saved
+    image = Image.fromarray((np.random.default_rng(0).random((29, 41, 3)) * 255).astype(np.uint8))
+    image.save(tmp_path / "image.png")
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_CODE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "image.png")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["module"].startswith("transformers_modules.") and not result["training"]
+    with torch.no_grad():
+        expected = model(**Des4ImageProcessor()(image, return_tensors="pt")).logits
+    torch.testing.assert_close(torch.tensor(result["logits"]).view_as(expected), expected)
+    predicted = {ID2LABEL[int(index)] for index in expected.argmax(1).unique()}
+    assert set(result["labels"]) == predicted
+    assert "not supported" not in done.stderr, "the pipeline complains about the model"

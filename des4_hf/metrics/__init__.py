@@ -131,7 +131,3 @@ class ConfusionMatrix:
         in a multi-process run."""
         return scores_from_confusion(self.matrix)
 
-    @property
-    def num_pixels(self) -> int:
-        return int(self.matrix.sum())
-

@@ -90,6 +90,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.output_dir = Path(config.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"  # Accelerate's automatic checkpoint naming
         # the one resolver (fp32 on any CPU for auto; fp16 refused there); also the evaluation's precision
         try:
             self.precision = resolve_precision({"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
@@ -200,10 +201,6 @@ class Trainer:
                 "recipe": config.to_dict()}
 
     # -- 3. checkpoints --------------------------------------------------------------------------------------
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.output_dir / "checkpoints"
-
     def save_checkpoint(self) -> Path:
         """``save_state`` (named and pruned by Accelerate), then the JSON trainer state, written last."""
         accelerator = self.accelerator
