@@ -65,22 +65,23 @@ def _short_name_for(name_or_path: object) -> str | None:
 
 
 _OFFLINE = "is not in the local Hugging Face cache and Hub access is switched off or unreachable"
+_UNREACHABLE = "is not in the local Hugging Face cache and the Hub could not be reached"
+
+
+def is_network_error(error: BaseException) -> bool:
+    """A connection or timeout failure of the standard library or any HTTP client (httpx, httpx2, requests)."""
+    return any(cls.__name__ in ("TransportError", "ConnectionError", "TimeoutError") for cls in type(error).__mro__)
 
 
 def _hub_problem(error: BaseException) -> tuple[str, BaseException] | None:
     """(what went wrong on the way to the Hub, the error that says so), searching the chain; None otherwise."""
     from huggingface_hub import errors
 
-    network: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
-    for module, name in (("httpx", "TransportError"), ("requests", "ConnectionError")):  # the Hub's HTTP client
-        with contextlib.suppress(ImportError):
-            network += (getattr(__import__(module), name),)
     kinds = ((errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError, _OFFLINE),
              (errors.RevisionNotFoundError, "exists on the Hub but has no such revision"),
              (errors.RepositoryNotFoundError, "was not found on the Hub (it does not exist, is private, or your "
               "token cannot read it)"),
              (errors.RemoteEntryNotFoundError, "exists on the Hub but holds no complete DeS4 model"),
-             (network, "is not in the local Hugging Face cache and the Hub could not be reached"),
              (errors.HfHubHTTPError, "could not be downloaded from the Hub"))
     seen, item = set(), error
     while item is not None and id(item) not in seen:
@@ -88,6 +89,8 @@ def _hub_problem(error: BaseException) -> tuple[str, BaseException] | None:
         for kind, what in kinds:
             if isinstance(item, kind):
                 return what, item
+        if is_network_error(item):
+            return _UNREACHABLE, item
         item = item.__cause__ or item.__context__
     if isinstance(error, OSError) and ("couldn't connect" in str(error) or "offline mode" in str(error)):
         return _OFFLINE, error

@@ -36,6 +36,7 @@ logger = logging.getLogger("des4_hf.predict")
 # The dataset loaders' image types, plus the ones PIL reads that are rare in datasets.
 IMAGE_EXTENSIONS = (*DATASET_IMAGE_EXTENSIONS, ".gif", ".ppm", ".pgm", ".pnm")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+MIN_CROP = 64  # sliding-window bounds: at most 16 windows per crop area
 
 
 def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
@@ -204,11 +205,13 @@ def _predict_settings(args: argparse.Namespace) -> tuple[torch.device, tuple[int
     sliding_window = None
     if args.sliding_window:
         crop = 512 if args.crop_size is None else args.crop_size
-        if crop < 1:
-            raise UsageError(f"--crop-size {crop}: must be >= 1")
+        if crop < MIN_CROP:
+            raise UsageError(f"--crop-size {crop}: use at least {MIN_CROP} pixels (smaller crops see too little "
+                             "context, and their number grows with the square of the image size)")
         stride = max(1, round(2 * crop / 3)) if args.stride is None else args.stride
-        if not 1 <= stride <= crop:
-            raise UsageError(f"--stride {stride}: must be between 1 and the crop size {crop}")
+        if not crop // 4 <= stride <= crop:
+            raise UsageError(f"--stride {stride}: must be between a quarter of the crop size ({crop // 4}) and the "
+                             f"crop size {crop}")
         sliding_window = (crop, stride)
     elif args.crop_size is not None or args.stride is not None:
         logger.warning("--crop-size/--stride only apply with --sliding-window; predicting whole images")
@@ -247,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{item}: no such file or folder")
     if not files:
         _error("no input images found in " + " ".join(args.inputs))
+        return 2
+    out = args.out.expanduser().resolve()
+    inside = next((path for path in files if path.resolve().parent == out), None)
+    if inside is not None:  # <stem>.png would replace an input PNG of the same name
+        _error(f"--out {args.out}: holds the input {inside}; predictions written there could overwrite inputs. "
+               "Choose another output folder.")
         return 2
 
     try:

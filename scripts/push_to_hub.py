@@ -26,6 +26,7 @@ from des4_hf.hub import (
     load_eval_results,
     render_model_card,
 )
+from des4_hf.hub_names import is_network_error
 from des4_hf.utils import atomic_path, atomic_write
 
 MODEL_FILES = ("config.json", "preprocessor_config.json")
@@ -121,6 +122,9 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
     result_names = [Path(item).name for item in given if isinstance(item, (str, Path))]
 
     staging = Path(staging_dir)
+    if staging.exists() and (not staging.is_dir() or any(staging.iterdir())):
+        raise FileExistsError(f"{staging} is not an empty folder; the staged files would overwrite what it holds. "
+                              "Give a new or empty folder.")
     staging.mkdir(parents=True, exist_ok=True)
     # Saved again rather than copied: the same tensors, plus the code and auto_map for trust_remote_code=True
     model.save_pretrained(staging)
@@ -146,17 +150,19 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
 
 def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
                 private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                token: str | None = None, example_image: str | Path | None = None) -> str:
+                token: str | None = None, example_image: str | Path | None = None, timeout: float = 60.0) -> str:
     """Upload a trained model, its card, results and images to ``repo_id`` in one commit; returns the repo URL.
+    ``timeout``: seconds to connect and for each read or write (huggingface_hub waits forever by default).
 
     Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
     branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_session
 
     validate_repo_id(repo_id)
     revision = validate_revision(revision)
     _token_available(token)
+    get_session().timeout = timeout  # the shared HTTP client of every huggingface_hub call
     with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
         stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
         api = HfApi(token=token)
@@ -184,6 +190,8 @@ def push_to_hub_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo as private (ignored if it exists)")
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
     parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the Hub to connect and for each read or write (default 60)")
     parser.add_argument("--dry-run", default=None, metavar="DIR",
                         help="write the folder that would be uploaded (model files, README.md, images) to DIR and stop")
     return parser
@@ -200,12 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"staged {names} in {staged}")
             return 0
         url = push_to_hub(args.model, args.repo_id, results=args.results, private=args.private, revision=args.revision,
-                          commit_message=args.commit_message, example_image=args.example_image)
-    except (ValueError, FileNotFoundError) as error:
+                          commit_message=args.commit_message, example_image=args.example_image, timeout=args.timeout)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"des4-push-to-hub: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # huggingface_hub HTTP errors are OSErrors; their text never holds the token
-        print(f"des4-push-to-hub: the Hub refused or could not be reached: {error}", file=sys.stderr)
+    except Exception as error:  # the texts of huggingface_hub's errors never hold the token
+        from huggingface_hub import constants
+
+        if is_network_error(error):
+            print(f"des4-push-to-hub: the Hub at {constants.ENDPOINT} could not be reached ({type(error).__name__}: "
+                  f"{error}). Nothing was uploaded. Check the network or HF_ENDPOINT, or raise --timeout.",
+                  file=sys.stderr)
+        elif isinstance(error, OSError):  # huggingface_hub's HTTP errors: the Hub answered with a refusal
+            print(f"des4-push-to-hub: the Hub refused the upload: {error}", file=sys.stderr)
+        else:
+            raise
         return 1
     print(f"uploaded to {url}")
     return 0

@@ -655,3 +655,57 @@ def test_push_to_hub_creates_private_repo_branch_and_uploads_one_folder(tmp_path
     with pytest.raises(ValueError, match="already exists and is public"):
         push_to_hub(tmp_path / "model", "me/public", private=True, token=FAKE_TOKEN)
     assert [name for name, _ in _RecordingHfApi.calls] == ["create_repo"], "nothing may be uploaded"
+
+
+def _tiny_model_dir(path: Path) -> Path:
+    import torch
+
+    from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16))
+    model.prototype_head.initialized.fill_(True)
+    model.save_pretrained(path)
+    Des4ImageProcessor().save_pretrained(path)
+    return path
+
+
+def test_dry_run_never_writes_into_a_folder_that_holds_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from des4_hf_scripts.push_to_hub import main
+
+    model_dir = _tiny_model_dir(tmp_path / "model")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project\n")
+    assert main(["--model", str(model_dir), "--repo-id", "me/des4", "--dry-run", str(project)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in project.iterdir()] == ["README.md"] and (project / "README.md").read_text() == "my project\n"
+    assert main(["--model", str(model_dir), "--repo-id", "me/des4", "--dry-run", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "modeling_des4.py").is_file()
+
+
+@pytest.mark.slow  # starts processes; HF_ENDPOINT is read when huggingface_hub is imported
+def test_an_unreachable_or_silent_hub_gives_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    model_dir = _tiny_model_dir(tmp_path / "model")
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    try:
+        for port, budget in ((closed.getsockname()[1], 60), (silent.getsockname()[1], 60)):
+            env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_TOKEN": FAKE_TOKEN}
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-c", "import sys; from des4_hf_scripts.push_to_hub import main; "
+                                   f"sys.exit(main(['--model', {str(model_dir)!r}, '--repo-id', 'me/des4', "
+                                   "'--timeout', '2']))"], env=env, capture_output=True, text=True, timeout=budget)
+            assert done.returncode == 1, done.stderr[-2000:]
+            assert "could not be reached" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+            assert FAKE_TOKEN not in done.stderr + done.stdout
+            assert time.monotonic() - started < budget
+    finally:
+        silent.close()
+        closed.close()

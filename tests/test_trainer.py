@@ -69,6 +69,7 @@ def test_help_lists_the_choices_of_every_choice_option(capsys) -> None:
     (["--output-stride", "32"], "output_stride=32"),
     (["--backbone", "resnet1010"], "backbone='resnet1010'"),
     (["--mes-alpha", "0"], "mes_alpha=0"),
+    (["--keep-checkpoints", "0"], "keep_checkpoints 0 would delete every checkpoint"),
     (["--lr", "-1"], "lr=-1"),
     (["--unsupervised-rampup", "1.5"], "unsupervised_rampup=1.5"),
     (["--class-weighting", "inverse"], "class_weighting='inverse'"),

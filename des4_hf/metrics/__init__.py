@@ -103,18 +103,15 @@ class ConfusionMatrix:
         self.reduced = False
 
     @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor, *, where: str | None = None) -> Tensor:
+    def update(self, pred: Tensor, target: Tensor, *, where: str | None = None) -> None:
         """Add one batch; ``pred`` are class indices of ``target``'s shape, or logits with an extra class
-        dimension at position 1 (argmax is taken). Returns this batch's confusion matrix."""
+        dimension at position 1 (argmax is taken)."""
         if self.reduced:
             raise RuntimeError("this ConfusionMatrix was already reduced across processes; make a new one.")
         if pred.dim() == target.dim() + 1 and pred.is_floating_point():
             pred = pred.argmax(dim=1)
         batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index, where=where)
-        if batch.device != self.matrix.device:
-            self.matrix = self.matrix.to(batch.device)
-        self.matrix += batch
-        return batch
+        self.matrix = self.matrix.to(batch.device) + batch
 
     @torch.no_grad()
     def reduce(self, accelerator: Any = None) -> Tensor:

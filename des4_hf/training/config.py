@@ -145,8 +145,9 @@ class TrainConfig:
               f"supervised_warmup={self.supervised_warmup}: a fraction of the steps in [0, 1) (0 = off)")
         check(0 <= self.unsupervised_rampup <= 1,
               f"unsupervised_rampup={self.unsupervised_rampup}: a fraction of the steps in [0, 1] (0 = off)")
-        check(self.checkpoint_every >= 1 and self.eval_every >= 1 and self.log_every >= 1,
-              "checkpoint_every, eval_every and log_every must be >= 1")
+        check(min(self.checkpoint_every, self.eval_every, self.log_every, self.keep_checkpoints) >= 1,
+              "checkpoint_every, eval_every, log_every and keep_checkpoints must be >= 1 (keep_checkpoints 0 would "
+              "delete every checkpoint as soon as it is written)")
         check(self.num_workers >= 0, "num_workers must be >= 0")
         try:  # the architecture's own checks (backbone name, output stride, momenta, MES), before any data loads
             self.model_config()

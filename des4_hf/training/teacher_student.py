@@ -73,10 +73,9 @@ class PrototypeStatistics:
         return cls(torch.zeros_like(head.prototypes, dtype=torch.float32),
                    torch.zeros(head.num_classes, device=head.prototypes.device))
 
-    def add_(self, other: PrototypeStatistics) -> PrototypeStatistics:
+    def add_(self, other: PrototypeStatistics) -> None:
         self.sums += other.sums
         self.counts += other.counts
-        return self
 
 
 @dataclass

@@ -147,6 +147,8 @@ def test_missing_preprocessor_config_falls_back_with_a_warning(
         (["--model", "{tmp}"], "cannot load a DeS4 directory"),  # a folder without weights
         (["--model", "someorg/des4-not-on-the-hub"], "cannot load a DeS4 directory or Hub model"),
         (["--stride", "200", "--crop-size", "128", "--sliding-window"], "--stride 200"),
+        (["--crop-size", "1", "--stride", "1", "--sliding-window"], "--crop-size 1: use at least 64"),
+        (["--crop-size", "128", "--stride", "8", "--sliding-window"], "--stride 8"),
         (["--batch-size", "0"], "--batch-size 0"),
         (["--precision", "fp16"], "not supported on the CPU"),
     ],
@@ -157,6 +159,17 @@ def test_bad_arguments_exit_2(model_dir, camvid_image_paths, tmp_path, capsys, e
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_the_input_folder_is_never_the_output_folder(model_dir, camvid_image_paths, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(camvid_image_paths[0].read_bytes())  # a PNG input: <stem>.png would replace it
+    before = (folder / "a.png").read_bytes()
+    for inputs in ([str(folder)], [str(folder / "a.png")]):
+        assert main(["--model", str(model_dir), *inputs, "--out", str(folder), *FAST]) == 2
+        assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"] and (folder / "a.png").read_bytes() == before
 
 
 def test_no_inputs_found_exits_2(model_dir, tmp_path, capsys):
