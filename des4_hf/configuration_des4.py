@@ -7,8 +7,6 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-ALLOWED_OUTPUT_STRIDES = (8, 16)
-
 
 def _check_timm_backbone(name: str) -> None:
     import timm
@@ -46,7 +44,7 @@ class Des4Config(PreTrainedConfig):
                  logit_scale: float = 10.0, semantic_loss_ignore_index: int = 255, prototype_momentum: float = 0.99,
                  encoder_momentum: float = 0.99, mes_num_zones: int = 5, mes_alpha: float = 0.1,
                  training: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if output_stride not in ALLOWED_OUTPUT_STRIDES:
+        if output_stride not in (8, 16):
             raise ValueError(f"output_stride={output_stride!r} is not supported: use 16 (default) or 8.")
         # DeepLabv3+'s rates: 6/12/18 at OS16, doubled at OS8 (a twice larger map, the same field of view).
         default_rates = [rate * 16 // output_stride for rate in (6, 12, 18)]

@@ -7,13 +7,12 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -121,16 +120,6 @@ def overlay(image: Image.Image, label_map: np.ndarray, alpha: float = 0.5, palet
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1.0 - alpha) * rgb + alpha * colours.astype(np.float32)
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
-
-
-def read_image(path: Path) -> Image.Image:
-    """Decode ``path`` fully (so unreadable files fail here), with its EXIF orientation applied."""
-    with Image.open(path) as handle:
-        handle.load()
-        image = ImageOps.exif_transpose(handle)
-        if image is handle:
-            image = handle.copy()
-    return image
 
 
 def segment_images(model: nn.Module, processor: Any, images: list[Image.Image], device: torch.device,

@@ -34,8 +34,6 @@ logging.getLogger("transformers.pipelines.base").addFilter(
 # weights, so building it must never download or read `encoder_weights`.
 _LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("des4_loading", default=False)
 
-PROTOTYPE_KEYS = ("prototype_head.prototypes", "prototype_head.initialized")
-
 
 @contextlib.contextmanager
 def _loading_checkpoint() -> Iterator[None]:
@@ -368,7 +366,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
 
 def _check_loading_info(info: dict[str, Any], source: Any, model: Des4ForSemanticSegmentation) -> None:
     missing = sorted(info.get("missing_keys", []))
-    missing_prototypes = [key for key in PROTOTYPE_KEYS if key in missing]
+    missing_prototypes = [key for key in ("prototype_head.prototypes", "prototype_head.initialized") if key in missing]
     if missing_prototypes:
         raise ValueError(f"{source}: the checkpoint has no {missing_prototypes}. DeS4 prototypes are the classifier, "
                          "so a checkpoint without them is not a usable model. Re-export it with "

@@ -211,7 +211,7 @@ def check_dataset_labels(hf_dataset: Any, num_classes: int, ignore_index: int, i
 
 def load_eval_split(args: argparse.Namespace) -> Any:
     """The ``datasets.Dataset`` of ``--split``; raises :class:`UsageError` with the fix for a bad root/split."""
-    from des4_hf.data import HUB_PRESETS, available_kinds, load_segmentation_dataset
+    from des4_hf.data import DATASET_KINDS, HUB_PRESETS, load_segmentation_dataset
 
     kind = args.dataset
     kwargs: dict[str, Any] = {}
@@ -234,12 +234,12 @@ def load_eval_split(args: argparse.Namespace) -> Any:
         kwargs = {"name": args.name} if args.name else {}
         if kind == "hub" and not args.name:
             raise UsageError("--dataset hub needs --name <Hub dataset id or local folder>.")
-    elif kind not in available_kinds():
+    elif kind not in list(DATASET_KINDS):
         if "/" in kind or Path(kind).exists():
             kwargs = {"name": kind}
             kind = "hub"
         else:
-            raise UsageError(f"--dataset {kind!r} is unknown. Allowed: {available_kinds()}, a Hub dataset id "
+            raise UsageError(f"--dataset {kind!r} is unknown. Allowed: {list(DATASET_KINDS)}, a Hub dataset id "
                            "(owner/name) or a local save_to_disk / parquet folder.")
     dataset_dict = load_segmentation_dataset(kind, **kwargs)
     if kind == "folder":  # a folder of pairs is the evaluation set whatever --split says

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
@@ -25,7 +25,6 @@ from des4_hf.inference import (
     PRECISIONS,
     color_palette,
     overlay,
-    read_image,
     resolve_precision,
     segment_images,
 )
@@ -45,6 +44,16 @@ def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None)
         raise ValueError("label maps for palette PNGs must hold values in [0, 255]")
     image = Image.fromarray(label_map.astype(np.uint8), mode="P")
     image.putpalette((palette if palette is not None else color_palette()).reshape(-1).tolist())
+    return image
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode ``path`` fully (so unreadable files fail here), with its EXIF orientation applied."""
+    with Image.open(path) as handle:
+        handle.load()
+        image = ImageOps.exif_transpose(handle)
+        if image is handle:
+            image = handle.copy()
     return image
 
 

@@ -84,9 +84,10 @@ def _check_model_files(model_dir: Path) -> None:
 def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
                          max_side: int = 512) -> Path:
     """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
+    from des4_hf_scripts.predict import read_image
     from PIL import Image
 
-    from des4_hf.inference import overlay, read_image, segment_images
+    from des4_hf.inference import overlay, segment_images
 
     image = read_image(Path(image_path)).convert("RGB")
     image.thumbnail((max_side, max_side), Image.BILINEAR)  # keeps the aspect ratio; never enlarges

@@ -83,6 +83,19 @@ def test_bad_values_fail_before_any_data_is_loaded(argv: list[str], fragment: st
     assert fragment in str(error.value)
 
 
+def test_yaml_values_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text('channels_last: "false"\nbatch_size: 2.7\nlr: 1\nscale_range: [0.5, 2]\nmax_steps: null\n')
+    with pytest.raises(ValueError, match="invalid training config") as error:
+        TrainConfig.from_yaml(recipe)
+    assert "channels_last='false': expected bool" in str(error.value)
+    assert "batch_size=2.7: expected int" in str(error.value)
+    assert "lr" not in str(error.value) and "scale_range" not in str(error.value), "int for float, list for tuple"
+    recipe.write_text("lr: 1\nscale_range: [0.5, 2]\nmax_steps: null\n")
+    config = TrainConfig.from_yaml(recipe)
+    assert (config.lr, config.scale_range, config.max_steps) == (1, (0.5, 2), None)
+
+
 def test_unknown_yaml_option_is_named(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("lr: 0.01\nlearning_rate: 0.1\n")

@@ -6,12 +6,12 @@ from .class_counts import check_mask_values, class_pixel_counts
 from .datasets import (
     CAMVID_CLASSES,
     CITYSCAPES_CLASSES,
+    DATASET_KINDS,
     HUB_PRESETS,
     IGNORE_INDEX,
     VOC_CLASSES,
     DataError,
     HubPreset,
-    available_kinds,
     cityscapes_label_id_to_train_id,
     default_camvid_root,
     get_class_names,
@@ -30,7 +30,7 @@ from .splits import STANDARD_SPLITS, SemiSupervisedSplit, list_standard_splits, 
 from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainDataset
 
 __all__ = ["AugmentConfig", "check_mask_values", "class_pixel_counts", "CAMVID_CLASSES", "CITYSCAPES_CLASSES",
-           "HUB_PRESETS", "IGNORE_INDEX", "VOC_CLASSES", "DataError", "HubPreset", "available_kinds",
+           "HUB_PRESETS", "IGNORE_INDEX", "VOC_CLASSES", "DataError", "HubPreset", "DATASET_KINDS",
            "cityscapes_label_id_to_train_id", "default_camvid_root", "get_class_names", "get_dataset_metadata",
            "labels_to_indices", "load_camvid", "load_cityscapes", "load_folder", "load_hub",
            "load_segmentation_dataset", "load_voc", "set_dataset_metadata", "voc_palette", "STANDARD_SPLITS",

@@ -524,11 +524,8 @@ def open_image_record(record: Mapping[str, Any] | None, where: str) -> Iterator[
 
 _LOADERS: dict[str, Callable[..., datasets.DatasetDict]] = {
     "voc": load_voc, "cityscapes": load_cityscapes, "camvid": load_camvid, "folder": load_folder, "hub": load_hub}
-
-
-def available_kinds() -> list[str]:
-    """Kinds accepted by :func:`load_segmentation_dataset` (loaders, then Hub preset names)."""
-    return [*_LOADERS, *HUB_PRESETS]
+#: The kinds :func:`load_segmentation_dataset` accepts: its loaders, then the Hub preset names.
+DATASET_KINDS: tuple[str, ...] = (*_LOADERS, *HUB_PRESETS)
 
 
 def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
@@ -541,7 +538,7 @@ def load_segmentation_dataset(kind: str, **kwargs: Any) -> datasets.DatasetDict:
             kwargs.setdefault(key, getattr(HUB_PRESETS[kind], key))
         return load_hub(name, **kwargs)
     if kind not in _LOADERS:
-        raise DataError(f"unknown dataset kind {kind!r}. Allowed: {available_kinds()}.")
+        raise DataError(f"unknown dataset kind {kind!r}. Allowed: {list(DATASET_KINDS)}.")
     return _LOADERS[kind](**kwargs)
 
 

@@ -7,6 +7,8 @@ the first evaluation.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,13 @@ PROTOTYPE_INITS = ("orthonormal", "first-mean")
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": MIXED_PRECISION,
     "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
+
+
+def _runtime_types(annotation: Any) -> tuple[type, ...]:
+    """The types a field accepts: ``int`` also where ``float`` is, ``list`` where ``tuple`` is (YAML has none)."""
+    union = typing.get_origin(annotation) in (types.UnionType, typing.Union)
+    kinds = [typing.get_origin(kind) or kind for kind in (typing.get_args(annotation) if union else (annotation,))]
+    return (*kinds, *((int,) if float in kinds else ()), *((list,) if tuple in kinds else ()))
 
 
 @dataclass
@@ -108,7 +117,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() in ("", "none", "null", "random"):
             self.encoder_weights = None  # "--encoder-weights none" on the command line
-        self.scale_range = tuple(self.scale_range)  # YAML gives a list
+        self.scale_range = tuple(self.scale_range) if isinstance(self.scale_range, list) else self.scale_range
         self.validate()
         for name, value in METHOD_PRESETS[self.method].items():
             setattr(self, name, value)
@@ -120,6 +129,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         errors: list[str] = []
+        hints = typing.get_type_hints(type(self))  # types first: a YAML "false" or 2.7 must not pass as a bool or int
+        for item in dataclasses.fields(self):
+            value, kinds = getattr(self, item.name), _runtime_types(hints[item.name])
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                errors.append(f"{item.name}={value!r}: expected "
+                              + " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds))
+        if errors:
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
 
         def check(condition: bool, message: str) -> None:
             if not condition:
@@ -128,7 +145,8 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             check(getattr(self, name) in choices, f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
         check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
-        check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+        check(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
+              and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
         check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         check(self.effective_unlabeled_batch_size >= 1, "unlabeled_batch_size must be >= 1")
