@@ -42,6 +42,7 @@ def train_parser() -> argparse.ArgumentParser:
         "overrides the --config recipe, which overrides TrainConfig's default (shown).",
     )
     parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for item in dataclasses.fields(TrainConfig):
         if item.name == "extra":
             continue
@@ -69,7 +70,7 @@ def train_parser() -> argparse.ArgumentParser:
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
     args = train_parser().parse_args(argv)
-    overrides = {key: value for key, value in vars(args).items() if key != "config" and value is not None}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("config", "debug") and value is not None}
     if args.config:
         return TrainConfig.from_yaml(args.config, overrides)
     return TrainConfig.from_dict(overrides, source="command line")
@@ -122,6 +123,14 @@ def write_run_figures(config: TrainConfig) -> None:
             overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line: an error raised in a DataLoader worker arrives with the worker's
+    traceback in its text, of which the last line is the original message."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    last = lines[-1]
+    return last.split(": ", 1)[1] if len(lines) > 1 and last.startswith(type(error).__module__) else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``des4-train``: parse a recipe (+ overrides) and run the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -143,16 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra: says what to install
             print(f"des4-train: {error}", file=sys.stderr)
             return 2
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         trainer = Trainer(config)
         trainer.train()
         if trainer.is_main:
             write_run_figures(config)
     except NonFiniteLossError as error:
+        if debug:
+            raise
         print(f"des4-train: {error}", file=sys.stderr)
         return 3
-    except DataError as error:  # missing or bad data: the message names the file and the fix
-        print(f"des4-train: {error}", file=sys.stderr)
+    except (DataError, OSError) as error:  # bad data (the message names the file and the fix), or a file system error
+        if debug:
+            raise
+        print(f"des4-train: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from des4_hf_scripts.train import parse_train_config as parse_config
+from PIL import Image
 from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
@@ -337,3 +339,38 @@ def test_ctrl_c_saves_a_resumable_state(tmp_path: Path, camvid_root: Path, monke
     resumed.train()
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def _fake_camvid(root: Path, broken: str | None = None) -> Path:
+    """A 6-image CamVid-layout folder (4 train, 2 val) of 64×48 images; ``broken``: an id whose JPEG is garbage."""
+    rng = np.random.default_rng(0)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = [f"f{i}" for i in range(6)]
+    for id_ in ids:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{id_}.jpg")
+        Image.fromarray(rng.integers(0, 11, (48, 64), dtype=np.uint8)).save(root / "SegmentationClass" / f"{id_}.png")
+    if broken is not None:
+        (root / "JPEGImages" / f"{broken}.jpg").write_bytes(b"not a JPEG")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:4]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[4:]) + "\n")
+    return root
+
+
+@pytest.mark.slow  # trains
+def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    from des4_hf_scripts.train import main
+
+    root = _fake_camvid(tmp_path / "camvid", broken="f3")  # with labeled fraction 0.25: f3 is unlabeled
+    argv = [*TINY, "--dataset", "camvid", "--data-root", str(root), "--labeled-fraction", "0.25", "--batch-size", "1",
+            "--num-workers", "1", "--max-steps", "6"]
+    assert main([*argv, "--output-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("des4-train: ") and "f3" in error and "Traceback" not in error, error
+    with pytest.raises(Exception, match="f3"):
+        main([*argv, "--output-dir", str(tmp_path / "run2"), "--debug"])
+    (tmp_path / "a-file").write_text("")
+    assert main([*TINY, "--dataset", "camvid", "--data-root", str(root), "--output-dir",
+                 str(tmp_path / "a-file" / "run")]) == 2  # the output folder cannot be made
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("des4-train: ") and "a-file" in error, error

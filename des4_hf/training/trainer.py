@@ -360,7 +360,8 @@ class Trainer:
             path = self.save_checkpoint()
             self.print(f"interrupted: saved a resumable state to {path} (resume with --resume latest)")
             raise
-        progress.close()
+        finally:  # also when a step fails, so that the error is printed on a line of its own
+            progress.close()
         final = self.evaluate_and_export(final=True)
         self.save_checkpoint()
         if self.is_main:
