@@ -374,3 +374,34 @@ def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Pa
                  str(tmp_path / "a-file" / "run")]) == 2  # the output folder cannot be made
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("des4-train: ") and "a-file" in error, error
+
+
+@pytest.mark.slow  # trains
+def test_cityscapes_layout_trains_end_to_end_with_overlays(tmp_path: Path) -> None:
+    """Cityscapes ids are paths (``leftImg8bit/val/city/x_leftImg8bit.png``): the run's overlays, results.json and
+    exports must survive them, and labelIds masks are mapped to train ids in the cache, not beside the data."""
+    from des4_hf_scripts.train import main
+
+    rng = np.random.default_rng(0)
+    label_ids = np.array([7, 8, 11, 21, 23, 26, 0])  # road, sidewalk, building, vegetation, sky, car, unlabeled
+    for split, count in (("train", 4), ("val", 2)):
+        for index in range(count):
+            city = f"city{index % 2}"
+            frame = f"{city}_000000_{index:06d}"
+            image = tmp_path / "cs" / "leftImg8bit" / split / city / f"{frame}_leftImg8bit.png"
+            mask = tmp_path / "cs" / "gtFine" / split / city / f"{frame}_gtFine_labelIds.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (48, 96, 3), dtype=np.uint8)).save(image)
+            Image.fromarray(label_ids[rng.integers(0, len(label_ids), (48, 96))].astype(np.uint8)).save(mask)
+    run = tmp_path / "run"
+    code = main([*TINY, "--dataset", "cityscapes", "--data-root", str(tmp_path / "cs"), "--labeled-fraction", "0.5",
+                 "--decoder-channels", "24",
+                 "--max-steps", "2", "--output-dir", str(run), "--overlays", "2"])
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["final"]["teacher"]["num_images"] == 2 and len(results["final"]["teacher"]["per_class_iou"]) == 19
+    overlays = sorted(path.name for path in (run / "overlays").iterdir())
+    assert overlays == ["leftImg8bit_val_city0_city0_000000_000000_leftImg8bit.png_overlay.jpg",
+                        "leftImg8bit_val_city1_city1_000000_000001_leftImg8bit.png_overlay.jpg"]
+    assert not list((tmp_path / "cs").rglob("*labelTrainIds*")), "the dataset folder is never written to"
