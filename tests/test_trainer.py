@@ -405,3 +405,25 @@ def test_cityscapes_layout_trains_end_to_end_with_overlays(tmp_path: Path) -> No
     assert overlays == ["leftImg8bit_val_city0_city0_000000_000000_leftImg8bit.png_overlay.jpg",
                         "leftImg8bit_val_city1_city1_000000_000001_leftImg8bit.png_overlay.jpg"]
     assert not list((tmp_path / "cs").rglob("*labelTrainIds*")), "the dataset folder is never written to"
+
+
+@pytest.mark.slow  # trains
+def test_folder_layout_trains_end_to_end(tmp_path: Path) -> None:
+    """``--dataset folder --data-root R``: R/train/{images,masks} and R/val/{images,masks}, classes in R/train."""
+    from des4_hf_scripts.train import main
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for kind in ("images", "masks"):
+            (tmp_path / "R" / split / kind).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+                tmp_path / "R" / split / "images" / f"{split}{index}.jpg")
+            Image.fromarray(rng.integers(0, 3, (40, 56), dtype=np.uint8)).save(
+                tmp_path / "R" / split / "masks" / f"{split}{index}.png")
+    (tmp_path / "R" / "train" / "classes.txt").write_text("road\ncar\nsky\n")
+    run = tmp_path / "run"
+    assert main([*TINY, "--dataset", "folder", "--data-root", str(tmp_path / "R"), "--labeled-fraction", "0.5",
+                 "--max-steps", "2", "--output-dir", str(run)]) == 0
+    final = json.loads((run / "results.json").read_text())["final"]
+    assert list(final["teacher"]["per_class_iou"]) == ["road", "car", "sky"] and final["teacher"]["num_images"] == 2

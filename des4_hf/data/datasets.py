@@ -142,6 +142,8 @@ def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str,
 
 
 def read_id_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist. Fix: check the dataset root (it must contain this list file).")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -190,7 +192,7 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.
         train_set = "aug" if has_aug else "fine"
     if train_set not in ("aug", "fine"):
         raise DataError(f"train_set={train_set!r} is not one of 'auto', 'aug', 'fine'.")
-    val_ids = read_id_list(_existing(sets / "val.txt"))
+    val_ids = read_id_list(sets / "val.txt")
     if train_set == "aug":
         _require_dir(root / "SegmentationClassAug", "SegmentationClassAug/", "unpack the SBD-augmented masks "
                      "(SegmentationClassAug.zip) into the VOC root, or use train_set='fine'")
@@ -202,7 +204,7 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.
             train_ids = sorted(s for s in _stems(root / "SegmentationClassAug") if s not in val)
         train_masks = ["SegmentationClassAug", "SegmentationClass"]
     else:
-        train_ids = read_id_list(_existing(sets / "train.txt"))
+        train_ids = read_id_list(sets / "train.txt")
         train_masks = ["SegmentationClass", "SegmentationClassAug"]
     meta = {"class_names": list(VOC_CLASSES), "ignore_index": IGNORE_INDEX, "source": "voc", "root": str(root),
             "train_set": train_set}
@@ -210,12 +212,6 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.
     return datasets.DatasetDict({
         split: _to_dataset(_voc_layout_split(root, ids, masks), split, meta, "PASCAL VOC 2012", str(root))
         for split, (ids, masks) in splits.items()})
-
-
-def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist. Fix: check the dataset root (it must contain this list file).")
-    return path
 
 
 def default_camvid_root() -> Path | None:
@@ -231,12 +227,11 @@ def load_camvid(root: str | os.PathLike[str] | None = None) -> datasets.DatasetD
         raise DataError("CamVid root not given. Fix: pass root=<folder with JPEGImages/, SegmentationClass/, "
                         "ImageSets/> (--data-root on the command line) or set DES4_CAMVID_ROOT.")
     _require_dir(resolved / "JPEGImages", "CamVid JPEGImages/", "pass root= pointing at the CamVid copy")
-    classes_file = resolved / "classes.txt"
-    names = read_id_list(classes_file) if classes_file.is_file() else list(CAMVID_CLASSES)
+    names = read_id_list(resolved / "classes.txt") if (resolved / "classes.txt").is_file() else list(CAMVID_CLASSES)
     meta = {"class_names": names, "ignore_index": IGNORE_INDEX, "source": "camvid", "root": str(resolved)}
     sets = resolved / "ImageSets" / "Segmentation"
     return datasets.DatasetDict({
-        split: _to_dataset(_voc_layout_split(resolved, read_id_list(_existing(sets / f"{split}.txt")),
+        split: _to_dataset(_voc_layout_split(resolved, read_id_list(sets / f"{split}.txt"),
                                              ["SegmentationClass"]), split, meta, "CamVid (11 classes)", str(resolved))
         for split in ("train", "val")})
 
@@ -332,12 +327,17 @@ def _folder_split(images: Path, masks: Path | None) -> _Pairs:
 PathLike = str | os.PathLike[str]
 
 
-def load_folder(images: PathLike, masks: PathLike | None = None, val_images: PathLike | None = None,
-                val_masks: PathLike | None = None, class_names: Sequence[str] | None = None,
-                num_classes: int | None = None) -> datasets.DatasetDict:
-    """Image/mask pairs matched by relative path + stem (``masks=None``: unlabeled). Masks hold class indices (palette
-    PNGs read as indices), 255 = ignore. Class names: ``class_names``, ``num_classes`` generic ones, or a
-    ``classes.txt`` in (or beside) the mask or image folder."""
+def load_folder(images: PathLike | None = None, masks: PathLike | None = None, val_images: PathLike | None = None,
+                val_masks: PathLike | None = None, class_names: Sequence[str] | None = None, num_classes: int | None = None,
+                root: PathLike | None = None) -> datasets.DatasetDict:
+    """Image/mask pairs matched by relative path + stem (``masks=None``: unlabeled), masks of class indices (palette
+    PNGs read as indices, 255 = ignore); ``root`` (training's ``--data-root``) means ``root/{train,val}/{images,masks}``.
+    Class names: ``class_names``, ``num_classes`` generic ones, or a ``classes.txt`` in or beside a mask/image folder."""
+    if root is not None:
+        images, masks, val_images, val_masks = (Path(root) / split / kind for split in ("train", "val")
+                                                for kind in ("images", "masks"))
+    if images is None:
+        raise DataError("load_folder needs images=<folder of photos> or root=<folder with train/ and val/>.")
     images_p = Path(images)
     masks_p = Path(masks) if masks is not None else None
     if class_names is None:
