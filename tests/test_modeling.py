@@ -365,3 +365,44 @@ def test_a_saved_model_loads_with_trust_remote_code_where_des4_hf_is_not_install
     predicted = {ID2LABEL[int(index)] for index in expected.argmax(1).unique()}
     assert set(result["labels"]) == predicted
     assert "not supported" not in done.stderr, "the pipeline complains about the model"
+
+
+# -- conformance: the checks of transformers' ModelTesterMixin that apply to a segmenter, written for DeS4 --------
+def test_batching_equivalence(eval_model):
+    """Each image's logits in a batch equal its logits alone (eval mode: BatchNorm uses its running statistics)."""
+    torch.manual_seed(1)
+    pixel_values = torch.randn(3, 3, 40, 56)
+    with torch.no_grad():
+        batched = eval_model(pixel_values).logits
+        alone = torch.cat([eval_model(pixel_values[i : i + 1]).logits for i in range(3)])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_determinism(eval_model):
+    pixel_values = torch.randn(2, 3, 33, 47)
+    with torch.no_grad():
+        first, second = eval_model(pixel_values).logits, eval_model(pixel_values).logits
+    assert torch.equal(first, second) and torch.isfinite(first).all()
+
+
+def test_training_reaches_every_parameter():
+    """One backward pass from the loss in ``forward`` gives a finite gradient to every parameter, and the
+    prototypes (buffers, Eq. 12) receive none."""
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config()).train()
+    labels = torch.randint(0, 3, (2, 32, 40))
+    labels[0, :4] = 255
+    model(torch.randn(2, 3, 32, 40), labels=labels).loss.backward()
+    missing = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters())
+    assert not model.prototype_head.prototypes.requires_grad
+
+
+def test_hidden_states_match_between_dict_and_tuple_outputs(eval_model):
+    pixel_values = torch.randn(1, 3, 30, 42)
+    with torch.no_grad():
+        as_dict = eval_model(pixel_values, output_hidden_states=True)
+        logits, (embeddings,) = eval_model(pixel_values, output_hidden_states=True, return_dict=False)
+    assert embeddings.shape == (1, 16, math.ceil(30 / 4), math.ceil(42 / 4))
+    assert torch.equal(as_dict.logits, logits) and torch.equal(as_dict.hidden_states[0], embeddings)
