@@ -9,6 +9,9 @@
 # The study's question (why does DeS4 trail MT + CutMix at 1000 steps?) on dev, with the study's own recipe:
 #   CONFIG=configs/camvid_study.yaml STEPS=1000 OUT=outputs/dev_probes_study bash benchmarks/camvid_dev_probes.sh \
 #     study-des4 study-mt-cutmix
+# and what might widen DeS4's lead over supervised at 1000 steps: the paper's equal labeled / unlabeled batches at the
+# same compute (4 + 4 crops instead of 6 + 2), and a shorter λ2 ramp-up (0.2 of the steps instead of 0.5):
+#   ... study-supervised study-des4-equal study-des4-rampup02 study-mt-equal
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="${DEV:-/tmp/camvid_dev}"
@@ -28,6 +31,10 @@ declare -A ARGS=(
   [mt-all]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2"
   [study-des4]=""
   [study-mt-cutmix]="--method mean-teacher"
+  [study-supervised]="--method supervised"
+  [study-des4-equal]="--batch-size 4 --unlabeled-batch-size 4"
+  [study-mt-equal]="--method mean-teacher --batch-size 4 --unlabeled-batch-size 4"
+  [study-des4-rampup02]="--unsupervised-rampup 0.2"
   [mt-all-mes-bank]="--method mean-teacher --prototype-init orthonormal --pixel-balanced-losses --supervised-warmup 0.2 --pseudo-label-quantile 0.2 --no-ema-teacher-bank"
 )
 VARIANTS=("$@")

@@ -353,8 +353,11 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
             with _loading_checkpoint(), explain_hub_errors(pretrained_model_name_or_path, kwargs.get("revision")):
                 model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                       **kwargs)
-        except RuntimeError as error:
-            if "mismatched" not in str(error):
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":  # safetensors' own error names neither file nor fix
+                raise ValueError(f"{pretrained_model_name_or_path}: its weights file is truncated or corrupt "
+                                 f"({error}). Save or download the model again.") from error
+            if not isinstance(error, RuntimeError) or "mismatched" not in str(error):
                 raise
             raise ValueError(f"{pretrained_model_name_or_path}: some tensors have a different shape from what "
                              "config.json describes (see the load report above; e.g. prototypes saved for another "

@@ -149,14 +149,11 @@ def _timm_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
 
 
 def _offline_error(backbone: str, e: BaseException) -> RuntimeError:
-    offline = (f"encoder_weights='{IMAGENET_OFFLINE}' (no download; needs {_CONVERT_HINT})"
-               if _arch(backbone) in OFFLINE_BACKBONES else
-               f"backbone='{EFFICIENTNET_LITE0_PYPI_TIMM_ARCH}' with encoder_weights='{IMAGENET_OFFLINE}' "
-               f"(needs {_CONVERT_HINT})")
     return RuntimeError(f"could not get timm's pretrained ImageNet weights for {backbone!r} ({type(e).__name__}: "
                         f"{e}). This machine is probably offline (HF_HUB_OFFLINE=1 or no network). Options: run once "
                         "where the network works so timm caches the weights; pass a local weights file as "
-                        f"encoder_weights (a timm classifier state dict, .safetensors/.pth); or use {offline}.")
+                        f"encoder_weights (a timm classifier state dict, .safetensors/.pth); or use an "
+                        f"efficientnet_lite0 backbone with encoder_weights='{IMAGENET_OFFLINE}' (needs {_CONVERT_HINT}).")
 
 
 def _features_to_classifier_key(fkey: str, classifier_keys: set[str]) -> str | None:

@@ -285,6 +285,17 @@ def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototype
     torch.testing.assert_close(tuned.encoder.state_dict(), model.encoder.state_dict())
 
 
+def test_truncated_weights_name_the_folder(saved, tmp_path):
+    directory, _ = saved
+    broken = tmp_path / "truncated"
+    broken.mkdir()
+    for name in ("config.json", WEIGHTS):
+        (broken / name).write_bytes((directory / name).read_bytes())
+    (broken / WEIGHTS).write_bytes((broken / WEIGHTS).read_bytes()[:-1000])  # a download cut short
+    with pytest.raises(ValueError, match=f"{broken}: its weights file is truncated or corrupt"):
+        Des4ForSemanticSegmentation.from_pretrained(broken)
+
+
 def test_checkpoint_missing_another_tensor_fails(saved, tmp_path):
     directory, _ = saved
     broken = _rewrite_weights(
