@@ -11,6 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# scripts/test.sh reruns the fast tier with oneDNN's "native bf16" answer forced each way (DES4_MKLDNN_BF16=0|1):
+# the suite must pass on AVX2-only and AVX512-BF16 CPUs alike (issue 17).
+if os.environ.get("DES4_MKLDNN_BF16") in ("0", "1"):
+    import torch
+
+    torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: os.environ["DES4_MKLDNN_BF16"] == "1"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = Path(os.environ.get("DES4_CAMVID_ROOT", REPO_ROOT.parent / "shared" / "data" / "camvid"))
 os.environ["DES4_CAMVID_ROOT"] = str(CAMVID_ROOT)  # the package reads no default folder: tell it where the copy is

@@ -22,8 +22,10 @@ from des4_hf.inference import (
 
 
 # -- precision -------------------------------------------------------------------------------------------
-def test_auto_on_cpu_is_fp32_channels_last_whatever_the_cpu_reports():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_on_the_cpu_is_fp32_whatever_onednn_reports(monkeypatch, native_bf16):
     # bf16 on CPUs measured slower than fp32 even with native support: capability flags never decide.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
     choice = resolve_precision("auto", "cpu")
     assert (choice.name, choice.autocast_dtype, choice.channels_last) == ("fp32", None, True)
 
