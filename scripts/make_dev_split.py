@@ -15,10 +15,9 @@ training frames.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
-from des4_hf.data import default_camvid_root
 
 LINKED = ("JPEGImages", "SegmentationClass", "classes.txt")
 
@@ -66,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data_root is None:
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"  # ../shared beside the clone
-        args.data_root = default_camvid_root() or (shared if shared.is_dir() else None)
+        env = os.environ.get("DES4_CAMVID_ROOT")
+        args.data_root = Path(env) if env else (shared if shared.is_dir() else None)
         if args.data_root is None:
             print("error: no --data-root given and ../shared/data/camvid not found; pass --data-root or set "
                   "DES4_CAMVID_ROOT.", file=sys.stderr)

@@ -7,6 +7,7 @@ VOC-, Cityscapes- and Hub-schema fixtures are built in tmp_path from a few CamVi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def test_camvid_class_counts_match_readme_and_are_cached(
     readme = [17.54, 24.21, 1.02, 32.96, 4.67, 10.12, 1.22, 1.17, 6.11, 0.67, 0.30]
     np.testing.assert_allclose(share, readme, atol=0.01)
     assert counts.sum() < 367 * 480 * 360  # void pixels excluded
-    cache = tmp_path / f"class_pixel_counts-{split.fingerprint}-11c.json"
+    (cache,) = tmp_path.glob(f"class_pixel_counts-{split.fingerprint}-11c-*.json")
     assert json.loads(cache.read_text())["counts"] == counts.tolist()
 
     def boom(*args, **kwargs):
@@ -420,3 +421,17 @@ def test_eval_dataset_full_resolution(camvid_root: Path) -> None:
     assert item["labels"].dtype == torch.int64 and item["id"] == val[0]["id"]
     pixels = item["pixel_values"]
     assert torch.isfinite(pixels).all() and -2.2 < pixels.min() < 0 < pixels.max() < 2.7
+
+
+def test_class_count_cache_follows_edited_masks(tmp_path: Path) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for index in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / f"{index}.png")
+        Image.fromarray(np.full((8, 8), index, np.uint8)).save(masks / f"{index}.png")
+    ds = load_segmentation_dataset("folder", images=images, masks=masks, num_classes=3)["train"]
+    assert class_pixel_counts(ds, 3, tmp_path / "cache", "fp").tolist() == [64, 64, 64]
+    Image.fromarray(np.full((8, 8), 1, np.uint8)).save(masks / "0.png")  # a mask corrected after the first run
+    os.utime(masks / "0.png", ns=(10**18, 10**18))  # a clearly different modification time, whatever the clock
+    assert class_pixel_counts(ds, 3, tmp_path / "cache", "fp").tolist() == [0, 128, 64]

@@ -13,7 +13,6 @@ from .datasets import (
     DataError,
     HubPreset,
     cityscapes_label_id_to_train_id,
-    default_camvid_root,
     get_class_names,
     get_dataset_metadata,
     labels_to_indices,
@@ -31,7 +30,7 @@ from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainData
 
 __all__ = ["AugmentConfig", "check_mask_values", "class_pixel_counts", "CAMVID_CLASSES", "CITYSCAPES_CLASSES",
            "HUB_PRESETS", "IGNORE_INDEX", "VOC_CLASSES", "DataError", "HubPreset", "DATASET_KINDS",
-           "cityscapes_label_id_to_train_id", "default_camvid_root", "get_class_names", "get_dataset_metadata",
+           "cityscapes_label_id_to_train_id", "get_class_names", "get_dataset_metadata",
            "labels_to_indices", "load_camvid", "load_cityscapes", "load_folder", "load_hub",
            "load_segmentation_dataset", "load_voc", "set_dataset_metadata", "voc_palette", "STANDARD_SPLITS",
            "SemiSupervisedSplit", "list_standard_splits", "split_lists_root", "EvalDataset", "LabeledTrainDataset",

@@ -214,15 +214,11 @@ def load_voc(root: str | os.PathLike[str], train_set: str = "auto") -> datasets.
         for split, (ids, masks) in splits.items()})
 
 
-def default_camvid_root() -> Path | None:
-    """``$DES4_CAMVID_ROOT`` if set: the package never guesses a data folder from where it is installed."""
-    env = os.environ.get("DES4_CAMVID_ROOT")
-    return Path(env) if env else None
-
-
 def load_camvid(root: str | os.PathLike[str] | None = None) -> datasets.DatasetDict:
-    """CamVid 11 classes in VOC layout (367 train, 101 val, 480×360, void = 255)."""
-    resolved = Path(root) if root is not None else default_camvid_root()
+    """CamVid 11 classes in VOC layout (367 train, 101 val, 480×360, void = 255); ``root`` defaults to
+    ``$DES4_CAMVID_ROOT`` (the package never guesses a data folder from where it is installed)."""
+    root = root if root is not None else os.environ.get("DES4_CAMVID_ROOT") or None
+    resolved = Path(root) if root is not None else None
     if resolved is None:
         raise DataError("CamVid root not given. Fix: pass root=<folder with JPEGImages/, SegmentationClass/, "
                         "ImageSets/> (--data-root on the command line) or set DES4_CAMVID_ROOT.")
