@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import types
 import typing
@@ -123,6 +124,10 @@ def write_run_figures(config: TrainConfig) -> None:
             overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _one_line(error: BaseException) -> str:
     """The message of ``error`` as one line: an error raised in a DataLoader worker arrives with the worker's
     traceback in its text, of which the last line is the original message."""
@@ -153,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"des4-train: {error}", file=sys.stderr)
             return 2
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # preemption on a cluster: save a checkpoint as Ctrl-C does
     try:
         trainer = Trainer(config)
         trainer.train()
@@ -171,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 0

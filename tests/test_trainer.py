@@ -256,7 +256,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, camvid_roo
 
 def test_a_fresh_run_starts_a_new_log_and_a_resumed_one_drops_steps_past_its_checkpoint(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in (1, 2, 3, 4, 5)))
+    log.write_text("".join(json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in (1, 2, 3, 4, 5))
+                   + '{"step": 6, "lo')  # killed while writing step 6
     trim_log(log, 3)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
     trim_log(log, 0)
@@ -427,3 +428,29 @@ def test_folder_layout_trains_end_to_end(tmp_path: Path) -> None:
                  "--max-steps", "2", "--output-dir", str(run)]) == 0
     final = json.loads((run / "results.json").read_text())["final"]
     assert list(final["teacher"]["per_class_iou"]) == ["road", "car", "sky"] and final["teacher"]["num_images"] == 2
+
+
+@pytest.mark.slow  # starts a training process
+def test_sigterm_saves_a_resumable_state_like_ctrl_c(tmp_path: Path) -> None:
+    """Cluster preemption sends SIGTERM: the run saves a checkpoint and exits 130, as after Ctrl-C."""
+    import signal
+    import time
+
+    root = _fake_camvid(tmp_path / "camvid")
+    run = tmp_path / "run"
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *TINY, "--dataset", "camvid", "--data-root",
+               str(root), "--labeled-fraction", "0.5", "--max-steps", "100000", "--checkpoint-every", "100000",
+               "--output-dir", str(run)]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "log.jsonl").is_file() and len((run / "log.jsonl").read_text().splitlines()) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 130, process.stderr.read()[-2000:]
+    finally:
+        process.kill()
+    (state,) = run.glob("checkpoints/checkpoint_*/trainer_state.json")
+    assert json.loads(state.read_text())["step"] >= 2

@@ -69,14 +69,14 @@ def warmup_steps(config: TrainConfig, max_steps: int) -> int:
 
 
 def trim_log(log_path: Path, last_step: int) -> None:
-    """Keep only the entries of steps ≤ ``last_step``: a fresh run (0) into a used folder starts a new log, and a
-    resumed one drops the steps logged after its checkpoint, which it is about to run again."""
+    """Keep the entries of steps ≤ ``last_step`` and no line torn by a kill mid-write (a whole one ends with ``}``): a
+    fresh run (0) into a used folder starts a new log, a resumed one drops the steps it is about to run again."""
     if not log_path.exists():
         return
     if last_step == 0:
         log_path.unlink()
         return
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line for line in log_path.read_text().splitlines() if line.endswith("}") and json.loads(line)["step"] <= last_step]
     atomic_write(log_path, "".join(line + "\n" for line in kept))
 
 
