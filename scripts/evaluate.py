@@ -283,6 +283,12 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
 
     # 3. model classes against dataset classes, then every mask of this process's shard.
     check_model_classes(config, num_classes, class_names)
+    model_names = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
+    differ = [(ours, theirs) for ours, theirs in zip(model_names, class_names) if ours != theirs]
+    if differ:  # same count, other names: probably another dataset's model; scores are per index all the same
+        accelerator.print(f"warning: the model's classes differ from the dataset's at {len(differ)} of {num_classes} "
+                          f"indices (model → dataset: {', '.join(f'{a} → {b}' for a, b in differ[:4])}"
+                          f"{', ...' if len(differ) > 4 else ''}); the report uses the dataset's names.")
     if args.check_labels:
         shard = list(range(accelerator.process_index, len(split), accelerator.num_processes))
         check_dataset_labels(split, num_classes, ignore_index, indices=shard)

@@ -81,6 +81,7 @@ def test_cli_prints_and_writes_json_md_png(tiny_model, mini_camvid, tmp_path, ca
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "mean IoU" in captured.out and "bicyclist" in captured.out
+    assert "warning" not in captured.out + captured.err, "the same classes: nothing to warn about"
 
     data = json.loads((out / "eval.json").read_text())
     names = (mini_camvid / "classes.txt").read_text().split()
@@ -138,6 +139,16 @@ def test_cli_bad_inputs_fail_clearly_before_loading_weights(tiny_model, mini_cam
               stripped / "model.safetensors", metadata={"format": "pt"})
     assert main(["--model", str(stripped), *common, "--root", str(mini_camvid)]) == 2
     assert "prototypes" in capsys.readouterr().err
+
+
+def test_a_model_with_other_class_names_is_evaluated_with_a_warning(mini_camvid, tmp_path, capsys):
+    names = (mini_camvid / "classes.txt").read_text().split()
+    other = _save_model(tmp_path / "other", [f"thing_{i}" for i in range(len(names))])  # 11 classes, other names
+    assert main(["--model", str(other), "--dataset", "camvid", "--root", str(mini_camvid), "--precision", "fp32",
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    output = capsys.readouterr().out
+    assert f"classes differ from the dataset's at {len(names)} of {len(names)} indices" in output
+    assert f"thing_0 → {names[0]}" in output
 
 
 def test_protocol_flags():
