@@ -435,3 +435,20 @@ def test_class_count_cache_follows_edited_masks(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), 1, np.uint8)).save(masks / "0.png")  # a mask corrected after the first run
     os.utime(masks / "0.png", ns=(10**18, 10**18))  # a clearly different modification time, whatever the clock
     assert class_pixel_counts(ds, 3, tmp_path / "cache", "fp").tolist() == [0, 128, 64]
+
+
+def test_sixteen_bit_images_are_normalised_like_their_eight_bit_versions(tmp_path: Path) -> None:
+    """A 16-bit PNG reached values near 1140 after normalisation (uint16 divided by 255); it must match the 8-bit
+    image it scales to, on the training and evaluation paths alike."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (24, 32), dtype=np.uint16)
+    for name, array in (("wide", wide), ("narrow", np.round(wide / 65535 * 255).astype(np.uint8))):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "masks").mkdir()
+        Image.fromarray(array).save(tmp_path / name / "images" / "a.png")
+        Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / name / "masks" / "a.png")
+    items = [EvalDataset(load_segmentation_dataset("folder", images=tmp_path / name / "images", masks=tmp_path / name /
+                                                   "masks", num_classes=2)["train"], MEAN, STD)[0]["pixel_values"]
+             for name in ("wide", "narrow")]
+    assert items[0].abs().max() < 3
+    torch.testing.assert_close(items[0], items[1], rtol=0, atol=1.01 / 255 / min(STD))  # within one 8-bit level

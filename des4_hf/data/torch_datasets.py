@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import to_dtype
 
 from .augment import (
     AugmentConfig,
@@ -44,7 +45,7 @@ def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.T
         raise DataError(f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, or "
                         "drop its row.") from exc
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return to_dtype(decode_image(data, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit: scaled
     except RuntimeError:  # a format torchvision does not decode (BMP, TIFF...): PIL, which names a bad file
         with open_image_record({"bytes": data.numpy().tobytes(), "path": record.get("path")}, where) as image:
             return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
@@ -128,8 +129,7 @@ class LabeledTrainDataset(_TrainBase):
         geometry = sample_geometry(image.shape[-2], image.shape[-1], self.config, generator)
         crop, mask_crop, padding = apply_geometry(image, mask, geometry)
         pixel_values = _normalize_masked(crop, self.mean, self.std, padding)
-        assert mask_crop is not None
-        return {"pixel_values": pixel_values, "labels": mask_crop.to(torch.int64)}
+        return {"pixel_values": pixel_values, "labels": mask_crop.to(torch.int64)}  # type: ignore[union-attr]
 
 
 class UnlabeledTrainDataset(_TrainBase):
