@@ -154,8 +154,6 @@ def _check_settings(num_classes: int, class_names: Sequence[str], sliding_window
         raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
     window = None
     if sliding_window is not None:
-        if isinstance(sliding_window, int):
-            sliding_window = (sliding_window, default_stride(sliding_window))
         crop, stride = (int(v) for v in sliding_window)
         if crop < 1 or not 1 <= stride <= crop:
             raise ValueError(f"sliding_window=(crop {crop}, stride {stride}): need crop >= 1 and 1 <= stride <= crop "
@@ -203,7 +201,7 @@ def _as_eval_dataset(dataset: Any, num_classes: int, image_mean: Sequence[float]
 
 
 def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, class_names: Sequence[str],
-                          accelerator: Any = None, sliding_window: tuple[int, int] | int | None = None,
+                          accelerator: Any = None, sliding_window: tuple[int, int] | None = None,
                           flip: bool = False, scales: Sequence[float] = (1.0,), precision: str = "auto",
                           channels_last: bool | None = None, batch_size: int = 1, ignore_index: int = 255,
                           progress: bool = True, num_workers: int = 0, image_mean: Sequence[float] | None = None,

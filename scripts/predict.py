@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
+from des4_hf.evaluation import default_stride
 from des4_hf.inference import (
     PRECISIONS,
     color_palette,
@@ -217,7 +218,7 @@ def _predict_settings(args: argparse.Namespace) -> tuple[torch.device, tuple[int
         if crop < MIN_CROP:
             raise UsageError(f"--crop-size {crop}: use at least {MIN_CROP} pixels (smaller crops see too little "
                              "context, and their number grows with the square of the image size)")
-        stride = max(1, round(2 * crop / 3)) if args.stride is None else args.stride
+        stride = default_stride(crop) if args.stride is None else args.stride
         if not crop // 4 <= stride <= crop:
             raise UsageError(f"--stride {stride}: must be between a quarter of the crop size ({crop // 4}) and the "
                              f"crop size {crop}")

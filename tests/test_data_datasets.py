@@ -452,3 +452,18 @@ def test_sixteen_bit_images_are_normalised_like_their_eight_bit_versions(tmp_pat
              for name in ("wide", "narrow")]
     assert items[0].abs().max() < 3
     torch.testing.assert_close(items[0], items[1], rtol=0, atol=1.01 / 255 / min(STD))  # within one 8-bit level
+
+
+def test_two_image_files_of_one_id_are_refused_with_their_names(tmp_path: Path) -> None:
+    """``X.png`` beside ``X.jpg`` in JPEGImages/ (masks copied there by mistake) used to be taken as the image."""
+    root = tmp_path / "camvid"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    for id_ in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "JPEGImages" / f"{id_}.jpg")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "SegmentationClass" / f"{id_}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "JPEGImages" / "b.png")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("a\nb\n")
+    with pytest.raises(DataError, match=r"JPEGImages: b\.jpg and b\.png share a name"):
+        load_segmentation_dataset("camvid", root=root)

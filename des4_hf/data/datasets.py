@@ -165,12 +165,16 @@ def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str]) 
 
 
 def _stems(folder: Path) -> dict[str, Path]:
-    """``stem → path`` of the image files directly inside ``folder`` (one listing, no stat per file)."""
+    """``stem → path`` of the image files directly inside ``folder``; two files of one stem are refused, named."""
     if not folder.is_dir():
         return {}
     with os.scandir(folder) as entries:
-        return {os.path.splitext(entry.name)[0]: Path(entry.path) for entry in entries
-                if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS}
+        files = sorted((Path(entry.path) for entry in entries if os.path.splitext(entry.name)[1].lower()
+                        in IMAGE_EXTENSIONS), key=lambda path: (path.stem, path.name))
+    twins = [f"{a.name} and {b.name}" for a, b in zip(files, files[1:]) if a.stem == b.stem]
+    if twins:  # masks copied into JPEGImages/ by mistake? Either file could be taken for the image
+        raise DataError(f"{folder}: {', '.join(twins)} share a name. Fix: keep one file per image id.")
+    return {path.stem: path for path in files}
 
 
 def _require_dir(path: Path, what: str, fix: str) -> None:

@@ -124,12 +124,11 @@ class LabeledTrainDataset(_TrainBase):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = self.generator(index)
-        _, image, mask = self.load(index)
-        assert mask is not None
+        _, image, mask = self.load(index)  # with labels: a mask
         geometry = sample_geometry(image.shape[-2], image.shape[-1], self.config, generator)
         crop, mask_crop, padding = apply_geometry(image, mask, geometry)
         pixel_values = _normalize_masked(crop, self.mean, self.std, padding)
-        return {"pixel_values": pixel_values, "labels": mask_crop.to(torch.int64)}  # type: ignore[union-attr]
+        return {"pixel_values": pixel_values, "labels": mask_crop.to(torch.int64)}
 
 
 class UnlabeledTrainDataset(_TrainBase):
@@ -155,8 +154,7 @@ class EvalDataset(_SegmentationBase):
     """Full-resolution ``pixel_values`` (3, H, W), ``labels`` int64 (H, W) and ``id``; sizes differ between images."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        id_, image, mask = self.load(index)
-        assert mask is not None
+        id_, image, mask = self.load(index)  # with labels: a mask
         return {"pixel_values": normalize(image, self.mean, self.std), "labels": mask.to(torch.int64), "id": id_}
 
 
