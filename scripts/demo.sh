@@ -13,7 +13,9 @@ fi
 export HF_HUB_OFFLINE=1
 OUT=outputs/camvid_demo
 DATA_ROOT="${DES4_CAMVID_ROOT:-../shared/data/camvid}"  # a later --data-root in "$@" wins
-.venv/bin/python scripts/train.py --config configs/camvid_demo.yaml --data-root "$DATA_ROOT" --output-dir "$OUT" "$@"
+# --overwrite: the demo starts over in its own folder each time (training refuses a used folder otherwise)
+.venv/bin/python scripts/train.py --config configs/camvid_demo.yaml --data-root "$DATA_ROOT" --output-dir "$OUT" \
+  --overwrite "$@"
 echo
 echo "Teacher on CamVid val (per-class IoU): $OUT/last/eval.json"
 .venv/bin/python - "$OUT" <<'PY'

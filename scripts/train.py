@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import types
@@ -44,6 +47,9 @@ def train_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="a YAML recipe from configs/ (options below override it)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in --output-dir and start over (without it, a folder that holds "
+                        "files is refused unless --resume is given)")
     for item in dataclasses.fields(TrainConfig):
         if item.name == "extra":
             continue
@@ -71,7 +77,8 @@ def train_parser() -> argparse.ArgumentParser:
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
     args = train_parser().parse_args(argv)
-    overrides = {key: value for key, value in vars(args).items() if key not in ("config", "debug") and value is not None}
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("config", "debug", "overwrite") and value is not None}
     if args.config:
         return TrainConfig.from_yaml(args.config, overrides)
     return TrainConfig.from_dict(overrides, source="command line")
@@ -124,6 +131,47 @@ def write_run_figures(config: TrainConfig) -> None:
             overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
 
+LOCK_NAME = ".des4-train.lock"
+
+
+class OutputDirError(Exception):
+    """The output folder cannot be used as asked: reported as one line, exit status 2."""
+
+
+def claim_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Any:
+    """Make ``output_dir`` this run's: refuse one that holds files unless resuming (or, with ``overwrite``, empty a
+    previous run's folder), and hold a lock on it so that a second concurrent run is refused. The lock is taken by
+    the main process only (``RANK`` 0); the returned handle keeps it until the process ends."""
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    handle = None
+    if main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(output_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise OutputDirError(f"--output-dir {output_dir}: another training run is writing there. Wait for it to "
+                                 "finish, or pick another folder.") from None
+    held = sorted(path.name for path in output_dir.glob("*") if path.name != LOCK_NAME) if output_dir.is_dir() else []
+    if held and not resuming:
+        if not overwrite:
+            raise OutputDirError(f"--output-dir {output_dir} already holds {', '.join(held[:5])}"
+                                 f"{' ...' if len(held) > 5 else ''}. Continue that run with --resume latest, start "
+                                 "over with --overwrite (deletes it), or pick a new folder.")
+        if not (output_dir / "train_config.yaml").is_file():
+            raise OutputDirError(f"--overwrite: {output_dir} does not hold a training run (no train_config.yaml), so "
+                                 "nothing is deleted; empty it yourself or pick another folder.")
+        if main_process:
+            for name in held:
+                path = output_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    return handle
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -157,9 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra: says what to install
             print(f"des4-train: {error}", file=sys.stderr)
             return 2
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    cli = train_parser().parse_args(argv)
+    debug = cli.debug
     previous = signal.signal(signal.SIGTERM, _interrupt)  # preemption on a cluster: save a checkpoint as Ctrl-C does
     try:
+        lock = claim_output_dir(Path(config.output_dir), config.resume is not None, cli.overwrite)  # noqa: F841
         trainer = Trainer(config)
         trainer.train()
         if trainer.is_main:
@@ -169,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"des4-train: {error}", file=sys.stderr)
         return 3
+    except OutputDirError as error:
+        print(f"des4-train: {error}", file=sys.stderr)
+        return 2
     except (DataError, OSError) as error:  # bad data (the message names the file and the fix), or a file system error
         if debug:
             raise

@@ -454,3 +454,37 @@ def test_sigterm_saves_a_resumable_state_like_ctrl_c(tmp_path: Path) -> None:
         process.kill()
     (state,) = run.glob("checkpoints/checkpoint_*/trainer_state.json")
     assert json.loads(state.read_text())["step"] >= 2
+
+
+@pytest.mark.slow  # trains
+def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:
+    import fcntl
+
+    from des4_hf_scripts.train import LOCK_NAME, main
+
+    root = _fake_camvid(tmp_path / "camvid")
+    run = tmp_path / "run"
+    argv = [*TINY, "--dataset", "camvid", "--data-root", str(root), "--labeled-fraction", "0.5", "--max-steps", "2",
+            "--overlays", "0", "--output-dir", str(run)]
+    assert main(argv) == 0
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    assert main([*argv, "--seed", "4"]) == 2  # rerun A into run B's folder: nothing may change
+    error = capsys.readouterr().err
+    assert f"--output-dir {run} already holds" in error and "--resume latest" in error and "--overwrite" in error
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
+    with open(run / LOCK_NAME, "a") as other_run:  # a second run while this one holds the folder
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*argv, "--resume", "latest"]) == 2
+        assert "another training run is writing there" in capsys.readouterr().err
+
+    (run / "old-note.txt").write_text("from the first run")
+    assert main([*argv, "--seed", "4", "--overwrite"]) == 0
+    assert not (run / "old-note.txt").exists() and (run / "last" / "config.json").is_file()
+    assert "seed: 4" in (run / "train_config.yaml").read_text()
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    assert main([*argv[:-1], str(notes), "--overwrite"]) == 2  # not a run folder: nothing is deleted
+    assert "does not hold a training run" in capsys.readouterr().err and (notes / "keep.txt").read_text() == "mine"
