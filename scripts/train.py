@@ -156,8 +156,8 @@ def claim_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Any:
     held = sorted(path.name for path in output_dir.glob("*") if path.name != LOCK_NAME) if output_dir.is_dir() else []
     if held and not resuming:
         if not overwrite:
-            raise OutputDirError(f"--output-dir {output_dir} already holds {', '.join(held[:5])}"
-                                 f"{' ...' if len(held) > 5 else ''}. Continue that run with --resume latest, start "
+            raise OutputDirError(f"--output-dir {output_dir} already holds files ({', '.join(held[:5])}"
+                                 f"{', ...' if len(held) > 5 else ''}). Continue that run with --resume latest, start "
                                  "over with --overwrite (deletes it), or pick a new folder.")
         if not (output_dir / "train_config.yaml").is_file():
             raise OutputDirError(f"--overwrite: {output_dir} does not hold a training run (no train_config.yaml), so "
