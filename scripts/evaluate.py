@@ -165,6 +165,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-check-labels", dest="check_labels", action="store_false",
                         help="skip the up-front scan of every mask's values")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -336,8 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     accelerator = Accelerator()
     try:
         return _run_evaluation(args, accelerator)
-    except (UsageError, DataError, LabelRangeError, ValueError) as error:
-        print(f"des4-evaluate: error: {error}", file=sys.stderr)
+    except (UsageError, DataError, LabelRangeError, ValueError, OSError) as error:  # OSError: e.g. an unwritable --out
+        if args.debug:
+            raise
+        print(f"des4-evaluate: error: {error} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

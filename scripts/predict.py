@@ -282,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ", channels_last" if choice.channels_last else "",
                 f", sliding window {sliding_window[0]}/{sliding_window[1]}" if sliding_window else "")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _error(f"--out {args.out}: cannot create the folder ({error})")
+        return 2
     palette = color_palette(model.config.num_labels)
     failed: list[str] = list(missing)
     stems = output_stems(files)

@@ -139,6 +139,15 @@ def test_cli_bad_inputs_fail_clearly_before_loading_weights(tiny_model, mini_cam
               stripped / "model.safetensors", metadata={"format": "pt"})
     assert main(["--model", str(stripped), *common, "--root", str(mini_camvid)]) == 2
     assert "prototypes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prototypes"):  # --debug: the traceback instead of the line
+        main(["--model", str(stripped), *common, "--root", str(mini_camvid), "--debug"])
+
+    # an output folder that cannot be made (a file is in the way): one line, not a traceback
+    (tmp_path / "a-file").write_text("")
+    assert main(["--model", str(tiny_model), "--dataset", "camvid", "--no-progress", "--root", str(mini_camvid),
+                 "--out", str(tmp_path / "a-file" / "eval")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("des4-evaluate: error:") and "a-file" in error[-1] and "Traceback" not in error[-1]
 
 
 def test_a_model_with_other_class_names_is_evaluated_with_a_warning(mini_camvid, tmp_path, capsys):

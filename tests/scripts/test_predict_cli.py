@@ -172,6 +172,14 @@ def test_the_input_folder_is_never_the_output_folder(model_dir, camvid_image_pat
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"] and (folder / "a.png").read_bytes() == before
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(model_dir, camvid_image_paths, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "preds"
+    assert main(["--model", str(model_dir), str(camvid_image_paths[0]), "--out", str(out), *FAST]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("des4-predict: --out") and "Traceback" not in "\n".join(error)
+
+
 def test_no_inputs_found_exits_2(model_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
