@@ -215,13 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as error:  # the texts of huggingface_hub's errors never hold the token
         from huggingface_hub import constants
+        from huggingface_hub.errors import HfHubHTTPError
 
         if is_network_error(error):
             print(f"des4-push-to-hub: the Hub at {constants.ENDPOINT} could not be reached ({type(error).__name__}: "
                   f"{error}). Nothing was uploaded. Check the network or HF_ENDPOINT, or raise --timeout.",
                   file=sys.stderr)
-        elif isinstance(error, OSError):  # huggingface_hub's HTTP errors: the Hub answered with a refusal
+        elif isinstance(error, HfHubHTTPError):  # the Hub answered with a refusal
             print(f"des4-push-to-hub: the Hub refused the upload: {error}", file=sys.stderr)
+        elif isinstance(error, OSError):  # a local file: the model folder, the staging folder, an image
+            print(f"des4-push-to-hub: error: {error}", file=sys.stderr)
+            return 2
         else:
             raise
         return 1

@@ -682,6 +682,11 @@ def test_dry_run_never_writes_into_a_folder_that_holds_files(tmp_path: Path, cap
     assert [p.name for p in project.iterdir()] == ["README.md"] and (project / "README.md").read_text() == "my project\n"
     assert main(["--model", str(model_dir), "--repo-id", "me/des4", "--dry-run", str(tmp_path / "new")]) == 0
     assert (tmp_path / "new" / "modeling_des4.py").is_file()
+    (tmp_path / "a-file").write_text("")  # a staging folder that cannot be made: a local error, not the Hub's
+    assert main(["--model", str(model_dir), "--repo-id", "me/des4", "--dry-run", str(tmp_path / "a-file" / "x")]) == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]  # after the loading progress bars
+    assert last.startswith("des4-push-to-hub: error:") and "Hub" not in last and "Traceback" not in error
 
 
 @pytest.mark.slow  # starts processes; HF_ENDPOINT is read when huggingface_hub is imported
