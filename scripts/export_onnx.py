@@ -218,6 +218,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=512, help="typical input height used to trace the graph")
     parser.add_argument("--width", type=int, default=512, help="typical input width used to trace the graph")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch check")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -228,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = export_onnx(args.model, args.out, opset=args.opset, height=args.height, width=args.width,
                            verify=not args.no_verify)
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
+        if args.debug:
+            raise
         print(f"des4-export-onnx: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, (ValueError, TypeError)) else 1
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))

@@ -99,6 +99,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overlay-alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -271,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, processor = load_model_and_processor(args.model, device)
     except UsageError as error:
+        if args.debug:
+            raise
         _error(str(error))
         return 2
     if model.config.num_labels > 256:

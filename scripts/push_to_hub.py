@@ -191,6 +191,7 @@ def push_to_hub_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo as private (ignored if it exists)")
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
     parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for the Hub to connect and for each read or write (default 60)")
     parser.add_argument("--dry-run", default=None, metavar="DIR",
@@ -211,12 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = push_to_hub(args.model, args.repo_id, results=args.results, private=args.private, revision=args.revision,
                           commit_message=args.commit_message, example_image=args.example_image, timeout=args.timeout)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
+        if args.debug:
+            raise
         print(f"des4-push-to-hub: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # the texts of huggingface_hub's errors never hold the token
         from huggingface_hub import constants
         from huggingface_hub.errors import HfHubHTTPError
 
+        if args.debug:
+            raise
         if is_network_error(error):
             print(f"des4-push-to-hub: the Hub at {constants.ENDPOINT} could not be reached ({type(error).__name__}: "
                   f"{error}). Nothing was uploaded. Check the network or HF_ENDPOINT, or raise --timeout.",

@@ -687,6 +687,8 @@ def test_dry_run_never_writes_into_a_folder_that_holds_files(tmp_path: Path, cap
     error = capsys.readouterr().err
     last = error.strip().splitlines()[-1]  # after the loading progress bars
     assert last.startswith("des4-push-to-hub: error:") and "Hub" not in last and "Traceback" not in error
+    with pytest.raises(FileExistsError):  # --debug: the traceback instead of the line
+        main(["--model", str(model_dir), "--repo-id", "me/des4", "--dry-run", str(project), "--debug"])
 
 
 @pytest.mark.slow  # starts processes; HF_ENDPOINT is read when huggingface_hub is imported

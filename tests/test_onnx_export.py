@@ -71,3 +71,5 @@ def test_export_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="height"):
         export_onnx(tmp_path, tmp_path / "m.onnx", height=8)
     assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")]) != 0
+    with pytest.raises((ValueError, OSError)):  # --debug: the traceback instead of the line
+        main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx"), "--debug"])

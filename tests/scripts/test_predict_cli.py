@@ -180,6 +180,14 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(model_dir, camvid_imag
     assert error[-1].startswith("des4-predict: --out") and "Traceback" not in "\n".join(error)
 
 
+def test_debug_shows_the_error_instead_of_the_line(camvid_image_paths, tmp_path):
+    from des4_hf_scripts.predict import UsageError
+
+    with pytest.raises(UsageError, match="no such directory"):
+        main(["--model", str(tmp_path / "missing/"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p"),
+              "--debug", *FAST])
+
+
 def test_no_inputs_found_exits_2(model_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
