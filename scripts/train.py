@@ -144,6 +144,9 @@ def claim_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Any:
     the main process only (``RANK`` 0); the returned handle keeps it until the process ends."""
     main_process = int(os.environ.get("RANK", "0")) == 0
     handle = None
+    # A folder des4-train made (its lock file, or its config once written) may be emptied by --overwrite, even when
+    # the run stopped before writing train_config.yaml.
+    made_by_us = (output_dir / LOCK_NAME).exists() or (output_dir / "train_config.yaml").is_file()
     if main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         handle = open(output_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open for the whole run
@@ -159,9 +162,9 @@ def claim_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Any:
             raise OutputDirError(f"--output-dir {output_dir} already holds files ({', '.join(held[:5])}"
                                  f"{', ...' if len(held) > 5 else ''}). Continue that run with --resume latest, start "
                                  "over with --overwrite (deletes it), or pick a new folder.")
-        if not (output_dir / "train_config.yaml").is_file():
-            raise OutputDirError(f"--overwrite: {output_dir} does not hold a training run (no train_config.yaml), so "
-                                 "nothing is deleted; empty it yourself or pick another folder.")
+        if not made_by_us:
+            raise OutputDirError(f"--overwrite: {output_dir} was not made by des4-train, so nothing is deleted; empty "
+                                 "it yourself or pick another folder.")
         if main_process:
             for name in held:
                 path = output_dir / name

@@ -487,4 +487,8 @@ def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path:
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
     assert main([*argv[:-1], str(notes), "--overwrite"]) == 2  # not a run folder: nothing is deleted
-    assert "does not hold a training run" in capsys.readouterr().err and (notes / "keep.txt").read_text() == "mine"
+    assert "was not made by des4-train" in capsys.readouterr().err and (notes / "keep.txt").read_text() == "mine"
+    stopped = tmp_path / "stopped"  # a run stopped before it wrote train_config.yaml (Ctrl-C while loading data)
+    assert main([*argv[:-1], str(stopped), "--data-root", str(tmp_path / "missing")]) == 2
+    (stopped / "split").mkdir()
+    assert main([*argv[:-1], str(stopped), "--overwrite"]) == 0 and (stopped / "train_config.yaml").is_file()
