@@ -235,7 +235,7 @@ def load_eval_split(args: argparse.Namespace) -> Any:
         kwargs = {"name": args.name} if args.name else {}
         if kind == "hub" and not args.name:
             raise UsageError("--dataset hub needs --name <Hub dataset id or local folder>.")
-    elif kind not in list(DATASET_KINDS):
+    elif kind not in DATASET_KINDS:
         if "/" in kind or Path(kind).exists():
             kwargs = {"name": kind}
             kind = "hub"

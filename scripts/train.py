@@ -74,9 +74,10 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig`."""
-    args = train_parser().parse_args(argv)
+def parse_train_config(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> TrainConfig:
+    """YAML recipe (``--config``) + command-line overrides → a validated :class:`TrainConfig` (from ``args`` when
+    the command line is already parsed)."""
+    args = args if args is not None else train_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items()
                  if key not in ("config", "debug", "overwrite") and value is not None}
     if args.config:
@@ -194,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from des4_hf.training import NonFiniteLossError, Trainer
 
     try:
-        config = parse_train_config(argv)  # bad values fail here, before any data is loaded
+        cli = train_parser().parse_args(argv)
+        config = parse_train_config(args=cli)  # bad values fail here, before any data is loaded
     except (ValueError, FileNotFoundError) as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2
@@ -208,11 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra: says what to install
             print(f"des4-train: {error}", file=sys.stderr)
             return 2
-    cli = train_parser().parse_args(argv)
     debug = cli.debug
     previous = signal.signal(signal.SIGTERM, _interrupt)  # preemption on a cluster: save a checkpoint as Ctrl-C does
+    lock = None
     try:
-        lock = claim_output_dir(Path(config.output_dir), config.resume is not None, cli.overwrite)  # noqa: F841
+        lock = claim_output_dir(Path(config.output_dir), config.resume is not None, cli.overwrite)
         trainer = Trainer(config)
         trainer.train()
         if trainer.is_main:
@@ -233,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if lock is not None:  # released now, not whenever the file object is collected (main may run again)
+            lock.close()
         signal.signal(signal.SIGTERM, previous)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
