@@ -29,10 +29,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; the result is readable like any other file
         os.replace(temporary, path)
+        fsync_directory(path.parent)  # the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def fsync_directory(folder: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (new names, renames) to disk; a no-op where folders cannot be opened (Windows)."""
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def fsync_tree(folder: str | os.PathLike[str]) -> None:
+    """Flush every file under ``folder``, then the folders themselves: what a checkpoint needs before it is marked
+    complete, so that a crash never leaves a "complete" checkpoint with data still in the page cache."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as stream:
+                os.fsync(stream.fileno())
+        fsync_directory(root)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:

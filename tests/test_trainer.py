@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
+from des4_hf.data import CAMVID_CLASSES
 from des4_hf.losses import class_balancing_weights
 from des4_hf.training.config import TrainConfig
 from des4_hf.training.trainer import Trainer, trim_log
@@ -492,3 +493,66 @@ def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path:
     assert main([*argv[:-1], str(stopped), "--data-root", str(tmp_path / "missing")]) == 2
     (stopped / "split").mkdir()
     assert main([*argv[:-1], str(stopped), "--overwrite"]) == 0 and (stopped / "train_config.yaml").is_file()
+
+
+@pytest.mark.slow  # trains
+def test_resume_falls_back_past_damaged_checkpoints_and_names_them(tmp_path: Path, capsys) -> None:
+    from des4_hf_scripts.train import main
+
+    root = _fake_camvid(tmp_path / "camvid")
+    run = tmp_path / "run"
+    argv = [*TINY, "--data-root", str(root), "--labeled-fraction", "0.5", "--overlays", "0", "--eval-every", "100",
+            "--checkpoint-every", "1", "--keep-checkpoints", "4", "--output-dir", str(run)]
+    assert main([*argv, "--max-steps", "4"]) == 0  # checkpoint_0 … _3 after steps 1 … 4
+    checkpoints = run / "checkpoints"
+    model = checkpoints / "checkpoint_3" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-1000])  # a crash while the weights were written
+    (checkpoints / "checkpoint_2" / "optimizer.bin").write_bytes(b"")
+    state = checkpoints / "checkpoint_1" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # a torn state file
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "5", "--resume", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "checkpoint_0 at step 1" in out, out
+    skipped = out[out.index("skipped damaged"):].splitlines()[0]
+    assert "checkpoint_3: model.safetensors is unreadable" in skipped
+    assert "checkpoint_2: optimizer.bin is empty" in skipped and "checkpoint_1: trainer_state.json is not valid" in skipped
+    assert sorted(p.name for p in (run / "damaged-checkpoints").iterdir()) == ["checkpoint_1", "checkpoint_2",
+                                                                              "checkpoint_3"]
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+    for folder in checkpoints.iterdir():  # nothing intact: refused in one line, nothing started
+        optimizer = folder / "optimizer.bin"
+        optimizer.write_bytes(optimizer.read_bytes()[:100])  # passes the cheap checks, fails to load
+    assert main([*argv, "--max-steps", "6", "--resume", "latest"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "no intact checkpoint" in error and "does not load" in error
+    assert "--overwrite" in error
+
+
+@pytest.mark.slow  # trains
+def test_resume_refuses_another_split_seed_architecture_or_class_set(tmp_path: Path, capsys) -> None:
+    from des4_hf_scripts.train import main
+
+    root = _fake_camvid(tmp_path / "camvid")
+    run = tmp_path / "run"
+    argv = [*TINY, "--data-root", str(root), "--labeled-fraction", "0.5", "--overlays", "0", "--max-steps", "1",
+            "--output-dir", str(run)]
+    assert main(argv) == 0
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    renamed = [f"c{i}" for i in range(11)]
+    for change, named in ((["--seed", "4"], "seed 3 → 4"),
+                          (["--labeled-fraction", "0.75", "--unlabeled-batch-size", "1"], "split 'random-2-of-4-seed3' → 'random-3-of-4-seed3'"),
+                          (["--decoder-channels", "32"], "decoder_channels 16 → 32"),
+                          (["--method", "supervised"], "method 'des4' → 'supervised'"),
+                          ([], f"class_names {list(CAMVID_CLASSES)!r} → {renamed!r}")):
+        if not change:  # the same options, the data's classes renamed
+            (root / "classes.txt").write_text("\n".join(renamed) + "\n")
+        capsys.readouterr()
+        assert main([*argv, "--max-steps", "2", "--resume", "latest", *change]) == 2, change
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and named in error and "--overwrite" in error, error
+    # the folder is as the first run left it: split/, train_config.yaml and the log are not replaced
+    (root / "classes.txt").unlink()
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and "cache" not in path.parts} == {
+        path: data for path, data in before.items() if "cache" not in path.parts}

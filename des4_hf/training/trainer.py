@@ -40,7 +40,7 @@ from ..inference import resolve_precision
 from ..losses import class_balancing_weights
 from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
-from ..utils import atomic_write, atomic_write_json
+from ..utils import atomic_write, atomic_write_json, fsync_tree
 from .config import TrainConfig
 from .streams import BatchStream, stream_loader
 from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
@@ -48,8 +48,17 @@ from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototyp
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 
 
+# What a resumed run must share with the run it continues: its data, its seed and its architecture.
+RUN_KEYS = ("dataset", "seed", "method", "backbone", "output_stride", "decoder_channels", "separable_convs",
+            "decoupled", "shared_head")
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/inf; the run stops and the last checkpoint is left as it was."""
+
+
+class ResumeError(ValueError):
+    """``resume`` cannot continue: no intact checkpoint, or the options that define the run changed."""
 
 
 @dataclass
@@ -82,6 +91,37 @@ def trim_log(log_path: Path, last_step: int) -> None:
 
 def _checkpoint_number(path: Path) -> int:
     return int(re.findall(r"(\d+)$", path.name)[0])
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0][:200]
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (missing or torn state file, empty or truncated files), or None. Cheap:
+    reads the JSON and the safetensors headers; :meth:`Trainer.resume` also falls back when loading itself fails."""
+    from safetensors import safe_open
+
+    state = folder / STATE_FILE
+    if not state.is_file():
+        return f"no {STATE_FILE} (the save did not finish)"
+    try:
+        saved = json.loads(state.read_text())
+        missing = {"step", "trainer", "scheduler", "labeled_stream"} - set(saved)
+    except (ValueError, AttributeError, TypeError):
+        return f"{STATE_FILE} is not valid JSON"
+    if missing:
+        return f"{STATE_FILE} lacks {sorted(missing)}"
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.stat().st_size == 0:
+            return f"{path.name} is empty"
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except Exception as error:  # safetensors' own error type: a torn or truncated file
+                return f"{path.name} is unreadable ({_first_line(error)})"
+    return None
 
 
 class Trainer:
@@ -129,9 +169,7 @@ class Trainer:
             split = SemiSupervisedSplit.from_name(config.split)
         else:
             split = SemiSupervisedSplit.from_file(config.split)
-        self.split = split
-        if self.is_main:
-            split.save(self.output_dir / "split")
+        self.split = split  # saved under split/ once a resume has been accepted
         self.labeled_hf, self.unlabeled_hf = split.apply(train)
         with accelerator.main_process_first():
             counts = class_pixel_counts(self.labeled_hf, self.num_classes, self.output_dir / "cache", split.fingerprint)
@@ -206,14 +244,33 @@ class Trainer:
         accelerator = self.accelerator
         path = self.checkpoint_root / f"checkpoint_{accelerator.save_iteration}"
         accelerator.save_state(safe_serialization=True)
+        accelerator.wait_for_everyone()  # every process's random states are written
         if self.is_main:
+            fsync_tree(path)  # on disk before the state file marks the checkpoint complete
             atomic_write_json(path / STATE_FILE, {
                 "step": self.state.step, "trainer": asdict(self.state), "scheduler": self.scheduler.state_dict(),
                 "labeled_stream": self.labeled_stream.state_dict(),
                 "unlabeled_stream": self.unlabeled_stream.state_dict() if self.unlabeled_stream else None,
+                "run": self.run_record(),
             })
         accelerator.wait_for_everyone()
         return path
+
+    def run_record(self) -> dict[str, Any]:
+        """What defines this run (:data:`RUN_KEYS`, the split and the classes): a resume must match it."""
+        return {**{key: getattr(self.config, key) for key in RUN_KEYS}, "split": self.split.name,
+                "split_fingerprint": self.split.fingerprint, "class_names": list(self.class_names)}
+
+    def _check_same_run(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+        if "run" not in saved:  # saved before runs were recorded: nothing to compare
+            return
+        current = self.run_record()
+        changed = [f"{key} {saved['run'].get(key)!r} → {current[key]!r}" for key in current
+                   if saved["run"].get(key) != current[key]]
+        if changed:
+            raise ResumeError(
+                f"--resume: {checkpoint} belongs to a run with other {', '.join(changed)}; resume with that run's "
+                "options, or start a new run with --overwrite or another --output-dir")
 
     def resume(self) -> None:
         """Load ``config.resume`` ("latest" or a checkpoint folder); new checkpoints are numbered after it."""
@@ -222,18 +279,34 @@ class Trainer:
         resume = self.config.resume
         if resume is None:
             return
-        if resume == "latest":
-            complete = [folder for folder in existing if (folder / STATE_FILE).is_file()]
-            if not complete:
-                self.print(f"resume=latest: no checkpoint under {self.checkpoint_root}; starting fresh")
-                return
-            checkpoint = complete[-1]
+        if resume == "latest" and not existing:
+            self.print(f"resume=latest: no checkpoint under {self.checkpoint_root}; starting fresh")
+            return
+        # Newest first; a checkpoint torn by a crash is skipped (and named) for the next older one.
+        candidates = existing[::-1] if resume == "latest" else [Path(resume)]
+        skipped: list[str] = []
+        for checkpoint in candidates:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                saved = json.loads((checkpoint / STATE_FILE).read_text())
+                self._check_same_run(checkpoint, saved)
+                try:
+                    self.accelerator.load_state(str(checkpoint))
+                    break
+                except Exception as error:  # the files passed the cheap checks but do not load: try an older one
+                    problem = f"does not load ({type(error).__name__}: {_first_line(error)})"
+            skipped.append(f"{checkpoint.name}: {problem}")
         else:
-            checkpoint = Path(resume)
-            if not (checkpoint / STATE_FILE).is_file():
-                raise FileNotFoundError(f"resume={resume!r} is not a checkpoint folder (no {STATE_FILE})")
-        self.accelerator.load_state(str(checkpoint))
-        saved = json.loads((checkpoint / STATE_FILE).read_text())
+            raise ResumeError(f"--resume {resume}: no intact checkpoint ({'; '.join(skipped)}); start over with "
+                              "--overwrite, or give an intact checkpoint folder")
+        if skipped:  # moved aside, so that pruning never deletes the intact checkpoint in favour of a damaged one
+            damaged = self.output_dir / "damaged-checkpoints"
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                damaged.mkdir(exist_ok=True)
+                for folder in candidates[:len(skipped)]:
+                    os.replace(folder, damaged / folder.name)
+            self.print(f"resume: skipped damaged {'; '.join(skipped)} (moved to {damaged})")
         self.state = TrainerState(**saved["trainer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.labeled_stream.load_state_dict(saved["labeled_stream"])
@@ -318,13 +391,14 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.prepare_data()
         self.build()
+        self.model.train()  # TeacherStudent.train keeps E^T (and an EMA D^T) in eval mode
+        self.resume()  # before anything is written: a refused resume leaves the folder as it was
         if self.is_main:
             config.save(self.output_dir / "train_config.yaml")
-        self.model.train()  # TeacherStudent.train keeps E^T (and an EMA D^T) in eval mode
+            self.split.save(self.output_dir / "split")
         if config.report_to != "none":
             accelerator.init_trackers("des4", config={k: v for k, v in config.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
-        self.resume()
         if not self.state.pseudo_label_counts:
             self.state.pseudo_label_counts = [0.0] * self.num_classes
 
