@@ -556,3 +556,30 @@ def test_resume_refuses_another_split_seed_architecture_or_class_set(tmp_path: P
     (root / "classes.txt").unlink()
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and "cache" not in path.parts} == {
         path: data for path, data in before.items() if "cache" not in path.parts}
+
+
+@pytest.mark.slow  # trains
+def test_checkpoint_files_are_on_disk_before_the_state_file_marks_them_complete(tmp_path: Path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append(("replace", str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = _fake_camvid(tmp_path / "camvid")
+    Trainer(tiny_config(tmp_path / "run", "--data-root", str(root), "--labeled-fraction", "0.5", "--overlays", "0",
+                        "--max-steps", "1")).train()
+    folder = tmp_path / "run" / "checkpoints" / "checkpoint_0"
+    marked = events.index(("replace", str(folder / "trainer_state.json")))
+    synced = {path for kind, path in events[:marked] if kind == "fsync"}
+    data_files = {str(path) for path in folder.iterdir() if path.name != "trainer_state.json"}
+    assert data_files and data_files <= synced, f"not flushed before the state file: {data_files - synced}"
+    assert str(folder) in synced, "the folder's entries are flushed too"
+    assert ("fsync", str(folder)) in events[marked:], "and the state file's rename"
