@@ -178,6 +178,8 @@ def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: 
         return valid
     lab = flat_labels[valid]
     ent = flat_entropy[valid].to(torch.float64)
+    if not bool(torch.isfinite(ent).all()):  # one sync; the zone quotas below would fail on int(NaN) otherwise
+        raise FloatingPointError("the pixel entropies hold NaN/inf: the network's outputs are no longer finite")
     quota = class_quotas(torch.bincount(lab, minlength=num_classes), ratio)
 
     if method == "confidence":

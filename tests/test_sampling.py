@@ -359,3 +359,11 @@ def test_candidate_prefilter_never_changes_the_draw(monkeypatch, margins):
             members = (group == c).nonzero().squeeze(1)
             expected += members[torch.argsort(keys[members], stable=True)[: alloc[c]]].tolist()
         assert sorted(got.tolist()) == sorted(expected)
+
+
+@pytest.mark.parametrize("method", ["mes", "quantity", "confidence"])
+def test_non_finite_entropy_is_refused_with_a_reason_not_an_int_conversion_error(method):
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    entropy = torch.tensor([0.1, float("nan"), 0.3, 0.2, float("inf"), 0.5])
+    with pytest.raises(FloatingPointError, match="NaN/inf"):
+        select_pixels(labels, entropy, class_ratio(torch.tensor([10, 20, 30])), method)

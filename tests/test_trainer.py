@@ -583,3 +583,16 @@ def test_checkpoint_files_are_on_disk_before_the_state_file_marks_them_complete(
     assert data_files and data_files <= synced, f"not flushed before the state file: {data_files - synced}"
     assert str(folder) in synced, "the folder's entries are flushed too"
     assert ("fsync", str(folder)) in events[marked:], "and the state file's rename"
+
+
+@pytest.mark.slow  # trains
+def test_a_diverging_run_stops_at_the_non_finite_check_in_one_line(tmp_path: Path, capsys) -> None:
+    from des4_hf_scripts.train import main
+
+    root = _fake_camvid(tmp_path / "camvid")
+    assert main([*TINY, "--data-root", str(root), "--labeled-fraction", "0.5", "--overlays", "0", "--max-steps", "8",
+                 "--eval-every", "100", "--lr", "1e6", "--output-dir", str(tmp_path / "run")]) == 3
+    error = capsys.readouterr().err  # it was "cannot convert float NaN to integer" from the MES quotas
+    last = error.strip().splitlines()[-1]  # after the progress bar
+    assert "Traceback" not in error and last.startswith("des4-train: step ") and "NaN/inf" in last, error
+    assert "Lower lr" in last

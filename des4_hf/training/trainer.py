@@ -468,9 +468,12 @@ class Trainer:
                 ((config.seed * 1_000_003 + self.state.step) * 64 + micro_step) * 1024 + accelerator.process_index)
             with accelerator.accumulate(self.model):
                 with accelerator.autocast():
-                    output = self.model(labeled, unlabeled, class_ratio=self.class_ratio,
-                                        class_weights=self.class_weights, generator=generator,
-                                        lambda_unsupervised=lambda_unsupervised, unsupervised=not warming_up)
+                    try:
+                        output = self.model(labeled, unlabeled, class_ratio=self.class_ratio,
+                                            class_weights=self.class_weights, generator=generator,
+                                            lambda_unsupervised=lambda_unsupervised, unsupervised=not warming_up)
+                    except FloatingPointError as error:  # raised by the prototype sampling before any loss exists
+                        raise NonFiniteLossError(self._non_finite_message(str(error))) from None
                 self._check_finite(output.terms)
                 accelerator.backward(output.loss)
                 self.optimizer.step()
@@ -517,11 +520,12 @@ class Trainer:
         bad = self.accelerator.reduce((~torch.isfinite(values)).float(), "sum")
         if bool(bad.any()):
             broken = [name for name, flag in zip(names, bad.tolist()) if flag]
-            raise NonFiniteLossError(
-                f"step {self.state.step + 1}: loss term(s) {broken} became NaN/inf (local values "
-                f"{dict(zip(names, values.tolist()))}). Stopped; the last checkpoint under {self.checkpoint_root} is "
-                "intact. Lower lr, check the data, or use mixed_precision=no."
-            )
+            raise NonFiniteLossError(self._non_finite_message(
+                f"loss term(s) {broken} became NaN/inf (local values {dict(zip(names, values.tolist()))})"))
+
+    def _non_finite_message(self, what: str) -> str:
+        return (f"step {self.state.step + 1}: {what}. Stopped; the last checkpoint under {self.checkpoint_root} is "
+                "intact. Lower lr, check the data, or use mixed_precision=no.")
 
     def _channels_last(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.config.channels_last:
