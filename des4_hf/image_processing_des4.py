@@ -3,6 +3,7 @@ outputs → label maps at each image's own size."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,8 +69,10 @@ class Des4ImageProcessor(BaseImageProcessor):
         self.do_normalize = do_normalize
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError("image_mean and image_std need three values each, with positive std.")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or not all(
+                math.isfinite(v) for v in self.image_mean + self.image_std) or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean={self.image_mean} and image_std={self.image_std}: three finite values each, "
+                             "with positive std (fix preprocessor_config.json).")
         if do_resize:
             _check_size(self.size)
 

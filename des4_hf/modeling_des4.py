@@ -377,5 +377,8 @@ def _check_loading_info(info: dict[str, Any], source: Any, model: Des4ForSemanti
     if missing:
         raise ValueError(f"{source}: the checkpoint lacks {len(missing)} tensors, e.g. {missing[:5]}; refusing to run "
                          "with uninitialised weights. Re-export it with `model.save_pretrained(...)`.")
-    if not torch.isfinite(model.prototype_head.prototypes).all():
-        raise ValueError(f"{source}: the stored prototypes contain NaN or inf; the checkpoint is corrupt.")
+    broken = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+              if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
+    if broken:  # e.g. saved from a diverged run: it would predict one class everywhere
+        raise ValueError(f"{source}: {len(broken)} stored tensors contain NaN or inf (e.g. {broken[:3]}); the "
+                         "checkpoint is corrupt or comes from a diverged run. Use an earlier checkpoint.")

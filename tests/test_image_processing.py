@@ -5,6 +5,8 @@ Issue 3, point 5.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,14 @@ def test_post_process_semantic_segmentation():
     assert torch.equal(from_outputs[1], native[1])
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(8, 10)])
+
+
+@pytest.mark.parametrize("field, value", [("image_mean", [0.5, float("nan"), 0.5]), ("image_std", [0.2, 0.2, float("inf")])])
+def test_saved_statistics_that_are_not_finite_are_refused(tmp_path, field, value):
+    Des4ImageProcessor().save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    saved[field] = value
+    path.write_text(json.dumps(saved))  # Python's json writes NaN / Infinity, as a broken export would
+    with pytest.raises(ValueError, match=rf"{field}=.*three finite values each.*preprocessor_config\.json"):
+        Des4ImageProcessor.from_pretrained(tmp_path)

@@ -417,3 +417,15 @@ def test_hidden_states_match_between_dict_and_tuple_outputs(eval_model):
         logits, (embeddings,) = eval_model(pixel_values, output_hidden_states=True, return_dict=False)
     assert embeddings.shape == (1, 16, math.ceil(30 / 4), math.ceil(42 / 4))
     assert torch.equal(as_dict.logits, logits) and torch.equal(as_dict.hidden_states[0], embeddings)
+
+
+def test_checkpoint_with_non_finite_weights_is_refused_naming_them(saved, tmp_path):
+    directory, _ = saved
+
+    def diverged(tensors):  # what a run that blew up saves: it predicted class 0 everywhere, silently
+        name = next(key for key in tensors if key.startswith("encoder.") and tensors[key].is_floating_point())
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+
+    broken = _rewrite_weights(directory, tmp_path / "broken", diverged)
+    with pytest.raises(ValueError, match=rf"{broken}: 1 stored tensors contain NaN or inf \(e\.g\. \['encoder\."):
+        Des4ForSemanticSegmentation.from_pretrained(broken)

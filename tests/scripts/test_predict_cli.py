@@ -236,3 +236,22 @@ def test_the_script_runs(model_dir, camvid_image_paths, not_an_image, tmp_path):
     assert result.returncode == 1, result.stderr
     assert str(not_an_image) in result.stderr
     assert read_mask(out / f"{camvid_image_paths[0].stem}.png").shape == (360, 480)
+
+
+def test_a_model_with_non_finite_weights_is_refused_in_one_line(model_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "diverged"
+    broken.mkdir()
+    for item in model_dir.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    tensors = load_file(broken / "model.safetensors")
+    tensors["decoder.embed.weight"] = torch.full_like(tensors["decoder.embed.weight"], float("nan"))
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(image)
+    assert main(["--model", str(broken), str(image), "--out", str(tmp_path / "masks"), *FAST]) == 2  # was 0
+    error = capsys.readouterr().err  # after transformers' loading bar
+    last = error.strip().splitlines()[-1]
+    assert "Traceback" not in error and last.startswith("des4-predict: --model") and "decoder.embed.weight" in last
+    assert "NaN or inf" in last and not (tmp_path / "masks").exists()
