@@ -84,6 +84,8 @@ class BenchmarkSettings:
     quick: bool = False
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default
+    predict_size: list[int] = field(default_factory=lambda: [4000, 6000])  # (H, W) of the predict-memory image
+    predict_crop: int = 512
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -566,8 +568,90 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _peak_since_reset(reset: bool) -> tuple[float, str]:
+    peak_kb = _proc_status_kb("VmHWM") if reset else None
+    if peak_kb is None:  # no /proc: the peak since the process started
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss (since process start)"
+    return peak_kb / 1024, "VmHWM after clear_refs"
+
+
+PREDICT_MODES = {"whole": "the whole image at once",
+                 "sliding-logits": "sliding window into a full-image logits buffer (before issue 17)",
+                 "sliding-bands": "sliding window, rows decided band by band (des4-predict --sliding-window)"}
+
+
+def predict_memory_child(payload: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process: predict one large synthetic image as des4-predict does, in one of
+    :data:`PREDICT_MODES`, after a warm-up on a small image; the peak RSS of that prediction alone."""
+    import numpy as np
+    from PIL import Image
+
+    from des4_hf.evaluation import default_stride
+    from des4_hf.image_processing_des4 import Des4ImageProcessor
+    from des4_hf.inference import predict_logits, segment_images
+
+    settings = BenchmarkSettings(**payload["settings"])
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    model = Des4ForSemanticSegmentation(model_config(settings)).eval().to(memory_format=torch.channels_last)
+    processor, cpu, mode = Des4ImageProcessor(), torch.device("cpu"), payload["mode"]
+    window = (payload["crop"], default_stride(payload["crop"]))
+    height, width = payload["size"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    small = image.resize((width // 8, height // 8))
+
+    def predict(picture: Image.Image) -> None:
+        if mode == "sliding-logits":
+            pixel_values = processor(images=picture)["pixel_values"].contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                logits = predict_logits(model, pixel_values, sliding_window=window)
+            processor.post_process_semantic_segmentation({"logits": logits})[0].to(torch.uint8).numpy()
+        else:
+            segment_images(model, processor, [picture], cpu, None, True, None if mode == "whole" else window)
+
+    predict(small)
+    reset = _reset_peak_rss()
+    rss_before = (_proc_status_kb("VmRSS") or 0) / 1024
+    started = time.perf_counter()
+    predict(image)
+    seconds = time.perf_counter() - started
+    peak, source = _peak_since_reset(reset)
+    return {"mode": mode, "peak_rss_mb": peak, "rss_before_mb": rss_before, "delta_mb": peak - rss_before,
+            "seconds": seconds, "rss_source": source}
+
+
+def bench_predict_memory(settings: BenchmarkSettings, size: tuple[int, int], crop: int = 512) -> dict[str, Any]:
+    """Peak memory of predicting one ``size`` image, per :data:`PREDICT_MODES`, one fresh process each, in turn."""
+    payloads = {mode: {"kind": "predict", "mode": mode, "size": list(size), "crop": crop, "settings": asdict(settings)}
+                for mode in PREDICT_MODES}
+    modes = _run_memory_children(payloads, at_once=1)
+    result: dict[str, Any] = {"size": list(size), "crop": crop, "modes": modes, "descriptions": PREDICT_MODES}
+    if all("delta_mb" in modes[m] for m in ("whole", "sliding-bands")):
+        result["sliding_bands_over_whole_delta"] = _ratio(modes["sliding-bands"]["delta_mb"], modes["whole"]["delta_mb"])
+    return result
+
+
+def render_predict_memory(result: dict[str, Any]) -> list[str]:
+    height, width = result["size"]
+    lines = ["## Peak memory of predicting one large image", "",
+             f"One {width}×{height} image (synthetic), fp32 channels_last, crop {result['crop']} with des4-predict's "
+             "default stride; one fresh process per row, after a warm-up on a small image. Delta = peak RSS during the "
+             "prediction − RSS before it.", "",
+             "| mode | peak RSS MB | delta MB | seconds |", "|---|---|---|---|"]
+    for mode, row in result["modes"].items():
+        lines.append(f"| {mode}: {result['descriptions'][mode]} | error: {row['error']} | | |" if "error" in row else
+                     f"| {mode}: {result['descriptions'][mode]} | {row['peak_rss_mb']:.0f} | {row['delta_mb']:.0f} | "
+                     f"{row['seconds']:.1f} |")
+    if "sliding_bands_over_whole_delta" in result:
+        lines += ["", f"sliding-bands / whole (delta): {result['sliding_bands_over_whole_delta']:.3f}"]
+    return lines
+
+
 def memory_child(payload: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: build one method, one warm-up step, then the peak of one more step."""
+    if payload.get("kind") == "predict":
+        return predict_memory_child(payload)
     settings = BenchmarkSettings(**payload["settings"])
     device = torch.device(payload["device"])
     if settings.threads:
@@ -587,44 +671,48 @@ def memory_child(payload: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
         result.update(cuda_peak_allocated_mb=peak / 2**20, cuda_step_delta_mb=(peak - base) / 2**20)
-    peak_kb = _proc_status_kb("VmHWM") if reset else None
-    source = "VmHWM after clear_refs"
-    if peak_kb is None:  # no /proc: the peak since the process started
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        source = "ru_maxrss (since process start)"
-    result.update(peak_rss_mb=peak_kb / 1024, rss_before_step_mb=(rss_before or 0) / 1024,
-                  rss_step_delta_mb=(peak_kb - (rss_before or 0)) / 1024, rss_source=source)
+    peak, source = _peak_since_reset(reset)
+    result.update(peak_rss_mb=peak, rss_before_step_mb=(rss_before or 0) / 1024,
+                  rss_step_delta_mb=peak - (rss_before or 0) / 1024, rss_source=source)
     return result
 
 
-def bench_memory(settings: BenchmarkSettings, device: torch.device) -> dict[str, Any]:
-    """One fresh subprocess per method. Children run side by side only when their threads fit the free cores
-    (oversubscribed intra-op threads stall for seconds); each one measures only itself."""
+def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     # A fixed glibc mmap threshold: large tensors go back to the OS when freed, so the RSS before the step is
     # live memory, not heap that an earlier step left behind (only the memory children run with it).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    at_once = max(1, cores // (settings.threads or torch.get_num_threads()))
-    pending = list(METHODS)
-    per_method: dict[str, Any] = {}
+    return env
+
+
+def _run_memory_children(payloads: dict[str, dict[str, Any]], at_once: int) -> dict[str, Any]:
+    """One fresh subprocess per payload, ``at_once`` at a time; each returns its own measurement (or an error)."""
+    env, pending, results = _child_env(), list(payloads), {}
     while pending:
         batch, pending = pending[:at_once], pending[at_once:]
-        processes = {}
-        for method in batch:
-            payload = json.dumps({"method": method, "device": str(device), "settings": asdict(settings)})
-            processes[method] = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--memory-child", payload],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for method, process in processes.items():
+        processes = {name: subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(payloads[name])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for name in batch}
+        for name, process in processes.items():
             stdout, stderr = process.communicate()
             lines = [line for line in stdout.splitlines() if line.startswith(MEMORY_MARKER)]
             if process.returncode != 0 or not lines:
-                per_method[method] = {"error": (stderr.strip().splitlines() or ["no output"])[-1]}
+                results[name] = {"error": (stderr.strip().splitlines() or ["no output"])[-1]}
             else:
-                per_method[method] = json.loads(lines[-1][len(MEMORY_MARKER):])
+                results[name] = json.loads(lines[-1][len(MEMORY_MARKER):])
+    return results
+
+
+def bench_memory(settings: BenchmarkSettings, device: torch.device) -> dict[str, Any]:
+    """One fresh subprocess per method. Children run side by side only when their threads fit the free cores
+    (oversubscribed intra-op threads stall for seconds); each one measures only itself."""
+    env = _child_env()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    at_once = max(1, cores // (settings.threads or torch.get_num_threads()))
+    payloads = {method: {"method": method, "device": str(device), "settings": asdict(settings)} for method in METHODS}
+    per_method = _run_memory_children(payloads, at_once)
     key = "cuda_peak_allocated_mb" if device.type == "cuda" else "peak_rss_mb"
     result: dict[str, Any] = {"methods": per_method, "compared": key, "batch_size": settings.batch_size,
                               "crop_size": settings.crop_size, "children_at_once": at_once,
@@ -700,6 +788,9 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     log("peak memory (one subprocess per method) ...")
     report["memory"] = bench_memory(settings, device)
     section_done("memory")
+    log(f"predict memory ({settings.predict_size[1]}×{settings.predict_size[0]}, one subprocess per mode) ...")
+    report["predict_memory"] = bench_predict_memory(settings, tuple(settings.predict_size), settings.predict_crop)
+    section_done("predict_memory")
     report["goals"] = {
         "des4_over_mean_teacher": {"value": report["training"]["des4_over_mean_teacher"],
                                    "goal": f"≤ {GOALS['des4_over_mean_teacher']}",
@@ -821,6 +912,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for row in sc["crop"] + sc["batch"]:
         lines.append(f"| {row['batch_size']} | {row['crop_size']} | {row['median_ms']:.1f} | {row['time_ratio']:.2f} | "
                      f"{row['work_ratio']:.2f} | {row['time_per_work_ratio']:.2f} |")
+    if "predict_memory" in report:
+        lines += ["", *render_predict_memory(report["predict_memory"])]
     return "\n".join(lines) + "\n"
 
 
@@ -875,6 +968,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice). On a CPU that other jobs keep "
                         "busy, intra-op threads stall badly: benchmark an idle machine, or pin this to the free cores")
+    parser.add_argument("--predict-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="image size of the predict-memory figure (default 4000 6000; --quick: 240 320)")
+    parser.add_argument("--predict-crop", type=int, default=None,
+                        help="sliding-window crop of the predict-memory figure (default 512; --quick: 64)")
+    parser.add_argument("--only", choices=("predict-memory",), default=None,
+                        help="run one section alone and write <out>/<section>.{json,md} (benchmark.* are kept)")
     parser.add_argument("--out", default="reports", help="folder for benchmark.json and benchmark.md")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     return parser
@@ -898,6 +997,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         batch_sizes=list(args.batch_sizes or [max(1, batch // 2), batch, batch * 2]),
         device=args.device, train_precision=args.train_precision, channels_last=args.channels_last,
         quick=quick, seed=args.seed, threads=args.threads,
+        predict_size=list(args.predict_size or ([240, 320] if quick else [4000, 6000])),
+        predict_crop=pick(args.predict_crop, 512, 64),
     )
     problems = [f"{name} must be >= 1" for name, value in (
         ("--crop-size", settings.crop_size), ("--batch-size", settings.batch_size),
@@ -918,6 +1019,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(MEMORY_MARKER + json.dumps(memory_child(json.loads(args.memory_child))), flush=True)
         return 0
     settings = settings_from_args(args)
+    if args.only == "predict-memory":
+        device = resolve_device(settings.device)
+        section = {"machine": machine_info(device), "settings": asdict(settings),
+                   "predict_memory": bench_predict_memory(settings, tuple(settings.predict_size), settings.predict_crop)}
+        m = section["machine"]
+        text = "\n".join([f"# DeS4 predict memory\n\nMachine: {m['cpu_model']}, {m['cpu_cores_usable']} usable cores; "
+                          f"torch {m['torch']}. Backbone `{settings.backbone}` (random init), decoder width "
+                          f"{settings.decoder_channels}, {settings.num_classes} classes. "
+                          "`python benchmarks/benchmark.py --only predict-memory` repeats it.\n",
+                          *render_predict_memory(section["predict_memory"])]) + "\n"
+        out = Path(args.out)
+        _write_atomic(out / "predict_memory.json", json.dumps(section, indent=2, default=str) + "\n")
+        _write_atomic(out / "predict_memory.md", text)
+        print(text)
+        return 0
     report = run_benchmark(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
     json_path, md_path = write_reports(report, Path(args.out))
     print(render_markdown(report))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .inference import autocast, predict_logits, resolve_precision
+from .inference import autocast, inference_probe_sample, is_channels_last, predict_logits, resolve_precision
 from .metrics import ConfusionMatrix, check_label_range, scores_from_confusion
 from .utils import atomic_write
 
@@ -167,11 +167,6 @@ def _check_settings(num_classes: int, class_names: Sequence[str], sliding_window
     return window, scales
 
 
-def _is_channels_last(model: nn.Module) -> bool:
-    weight = next((tensor for tensor in model.parameters() if tensor.dim() == 4), None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-
-
 def _same_size_batches(items: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[list[Mapping[str, Any]]]:
     """Group consecutive items of equal image size into batches of at most ``batch_size``: never pad, so a
     prediction is exactly that of the image alone (VOC sizes differ; Cityscapes/CamVid sizes do not)."""
@@ -224,7 +219,9 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
         _warn_uninitialised_prototypes(model, class_names)
     dataset = _as_eval_dataset(dataset, num_classes, image_mean, image_std)
     device = accelerator.device if accelerator is not None else next(model.parameters(), torch.empty(0)).device
-    choice = resolve_precision(precision, device, channels_last=channels_last)
+    # auto: timed on this network (one process; several keep the default, so that every rank runs alike)
+    probe = {"model": model, "sample": inference_probe_sample().to(device)} if world_size == 1 else {}
+    choice = resolve_precision(precision, device, channels_last=channels_last, **probe)
 
     indices = list(range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(
@@ -236,7 +233,7 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
     num_images = 0
 
     was_training = model.training
-    was_channels_last = _is_channels_last(model)
+    was_channels_last = is_channels_last(model)
     model.to(device)
     if choice.channels_last and not was_channels_last:
         model.to(memory_format=torch.channels_last)

@@ -100,7 +100,7 @@ class Des4ImageProcessor(BaseImageProcessor):
         if len(shapes) > 1:
             raise ValueError(f"images have different sizes {sorted(shapes)}: process them one at a time, or set "
                              "do_resize=True with a fixed size={'height': H, 'width': W}.")
-        pixel_values = torch.stack(tensors)
+        pixel_values = tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # no copy of a large image
         if return_tensors in (None, "pt"):
             return BatchFeature(data={"pixel_values": pixel_values}, tensor_type="pt")
         if return_tensors == "np":
@@ -114,10 +114,8 @@ class Des4ImageProcessor(BaseImageProcessor):
             assert size is not None
             tensor = F.interpolate(tensor[None], size=_target_size(tuple(tensor.shape[-2:]), size), mode="bilinear",
                                    align_corners=False, antialias=True)[0]
-        if do_normalize:
-            mean = torch.tensor(self.image_mean).view(3, 1, 1)
-            std = torch.tensor(self.image_std).view(3, 1, 1)
-            tensor = (tensor - mean) / std
+        if do_normalize:  # in place: the array is this call's own copy
+            tensor = tensor.sub_(torch.tensor(self.image_mean).view(3, 1, 1)).div_(torch.tensor(self.image_std).view(3, 1, 1))
         return tensor.contiguous()
 
     def post_process_semantic_segmentation(self, outputs: Any,

@@ -24,7 +24,9 @@ from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.evaluation import default_stride
 from des4_hf.inference import (
     PRECISIONS,
+    PROBE_SIZE,
     color_palette,
+    inference_probe_sample,
     overlay,
     resolve_precision,
     segment_images,
@@ -251,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         device, sliding_window = _predict_settings(args)
-        choice = resolve_precision(args.precision, device, channels_last=not args.no_channels_last)
+        channels_last = False if args.no_channels_last else None  # None: auto may time both formats
+        choice = resolve_precision(args.precision, device, channels_last=channels_last)  # checks fp16 on a CPU
     except (UsageError, ValueError) as error:
         _error(str(error))
         return 2
@@ -279,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model.config.num_labels > 256:
         _error(f"the model has {model.config.num_labels} classes; palette PNGs hold at most 256")
         return 2
+    if args.precision == "auto":  # timed on this network and CPU (cached): one crop of the window size, or 512²
+        sample = inference_probe_sample(sliding_window[0] if sliding_window else PROBE_SIZE).to(device)
+        choice = resolve_precision("auto", device, channels_last=channels_last, model=model, sample=sample)
     if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
     logger.info("%d image(s) on %s, precision %s%s%s", len(files), device, choice.name,

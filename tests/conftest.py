@@ -18,6 +18,10 @@ if os.environ.get("DES4_MKLDNN_BF16") in ("0", "1"):
 
     torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: os.environ["DES4_MKLDNN_BF16"] == "1"
 
+# Tests pin their precision: `auto` is fp32 + channels_last here, never the timed probe, whose answer depends on the
+# CPU (tests/test_inference.py exercises the probe with its timings replaced).
+os.environ["DES4_PRECISION_PROBE"] = "0"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = Path(os.environ.get("DES4_CAMVID_ROOT", REPO_ROOT.parent / "shared" / "data" / "camvid"))
 os.environ["DES4_CAMVID_ROOT"] = str(CAMVID_ROOT)  # the package reads no default folder: tell it where the copy is
@@ -55,3 +59,22 @@ def _fresh_accelerator_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def probing(monkeypatch, tmp_path):
+    """auto with the timed probe switched on (conftest pins it off), a private cache and scripted timings."""
+    monkeypatch.setenv("DES4_PRECISION_PROBE", "1")
+    monkeypatch.setenv("DES4_CACHE", str(tmp_path))
+    timed: list[str] = []
+
+    def script(seconds: dict[str, float]) -> list[str]:
+        def fake(model, sample, choice, training, give_up_after):
+            label = f"{choice.name}-{'channels_last' if choice.channels_last else 'nchw'}"
+            timed.append(label)
+            return seconds[label]
+
+        monkeypatch.setattr("des4_hf.inference._time_candidate", fake)
+        return timed
+
+    return script

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +12,16 @@ from PIL import Image
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from des4_hf import Des4Config, Des4ForSemanticSegmentation
+from des4_hf import Des4Config, Des4ForSemanticSegmentation, inference
 from des4_hf.inference import (
     autocast,
     color_palette,
+    inference_probe_sample,
+    is_channels_last,
     overlay,
     predict_logits,
     resolve_precision,
+    sliding_window_labels,
     sliding_window_logits,
 )
 
@@ -43,6 +48,62 @@ def test_explicit_precisions_and_memory_format():
     assert resolve_precision("fp16", "cuda").autocast_dtype is torch.float16
     assert resolve_precision("auto", "cpu", channels_last=False).channels_last is False
     assert resolve_precision("fp32", torch.device("cpu")).channels_last is True
+
+
+def _tiny_model() -> Des4ForSemanticSegmentation:
+    torch.manual_seed(0)
+    return Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16,
+                                                  low_level_channels=8)).eval()
+
+
+def test_auto_on_a_cpu_keeps_the_fastest_measured_variant_and_caches_it(probing, tmp_path, monkeypatch):
+    timed = probing({"fp32-nchw": 0.8, "fp32-channels_last": 0.55, "bf16-nchw": 0.9, "bf16-channels_last": 0.4})
+    model, sample = _tiny_model(), inference_probe_sample(64)
+    choice = resolve_precision("auto", "cpu", model=model, sample=sample)
+    assert (choice.name, choice.autocast_dtype, choice.channels_last) == ("bf16", torch.bfloat16, True)
+    assert sorted(timed) == ["bf16-channels_last", "bf16-nchw", "fp32-channels_last", "fp32-nchw"]
+    (record,) = json.loads((tmp_path / "precision_probe.json").read_text()).values()
+    assert record["seconds"] == {"fp32-nchw": 0.8, "fp32-channels_last": 0.55, "bf16-nchw": 0.9,
+                                 "bf16-channels_last": 0.4}
+    timed.clear()
+    assert resolve_precision("auto", "cpu", model=model, sample=sample) == choice and not timed  # cached
+    # the AVX512-BF16 EPYC of issue 17: oneDNN says native bf16, yet fp32 + channels_last is fastest
+    monkeypatch.setattr(inference, "_cpu_model", lambda: "another CPU")
+    probing({"fp32-nchw": 0.8, "fp32-channels_last": 0.55, "bf16-nchw": 0.9, "bf16-channels_last": 0.65})
+    choice = resolve_precision("auto", "cpu", model=model, sample=sample)
+    assert (choice.name, choice.channels_last) == ("fp32", True) and len(timed) == 4, "a new CPU is measured anew"
+    # a fixed memory format is kept, and its variants were timed already
+    timed.clear()
+    choice = resolve_precision("auto", "cpu", channels_last=False, model=model, sample=sample)
+    assert (choice.name, choice.channels_last) == ("fp32", False) and not timed
+    monkeypatch.setattr(inference, "_cpu_model", lambda: "a third CPU")  # fresh: only the precisions are timed
+    assert resolve_precision("auto", "cpu", channels_last=False, model=model, sample=sample).channels_last is False
+    assert sorted(timed) == ["bf16-nchw", "fp32-nchw"]
+
+
+def test_auto_without_a_probe_is_fp32_channels_last(probing, monkeypatch):
+    timed = probing({})
+    monkeypatch.setenv("DES4_PRECISION_PROBE", "0")
+    choice = resolve_precision("auto", "cpu", model=_tiny_model(), sample=inference_probe_sample(64))
+    assert (choice.name, choice.channels_last) == ("fp32", True) and not timed
+    monkeypatch.setenv("DES4_PRECISION_PROBE", "1")
+    assert resolve_precision("auto", "cpu").name == "fp32" and not timed  # no model to time
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_real_probe_leaves_the_model_as_it_found_it(monkeypatch, tmp_path, training):
+    monkeypatch.setenv("DES4_PRECISION_PROBE", "1")
+    monkeypatch.setenv("DES4_CACHE", str(tmp_path))
+    model = _tiny_model()
+    model.to(memory_format=torch.channels_last)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    choice = resolve_precision("auto", "cpu", model=model, sample=inference_probe_sample(64), training=training)
+    assert choice.name in ("fp32", "bf16")
+    assert not model.training and is_channels_last(model) and all(p.grad is None for p in model.parameters())
+    if not training:  # a forward in eval mode changes nothing
+        assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    (record,) = json.loads((tmp_path / "precision_probe.json").read_text()).values()
+    assert set(record["seconds"]) == {"fp32-nchw", "fp32-channels_last", "bf16-nchw", "bf16-channels_last"}
 
 
 def test_fp16_on_cpu_is_rejected():
@@ -194,6 +255,20 @@ def test_sliding_window_on_the_real_model_keeps_the_size():
     with torch.inference_mode():
         logits = sliding_window_logits(model, torch.randn(1, 3, 50, 70), crop_size=32, stride=24)
     assert logits.shape == (1, 3, 50, 70) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("size", "crop", "stride"),
+                         [((150, 97), 64, 40), ((70, 130), (64, 48), (30, 48)), ((64, 200), 64, 50), ((65, 65), 64, 1)])
+def test_band_by_band_labels_equal_the_argmax_of_the_whole_logits(size, crop, stride):
+    torch.manual_seed(0)
+    config = Des4Config(backbone="test_resnet", num_labels=5, decoder_channels=16, low_level_channels=8)
+    model = Des4ForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        expected = sliding_window_logits(model, pixel_values, crop, stride).argmax(1)
+        labels = sliding_window_labels(model, pixel_values, crop, stride)
+    assert labels.shape == (2, *size) and labels.dtype == torch.int64
+    assert torch.equal(labels, expected)  # the same sums in the same order: not one pixel differs
 
 
 @pytest.mark.parametrize("stride", [0, 33])

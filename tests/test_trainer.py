@@ -596,3 +596,15 @@ def test_a_diverging_run_stops_at_the_non_finite_check_in_one_line(tmp_path: Pat
     last = error.strip().splitlines()[-1]  # after the progress bar
     assert "Traceback" not in error and last.startswith("des4-train: step ") and "NaN/inf" in last, error
     assert "Lower lr" in last
+
+
+def test_auto_training_precision_is_the_fastest_measured_on_this_cpu(tmp_path: Path, probing) -> None:
+    timed = probing({"fp32-channels_last": 0.55, "bf16-channels_last": 0.45})
+    trainer = Trainer(tiny_config(tmp_path, "--mixed-precision", "auto"))
+    assert trainer.precision == "bf16" and trainer.accelerator.mixed_precision == "bf16"
+    assert sorted(timed) == ["bf16-channels_last", "fp32-channels_last"], "fwd+bwd in the run's memory format"
+    timed.clear()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a second Accelerator in this process
+    assert Trainer(tiny_config(tmp_path, "--mixed-precision", "no")).precision == "fp32" and not timed

@@ -131,10 +131,11 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"  # Accelerate's automatic checkpoint naming
-        # the one resolver (fp32 on any CPU for auto; fp16 refused there); also the evaluation's precision
+        # the one resolver (auto on a CPU: timed on this network; fp16 refused there); also the evaluation's precision
+        precision = {"no": "fp32"}.get(config.mixed_precision, config.mixed_precision)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            self.precision = resolve_precision({"no": "fp32"}.get(config.mixed_precision, config.mixed_precision),
-                                               "cuda" if torch.cuda.is_available() else "cpu").name
+            self.precision = resolve_precision(precision, device, **self._probe_inputs(precision, device)).name
         except ValueError as error:
             raise ValueError(f"mixed_precision={config.mixed_precision!r}: {error}") from None
         self.accelerator = Accelerator(
@@ -152,6 +153,20 @@ class Trainer:
         self.state = TrainerState()
         self.is_main = self.accelerator.is_main_process
         self.print = self.accelerator.print
+
+    def _probe_inputs(self, precision: str, device: str) -> dict[str, Any]:
+        """For ``auto`` on a single CPU process: a throwaway, randomly initialised copy of the network and a batch
+        of the run's size (labeled + unlabeled crops), for :func:`resolve_precision` to time fwd + bwd on. Several
+        processes keep the default (fp32), which needs no agreement between them."""
+        if precision != "auto" or device != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return {}
+        config = self.config
+        model_config = config.model_config()
+        model_config.encoder_weights = None  # speed does not depend on the weights' values: nothing to load
+        images = config.batch_size + (0 if config.method == "supervised" else config.effective_unlabeled_batch_size)
+        sample = torch.randn(images, 3, config.crop_size, config.crop_size, generator=torch.Generator().manual_seed(0))
+        formats = {"channels_last": config.channels_last}
+        return {"model": Des4ForSemanticSegmentation(model_config), "sample": sample, "training": True, **formats}
 
     # -- 1. data -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:

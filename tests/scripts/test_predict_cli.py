@@ -255,3 +255,17 @@ def test_a_model_with_non_finite_weights_is_refused_in_one_line(model_dir, tmp_p
     last = error.strip().splitlines()[-1]
     assert "Traceback" not in error and last.startswith("des4-predict: --model") and "decoder.embed.weight" in last
     assert "NaN or inf" in last and not (tmp_path / "masks").exists()
+
+
+def test_auto_precision_is_timed_on_the_loaded_model(model_dir, tmp_path, probing, caplog):
+    timed = probing({"fp32-nchw": 0.2, "fp32-channels_last": 0.5, "bf16-nchw": 0.9, "bf16-channels_last": 0.9})
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(image)
+    with caplog.at_level(logging.INFO, logger="des4_hf"):
+        assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "masks"), *FAST]) == 0
+    assert len(timed) == 4, "both precisions in both memory formats"
+    (line,) = [record.getMessage() for record in caplog.records if "image(s) on" in record.getMessage()]
+    assert "precision fp32" in line and "channels_last" not in line, line
+    timed.clear()
+    assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "m2"), "--no-channels-last", *FAST]) == 0
+    assert not timed, "NCHW was already timed for this network and CPU: cached"
