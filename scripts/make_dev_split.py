@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder to write")
     parser.add_argument("--prefix", default="0016E5", help="id prefix of the held-out block (a CamVid sequence)")
     parser.add_argument("--holdout", type=int, default=60, help="number of held-out images")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if args.data_root is None:
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"  # ../shared beside the clone
@@ -73,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         kept, held = make_dev_split(args.data_root, args.out, args.prefix, args.holdout)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # a missing source, an existing --out, an unwritable folder
+        if args.debug:
+            raise
+        print(f"error: {error} (--debug shows the traceback)", file=sys.stderr)
         return 2
     print(f"{args.out}: {kept} train, {held} held-out val (last {held} '{args.prefix}*' ids of {args.data_root})")
     return 0

@@ -64,3 +64,15 @@ def test_camvid_dev_split_is_disjoint_and_complete(camvid_root: Path, tmp_path: 
     assert not set(train) & set(val) and sorted(train + val) == sorted(source)
     assert all(i.startswith("0016E5") for i in val)
     assert (out / "JPEGImages" / f"{val[0]}.png").exists() or (out / "JPEGImages" / f"{val[0]}.jpg").exists()
+
+
+def test_an_unwritable_out_is_one_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    source = _voc_folder(tmp_path / "src", ["0016E5_00390", "0001TP_006690", "0016E5_00420"])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = ["--data-root", str(source), "--out", str(blocker / "dev"), "--holdout", "1"]
+    assert make_dev_split.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(blocker) in error and "--debug" in error
+    with pytest.raises(OSError):
+        make_dev_split.main([*argv, "--debug"])
