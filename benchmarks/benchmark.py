@@ -39,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ from torch import Tensor
 
 from des4_hf import sampling
 from des4_hf.configuration_des4 import Des4Config
-from des4_hf.inference import autocast, resolve_precision
+from des4_hf.inference import PROBE_CACHE, autocast, probe_precision, resolve_precision
 from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
 from des4_hf.training import teacher_student as step_module
 from des4_hf.training.config import TrainConfig
@@ -413,10 +414,23 @@ def bench_mes_reference(captured: Any, settings: BenchmarkSettings, device: torc
 
 def _precision_variants(device: torch.device) -> dict[str, tuple[torch.dtype | None, bool]]:
     variants: dict[str, tuple[torch.dtype | None, bool]] = {
-        "fp32-nchw": (None, False), "fp32-channels_last": (None, True), "bf16-channels_last": (torch.bfloat16, True)}
+        "fp32-nchw": (None, False), "fp32-channels_last": (None, True), "bf16-nchw": (torch.bfloat16, False),
+        "bf16-channels_last": (torch.bfloat16, True)}
     if device.type == "cuda":
         variants["fp16-channels_last"] = (torch.float16, True)
     return variants
+
+
+def fresh_precision_probe(model: torch.nn.Module, sample: Tensor, device: torch.device, training: bool,
+                          channels_last: bool | None = None) -> tuple[Any, dict[str, Any]]:
+    """``resolve_precision("auto")`` as the trainer / predict call it, timed now (an empty cache), with its timings;
+    on CUDA the fixed rule (no probe)."""
+    if device.type != "cpu":
+        return resolve_precision("auto", device), {}
+    with tempfile.TemporaryDirectory() as fresh:
+        choice = probe_precision(model, sample, training=training, channels_last=channels_last, cache_dir=fresh)
+        (record,) = json.loads((Path(fresh) / PROBE_CACHE).read_text()).values()
+    return choice, record["seconds"]
 
 
 def _inference_fn(model: torch.nn.Module, x: Tensor, device: torch.device, dtype: torch.dtype | None,
@@ -455,7 +469,7 @@ def bench_inference(settings: BenchmarkSettings, device: torch.device, teacher: 
     variants = _precision_variants(device)
     functions = {f"ours/{name}": _inference_fn(teacher, x, device, dtype, cl, False)
                  for name, (dtype, cl) in variants.items()}
-    choice = resolve_precision("auto", device)
+    choice, probe_seconds = fresh_precision_probe(teacher, x[:1], device, training=False)
     auto_variant = f"{choice.name}-{'channels_last' if choice.channels_last else 'nchw'}"
     auto_dtype, auto_cl = variants[auto_variant]
     smp_status = "ok"
@@ -495,7 +509,7 @@ def bench_inference(settings: BenchmarkSettings, device: torch.device, teacher: 
             "images_per_s": ours,
             "channels_last_over_nchw_fp32": _ratio(ours["fp32-channels_last"], ours["fp32-nchw"]),
             "bf16_over_fp32_channels_last": _ratio(ours["bf16-channels_last"], ours["fp32-channels_last"]),
-            "auto_choice": auto_variant, "fastest": fastest,
+            "auto_choice": auto_variant, "auto_probe_seconds": probe_seconds, "fastest": fastest,
             "auto_is_fastest": auto_variant == fastest,
             "auto_over_fastest": _ratio(ours[auto_variant], ours[fastest]),
             "bf16_iterations": bf16_iterations if not native_bf16 else settings.iterations,
@@ -771,6 +785,13 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
         report["section_wall_s"][name] = round(now - clock[0], 2)
         clock[0] = now
 
+    if settings.train_precision == "auto" and device.type == "cpu":  # as the trainer does: fwd+bwd timed, now
+        torch.manual_seed(settings.seed)
+        sample = torch.randn(2 * settings.batch_size, 3, settings.crop_size, settings.crop_size)
+        choice, seconds = fresh_precision_probe(Des4ForSemanticSegmentation(model_config(settings)), sample, device,
+                                                training=True, channels_last=settings.channels_last)
+        report["training_precision_probe"] = {"choice": choice.name, "seconds": seconds}
+        settings.train_precision = choice.name  # the training steps and memory children run what auto chose
     log(f"training steps ({', '.join(METHODS)}) at batch {settings.batch_size}, crop {settings.crop_size} ...")
     report["training"], mes_share, des4_runner, captured = bench_training(settings, device)
     section_done("training")
@@ -848,6 +869,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         shown = "–" if value is None else (f"{value:.1%}" if name == "mes_share" else f"{value:.3f}")
         lines.append(f"| {name} | {shown} | {goal['goal']} | {_fmt(goal['met'])}"
                      f"{' (' + goal['status'] + ')' if 'status' in goal else ''} |")
+    if "training_precision_probe" in report:
+        tp = report["training_precision_probe"]
+        lines += ["", f"Training precision `auto` → **{tp['choice']}**, from the trainer's probe (fwd+bwd of a fresh "
+                  "network on the step's batch): " + ", ".join(
+                      f"{k} {v * 1e3:.0f} ms" if isinstance(v, (int, float)) else f"{k} {v}"
+                      for k, v in tp["seconds"].items()) + "."]
     lines += ["", "## Training step", "", "| method | median ms | min ms | max ms | × supervised |", "|---|---|---|---|---|"]
     base = t["methods"]["supervised"]["median_ms"]
     for method, row in t["methods"].items():
@@ -878,7 +905,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               "| model / precision | images/s | median ms | n |", "|---|---|---|---|"]
     for name, row in inf["timings"].items():
         lines.append(f"| {name} | {row['images_per_s']:.2f} | {row['median_ms']:.1f} | {row['n']} |")
-    lines += ["", f"`resolve_precision('auto')` → `{p['auto_choice']}`; fastest measured: `{p['fastest']}` "
+    probe = ", ".join(f"{k} {v * 1e3:.0f} ms" if isinstance(v, (int, float)) else f"{k} {v}"
+                      for k, v in p.get("auto_probe_seconds", {}).items())
+    lines += ["", f"`resolve_precision('auto')` → `{p['auto_choice']}`"
+              + (f" (its probe, one image: {probe})" if probe else "") + f"; fastest measured: `{p['fastest']}` "
               f"(auto/fastest = {p['auto_over_fastest']:.3f}, auto is fastest: {_fmt(p['auto_is_fastest'])}). "
               f"channels_last/NCHW (fp32) = {p['channels_last_over_nchw_fp32']:.2f}×, bf16/fp32 = "
               f"{p['bf16_over_fp32_channels_last']:.3f}× (CPU capability {p['cpu_capability']}, native bf16 "

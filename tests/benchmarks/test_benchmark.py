@@ -12,7 +12,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
-SECTIONS = ("machine", "settings", "training", "mes", "scaling", "inference", "memory", "goals", "section_wall_s")
+SECTIONS = ("machine", "settings", "training", "mes", "scaling", "inference", "memory", "predict_memory", "goals",
+            "section_wall_s", "training_precision_probe")
 
 
 def _positive(value) -> bool:
@@ -51,6 +52,10 @@ def test_quick_benchmark_writes_every_section(tmp_path, capsys) -> None:
     for name in ("channels_last_over_nchw_fp32", "bf16_over_fp32_channels_last", "auto_over_fastest"):
         assert _positive(precision[name]), name
     assert all(_positive(v) for v in precision["images_per_s"].values())
+    # auto is the probe's answer, and every variant it timed is also measured by the benchmark itself
+    assert set(precision["auto_probe_seconds"]) == set(precision["images_per_s"]) >= {precision["auto_choice"]}
+    assert report["training_precision_probe"]["choice"] in ("fp32", "bf16")
+    assert set(report["training_precision_probe"]["seconds"]) == {"fp32-channels_last", "bf16-channels_last"}
     smp = report["inference"]["smp"]
     if smp["status"] == "ok":
         assert _positive(smp["smp_matched_over_ours"]) and _positive(smp["smp_default_over_ours"])
@@ -63,6 +68,10 @@ def test_quick_benchmark_writes_every_section(tmp_path, capsys) -> None:
         assert "error" not in row, row
         assert _positive(row["peak_rss_mb"])
     assert _positive(memory["des4_over_mean_teacher"])
+
+    predict = report["predict_memory"]
+    assert set(predict["modes"]) == {"whole", "sliding-logits", "sliding-bands"}
+    assert all("error" not in row and _positive(row["peak_rss_mb"]) for row in predict["modes"].values()), predict
 
     scaling = report["scaling"]
     assert [row["crop_size"] for row in scaling["crop"]] == [32, 48, 64]
