@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .inference import autocast, inference_probe_sample, is_channels_last, predict_logits, resolve_precision
 from .metrics import ConfusionMatrix, check_label_range, scores_from_confusion
+from .modeling_des4 import allow_uninitialized_prototypes
 from .utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def _as_eval_dataset(dataset: Any, num_classes: int, image_mean: Sequence[float]
                        num_classes=num_classes)
 
 
+@allow_uninitialized_prototypes()  # scored anyway: the classes without prototypes are named in a warning
 def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, class_names: Sequence[str],
                           accelerator: Any = None, sliding_window: tuple[int, int] | None = None,
                           flip: bool = False, scales: Sequence[float] = (1.0,), precision: str = "auto",

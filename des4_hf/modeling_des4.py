@@ -44,6 +44,20 @@ def _loading_checkpoint() -> Iterator[None]:
         _LOADING_CHECKPOINT.reset(token)
 
 
+# Set by code that scores a model whose prototypes may be partly uninitialised and says so itself (evaluation).
+_ALLOW_UNINITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar("des4_allow_uninit", default=False)
+
+
+@contextlib.contextmanager
+def allow_uninitialized_prototypes() -> Iterator[None]:
+    """Let a loaded model with uninitialised prototypes run in eval mode (the caller warns about those classes)."""
+    token = _ALLOW_UNINITIALISED.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_UNINITIALISED.reset(token)
+
+
 def prototype_logits(embeddings: Tensor, prototypes: Tensor, scale: float) -> Tensor:
     """Eq. 6: ``logit_c = s · cos(f, p_c)`` for (B, d, h, w) or (N, d) embeddings and (C, d) prototypes; the scale s
     lets a cross-entropy fit cosines in [-1, 1]. The paper's "argmin over a similarity" is read as argmax."""
@@ -286,6 +300,10 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
     ``Des4ForSemanticSegmentation(Des4Config(backbone="resnet101", num_labels=21))(pixel_values, labels=labels)``
     """
 
+    # Armed by `from_pretrained` when some loaded prototypes are uninitialised (a model fine-tuned to new classes,
+    # before training): eval-mode inference then refuses, naming them, until they are (see `_check_prototypes`).
+    _prototypes_pending: bool = False
+
     def __init__(self, config: Des4Config) -> None:
         super().__init__(config)
         self.encoder = Des4Encoder(config)
@@ -326,6 +344,8 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
                              "use Des4ImageProcessor to convert images.")
+        if self._prototypes_pending and not self.training and not torch.compiler.is_compiling():
+            self._check_prototypes()
         embeddings = self.embed(pixel_values)
         logits = self.upsample_logits(self.prototype_head(embeddings), tuple(pixel_values.shape[-2:]))
 
@@ -338,6 +358,23 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
 
         hidden_states = (embeddings,) if output_hidden_states else None
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def uninitialized_classes(self) -> list[str]:
+        """Names of the classes whose prototype was never set from data (they would score as random directions)."""
+        flags = self.prototype_head.initialized.tolist()
+        return [self.config.id2label.get(index, str(index)) for index, done in enumerate(flags) if not done]
+
+    def _check_prototypes(self) -> None:
+        missing = self.uninitialized_classes()
+        if not missing:
+            self._prototypes_pending = False  # trained since it was loaded: no more checks
+        elif not _ALLOW_UNINITIALISED.get():
+            raise ValueError(
+                f"the prototypes of {len(missing)} of {self.config.num_labels} classes are uninitialised "
+                f"({missing[:8]}{'...' if len(missing) > 8 else ''}): it was never trained on data of these classes "
+                "(e.g. loaded to fine-tune to new classes), so its predictions there would be arbitrary. Train it "
+                "first (des4-train --init-from <this model> ...); evaluate_segmentation scores it anyway, with a "
+                "warning.")
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -364,6 +401,12 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
                              "num_labels). Fix config.json to match the weights, or re-export the model with "
                              "`save_pretrained`.") from error
         _check_loading_info(info, pretrained_model_name_or_path, model)
+        info["uninitialized_prototypes"] = missing = model.uninitialized_classes()
+        if missing:
+            model._prototypes_pending = True
+            logger.warning("%s: the prototypes of %d classes start uninitialised (%s%s); they are set from data by "
+                           "training, and inference refuses until then.", pretrained_model_name_or_path, len(missing),
+                           missing[:8], "..." if len(missing) > 8 else "")
         return (model, info) if want_info else model
 
 

@@ -134,6 +134,10 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
     except (OSError, ValueError) as error:  # not found (OSError), bad id or bad checkpoint (ValueError)
         where = "directory" if path.is_dir() else "directory or Hub model"
         raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {error}") from error
+    try:  # a model loaded to fine-tune to new classes, not trained yet: its new classes would be arbitrary
+        model.eval()._check_prototypes()
+    except ValueError as error:
+        raise UsageError(f"--model {name}: {error}") from error
     processor = None
     if not path.is_dir() or (path / PREPROCESSOR_CONFIG).is_file():
         try:

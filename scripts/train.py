@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``des4-train``: parse a recipe (+ overrides) and run the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from des4_hf.data import DataError
-    from des4_hf.training import NonFiniteLossError, ResumeError, Trainer
+    from des4_hf.training import InitFromError, NonFiniteLossError, ResumeError, Trainer
 
     try:
         cli = train_parser().parse_args(argv)
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"des4-train: {error}", file=sys.stderr)
         return 3
-    except (OutputDirError, ResumeError) as error:
+    except (OutputDirError, ResumeError, InitFromError) as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2
     except (DataError, OSError) as error:  # bad data (the message names the file and the fix), or a file system error

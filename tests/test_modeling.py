@@ -274,15 +274,40 @@ def test_checkpoint_with_wrong_prototype_shape_fails(saved, tmp_path):
         Des4ForSemanticSegmentation.from_pretrained(broken)
 
 
-def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototypes(saved):
+def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototypes(saved, caplog):
     directory, model = saved
     labels = {0: "road", 1: "car", 2: "sky", 3: "tree", 4: "sign"}
-    tuned = Des4ForSemanticSegmentation.from_pretrained(directory, id2label=labels, label2id={v: k for k, v in
-                                                        labels.items()}, ignore_mismatched_sizes=True)
+    with caplog.at_level("WARNING", logger="des4_hf"):
+        tuned, info = Des4ForSemanticSegmentation.from_pretrained(
+            directory, id2label=labels, label2id={v: k for k, v in labels.items()}, ignore_mismatched_sizes=True,
+            output_loading_info=True)
+    assert info["uninitialized_prototypes"] == list(labels.values())  # reported, as transformers reports keys
+    assert "prototype_head.prototypes" in [key for key, *_ in info["mismatched_keys"]]
+    assert "the prototypes of 5 classes start uninitialised" in caplog.text
+    with pytest.raises(ValueError, match=r"prototypes of 5 of 5 classes are uninitialised \(\['road', 'car'"):
+        tuned(torch.randn(1, 3, 32, 32))  # inference refuses: its predictions would be arbitrary
     assert tuned.config.num_labels == 5 and tuned.prototype_head.prototypes.shape == (5, 16)
     assert not bool(tuned.prototype_head.initialized.any()), "the new classes' prototypes wait for their data"
     torch.testing.assert_close(tuned.decoder.embed.weight, model.decoder.embed.weight)
     torch.testing.assert_close(tuned.encoder.state_dict(), model.encoder.state_dict())
+    tuned.train()(torch.randn(2, 3, 32, 32))  # training is what sets them
+    tuned.prototype_head.update(torch.randn(5, 16), torch.ones(5), 0.99)
+    assert tuned.eval()(torch.randn(1, 3, 32, 32)).logits.shape == (1, 5, 32, 32)  # once set, inference runs
+
+
+def test_a_model_saved_before_its_new_classes_were_trained_still_refuses(saved, tmp_path):
+    directory, _ = saved
+    labels = {0: "road", 1: "car"}
+    tuned = Des4ForSemanticSegmentation.from_pretrained(directory, id2label=labels, label2id={"road": 0, "car": 1},
+                                                        ignore_mismatched_sizes=True)
+    tuned.save_pretrained(tmp_path / "untrained")
+    reloaded = Des4ForSemanticSegmentation.from_pretrained(tmp_path / "untrained")
+    with pytest.raises(ValueError, match="never trained on data of these classes"):
+        reloaded(torch.randn(1, 3, 32, 32))
+    from des4_hf.modeling_des4 import allow_uninitialized_prototypes
+
+    with allow_uninitialized_prototypes():  # what evaluate_segmentation does (it names the classes in a warning)
+        assert reloaded(torch.randn(1, 3, 32, 32)).logits.shape == (1, 2, 32, 32)
 
 
 def test_truncated_weights_name_the_folder(saved, tmp_path):

@@ -409,21 +409,26 @@ def test_cityscapes_layout_trains_end_to_end_with_overlays(tmp_path: Path) -> No
     assert not list((tmp_path / "cs").rglob("*labelTrainIds*")), "the dataset folder is never written to"
 
 
+def _fake_folder(root: Path) -> Path:
+    """A ``--dataset folder`` layout: 4 train and 2 val 56×40 images, 3 classes in train/classes.txt."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for kind in ("images", "masks"):
+            (root / split / kind).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{split}{index}.jpg")
+            Image.fromarray(rng.integers(0, 3, (40, 56), dtype=np.uint8)).save(root / split / "masks" / f"{split}{index}.png")
+    (root / "train" / "classes.txt").write_text("road\ncar\nsky\n")
+    return root
+
+
 @pytest.mark.slow  # trains
 def test_folder_layout_trains_end_to_end(tmp_path: Path) -> None:
     """``--dataset folder --data-root R``: R/train/{images,masks} and R/val/{images,masks}, classes in R/train."""
     from des4_hf_scripts.train import main
 
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2)):
-        for kind in ("images", "masks"):
-            (tmp_path / "R" / split / kind).mkdir(parents=True)
-        for index in range(count):
-            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
-                tmp_path / "R" / split / "images" / f"{split}{index}.jpg")
-            Image.fromarray(rng.integers(0, 3, (40, 56), dtype=np.uint8)).save(
-                tmp_path / "R" / split / "masks" / f"{split}{index}.png")
-    (tmp_path / "R" / "train" / "classes.txt").write_text("road\ncar\nsky\n")
+    _fake_folder(tmp_path / "R")
     run = tmp_path / "run"
     assert main([*TINY, "--dataset", "folder", "--data-root", str(tmp_path / "R"), "--labeled-fraction", "0.5",
                  "--max-steps", "2", "--output-dir", str(run)]) == 0
@@ -608,3 +613,27 @@ def test_auto_training_precision_is_the_fastest_measured_on_this_cpu(tmp_path: P
 
     AcceleratorState._reset_state(reset_partial_state=True)  # a second Accelerator in this process
     assert Trainer(tiny_config(tmp_path, "--mixed-precision", "no")).precision == "fp32" and not timed
+
+
+@pytest.mark.slow  # trains twice
+def test_fine_tuning_from_a_model_trained_on_another_label_set(tmp_path: Path, capsys) -> None:
+    from des4_hf_scripts.train import main
+
+    source = tmp_path / "camvid-run"  # 11 CamVid classes
+    assert main([*TINY, "--data-root", str(_fake_camvid(tmp_path / "camvid")), "--labeled-fraction", "0.5",
+                 "--max-steps", "1", "--overlays", "0", "--output-dir", str(source)]) == 0
+    folder = _fake_folder(tmp_path / "R")  # 3 other classes
+    argv = [*TINY, "--dataset", "folder", "--data-root", str(folder), "--labeled-fraction", "0.5", "--max-steps", "1",
+            "--overlays", "0", "--lr", "1e-12", "--init-from", str(source / "last")]
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(tmp_path / "tuned")]) == 0
+    assert "new prototypes for 3 classes (it had 11)" in capsys.readouterr().out
+    before = load_file(str(source / "last" / "model.safetensors"))
+    after = load_file(str(tmp_path / "tuned" / "last" / "model.safetensors"))
+    assert after["prototype_head.prototypes"].shape[0] == 3 and bool(after["prototype_head.initialized"].all())
+    convs = [key for key in before if key.endswith("weight") and before[key].dim() == 4]
+    assert convs and all(torch.allclose(before[key], after[key], atol=1e-6) for key in convs), \
+        "the encoder and decoder start from the source model (lr ≈ 0: they barely move)"
+    assert main([*argv, "--decoder-channels", "32", "--output-dir", str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has another architecture: decoder_channels 16 (the recipe: 32)" in error, error

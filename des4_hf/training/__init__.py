@@ -2,7 +2,7 @@
 
 from .config import METHOD_PRESETS, TrainConfig
 from .teacher_student import StepOutput, TeacherStudent, ema_momentum, ema_update_
-from .trainer import NonFiniteLossError, ResumeError, Trainer
+from .trainer import InitFromError, NonFiniteLossError, ResumeError, Trainer
 
-__all__ = ["METHOD_PRESETS", "NonFiniteLossError", "ResumeError", "StepOutput", "TeacherStudent", "TrainConfig", "Trainer",
-           "ema_momentum", "ema_update_"]
+__all__ = ["METHOD_PRESETS", "InitFromError", "NonFiniteLossError", "ResumeError", "StepOutput", "TeacherStudent",
+           "TrainConfig", "Trainer", "ema_momentum", "ema_update_"]

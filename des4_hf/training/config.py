@@ -64,6 +64,9 @@ class TrainConfig:
     decoder_channels: int = 256
     separable_convs: bool = False  # depthwise-separable decoder convs (Des4Config.separable_convs)
     logit_scale: float = 10.0
+    # Fine-tuning: a saved DeS4 model (folder or Hub id) whose encoder and decoder start the run; its prototypes are
+    # kept when its classes are the dataset's, else the new classes' start fresh (prototype_init)
+    init_from: str | None = None
     # -- data ---------------------------------------------------------------------------------------
     dataset: str = "camvid"  # a kind understood by des4_hf.data.load_segmentation_dataset
     data_root: str | None = None

@@ -23,6 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..configuration_des4 import Des4Config
 from ..data import (
     EvalDataset,
     LabeledTrainDataset,
@@ -55,6 +56,10 @@ RUN_KEYS = ("dataset", "seed", "method", "backbone", "output_stride", "decoder_c
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/inf; the run stops and the last checkpoint is left as it was."""
+
+
+class InitFromError(ValueError):
+    """``init_from`` names a model whose architecture is not the recipe's."""
 
 
 class ResumeError(ValueError):
@@ -204,9 +209,11 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         model_config = config.model_config(self.class_names, training=self.training_record())
         with accelerator.main_process_first():  # one process converts/caches encoder weights first
-            student = Des4ForSemanticSegmentation(model_config)
+            student = Des4ForSemanticSegmentation(model_config) if not config.init_from else self._fine_tune_start(
+                model_config)
             self.image_processor = Des4ImageProcessor.for_encoder(config.backbone, config.encoder_weights)
-        if config.prototype_init == "orthonormal":  # before the teacher copies the bank; the same on every rank
+        if config.prototype_init == "orthonormal" and not bool(student.prototype_head.initialized.any()):
+            # before the teacher copies the bank; the same on every rank (a fine-tune keeps trained prototypes)
             student.prototype_head.reset_orthonormal_(torch.Generator().manual_seed(config.seed))
         model = TeacherStudent(student, config)
         if accelerator.device.type == "cuda" and accelerator.num_processes > 1:
@@ -243,6 +250,27 @@ class Trainer:
         # once per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power)
+
+    def _fine_tune_start(self, model_config: Any) -> Des4ForSemanticSegmentation:
+        """``init_from``'s encoder and decoder; its prototypes when its classes are this dataset's, fresh ones else."""
+        source = self.config.init_from
+        saved = Des4Config.from_pretrained(source)
+        different = [f"{key} {getattr(saved, key)!r} (the recipe: {getattr(model_config, key)!r})" for key in
+                     ("backbone", "output_stride", "decoder_channels", "low_level_channels", "separable_convs",
+                      "aspp_rates", "logit_scale") if getattr(saved, key) != getattr(model_config, key)]
+        if different:
+            raise InitFromError(f"init_from={source!r} has another architecture: {', '.join(different)}; set the "
+                             "recipe's options to the checkpoint's")
+        same_classes = [saved.id2label[i] for i in range(saved.num_labels)] == list(self.class_names)
+        student = Des4ForSemanticSegmentation.from_pretrained(
+            source, id2label=model_config.id2label, label2id=model_config.label2id, ignore_mismatched_sizes=True)
+        student.config.training = model_config.training
+        if not same_classes:  # same count, other classes: the loaded bank would name the wrong classes
+            student.prototype_head.initialized.fill_(False)
+        self.print(f"init_from {source}: encoder and decoder loaded; "
+                   + ("its prototypes kept (same classes)" if same_classes else
+                      f"new prototypes for {self.num_classes} classes (it had {saved.num_labels})"))
+        return student.train()
 
     def training_record(self) -> dict[str, Any]:
         """What the exported config records about the run (SPEC: "config records method, split, recipe")."""

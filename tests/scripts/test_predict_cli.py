@@ -269,3 +269,15 @@ def test_auto_precision_is_timed_on_the_loaded_model(model_dir, tmp_path, probin
     timed.clear()
     assert main(["--model", str(model_dir), str(image), "--out", str(tmp_path / "m2"), "--no-channels-last", *FAST]) == 0
     assert not timed, "NCHW was already timed for this network and CPU: cached"
+
+
+def test_a_model_with_untrained_new_classes_is_refused_in_one_line(model_dir, tmp_path, capsys):
+    tuned = Des4ForSemanticSegmentation.from_pretrained(model_dir, id2label={0: "road", 1: "car"},
+                                                        label2id={"road": 0, "car": 1}, ignore_mismatched_sizes=True)
+    tuned.save_pretrained(tmp_path / "tuned")
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(image)
+    assert main(["--model", str(tmp_path / "tuned"), str(image), "--out", str(tmp_path / "masks"), *FAST]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"des4-predict: --model {tmp_path / 'tuned'}: the prototypes of 2 of 2 classes") and \
+        "Train it first" in last
