@@ -1054,8 +1054,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = {"machine": machine_info(device), "settings": asdict(settings),
                    "predict_memory": bench_predict_memory(settings, tuple(settings.predict_size), settings.predict_crop)}
         m = section["machine"]
-        text = "\n".join([f"# DeS4 predict memory\n\nMachine: {m['cpu_model']}, {m['cpu_cores_usable']} usable cores; "
-                          f"torch {m['torch']}. Backbone `{settings.backbone}` (random init), decoder width "
+        text = "\n".join([f"# DeS4 predict memory\n\nMachine: {m['cpu_model']}, {m['cpu_cores_usable']} usable cores "
+                          f"({settings.threads or m['torch_threads']} torch threads); torch {m['torch']}. Backbone `{settings.backbone}` (random init), decoder width "
                           f"{settings.decoder_channels}, {settings.num_classes} classes. "
                           "`python benchmarks/benchmark.py --only predict-memory` repeats it.\n",
                           *render_predict_memory(section["predict_memory"])]) + "\n"
