@@ -787,7 +787,7 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
 
     if settings.train_precision == "auto" and device.type == "cpu":  # as the trainer does: fwd+bwd timed, now
         torch.manual_seed(settings.seed)
-        sample = torch.randn(2 * settings.batch_size, 3, settings.crop_size, settings.crop_size)
+        sample = torch.randn(2, 3, settings.crop_size, settings.crop_size)  # what Trainer._probe_inputs times
         choice, seconds = fresh_precision_probe(Des4ForSemanticSegmentation(model_config(settings)), sample, device,
                                                 training=True, channels_last=settings.channels_last)
         report["training_precision_probe"] = {"choice": choice.name, "seconds": seconds}
@@ -872,7 +872,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if "training_precision_probe" in report:
         tp = report["training_precision_probe"]
         lines += ["", f"Training precision `auto` → **{tp['choice']}**, from the trainer's probe (fwd+bwd of a fresh "
-                  "network on the step's batch): " + ", ".join(
+                  "network on two crops): " + ", ".join(
                       f"{k} {v * 1e3:.0f} ms" if isinstance(v, (int, float)) else f"{k} {v}"
                       for k, v in tp["seconds"].items()) + "."]
     lines += ["", "## Training step", "", "| method | median ms | min ms | max ms | × supervised |", "|---|---|---|---|---|"]
