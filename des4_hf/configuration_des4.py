@@ -85,8 +85,12 @@ class Des4Config(PreTrainedConfig):
         if self.id2label is not None and not self.label2id:
             self.label2id = {label: index for index, label in self.id2label.items()}
         if self.num_labels < 2:
-            raise ValueError(f"num_labels={self.num_labels}: a segmenter needs at least 2 classes (pass num_labels=C "
-                             "or id2label={0: 'background', 1: ...}).")
+            # Decided (issue 16): no sigmoid mode as SegFormer's num_labels=1. A pixel goes to its nearest class
+            # prototype; one prototype has nothing to be nearer than, and MES needs the background's pixels too.
+            raise ValueError(f"num_labels={self.num_labels}: DeS4 needs at least 2 classes. It labels each pixel with "
+                             "its nearest class prototype, so a binary task needs a prototype for the background as "
+                             "well: pass id2label={0: 'background', 1: '<object>'} (the argmax then gives the 0/1 mask "
+                             "a sigmoid model gives at 0.5).")
 
     @property
     def ignore_index(self) -> int:

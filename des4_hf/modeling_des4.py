@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,9 +90,12 @@ class Des4Encoder(nn.Module):
         self.low_level_index = reductions.index(4)
         self.low_level_channels = channels[self.low_level_index]
         self.high_level_channels = channels[-1]
-        # Marks timm's modules so `_init_weights` leaves them as timm built (or loaded) them.
-        for module in self.body.modules():
-            module._des4_keep_init = True  # type: ignore[assignment]
+        # timm initialised these tensors: `_init_weights` skips them. Tensors made later (``to_empty`` after a build on
+        # the meta device) lack the flag, and `_init_weights` initialises them as timm does.
+        for tensor in (*self.body.parameters(), *self.body.buffers()):
+            tensor._is_hf_initialized = True  # type: ignore[attr-defined]
+
+    gradient_checkpointing = False  # set by `gradient_checkpointing_enable` (timm's own checkpointing)
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         """(low-level, high-level) features of the input zero-padded to a multiple of the output stride."""
@@ -169,7 +171,7 @@ class Des4Decoder(nn.Module):
         embeddings = self.embed(self.fuse(torch.cat([context, self.low_level_project(low_level)], dim=1)))
         if size is None:
             return embeddings
-        return embeddings[..., : math.ceil(size[0] / 4), : math.ceil(size[1] / 4)]
+        return embeddings[..., : (size[0] + 3) // 4, : (size[1] + 3) // 4]  # integer ceil: symbolic sizes compile
 
 
 class PrototypeHead(nn.Module):
@@ -250,12 +252,11 @@ class PrototypeHead(nn.Module):
 
 
 def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
-    """Zero-pad (bottom/right) to multiples of ``multiple``; zero is the dataset mean after normalisation."""
-    height, width = pixel_values.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return pixel_values
-    return F.pad(pixel_values, (0, pad_w, 0, pad_h))
+    """Zero-pad (bottom/right) to multiples of ``multiple``; zero is the dataset mean after normalisation. Always
+    padded (by 0 where it fits): no branch on the size, so ``torch.compile(dynamic=True)`` traces one graph."""
+    height, width = pixel_values.shape[-2:]  # the amounts by floor division: inductor's symbolic shapes lack `%`
+    return F.pad(pixel_values, (0, (width + multiple - 1) // multiple * multiple - width,
+                                0, (height + multiple - 1) // multiple * multiple - height))
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
@@ -271,27 +272,37 @@ class Des4PreTrainedModel(PreTrainedModel):
     base_model_prefix = "des4"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # the timm encoder's own (``set_grad_checkpointing``)
+    _no_split_modules = ["Des4Encoder", "Des4Decoder", "PrototypeHead"]  # device_map="auto" keeps each whole
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # timm built (and maybe loaded) the encoder: never touch it.
-        if getattr(module, "_des4_keep_init", False):
-            return
-        if isinstance(module, nn.Conv2d):
+        """Every tensor, as timm initialises its CNNs (He-normal convs, BN at identity) and the prototypes as SPEC §1
+        says; tensors already set (timm's at construction, a checkpoint's at load) carry ``_is_hf_initialized`` and
+        are skipped by the ``transformers.initialization`` functions."""
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
             hf_init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 hf_init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            hf_init.ones_(module.weight)
-            hf_init.zeros_(module.bias)
-            if module.running_mean is not None:
+        elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+            if module.weight is not None:
+                hf_init.ones_(module.weight)
+                hf_init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
                 hf_init.zeros_(module.running_mean)
                 hf_init.ones_(module.running_var)
                 hf_init.zeros_(module.num_batches_tracked)
         elif isinstance(module, PrototypeHead):
             hf_init.copy_(module.prototypes, F.normalize(torch.randn_like(module.prototypes), dim=1))
             hf_init.zeros_(module.initialized)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None,
+                                    every_n_layers: int = 1) -> None:
+        """Activation checkpointing of the encoder's stages, through timm (the decoder is shallow)."""
+        for module in self.modules():
+            if isinstance(module, Des4Encoder):
+                module.body.set_grad_checkpointing(enable)
+                module.gradient_checkpointing = enable
 
 
 class Des4ForSemanticSegmentation(Des4PreTrainedModel):
@@ -300,8 +311,9 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
     ``Des4ForSemanticSegmentation(Des4Config(backbone="resnet101", num_labels=21))(pixel_values, labels=labels)``
     """
 
-    # Armed by `from_pretrained` when some loaded prototypes are uninitialised (a model fine-tuned to new classes,
-    # before training): eval-mode inference then refuses, naming them, until they are (see `_check_prototypes`).
+    # Armed by `from_pretrained` when no loaded prototype was ever set from data (a model loaded to fine-tune to new
+    # classes, before training): eval-mode inference then refuses until training sets them (`_check_prototypes`).
+    # Some classes unset (never in a run's labels) only warn at load: the others' predictions are real.
     _prototypes_pending: bool = False
 
     def __init__(self, config: Des4Config) -> None:
@@ -326,7 +338,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
     def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
         """Bring stride-4 logits to ``size`` (H, W) the way :meth:`forward` does."""
         height, width = size
-        padded = (math.ceil(height / 4) * 4, math.ceil(width / 4) * 4)
+        padded = ((height + 3) // 4 * 4, (width + 3) // 4 * 4)
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
 
@@ -365,16 +377,15 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         return [self.config.id2label.get(index, str(index)) for index, done in enumerate(flags) if not done]
 
     def _check_prototypes(self) -> None:
-        missing = self.uninitialized_classes()
-        if not missing:
+        if bool(self.prototype_head.initialized.any()):
             self._prototypes_pending = False  # trained since it was loaded: no more checks
         elif not _ALLOW_UNINITIALISED.get():
+            names = self.uninitialized_classes()
             raise ValueError(
-                f"the prototypes of {len(missing)} of {self.config.num_labels} classes are uninitialised "
-                f"({missing[:8]}{'...' if len(missing) > 8 else ''}): it was never trained on data of these classes "
-                "(e.g. loaded to fine-tune to new classes), so its predictions there would be arbitrary. Train it "
-                "first (des4-train --init-from <this model> ...); evaluate_segmentation scores it anyway, with a "
-                "warning.")
+                f"none of the {len(names)} class prototypes is initialised ({names[:8]}{'...' if len(names) > 8 else ''})"
+                ": the model was never trained on data of these classes (e.g. loaded to fine-tune to new classes), so "
+                "its predictions would be arbitrary. Train it first (des4-train --init-from <this model> ...); "
+                "evaluate_segmentation scores it anyway, with a warning.")
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -403,10 +414,11 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         _check_loading_info(info, pretrained_model_name_or_path, model)
         info["uninitialized_prototypes"] = missing = model.uninitialized_classes()
         if missing:
-            model._prototypes_pending = True
-            logger.warning("%s: the prototypes of %d classes start uninitialised (%s%s); they are set from data by "
-                           "training, and inference refuses until then.", pretrained_model_name_or_path, len(missing),
-                           missing[:8], "..." if len(missing) > 8 else "")
+            model._prototypes_pending = len(missing) == model.config.num_labels
+            logger.warning("%s: the prototypes of %d classes are uninitialised (%s%s): they are set from data by "
+                           "training%s.", pretrained_model_name_or_path, len(missing), missing[:8],
+                           "..." if len(missing) > 8 else "", ", and inference refuses until then"
+                           if model._prototypes_pending else "; until then the model cannot predict these classes")
         return (model, info) if want_info else model
 
 

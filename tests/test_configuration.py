@@ -84,8 +84,8 @@ def test_output_stride_must_be_8_or_16(stride):
 
 
 @pytest.mark.parametrize("kwargs", [{"num_labels": 1}, {"id2label": {0: "only"}}])
-def test_at_least_two_classes(kwargs):
-    with pytest.raises(ValueError, match=r"num_labels=1: a segmenter needs at least 2 classes"):
+def test_at_least_two_classes(kwargs):  # binary = background + object, with the reason in the error
+    with pytest.raises(ValueError, match=r"num_labels=1: DeS4 needs at least 2 classes.*prototype for the background"):
         Des4Config(backbone="test_resnet", **kwargs)
 
 

@@ -91,6 +91,7 @@ def test_separable_decoder_is_lighter_and_round_trips(tmp_path):
     torch.manual_seed(0)
     full = Des4ForSemanticSegmentation(tiny_config())
     separable = Des4ForSemanticSegmentation(tiny_config(separable_convs=True)).eval()
+    separable.prototype_head.initialized.fill_(True)  # as if trained: a never-trained model refuses inference
     depthwise = [m for m in separable.decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     # 3 atrous ASPP branches, the fusion conv and the embedding conv become depthwise + pointwise.
     assert len(depthwise) == 5 and all(m.groups == m.in_channels for m in depthwise)
@@ -283,8 +284,8 @@ def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototype
             output_loading_info=True)
     assert info["uninitialized_prototypes"] == list(labels.values())  # reported, as transformers reports keys
     assert "prototype_head.prototypes" in [key for key, *_ in info["mismatched_keys"]]
-    assert "the prototypes of 5 classes start uninitialised" in caplog.text
-    with pytest.raises(ValueError, match=r"prototypes of 5 of 5 classes are uninitialised \(\['road', 'car'"):
+    assert "the prototypes of 5 classes are uninitialised" in caplog.text and "inference refuses" in caplog.text
+    with pytest.raises(ValueError, match=r"none of the 5 class prototypes is initialised \(\['road', 'car'"):
         tuned(torch.randn(1, 3, 32, 32))  # inference refuses: its predictions would be arbitrary
     assert tuned.config.num_labels == 5 and tuned.prototype_head.prototypes.shape == (5, 16)
     assert not bool(tuned.prototype_head.initialized.any()), "the new classes' prototypes wait for their data"
@@ -454,3 +455,96 @@ def test_checkpoint_with_non_finite_weights_is_refused_naming_them(saved, tmp_pa
     broken = _rewrite_weights(directory, tmp_path / "broken", diverged)
     with pytest.raises(ValueError, match=rf"{broken}: 1 stored tensors contain NaN or inf \(e\.g\. \['encoder\."):
         Des4ForSemanticSegmentation.from_pretrained(broken)
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "efficientnet_lite0"])
+def test_a_model_built_on_the_meta_device_initialises_every_tensor(backbone):
+    config = tiny_config(backbone=backbone)
+    with torch.device("meta"):  # as from_pretrained / accelerate's init_empty_weights / FSDP build it
+        model = Des4ForSemanticSegmentation(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():  # what uninitialised memory may hold
+        for tensor in (*model.parameters(), *model.buffers()):
+            tensor.fill_(float("nan") if tensor.is_floating_point() else 7)
+    model.init_weights()
+    untouched = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+                 if (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+                 or (tensor.dtype == torch.int64 and bool((tensor == 7).any()))]
+    assert not untouched, f"{len(untouched)} tensors left as the memory held them, e.g. {untouched[:3]}"
+    convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    fan_out = convs[0].weight[0].numel() // convs[0].weight.shape[1] * convs[0].weight.shape[0]
+    assert abs(float(convs[0].weight.std()) - math.sqrt(2 / fan_out)) < 0.5 * math.sqrt(2 / fan_out)  # He, as timm
+    assert not bool(model.prototype_head.initialized.any())
+    torch.testing.assert_close(model.prototype_head.prototypes.norm(dim=1), torch.ones(3))
+
+
+def test_construction_keeps_timm_init_and_draws_the_same_random_numbers():
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config())
+    after = torch.randn(3)
+    torch.manual_seed(0)
+    timm_body = timm.create_model("test_resnet", pretrained=False, features_only=True, output_stride=16)
+    for (name, expected), actual in zip(timm_body.state_dict().items(), model.encoder.body.state_dict().values(),
+                                        strict=True):
+        assert torch.equal(expected, actual), f"{name}: post_init re-initialised timm's encoder"
+    torch.manual_seed(0)
+    Des4ForSemanticSegmentation(tiny_config())
+    assert torch.equal(torch.randn(3), after)  # construction is deterministic, as the training recipes rely on
+
+
+def test_gradient_checkpointing_through_timm_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = Des4ForSemanticSegmentation(tiny_config()).train()
+    pixel_values, labels = torch.randn(2, 3, 48, 40), torch.randint(0, 3, (2, 48, 40))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the decoder's dropout
+        model(pixel_values, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.gradient_checkpointing_enable()
+    assert model.is_activation_checkpointing and model.encoder.body.grad_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-5)
+    model.gradient_checkpointing_disable()
+    assert not model.is_activation_checkpointing and not model.encoder.body.grad_checkpointing
+
+
+def test_compiled_with_dynamic_shapes_does_not_recompile_per_size(eval_model):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(eval_model, backend="eager", dynamic=True, fullgraph=True)  # fullgraph: no break
+    with torch.no_grad():
+        for size in ((50, 70), (45, 33), (64, 48), (37, 91), (96, 80), (29, 61)):  # (not square: duck sizing)
+            pixel_values = torch.randn(1, 3, *size)
+            torch.testing.assert_close(compiled(pixel_values).logits, eval_model(pixel_values).logits)
+    # torch's own shape guards (whether the stride-4 crop is a no-op, i.e. a multiple of 16; a small / large conv
+    # input) split sizes into a few graphs; a branch on the size in our code would add one per size
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3, "a recompile per size"
+
+
+@pytest.mark.slow  # inductor compiles C++: about a minute on 2 cores
+def test_inductor_on_mixed_sizes(eval_model):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(eval_model, dynamic=True)
+    with torch.no_grad():
+        for size in ((50, 70), (45, 33)):  # it failed on a second size that is not a multiple of 16
+            pixel_values = torch.randn(1, 3, *size)
+            torch.testing.assert_close(compiled(pixel_values).logits, eval_model(pixel_values).logits,
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_device_map_auto_loads_whole_modules(saved):
+    directory, model = saved
+    loaded = Des4ForSemanticSegmentation.from_pretrained(directory, device_map="auto")
+    assert set(Des4ForSemanticSegmentation._no_split_modules) == {"Des4Encoder", "Des4Decoder", "PrototypeHead"}
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits)

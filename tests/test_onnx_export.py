@@ -26,6 +26,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Des4ForSemanticS
     model = Des4ForSemanticSegmentation(
         Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16)
     ).eval()
+    model.prototype_head.initialized.fill_(True)  # as if trained: a never-trained model refuses inference
     model_dir = tmp_path_factory.mktemp("onnx") / "model"
     model.save_pretrained(model_dir)
     Des4ImageProcessor().save_pretrained(model_dir)

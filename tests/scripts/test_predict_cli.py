@@ -36,7 +36,9 @@ def model_dir(tmp_path_factory) -> Path:
         low_level_channels=8,
     )
     directory = tmp_path_factory.mktemp("model")
-    Des4ForSemanticSegmentation(config).save_pretrained(directory)
+    model = Des4ForSemanticSegmentation(config)
+    model.prototype_head.initialized.fill_(True)  # as if trained: a never-trained model refuses inference
+    model.save_pretrained(directory)
     Des4ImageProcessor().save_pretrained(directory)
     return directory
 
@@ -279,5 +281,5 @@ def test_a_model_with_untrained_new_classes_is_refused_in_one_line(model_dir, tm
     Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(image)
     assert main(["--model", str(tmp_path / "tuned"), str(image), "--out", str(tmp_path / "masks"), *FAST]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"des4-predict: --model {tmp_path / 'tuned'}: the prototypes of 2 of 2 classes") and \
+    assert last.startswith(f"des4-predict: --model {tmp_path / 'tuned'}: none of the 2 class prototypes") and \
         "Train it first" in last
