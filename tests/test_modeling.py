@@ -514,6 +514,7 @@ def test_gradient_checkpointing_through_timm_gives_the_same_gradients():
     assert not model.is_activation_checkpointing and not model.encoder.body.grad_checkpointing
 
 
+@pytest.mark.slow  # dynamo traces 6 sizes: about 30 s
 def test_compiled_with_dynamic_shapes_does_not_recompile_per_size(eval_model):
     import torch._dynamo
 
