@@ -3,6 +3,7 @@ outputs → label maps at each image's own size."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,15 +16,26 @@ from torch import Tensor
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+logger = logging.getLogger(__name__)
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def to_rgb_array(image: Any) -> np.ndarray:
+def to_rgb_array(image: Any, channels_first: bool | None = None, convert_rgb: bool = True) -> np.ndarray:
     """Any common image input → float32 (H, W, 3) RGB in [0, 1]: 8-bit / 255, 16-bit / 65535, floats as they are;
-    gray repeated to three channels, alpha dropped."""
+    gray repeated to three channels, alpha dropped (``convert_rgb=False``: anything but 3 channels is an error).
+    Arrays and tensors are (C, H, W) or (H, W, C) as ``channels_first`` says, guessed from the shape when None."""
+    if not convert_rgb:
+        channels = len(image.getbands()) if isinstance(image, Image.Image) else (
+            1 if np.ndim(image) == 2 else np.shape(image)[0 if channels_first or (
+                channels_first is None and np.shape(image)[0] in (1, 3, 4) and np.shape(image)[-1] not in (1, 3, 4))
+                else -1])
+        if channels != 3:
+            raise ValueError(f"do_convert_rgb=False but the image has {channels} channel(s): pass 3-channel RGB "
+                             "images, or do_convert_rgb=True to repeat gray and drop alpha.")
     if isinstance(image, Image.Image):
         if image.mode in _SIXTEEN_BIT_MODES:
             array: np.ndarray = np.asarray(image).astype(np.float32) / 65535.0
@@ -33,7 +45,9 @@ def to_rgb_array(image: Any) -> np.ndarray:
             return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     elif isinstance(image, (Tensor, np.ndarray)):
         array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        if channels_first is None:
+            channels_first = array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
+        if array.ndim == 3 and channels_first:
             array = array.transpose(1, 2, 0)  # CHW → HWC
         array = _scale_to_unit(array)
     else:
@@ -53,28 +67,39 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32) / (255.0 if np.issubdtype(array.dtype, np.integer) else 1.0)
 
 
+_CHANNELS_FIRST = {"channels_first": True, "channels_last": False, "none": None}
+
+
 class Des4ImageProcessor(BaseImageProcessor):
     r"""Prepares images for [`Des4ForSemanticSegmentation`]: no resizing by default (DeS4 segments at the image's own
     size), else to ``size`` = ``{"height", "width"}`` or ``{"shortest_edge"}``; the normalisation the encoder's
-    weights expect."""
+    weights expect. ``do_pad`` with ``pad_size`` pads every image (bottom/right, with the mean) to one size, so that
+    a batched ``pipeline`` takes images of mixed sizes; post-processing crops the padding off again.
+    ``segmentation_maps`` become ``labels`` (``do_reduce_labels``: 0 → 255, the rest − 1, as ADE20k)."""
 
     model_input_names = ["pixel_values"]
+    # every option preprocess takes, also at call time; anything else is warned about
+    _OPTIONS = ("do_resize", "size", "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_reduce_labels",
+                "do_pad", "pad_size")
 
     def __init__(self, do_resize: bool = False, size: dict[str, int] | None = None, do_normalize: bool = True,
                  image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                 image_std: Sequence[float] = IMAGENET_DEFAULT_STD, **kwargs: Any) -> None:
+                 image_std: Sequence[float] = IMAGENET_DEFAULT_STD, do_convert_rgb: bool = True,
+                 do_reduce_labels: bool = False, do_pad: bool = False, pad_size: dict[str, int] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.do_resize = do_resize
         self.size = dict(size) if size is not None else None
         self.do_normalize = do_normalize
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or not all(
-                math.isfinite(v) for v in self.image_mean + self.image_std) or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean={self.image_mean} and image_std={self.image_std}: three finite values each, "
-                             "with positive std (fix preprocessor_config.json).")
+        self.image_mean, self.image_std = _statistics(image_mean, image_std)
+        self.do_convert_rgb = do_convert_rgb
+        self.do_reduce_labels = do_reduce_labels
+        self.do_pad = do_pad
+        self.pad_size = dict(pad_size) if pad_size is not None else None
         if do_resize:
             _check_size(self.size)
+        if do_pad:
+            _check_pad_size(self.pad_size)
 
     @classmethod
     def for_encoder(cls, backbone: str, encoder_weights: str | None, **kwargs: Any) -> Des4ImageProcessor:
@@ -84,54 +109,121 @@ class Des4ImageProcessor(BaseImageProcessor):
         mean, std = encoder_normalization(backbone, encoder_weights)
         return cls(image_mean=mean, image_std=std, **kwargs)
 
-    def preprocess(self, images: Any, do_resize: bool | None = None,  # type: ignore[override]
-                   size: dict[str, int] | None = None, do_normalize: bool | None = None,
-                   return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
-        """One image or a list of same-size images → ``BatchFeature(pixel_values=(B, 3, H, W))``."""
-        do_resize = self.do_resize if do_resize is None else do_resize
-        size = self.size if size is None else size
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        if not isinstance(images, (list, tuple)):
-            images = [images]
+    def preprocess(self, images: Any, segmentation_maps: Any = None,  # type: ignore[override]
+                   return_tensors: str | None = "pt", input_data_format: Any = None, **kwargs: Any) -> BatchFeature:
+        """Images (one, or a list of same-size ones unless ``do_pad``) → ``BatchFeature(pixel_values=(B, 3, H, W))``,
+        with ``labels`` (B, H, W) int64 for ``segmentation_maps``. Every constructor option can be given here too."""
+        unknown = sorted(set(kwargs) - set(self._OPTIONS))
+        if unknown:
+            logger.warning("Des4ImageProcessor.preprocess ignores unknown argument(s) %s; it takes %s.", unknown,
+                           ", ".join(self._OPTIONS))
+        options = {name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name) for name in self._OPTIONS}
+        mean, std = _statistics(options["image_mean"], options["image_std"])
+        if options["do_resize"]:
+            _check_size(options["size"])
+        if options["do_pad"]:
+            _check_pad_size(options["pad_size"])
+        channels_first = _CHANNELS_FIRST.get(str(getattr(input_data_format, "value", input_data_format)).lower())
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(images) == 0:
             raise ValueError("no images given")
-        tensors = [self._to_tensor(image, do_resize, size, do_normalize) for image in images]
-        shapes = {tuple(t.shape[-2:]) for t in tensors}
-        if len(shapes) > 1:
-            raise ValueError(f"images have different sizes {sorted(shapes)}: process them one at a time, or set "
-                             "do_resize=True with a fixed size={'height': H, 'width': W}.")
-        pixel_values = tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # no copy of a large image
+        tensors = []
+        for image in images:
+            tensor = torch.from_numpy(to_rgb_array(image, channels_first, options["do_convert_rgb"])).permute(2, 0, 1)
+            if options["do_resize"]:
+                tensor = F.interpolate(tensor[None], size=_target_size(tuple(tensor.shape[-2:]), options["size"]),
+                                       mode="bilinear", align_corners=False, antialias=True)[0]
+            if options["do_normalize"]:  # in place: the array is this call's own copy
+                tensor = tensor.sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))
+            tensors.append(_pad(tensor, options["pad_size"], 0.0) if options["do_pad"] else tensor.contiguous())
+        data = {"pixel_values": _stack(tensors, "images")}
+        if segmentation_maps is not None:
+            maps = list(segmentation_maps) if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]
+            if len(maps) != len(images):
+                raise ValueError(f"got {len(maps)} segmentation maps for {len(images)} images")
+            data["labels"] = _stack([self._label_tensor(label_map, tuple(tensor.shape[-2:]), options)
+                                     for label_map, tensor in zip(maps, tensors, strict=True)], "segmentation maps")
         if return_tensors in (None, "pt"):
-            return BatchFeature(data={"pixel_values": pixel_values}, tensor_type="pt")
+            return BatchFeature(data=data, tensor_type="pt")
         if return_tensors == "np":
-            return BatchFeature(data={"pixel_values": pixel_values.numpy()}, tensor_type="np")
+            return BatchFeature(data={key: value.numpy() for key, value in data.items()}, tensor_type="np")
         raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' or 'np'.")
 
-    def _to_tensor(self, image: Any, do_resize: bool, size: dict[str, int] | None, do_normalize: bool) -> Tensor:
-        tensor = torch.from_numpy(to_rgb_array(image)).permute(2, 0, 1)
-        if do_resize:
-            _check_size(size)
-            assert size is not None
-            tensor = F.interpolate(tensor[None], size=_target_size(tuple(tensor.shape[-2:]), size), mode="bilinear",
-                                   align_corners=False, antialias=True)[0]
-        if do_normalize:  # in place: the array is this call's own copy
-            tensor = tensor.sub_(torch.tensor(self.image_mean).view(3, 1, 1)).div_(torch.tensor(self.image_std).view(3, 1, 1))
-        return tensor.contiguous()
+    @staticmethod
+    def _label_tensor(label_map: Any, image_size: tuple[int, ...], options: dict[str, Any]) -> Tensor:
+        """A (H, W) class-index map as int64, reduced, resized (nearest) and padded (255) like its image."""
+        array = np.asarray(label_map) if not isinstance(label_map, Tensor) else label_map.detach().cpu().numpy()
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+        if array.ndim != 2:
+            raise ValueError(f"a segmentation map must be (H, W) class indices, got shape {array.shape}")
+        labels = torch.from_numpy(array.astype(np.int64))
+        if options["do_reduce_labels"]:  # background 0 → ignore, the classes 1.. → 0..
+            labels = torch.where(labels == 0, 255, labels - 1).masked_fill_(labels == 255, 255)
+        if options["do_resize"]:
+            labels = F.interpolate(labels[None, None].float(), size=_target_size(tuple(labels.shape), options["size"]),
+                                   mode="nearest-exact")[0, 0].long()
+        if options["do_pad"]:
+            labels = _pad(labels, options["pad_size"], 255)
+        if tuple(labels.shape) != tuple(image_size):
+            raise ValueError(f"a segmentation map is {tuple(labels.shape)} but its image {tuple(image_size)}: give "
+                             "one label map per image, at the image's size")
+        return labels
 
-    def post_process_semantic_segmentation(self, outputs: Any,
-                                           target_sizes: Sequence[tuple[int, int]] | None = None) -> list[Tensor]:
-        """Per image, a (H, W) int64 label map; logits are resized (bilinear) to ``target_sizes`` first."""
+    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | None = None,
+                                           return_segmentation_scores: bool = False) -> list[Any]:
+        """Per image, a (H, W) int64 label map (with ``return_segmentation_scores``, a
+        ``SemanticSegmentationPostProcessorOutput`` with ``segmentation`` and the (C, H, W) ``segmentation_scores``);
+        with ``do_pad`` the padding is cropped off first, then logits are resized (bilinear) to ``target_sizes``."""
+        from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if target_sizes is not None and len(target_sizes) != logits.shape[0]:
             raise ValueError(f"got {len(target_sizes)} target sizes for {logits.shape[0]} images")
-        label_maps = []
+        results = []
         for index in range(logits.shape[0]):
-            image_logits = logits[index : index + 1]
-            if target_sizes is not None and tuple(target_sizes[index]) != tuple(image_logits.shape[-2:]):
-                image_logits = F.interpolate(image_logits.float(), size=tuple(int(v) for v in target_sizes[index]),
-                                             mode="bilinear", align_corners=False)
-            label_maps.append(image_logits[0].argmax(dim=0))
-        return label_maps
+            scores = logits[index : index + 1]
+            if target_sizes is not None:
+                target = tuple(int(v) for v in target_sizes[index])
+                if self.do_pad:  # the image's content before padding: its resized size, or its own
+                    content = _target_size(target, self.size) if self.do_resize and self.size else target
+                    scores = scores[..., : content[0], : content[1]]
+                if tuple(scores.shape[-2:]) != target:
+                    scores = F.interpolate(scores.float(), size=target, mode="bilinear", align_corners=False)
+            segmentation = scores[0].argmax(dim=0)
+            results.append(SemanticSegmentationPostProcessorOutput(
+                data={"segmentation": segmentation, "segmentation_scores": scores[0]})
+                if return_segmentation_scores else segmentation)
+        return results
+
+
+def _statistics(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f"image_mean={mean} and image_std={std}: three finite values each, with positive std (fix "
+                         "preprocessor_config.json).")
+    return mean, std
+
+
+def _stack(tensors: list[Tensor], what: str) -> Tensor:
+    shapes = {tuple(t.shape[-2:]) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"{what} have different sizes {sorted(shapes)}: process them one at a time, or set "
+                         "do_pad=True with pad_size={'height': H, 'width': W} (or do_resize=True with a fixed size).")
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # no copy of a single large image
+
+
+def _pad(tensor: Tensor, pad_size: dict[str, int], value: float) -> Tensor:
+    height, width = tensor.shape[-2:]
+    if height > pad_size["height"] or width > pad_size["width"]:
+        raise ValueError(f"an image of {height}×{width} does not fit pad_size={pad_size}: raise pad_size, or resize "
+                         "first (do_resize=True, size={'shortest_edge': S})")
+    return F.pad(tensor, (0, pad_size["width"] - width, 0, pad_size["height"] - height), value=value).contiguous()
+
+
+def _check_pad_size(pad_size: dict[str, int] | None) -> None:
+    if not pad_size or set(pad_size) != {"height", "width"} or min(pad_size.values()) < 1:
+        raise ValueError(f"pad_size={pad_size!r}: use {{'height': H, 'width': W}} (at least each image's size).")
 
 
 def _check_size(size: dict[str, int] | None) -> None:

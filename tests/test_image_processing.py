@@ -206,3 +206,74 @@ def test_saved_statistics_that_are_not_finite_are_refused(tmp_path, field, value
     path.write_text(json.dumps(saved))  # Python's json writes NaN / Infinity, as a broken export would
     with pytest.raises(ValueError, match=rf"{field}=.*three finite values each.*preprocessor_config\.json"):
         Des4ImageProcessor.from_pretrained(tmp_path)
+
+
+# -- transformers-5 conventions (issue 16) --------------------------------------------------------------------------
+def test_call_time_options_override_the_saved_ones(rgb8, caplog):
+    processor = Des4ImageProcessor()
+    image = Image.fromarray(rgb8)
+    halves = processor(image, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])["pixel_values"]
+    unit = torch.from_numpy(rgb8.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    torch.testing.assert_close(halves, (unit - 0.5) / 0.5)  # they were silently ignored
+    assert processor.image_mean == list(IMAGENET_DEFAULT_MEAN), "a call never changes the processor"
+    assert processor(image, do_normalize=False)["pixel_values"].max() <= 1.0
+    resized = processor(image, do_resize=True, size={"height": 6, "width": 10})["pixel_values"]
+    assert resized.shape == (1, 3, 6, 10)
+    with pytest.raises(ValueError, match="do_convert_rgb=False but the image has 1 channel"):
+        processor(image.convert("L"), do_convert_rgb=False)
+    ambiguous = rgb8[:3, :4]  # (3, 4, 3): HWC or CHW? the caller says
+    as_hwc = processor(ambiguous, input_data_format="channels_last")["pixel_values"]
+    as_chw = processor(ambiguous, input_data_format="channels_first")["pixel_values"]
+    assert as_hwc.shape == (1, 3, 3, 4) and as_chw.shape == (1, 3, 4, 3)
+    with caplog.at_level("WARNING", logger="des4_hf"):
+        processor(image, do_center_crop=True)
+    assert "ignores unknown argument(s) ['do_center_crop']" in caplog.text
+
+
+def test_segmentation_maps_become_labels_resized_reduced_and_padded_like_their_images(rgb8):
+    label_map = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    label_map[:, WIDTH // 2:] = 3
+    label_map[0, 0] = 255
+    image = Image.fromarray(rgb8)
+    out = Des4ImageProcessor()(image, segmentation_maps=Image.fromarray(label_map))
+    assert out["labels"].dtype == torch.int64 and torch.equal(out["labels"][0], torch.from_numpy(label_map).long())
+    reduced = Des4ImageProcessor(do_reduce_labels=True)(image, segmentation_maps=label_map)["labels"][0]
+    assert reduced[0, 0] == 255 and reduced[1, 0] == 255 and reduced[0, -1] == 2  # 0 → ignore, 3 → 2, 255 kept
+    processor = Des4ImageProcessor(do_resize=True, size={"height": 6, "width": 10}, do_pad=True,
+                                   pad_size={"height": 8, "width": 12})
+    both = processor(image, segmentation_maps=label_map)
+    assert both["pixel_values"].shape == (1, 3, 8, 12) and both["labels"].shape == (1, 8, 12)
+    assert bool((both["labels"][0, 6:] == 255).all()) and bool((both["labels"][0, :, 10:] == 255).all())
+    assert set(both["labels"][0, :6, :10].unique().tolist()) <= {0, 3, 255}, "nearest: no blended class ids"
+    assert bool((both["pixel_values"][0, :, 6:] == 0).all()), "padded with the mean (0 after normalisation)"
+    with pytest.raises(ValueError, match="1 segmentation maps for 2 images"):
+        Des4ImageProcessor()([image, image], segmentation_maps=[label_map])
+
+
+def test_padding_lets_mixed_sizes_batch_and_post_processing_crops_it_off():
+    torch.manual_seed(0)
+    processor = Des4ImageProcessor(do_pad=True, pad_size={"height": 40, "width": 48})
+    images = [Image.fromarray(np.full((30, 48, 3), 90, np.uint8)), Image.fromarray(np.full((40, 20, 3), 200, np.uint8))]
+    pixel_values = processor(images)["pixel_values"]
+    assert pixel_values.shape == (2, 3, 40, 48)
+    logits = torch.randn(2, 4, 40, 48)
+    maps = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(30, 48), (40, 20)])
+    assert [tuple(m.shape) for m in maps] == [(30, 48), (40, 20)]
+    assert torch.equal(maps[1], logits[1, :, :40, :20].argmax(0)), "cropped, not squeezed"
+    with pytest.raises(ValueError, match="does not fit pad_size"):
+        processor(Image.fromarray(np.zeros((50, 10, 3), np.uint8)))
+
+
+def test_post_processing_takes_the_transformers_5_signature():
+    logits = torch.randn(2, 3, 8, 10)
+    plain = Des4ImageProcessor().post_process_semantic_segmentation({"logits": logits}, target_sizes=[(16, 20)] * 2)
+    scored = Des4ImageProcessor().post_process_semantic_segmentation(
+        {"logits": logits}, target_sizes=[(16, 20)] * 2, return_segmentation_scores=True)
+    assert torch.equal(scored[0]["segmentation"], plain[0]) and scored[0]["segmentation_scores"].shape == (3, 16, 20)
+
+
+def test_new_options_round_trip(tmp_path):
+    Des4ImageProcessor(do_pad=True, pad_size={"height": 64, "width": 96}, do_reduce_labels=True).save_pretrained(
+        tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert loaded.do_pad and loaded.pad_size == {"height": 64, "width": 96} and loaded.do_reduce_labels

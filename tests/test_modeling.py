@@ -246,6 +246,24 @@ def test_pipeline_returns_one_mask_per_present_class(saved):
     assert (coverage == 1).all()  # the masks partition the image
 
 
+def test_a_batched_pipeline_takes_images_of_mixed_sizes_with_a_padding_processor(saved, tmp_path):
+    directory, model = saved
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)) for size in ((40, 56, 3), (33, 21, 3))]
+    padded = tmp_path / "padded"
+    for name in ("config.json", WEIGHTS):
+        (padded / name).parent.mkdir(exist_ok=True)
+        (padded / name).write_bytes((directory / name).read_bytes())
+    Des4ImageProcessor(do_pad=True, pad_size={"height": 48, "width": 64}).save_pretrained(padded)
+    batched = pipeline("image-segmentation", model=str(padded), batch_size=2)(images)  # "Sizes of tensors must match"
+    one_by_one = [pipeline("image-segmentation", model=str(padded))(image) for image in images]
+    for image, results, expected in zip(images, batched, one_by_one, strict=True):
+        assert [r["label"] for r in results] == [r["label"] for r in expected]
+        for result, reference in zip(results, expected, strict=True):
+            assert result["mask"].size == image.size
+            np.testing.assert_array_equal(np.asarray(result["mask"]), np.asarray(reference["mask"]))
+
+
 def _rewrite_weights(source, target, edit):
     """Copy a saved model to ``target`` with ``edit`` applied to its weights."""
     target.mkdir()
