@@ -131,8 +131,7 @@ class Des4ImageProcessor(BaseImageProcessor):
         for image in images:
             tensor = torch.from_numpy(to_rgb_array(image, channels_first, options["do_convert_rgb"])).permute(2, 0, 1)
             if options["do_resize"]:
-                tensor = F.interpolate(tensor[None], size=_target_size(tuple(tensor.shape[-2:]), options["size"]),
-                                       mode="bilinear", align_corners=False, antialias=True)[0]
+                tensor = self._resize(tensor, _target_size(tuple(tensor.shape[-2:]), options["size"]))
             if options["do_normalize"]:  # in place: the array is this call's own copy
                 tensor = tensor.sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))
             tensors.append(_pad(tensor, options["pad_size"], 0.0) if options["do_pad"] else tensor.contiguous())
@@ -149,8 +148,15 @@ class Des4ImageProcessor(BaseImageProcessor):
             return BatchFeature(data={key: value.numpy() for key, value in data.items()}, tensor_type="np")
         raise ValueError(f"return_tensors={return_tensors!r}: use 'pt' or 'np'.")
 
-    @staticmethod
-    def _label_tensor(label_map: Any, image_size: tuple[int, ...], options: dict[str, Any]) -> Tensor:
+    def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        """(3, H, W) float image → ``size``: bilinear with antialiasing, in torch (the torchvision backend's way)."""
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+    def _resize_labels(self, labels: Tensor, size: tuple[int, int]) -> Tensor:
+        """(H, W) int64 class indices → ``size``, nearest (no blended class ids)."""
+        return F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+
+    def _label_tensor(self, label_map: Any, image_size: tuple[int, ...], options: dict[str, Any]) -> Tensor:
         """A (H, W) class-index map as int64, reduced, resized (nearest) and padded (255) like its image."""
         array = np.asarray(label_map) if not isinstance(label_map, Tensor) else label_map.detach().cpu().numpy()
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
@@ -161,8 +167,7 @@ class Des4ImageProcessor(BaseImageProcessor):
         if options["do_reduce_labels"]:  # background 0 → ignore, the classes 1.. → 0..
             labels = torch.where(labels == 0, 255, labels - 1).masked_fill_(labels == 255, 255)
         if options["do_resize"]:
-            labels = F.interpolate(labels[None, None].float(), size=_target_size(tuple(labels.shape), options["size"]),
-                                   mode="nearest-exact")[0, 0].long()
+            labels = self._resize_labels(labels, _target_size(tuple(labels.shape), options["size"]))
         if options["do_pad"]:
             labels = _pad(labels, options["pad_size"], 255)
         if tuple(labels.shape) != tuple(image_size):
@@ -195,6 +200,20 @@ class Des4ImageProcessor(BaseImageProcessor):
                 data={"segmentation": segmentation, "segmentation_scores": scores[0]})
                 if return_segmentation_scores else segmentation)
         return results
+
+
+class Des4ImageProcessorPil(Des4ImageProcessor):
+    """The PIL backend of :class:`Des4ImageProcessor` (transformers' ``backend="pil"``): the same steps, with resizing
+    done by PIL (bilinear per float channel, nearest for labels); everything else is shared."""
+
+    def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        channels = [np.asarray(Image.fromarray(channel, mode="F").resize(size[::-1], Image.Resampling.BILINEAR))
+                    for channel in image.numpy()]
+        return torch.from_numpy(np.stack(channels))
+
+    def _resize_labels(self, labels: Tensor, size: tuple[int, int]) -> Tensor:
+        resized = Image.fromarray(labels.numpy().astype(np.int32), mode="I").resize(size[::-1], Image.Resampling.NEAREST)
+        return torch.from_numpy(np.asarray(resized).astype(np.int64))
 
 
 def _statistics(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:

@@ -277,3 +277,26 @@ def test_new_options_round_trip(tmp_path):
         tmp_path)
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert loaded.do_pad and loaded.pad_size == {"height": 64, "width": 96} and loaded.do_reduce_labels
+
+
+def test_torchvision_and_pil_backends_resolve_without_a_fallback_warning(tmp_path, rgb8, caplog):
+    from transformers.utils import logging as hf_logging
+
+    from des4_hf import Des4ImageProcessorPil
+
+    Des4ImageProcessor(do_resize=True, size={"height": 6, "width": 10}).save_pretrained(tmp_path)
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            tensor_backend = AutoImageProcessor.from_pretrained(tmp_path)  # transformers 5 asks for torchvision
+            pil_backend = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    finally:
+        hf_logging.disable_propagation()
+    assert "backend is not available" not in caplog.text
+    assert type(tensor_backend) is Des4ImageProcessor and type(pil_backend) is Des4ImageProcessorPil
+    image = Image.fromarray(rgb8)
+    torch.testing.assert_close(pil_backend(image)["pixel_values"], tensor_backend(image)["pixel_values"],
+                               rtol=0, atol=1e-3)  # the same bilinear resize, by PIL and by torch
+    label_map = np.arange(HEIGHT * WIDTH, dtype=np.int64).reshape(HEIGHT, WIDTH) % 7
+    labels = pil_backend(image, segmentation_maps=label_map)["labels"]
+    assert labels.shape == (1, 6, 10) and set(labels.unique().tolist()) <= set(range(7))
