@@ -38,6 +38,7 @@ def default_stride(crop_size: int) -> int:
 
 #: The sliding window (crop, stride) of each benchmark that evaluates with one, by dataset kind or Hub preset.
 SLIDING_WINDOWS: dict[str, tuple[int, int]] = {"cityscapes": CITYSCAPES_SLIDING_WINDOW,
+                                               "Chris1/cityscapes": CITYSCAPES_SLIDING_WINDOW,
                                                "cityscapes-hub": CITYSCAPES_SLIDING_WINDOW}
 
 

@@ -137,8 +137,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="saved model directory or Hub repo id")
     parser.add_argument(
         "--dataset", required=True,
-        help="voc | cityscapes | camvid | folder | hub | a Hub preset (jxie/pascal-voc-2012, shijli/voc2012, "
-        "cityscapes-hub) | any Hub dataset id or local save_to_disk/parquet folder",
+        help="voc | cityscapes | camvid | folder | hub | a Hub preset by its Hub id (jxie/pascal-voc-2012, "
+        "shijli/voc2012, nateraw/pascal-voc-2012, Chris1/cityscapes) | any Hub dataset id or local save_to_disk/parquet folder",
     )
     parser.add_argument("--root", help="dataset root (voc: VOCdevkit/VOC2012; cityscapes: folder with leftImg8bit/ "
                         "and gtFine/; camvid: optional)")

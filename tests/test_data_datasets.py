@@ -19,6 +19,7 @@ from PIL import Image
 
 from des4_hf.data import (
     CITYSCAPES_CLASSES,
+    DATASET_KINDS,
     VOC_CLASSES,
     DataError,
     EvalDataset,
@@ -467,3 +468,74 @@ def test_two_image_files_of_one_id_are_refused_with_their_names(tmp_path: Path) 
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("a\nb\n")
     with pytest.raises(DataError, match=r"JPEGImages: b\.jpg and b\.png share a name"):
         load_segmentation_dataset("camvid", root=root)
+
+
+# -- Hub presets as the real copies store them (issue 16) ----------------------------------------------------------
+def _synthetic_rows(n: int, mask_fn, size: tuple[int, int] = (24, 32)) -> dict[str, list]:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for _ in range(n)]
+    return {"image": images, "mask": [mask_fn(i, rng) for i in range(n)]}
+
+
+def _cityscapes_label_ids(index: int, rng) -> np.ndarray:
+    return LABEL_IDS[rng.integers(0, len(LABEL_IDS), (24, 32))]  # road 7, building 11, sky 23 … and void 0–4
+
+
+def test_the_chris1_cityscapes_preset_reads_label_ids_stored_as_rgb_with_equal_channels(tmp_path: Path) -> None:
+    rows = _synthetic_rows(3, _cityscapes_label_ids)
+    features = datasets.Features({"image": datasets.Image(), "semantic_segmentation": datasets.Image()})
+    data = {"image": rows["image"], "semantic_segmentation": [Image.fromarray(np.repeat(m[..., None], 3, 2), "RGB")
+                                                              for m in rows["mask"]]}  # as Chris1/cityscapes does
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(tmp_path / "c")
+    assert "Chris1/cityscapes" in DATASET_KINDS  # addressed by its Hub id
+    ds = load_segmentation_dataset("Chris1/cityscapes", name=str(tmp_path / "c"))  # failed on row 0 before
+    assert get_class_names(ds) == list(CITYSCAPES_CLASSES)
+    for row in range(3):
+        np.testing.assert_array_equal(np.asarray(ds["train"][row]["label"]),
+                                      cityscapes_label_id_to_train_id()[rows["mask"][row]])
+
+
+def test_a_cityscapes_copy_holding_train_ids_is_detected_not_turned_into_255(tmp_path: Path) -> None:
+    rows = _synthetic_rows(2, lambda i, rng: np.where(rng.random((24, 32)) < 0.1, 255,
+                                                      rng.integers(0, 19, (24, 32))).astype(np.uint8))
+    folder = tmp_path / "trainids"
+    folder.mkdir()
+    features = datasets.Features({"image": datasets.Image(), "semantic_segmentation": datasets.Image()})
+    datasets.Dataset.from_dict({"image": rows["image"], "semantic_segmentation": [Image.fromarray(m, "L") for m in
+                                                                                  rows["mask"]]},
+                               features=features).to_parquet(str(folder / "train-0.parquet"))
+    ds = load_segmentation_dataset("Chris1/cityscapes", name=str(folder))
+    for row in range(2):  # every pixel was 255 before (trainIds read as labelIds)
+        np.testing.assert_array_equal(np.asarray(ds["train"][row]["label"]), rows["mask"][row])
+
+
+def test_cityscapes_ids_that_fit_both_kinds_are_refused_with_the_fix(tmp_path: Path) -> None:
+    rows = _synthetic_rows(1, lambda i, rng: rng.integers(0, 19, (24, 32)).astype(np.uint8))  # no 255, nothing > 18
+    features = datasets.Features({"image": datasets.Image(), "semantic_segmentation": datasets.Image()})
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"image": rows["image"], "semantic_segmentation": [Image.fromarray(m, "L") for m in rows["mask"]]},
+        features=features)}).save_to_disk(tmp_path / "c")
+    with pytest.raises(DataError, match="fit both Cityscapes labelIds and trainIds.*label_format="):
+        load_segmentation_dataset("Chris1/cityscapes", name=str(tmp_path / "c"))
+    ds = load_segmentation_dataset("Chris1/cityscapes", name=str(tmp_path / "c"), label_format="cityscapes_train_ids")
+    np.testing.assert_array_equal(np.asarray(ds["train"][0]["label"]), rows["mask"][0])
+
+
+def test_the_voc_without_sbd_preset(tmp_path: Path) -> None:
+    """nateraw/pascal-voc-2012: image/mask (palette PNGs), train / validation, no id column."""
+    def palette_mask(index: int, rng) -> Image.Image:
+        mask = Image.fromarray(np.where(rng.random((24, 32)) < 0.1, 255, rng.integers(0, 21, (24, 32))).astype(
+            np.uint8), "P")
+        mask.putpalette(voc_palette().flatten().tolist())
+        return mask
+
+    rows = _synthetic_rows(3, palette_mask)
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": rows["image"][:2], "mask": rows["mask"][:2]}, features=features),
+        "validation": datasets.Dataset.from_dict({"image": rows["image"][2:], "mask": rows["mask"][2:]},
+                                                 features=features)}).save_to_disk(tmp_path / "v")
+    assert "nateraw/pascal-voc-2012" in DATASET_KINDS
+    ds = load_segmentation_dataset("nateraw/pascal-voc-2012", name=str(tmp_path / "v"))
+    assert sorted(ds) == ["train", "val"] and get_class_names(ds) == list(VOC_CLASSES)
+    np.testing.assert_array_equal(np.asarray(ds["val"][0]["label"]), np.asarray(rows["mask"][2]))

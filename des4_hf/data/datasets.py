@@ -368,24 +368,31 @@ class HubPreset:
     note: str = ""
 
 
+_CITYSCAPES_HUB = HubPreset("Chris1/cityscapes", label_column="semantic_segmentation", label_format="cityscapes",
+                            class_names=CITYSCAPES_CLASSES,
+                            note="image/semantic_segmentation; the masks hold labelIds as RGB with equal channels; "
+                            "labelIds or trainIds are told apart by their values. name= applies it to another copy")
+#: Public Hub copies of the benchmarks, by Hub id (``--dataset <id>``; ``name=`` applies a schema to a local copy).
 HUB_PRESETS: dict[str, HubPreset] = {
     "jxie/pascal-voc-2012": HubPreset("jxie/pascal-voc-2012", note="train = the 10,582 SBD-augmented images, "
                                       "val = 1,449; no id column, so only random splits apply"),
     "shijli/voc2012": HubPreset("shijli/voc2012", id_column="id",
                                 note="has an id column: the standard VOC split lists apply"),
-    "cityscapes-hub": HubPreset("Chris1/cityscapes", label_column="semantic_segmentation",
-                                label_format="cityscapes_label_ids", class_names=CITYSCAPES_CLASSES,
-                                note="schema preset for Cityscapes copies with image/semantic_segmentation "
-                                "(labelIds masks); pass name= for your copy"),
+    "nateraw/pascal-voc-2012": HubPreset("nateraw/pascal-voc-2012", note="VOC 2012 without SBD: image/mask, "
+                                         "train = 1,464, validation = 1,449; no id column"),
+    "Chris1/cityscapes": _CITYSCAPES_HUB,
+    "cityscapes-hub": _CITYSCAPES_HUB,  # the earlier name of the Chris1/cityscapes preset
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train"}
-LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes_label_ids")
+LABEL_FORMATS = ("auto", "index", "palette", "voc_rgb", "cityscapes", "cityscapes_label_ids", "cityscapes_train_ids")
 
 
 def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask") -> np.ndarray:
     """One mask image → ``(H, W)`` uint8 class indices. ``index``/``palette``: the values are the classes;
-    ``voc_rgb``: colours of the VOC map (unknown → 255);
-    ``cityscapes_label_ids``: labelIds → train ids; ``auto``: RGB masks as ``voc_rgb``, others as indices."""
+    ``voc_rgb``: colours of the VOC map (unknown → 255); ``cityscapes_label_ids``: labelIds → train ids;
+    ``cityscapes_train_ids``: train ids as stored (0–18, 255); ``cityscapes``: either, told apart by the values;
+    ``auto``: RGB masks as ``voc_rgb``, others as indices. Ids stored as RGB with three equal channels (as some Hub
+    copies do) are read as one channel in every format but ``voc_rgb``/``auto``."""
     if label_format not in LABEL_FORMATS:
         raise DataError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
     fmt = label_format
@@ -399,9 +406,13 @@ def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask"
             out[codes == (r << 16) | (g << 8) | b] = index
         return out
     if im.mode in ("RGB", "RGBA"):
-        raise DataError(f"{where} is an RGB image but label_format={label_format!r} expects one channel of class "
-                        "ids. Fix: pass label_format='voc_rgb' for VOC-coloured masks.")
-    array = np.asarray(im)
+        rgb = np.asarray(im.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            raise DataError(f"{where} is a colour image but label_format={label_format!r} expects class ids (one "
+                            "channel, or three equal ones). Fix: pass label_format='voc_rgb' for VOC-coloured masks.")
+        array = rgb[..., 0]
+    else:
+        array = np.asarray(im)
     if array.ndim == 3:
         array = array[..., 0]
     if array.dtype != np.uint8:
@@ -409,9 +420,26 @@ def labels_to_indices(im: PILImage.Image, label_format: str, where: str = "mask"
             raise DataError(f"{where} holds values outside 0..255 (dtype {array.dtype}). Fix: store class indices "
                             "as uint8 PNG with 255 = ignore.")
         array = array.astype(np.uint8)
+    if fmt == "cityscapes":
+        fmt = cityscapes_id_kind(np.unique(array), where)
     if fmt == "cityscapes_label_ids":
         array = cityscapes_label_id_to_train_id()[array]
+    elif fmt == "cityscapes_train_ids" and array.size and int(array[array != IGNORE_INDEX].max(initial=0)) > 18:
+        raise DataError(f"{where} holds values above 18 (up to {int(array[array != IGNORE_INDEX].max())}), so it "
+                        "is not trainIds. Fix: pass label_format='cityscapes_label_ids'.")
     return array
+
+
+def cityscapes_id_kind(values: np.ndarray, where: str) -> str:
+    """``cityscapes_label_ids`` or ``cityscapes_train_ids`` from the values a mask (or several) holds: labelIds run
+    to 33 (road = 7), trainIds to 18 with 255 = ignore. Values 0–18 alone, without 255, fit both: an error."""
+    values = np.asarray(values)
+    if bool(((values > 18) & (values != IGNORE_INDEX)).any()):
+        return "cityscapes_label_ids"
+    if bool((values == IGNORE_INDEX).any()):
+        return "cityscapes_train_ids"
+    raise DataError(f"{where}: the values {sorted(int(v) for v in values)} fit both Cityscapes labelIds and trainIds. "
+                    "Fix: pass label_format='cityscapes_label_ids' or 'cityscapes_train_ids'.")
 
 
 def _encode_png(array: np.ndarray) -> bytes:
@@ -488,10 +516,17 @@ def _convert_hub_labels(ds: datasets.Dataset, label_format: str, source: str, sp
                         num_proc: int | None) -> datasets.Dataset:
     raw = ds.cast_column("label", datasets.Image(decode=False))
     first = raw[0]["label"]
-    if label_format in ("auto", "index", "palette"):
+    if label_format == "cityscapes":  # one kind for the whole copy, from its first masks' values
+        values = set()
+        for row in range(min(4, len(raw))):
+            where = f"{source} {split} row {row} label"
+            with open_image_record(raw[row]["label"], where) as im:
+                values |= set(np.unique(labels_to_indices(im, "index", where)).tolist())
+        label_format = cityscapes_id_kind(np.array(sorted(values)), f"{source} {split} (first {min(4, len(raw))} masks)")
+    if label_format in ("auto", "index", "palette", "cityscapes_train_ids"):
         with open_image_record(first, f"{source} {split} row 0 label") as im:
-            if im.mode in ("P", "L", "I", "I;16") or label_format != "auto":
-                return ds  # already indices: decode as is, no rewrite
+            if im.mode in ("P", "L", "I", "I;16"):
+                return ds  # already indices: decode as is, no rewrite (RGB-stored ids are rewritten as one channel)
 
     def convert(example: dict[str, Any]) -> dict[str, Any]:
         where = f"{source} {split} id {example['id']!r} label"
