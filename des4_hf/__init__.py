@@ -8,6 +8,7 @@ load DeS4 checkpoints, and saved checkpoints carry their code for ``trust_remote
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .configuration_des4 import Des4Config
+from .hub_names import accept_short_names
 from .image_processing_des4 import Des4ImageProcessor, Des4ImageProcessorPil
 from .modeling_des4 import Des4ForSemanticSegmentation, Des4PreTrainedModel, PrototypeHead
 
@@ -17,6 +18,8 @@ AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Des4Config, image_processor_classes={"torchvision": Des4ImageProcessor,
                                                                  "pil": Des4ImageProcessorPil}, exist_ok=True)
+for _auto_class in (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation):  # short names, e.g. in pipeline
+    accept_short_names(_auto_class)
 # save_pretrained then writes the code beside the weights, with an auto_map: loadable without des4-hf installed
 Des4Config.register_for_auto_class()
 Des4ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 NAMESPACE_ENV = "DES4_HUB_NAMESPACE"
 DEFAULT_HUB_NAMESPACE = "des4-hf"
@@ -62,6 +63,30 @@ def _short_name_for(name_or_path: object) -> str | None:
     if name in SHORT_NAMES and (not namespace or namespace == hub_namespace()):
         return name
     return None
+
+
+def accept_short_names(auto_class: type) -> None:
+    """Let a transformers Auto class's ``from_pretrained`` take the short names too (``pipeline`` loads through
+    them), with the same clear error when such a model cannot be fetched. Any other name passes through untouched."""
+    original = auto_class.from_pretrained.__func__  # type: ignore[attr-defined]
+    if getattr(original, "_des4_short_names", False):
+        return
+
+    def from_pretrained(cls: type, name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        if _short_name_for(name_or_path) is None or isinstance(name_or_path, os.PathLike):
+            return original(cls, name_or_path, *args, **kwargs)
+        name = resolve_pretrained_name(name_or_path)
+        with explain_hub_errors(name, kwargs.get("revision")):
+            from transformers.utils import cached_file
+
+            # config.json first: some Auto classes re-raise the Hub's error without its cause
+            cached_file(name, "config.json", **{key: kwargs[key] for key in ("revision", "cache_dir", "token")
+                                                 if key in kwargs})
+            return original(cls, name, *args, **kwargs)
+
+    from_pretrained._des4_short_names = True  # type: ignore[attr-defined]
+    from_pretrained.__doc__ = original.__doc__
+    auto_class.from_pretrained = classmethod(from_pretrained)  # type: ignore[assignment]
 
 
 _OFFLINE = "is not in the local Hugging Face cache and Hub access is switched off or unreachable"

@@ -343,6 +343,15 @@ with torch.no_grad():
     auto_logits = auto_model(**processor(image, return_tensors="pt")).logits
     local_image_logits = model(**Des4ImageProcessor()(image, return_tensors="pt")).logits
 
+# the short name through the Auto classes and the pipeline too (they stopped at Des4ForSemanticSegmentation)
+from transformers import pipeline
+short_model = AutoModelForSemanticSegmentation.from_pretrained("des4-voc-aug", revision="v1-test").eval()
+short_processor = AutoImageProcessor.from_pretrained("des4-voc-aug", revision="v1-test")
+with torch.no_grad():
+    short_logits = short_model(**short_processor(image, return_tensors="pt")).logits
+short_labels = sorted(r["label"] for r in pipeline("image-segmentation", model="des4-voc-aug", revision="v1-test")(image))
+expected_labels = sorted({0: "background", 1: "road", 2: "car"}[int(c)] for c in auto_logits[0].argmax(0).unique())
+
 from huggingface_hub import snapshot_download
 snapshot = snapshot_download(repo_id, revision="v1-test")
 snapshot_files = sorted(
@@ -366,6 +375,8 @@ print("RESULT " + json.dumps({
         torch.equal(model.prototype_head.prototypes, downloaded.prototype_head.prototypes)
     ),
     "not_found": not_found,
+    "short_name_auto": bool(torch.equal(short_logits, auto_logits)),
+    "short_name_pipeline": short_labels == expected_labels,
     "snapshot_files": snapshot_files,
     "refused": refused,
 }))
@@ -428,6 +439,7 @@ def test_push_download_predict_round_trip(fake_hub: Any, tmp_path: Path) -> None
     )
     assert "already exists and is public" in done.stderr
     assert result["not_found"] and "fake-org/des4-cityscapes" in result["not_found"]
+    assert result["short_name_auto"] and result["short_name_pipeline"], "short names in the Auto classes / pipeline"
     assert "accelerate launch scripts/train.py --config configs/cityscapes_744.yaml" in result["not_found"]
 
     repo_id = f"{namespace}/des4-voc-aug"
@@ -716,3 +728,20 @@ def test_an_unreachable_or_silent_hub_gives_one_line_and_exit_1(tmp_path: Path) 
     finally:
         silent.close()
         closed.close()
+
+
+@pytest.mark.parametrize("auto_class", ["AutoConfig", "AutoModelForSemanticSegmentation", "AutoImageProcessor"])
+def test_auto_classes_take_short_names_and_explain_an_unavailable_one(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path, auto_class: str) -> None:
+    import huggingface_hub.constants as hub_constants
+    import transformers
+
+    import des4_hf  # noqa: F401  (teaches the Auto classes the short names)
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv(NAMESPACE_ENV, raising=False)
+    with pytest.raises(HubModelNotAvailableError, match="'des4-cityscapes' = Hub repo 'des4-hf/des4-cityscapes'"):
+        getattr(transformers, auto_class).from_pretrained("des4-cityscapes", cache_dir=str(tmp_path / "empty"))
+    with pytest.raises(OSError) as other:  # any other name is transformers' business, untouched
+        getattr(transformers, auto_class).from_pretrained(str(tmp_path / "nowhere"))
+    assert not isinstance(other.value, HubModelNotAvailableError)
