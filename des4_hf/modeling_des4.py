@@ -34,27 +34,27 @@ logging.getLogger("transformers.pipelines.base").addFilter(
 _LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("des4_loading", default=False)
 
 
-@contextlib.contextmanager
-def _loading_checkpoint() -> Iterator[None]:
-    token = _LOADING_CHECKPOINT.set(True)
-    try:
-        yield
-    finally:
-        _LOADING_CHECKPOINT.reset(token)
-
-
 # Set by code that scores a model whose prototypes may be partly uninitialised and says so itself (evaluation).
 _ALLOW_UNINITIALISED: contextvars.ContextVar[bool] = contextvars.ContextVar("des4_allow_uninit", default=False)
 
 
 @contextlib.contextmanager
-def allow_uninitialized_prototypes() -> Iterator[None]:
-    """Let a loaded model with uninitialised prototypes run in eval mode (the caller warns about those classes)."""
-    token = _ALLOW_UNINITIALISED.set(True)
+def _flag_set(flag: contextvars.ContextVar[bool]) -> Iterator[None]:
+    token = flag.set(True)
     try:
         yield
     finally:
-        _ALLOW_UNINITIALISED.reset(token)
+        flag.reset(token)
+
+
+def _loading_checkpoint() -> contextlib.AbstractContextManager[None]:
+    return _flag_set(_LOADING_CHECKPOINT)
+
+
+def allow_uninitialized_prototypes() -> contextlib.AbstractContextManager[None]:
+    """Let a loaded model with uninitialised prototypes run in eval mode (the caller warns about those classes); also
+    a decorator."""
+    return _flag_set(_ALLOW_UNINITIALISED)
 
 
 def prototype_logits(embeddings: Tensor, prototypes: Tensor, scale: float) -> Tensor:

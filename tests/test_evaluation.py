@@ -115,6 +115,12 @@ def test_tiny_des4_model_matches_a_manual_count_and_keeps_its_mode():
             expected += confusion_matrix(pred, sample["labels"], 3)
     assert torch.equal(result.confusion, expected)
     assert result.num_images == 3
+    model._prototypes_pending = True  # as from_pretrained arms it for a model loaded with fresh prototypes
+    with pytest.raises(ValueError, match="none of the 3 class prototypes is initialised"):
+        model(pixel_values=dataset[0]["pixel_values"][None])
+    again = evaluate_segmentation(model, dataset, num_classes=3, class_names=["a", "b", "c"], progress=False,
+                                  precision="fp32", batch_size=2)  # scored anyway, with its warning
+    assert torch.equal(again.confusion, expected)
 
 
 def test_mismatched_classes_and_bad_labels_fail_before_inference():
