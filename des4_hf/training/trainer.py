@@ -163,7 +163,8 @@ class Trainer:
         """For ``auto`` on a single CPU process: a throwaway, randomly initialised copy of the network and two crops of
         the run's size, for :func:`resolve_precision` to time fwd + bwd on (short: bf16 without native support is up
         to 30× slower). Several processes keep the default (fp32), which needs no agreement between them."""
-        if precision != "auto" or device != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if precision != "auto" or device != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+                or os.environ.get("DES4_PRECISION_PROBE", "1") == "0":  # no probe wanted: build nothing
             return {}
         config = self.config
         model_config = config.model_config()
