@@ -171,7 +171,7 @@ class Des4Decoder(nn.Module):
         embeddings = self.embed(self.fuse(torch.cat([context, self.low_level_project(low_level)], dim=1)))
         if size is None:
             return embeddings
-        return embeddings[..., : (size[0] + 3) // 4, : (size[1] + 3) // 4]  # integer ceil: symbolic sizes compile
+        return crop(embeddings, ((size[0] + 3) // 4, (size[1] + 3) // 4))
 
 
 class PrototypeHead(nn.Module):
@@ -259,6 +259,13 @@ def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
                                 0, (height + multiple - 1) // multiple * multiple - height))
 
 
+def crop(tensor: Tensor, size: tuple[int, int]) -> Tensor:
+    """The top-left ``size`` (h, w) of a (…, H, W) tensor, as a copy made by a negative pad rather than a slice: the
+    values of ``tensor[..., :h, :w]``, but no view whose strides would make ``torch.export`` specialise on whether the
+    crop is a no-op (a multiple of 4 or 16), so one exported program runs every size."""
+    return F.pad(tensor, (0, size[1] - tensor.shape[-1], 0, size[0] - tensor.shape[-2]))
+
+
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
     """Mean cross-entropy over non-ignored pixels; 0 (still in the graph) when all are ignored; no host sync."""
     labels = labels.long()
@@ -339,8 +346,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         """Bring stride-4 logits to ``size`` (H, W) the way :meth:`forward` does."""
         height, width = size
         padded = ((height + 3) // 4 * 4, (width + 3) // 4 * 4)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
+        return crop(F.interpolate(logits, size=padded, mode="bilinear", align_corners=False), size)
 
     @can_return_tuple
     def forward(self, pixel_values: Tensor, labels: Tensor | None = None, output_hidden_states: bool | None = None,

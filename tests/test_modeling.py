@@ -567,3 +567,25 @@ def test_device_map_auto_loads_whole_modules(saved):
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits)
+
+
+@pytest.mark.slow  # exports once: about 20 s
+def test_torch_export_with_dynamic_height_and_width_runs_any_size(eval_model):
+    from torch.export import Dim, export
+
+    class Logits(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=pixel_values).logits
+
+    wrapped = Logits(eval_model)
+    dynamic = {"pixel_values": {2: Dim.AUTO, 3: Dim.AUTO}}  # export finds the range; torch's solver cannot prove
+    program = export(wrapped, (torch.randn(1, 3, 50, 70),), dynamic_shapes=dynamic)  # some guards of explicit Dims
+    # (it held one size family only: whether the size was a multiple of 4 / 16 was baked in by the crops)
+    with torch.no_grad():
+        for size in ((50, 70), (64, 48), (45, 33), (200, 300)):
+            pixel_values = torch.randn(1, 3, *size)
+            torch.testing.assert_close(program.module()(pixel_values), wrapped(pixel_values), rtol=1e-4, atol=1e-4)
