@@ -252,18 +252,24 @@ class PrototypeHead(nn.Module):
 
 
 def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:
-    """Zero-pad (bottom/right) to multiples of ``multiple``; zero is the dataset mean after normalisation. Always
-    padded (by 0 where it fits): no branch on the size, so ``torch.compile(dynamic=True)`` traces one graph."""
+    """Zero-pad (bottom/right) to multiples of ``multiple``; zero is the dataset mean after normalisation. While
+    compiling, always padded (by 0 where it fits): no branch on the size, so ``torch.compile(dynamic=True)`` traces one
+    graph; in eager mode an input that fits is used as it is (no copy)."""
     height, width = pixel_values.shape[-2:]  # the amounts by floor division: inductor's symbolic shapes lack `%`
-    return F.pad(pixel_values, (0, (width + multiple - 1) // multiple * multiple - width,
-                                0, (height + multiple - 1) // multiple * multiple - height))
+    pad_h = (height + multiple - 1) // multiple * multiple - height
+    pad_w = (width + multiple - 1) // multiple * multiple - width
+    if not torch.compiler.is_compiling() and pad_h == 0 and pad_w == 0:
+        return pixel_values
+    return F.pad(pixel_values, (0, pad_w, 0, pad_h))
 
 
 def crop(tensor: Tensor, size: tuple[int, int]) -> Tensor:
-    """The top-left ``size`` (h, w) of a (…, H, W) tensor, as a copy made by a negative pad rather than a slice: the
-    values of ``tensor[..., :h, :w]``, but no view whose strides would make ``torch.export`` specialise on whether the
-    crop is a no-op (a multiple of 4 or 16), so one exported program runs every size."""
-    return F.pad(tensor, (0, size[1] - tensor.shape[-1], 0, size[0] - tensor.shape[-2]))
+    """The top-left ``size`` (h, w) of a (…, H, W) tensor: a view in eager mode; while compiling or exporting, a copy
+    by a negative pad (the same values), since a view's strides make ``torch.export`` specialise on whether the crop
+    is a no-op (a multiple of 4 or 16) and one program then runs only that family of sizes."""
+    if torch.compiler.is_compiling():
+        return F.pad(tensor, (0, size[1] - tensor.shape[-1], 0, size[0] - tensor.shape[-2]))
+    return tensor[..., : size[0], : size[1]]
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
