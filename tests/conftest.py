@@ -16,7 +16,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if os.environ.get("DES4_MKLDNN_BF16") in ("0", "1"):
     import torch
 
-    torch.ops.mkldnn._is_mkldnn_bf16_supported = lambda: os.environ["DES4_MKLDNN_BF16"] == "1"
+    class _ForcedAnswer:
+        """Answers calls with the forced value; every other attribute (``.default``, which torch.export and inductor
+        look up on every op) is the real op's."""
+
+        def __init__(self, op: object, answer: bool) -> None:
+            self._op, self._answer = op, answer
+
+        def __call__(self, *args: object, **kwargs: object) -> bool:
+            return self._answer
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._op, name)
+
+    torch.ops.mkldnn._is_mkldnn_bf16_supported = _ForcedAnswer(torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                                                               os.environ["DES4_MKLDNN_BF16"] == "1")
 
 # Tests pin their precision: `auto` is fp32 + channels_last here, never the timed probe, whose answer depends on the
 # CPU (tests/test_inference.py exercises the probe with its timings replaced).
