@@ -51,7 +51,7 @@ from torch import Tensor
 
 from des4_hf import sampling
 from des4_hf.configuration_des4 import Des4Config
-from des4_hf.inference import PROBE_CACHE, autocast, probe_precision, resolve_precision
+from des4_hf.inference import PROBE_CACHE, _cpu_model, autocast, probe_precision, resolve_precision
 from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
 from des4_hf.training import teacher_student as step_module
 from des4_hf.training.config import TrainConfig
@@ -740,16 +740,6 @@ def bench_memory(settings: BenchmarkSettings, device: torch.device) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------- report
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
