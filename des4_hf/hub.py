@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,51 @@ def _count_parameters(model_dir: Path) -> int:
             total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()  # noqa: SIM118
                          if not key.endswith(("running_mean", "running_var", "num_batches_tracked", "initialized")))
     return total
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a user wants to know before trusting a model's predictions: its classes, what it was trained on, and
+    the mIoU its card (or the evaluation saved beside it) reports."""
+
+    classes: list[str]
+    training: dict[str, Any]
+    results: list[tuple[str, str, float]]  # (dataset, split, mIoU in percent)
+    results_source: str | None  # "model card", "eval.json" or None
+
+
+def _card_results(card_path: Path) -> list[tuple[str, str, float]]:
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(card_path).data
+    return [(str(item.dataset_name), str(item.dataset_split or ""), float(item.metric_value))
+            for item in (getattr(data, "eval_results", None) or []) if item.metric_type == "mean_iou"]
+
+
+def model_facts(config: Any, source: str | Path, *, timeout: float = 10.0) -> ModelFacts:
+    """The facts of the model whose ``config`` was loaded from ``source`` (a folder or a Hub id): mIoU from the
+    model card's ``model-index`` (``README.md``), else from the ``eval.json`` that training saves beside the model.
+    A card that cannot be fetched (offline, ``timeout`` seconds) only leaves the results out."""
+    import contextlib
+
+    classes, training = labels_of(config), dict(getattr(config, "training", None) or {})
+    folder = Path(source).expanduser()
+    card: Path | None = folder / "README.md" if folder.is_dir() else None
+    if card is None:
+        from huggingface_hub import hf_hub_download
+
+        with contextlib.suppress(Exception):  # no card, no network, offline mode: the results stay unknown
+            card = Path(hf_hub_download(str(source), "README.md", etag_timeout=timeout))
+    if card is not None and card.is_file():
+        with contextlib.suppress(Exception):  # a card without (valid) front matter has no results to show
+            results = _card_results(card)
+            if results:
+                return ModelFacts(classes, training, results, "model card")
+    if folder.is_dir() and (folder / "eval.json").is_file():
+        with contextlib.suppress(ValueError, OSError):
+            record = EvaluationResult.load(folder)
+            dataset = str(record.settings.get("dataset") or training.get("dataset") or "")
+            split = str(record.settings.get("split") or "val")
+            return ModelFacts(classes, training, [(_dataset_name(dataset), split, round(100 * record.mean_iou, 2))],
+                              "eval.json")
+    return ModelFacts(classes, training, [], None)

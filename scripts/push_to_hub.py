@@ -149,11 +149,72 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
     return staging
 
 
+SPACE_APP = '''"""A DeS4 demo Space for {model_repo_id}: des4-hf's web demo (`des4-demo`), run on this Space's hardware.
+
+Set the Space variable DES4_MODEL to serve another model folder or Hub id.
+"""
+
+import os
+
+from des4_hf_scripts.web_demo import build_demo
+
+MODEL = os.environ.get("DES4_MODEL", "{model_repo_id}")
+demo = build_demo(MODEL, precision=os.environ.get("DES4_PRECISION", "auto"), allow_model_choice=False)
+
+if __name__ == "__main__":
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), show_error=True)
+'''
+
+
+def default_space_requirement() -> str:
+    """The package line of a Space's requirements.txt: this des4-hf release with its ``demo`` extra."""
+    from des4_hf import __version__
+
+    return f"des4-hf[demo]=={__version__}"
+
+
+def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requirement: str | None = None) -> Path:
+    """Write the folder of a Gradio Space that serves ``model_repo_id`` with the web demo: ``app.py``,
+    ``requirements.txt`` (``requirement``: how the Space installs des4-hf, by default this release from PyPI; a
+    ``git+https://...`` URL works too) and ``README.md`` with the Space metadata (SDK, Gradio version, the model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    validate_repo_id(model_repo_id)
+    validate_repo_id(space_id)
+    try:
+        gradio_version = version("gradio")
+    except PackageNotFoundError:
+        raise ValueError("a Space is staged for the Gradio version the demo was tested with here: install it first "
+                         "(pip install 'des4-hf[demo]').") from None
+    requirement = requirement or default_space_requirement()
+    if "\n" in requirement or not requirement.strip():
+        raise ValueError(f"--space-requirement {requirement!r}: give one requirement line, e.g. "
+                         "'des4-hf[demo] @ git+https://github.com/<you>/des4-hf'.")
+    space = Path(space_dir)
+    if space.exists() and (not space.is_dir() or any(space.iterdir())):
+        raise FileExistsError(f"{space} is not an empty folder; the Space files would overwrite what it holds. "
+                              "Give a new or empty folder.")
+    space.mkdir(parents=True, exist_ok=True)
+    title = space_id.split("/")[-1]
+    readme = (f"---\ntitle: {title}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\n"
+              f"pinned: false\nlicense: apache-2.0\nmodels:\n- {model_repo_id}\ntags:\n- des4\n"
+              f"- semantic-segmentation\n---\n\n# {title}\n\nSegment your own photos with "
+              f"[{model_repo_id}](https://huggingface.co/{model_repo_id}), a DeS4 semi-supervised semantic "
+              "segmentation model (des4-hf). Upload or paste an image: the page shows the classes as a colour "
+              "overlay, their share of the image, and the mask as a palette PNG (pixel value = class index).\n")
+    atomic_write(space / "app.py", SPACE_APP.format(model_repo_id=model_repo_id))
+    atomic_write(space / "requirements.txt", requirement.strip() + "\n")
+    atomic_write(space / "README.md", readme)
+    return space
+
+
 def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Sequence[ResultsSource] | None = None,
                 private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                token: str | None = None, example_image: str | Path | None = None, timeout: float = 60.0) -> str:
+                token: str | None = None, example_image: str | Path | None = None, timeout: float = 60.0,
+                space: str | None = None, space_requirement: str | None = None) -> str:
     """Upload a trained model, its card, results and images to ``repo_id`` in one commit; returns the repo URL.
     ``timeout``: seconds to connect and for each read or write (huggingface_hub waits forever by default).
+    ``space``: also create or update that Gradio Space, serving the model with the web demo (:func:`stage_space`).
 
     Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
     branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
@@ -164,8 +225,10 @@ def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Se
     revision = validate_revision(revision)
     _token_available(token)
     get_session().timeout = timeout  # the shared HTTP client of every huggingface_hub call
-    with tempfile.TemporaryDirectory(prefix="des4-push-") as staging:
+    with tempfile.TemporaryDirectory(prefix="des4-push-") as staging, \
+            tempfile.TemporaryDirectory(prefix="des4-space-") as space_staging:
         stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)
+        space_dir = stage_space(space_staging, repo_id, space, space_requirement) if space else None
         api = HfApi(token=token)
         repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
         if private and api.repo_info(repo_id).private is False:
@@ -175,6 +238,11 @@ def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Se
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
                           commit_message=commit_message or f"Upload DeS4 model ({Path(model_dir).name})")
+        if space_dir is not None:
+            api.create_repo(space, repo_type="space", space_sdk="gradio", private=True if private else None,
+                            exist_ok=True)
+            api.upload_folder(repo_id=space, repo_type="space", folder_path=space_dir,
+                              commit_message=f"DeS4 demo for {repo_id}")
     url = str(repo_url).rstrip("/")
     return f"{url}/tree/{revision}" if revision else url
 
@@ -196,6 +264,14 @@ def push_to_hub_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the Hub to connect and for each read or write (default 60)")
     parser.add_argument("--dry-run", default=None, metavar="DIR",
                         help="write the folder that would be uploaded (model files, README.md, images) to DIR and stop")
+    parser.add_argument("--space", default=None, metavar="SPACE_ID",
+                        help="also create or update this Gradio Space (<user>/<name>): the web demo serving --repo-id")
+    parser.add_argument("--space-dir", default=None, metavar="DIR",
+                        help="write the Space folder (app.py, requirements.txt, README.md) to DIR; with --dry-run "
+                             "nothing is uploaded")
+    parser.add_argument("--space-requirement", default=None, metavar="SPEC",
+                        help="how the Space installs des4-hf (default: this release from PyPI, des4-hf[demo]==X); "
+                             "e.g. 'des4-hf[demo] @ git+https://github.com/<you>/des4-hf'")
     return parser
 
 
@@ -203,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``des4-push-to-hub``: upload a trained model with its model card."""
     args = push_to_hub_parser().parse_args(argv)
     try:
+        if args.space_dir is not None and args.space is None:
+            raise ValueError("--space-dir needs --space <user>/<name> (the Space the folder is for)")
+        if args.space_dir is not None:  # written first: a bad folder is refused before anything is uploaded
+            space = stage_space(args.space_dir, args.repo_id, args.space, args.space_requirement)
+            print(f"staged the Space {args.space} in {space}")
         if args.dry_run is not None:
             validate_revision(args.revision)
             staged = stage_model_repo(args.model, args.dry_run, args.repo_id, args.results, args.example_image)
@@ -210,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"staged {names} in {staged}")
             return 0
         url = push_to_hub(args.model, args.repo_id, results=args.results, private=args.private, revision=args.revision,
-                          commit_message=args.commit_message, example_image=args.example_image, timeout=args.timeout)
+                          commit_message=args.commit_message, example_image=args.example_image, timeout=args.timeout,
+                          space=args.space, space_requirement=args.space_requirement)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         if args.debug:
             raise

@@ -19,35 +19,11 @@ import torch
 from des4_hf_scripts.predict import main
 from PIL import Image
 
-from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+from des4_hf import Des4ForSemanticSegmentation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_LABELS = 4
 FAST = ["--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = Des4Config(
-        backbone="test_resnet",
-        id2label={0: "sky", 1: "road", 2: "car", 3: "tree"},
-        decoder_channels=16,
-        low_level_channels=8,
-    )
-    directory = tmp_path_factory.mktemp("model")
-    model = Des4ForSemanticSegmentation(config)
-    model.prototype_head.initialized.fill_(True)  # as if trained: a never-trained model refuses inference
-    model.save_pretrained(directory)
-    Des4ImageProcessor().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def not_an_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("junk") / "notes.jpg"
-    path.write_text("this is not a JPEG\n")
-    return path
 
 
 @pytest.fixture(scope="module")

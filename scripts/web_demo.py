@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""A web page for a DeS4 model (same as the ``des4-demo`` command): drop or paste a photo, see its classes.
+
+    des4-demo --model outputs/camvid_demo/last        # or a Hub id; then open http://127.0.0.1:7860
+
+Gradio (the ``demo`` extra) around des4-predict's own parts: the model loader, ``segment_images`` (whole image, or
+the sliding window for large images), the overlay and the palette PNG. The page shows the model card's facts
+(classes, training data, mIoU), a colour overlay with an opacity slider, a legend of the classes present with their
+share of the image, the mask as a downloadable palette PNG, and the inference time. Errors (a file that is not an
+image, a model that cannot be loaded or has no trained prototypes) appear in the page as one line.
+The same function is served as the API endpoint ``/segment`` (``gradio_client``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from des4_hf_scripts.predict import (
+    IMAGE_EXTENSIONS,
+    UsageError,
+    display_rgb,
+    label_map_to_image,
+    load_model_and_processor,
+    read_image,
+)
+from PIL import Image
+
+from des4_hf.evaluation import default_stride
+from des4_hf.hub import ModelFacts, model_facts
+from des4_hf.inference import (
+    PRECISIONS,
+    PROBE_SIZE,
+    PrecisionChoice,
+    color_palette,
+    inference_probe_sample,
+    overlay,
+    resolve_precision,
+    segment_images,
+)
+
+logger = logging.getLogger("des4_hf.web_demo")
+
+DEFAULT_PORT = 7860
+SLIDING_WINDOW_ABOVE = 1024  # longest side (pixels) above which an image goes through the sliding window
+WINDOW = 512  # its crop, as des4-predict --sliding-window
+MAX_MODELS = 2  # models kept loaded at once (a page that switches between two models does not reload them)
+NUM_EXAMPLES = 3
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to segment: weights, processor, the precision chosen for this CPU/GPU, and its facts."""
+
+    name: str
+    model: Any
+    processor: Any
+    choice: PrecisionChoice
+    facts: ModelFacts
+    palette: np.ndarray
+    device: torch.device
+
+
+class ModelStore:
+    """Loads models by folder or Hub id on first use and keeps the last ``MAX_MODELS`` (one load at a time)."""
+
+    def __init__(self, device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> None:
+        resolve_precision(precision, device, channels_last=channels_last)  # fp16 on a CPU fails here, at start
+        self.device, self.precision, self.channels_last = device, precision, channels_last
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedModel:
+        name = name.strip()
+        if not name:
+            raise UsageError("no model given: enter a model folder or a Hub id (e.g. my-user/des4-camvid)")
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = self._load(name)
+                while len(self._models) > MAX_MODELS:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(name)
+            return self._models[name]
+
+    def _load(self, name: str) -> LoadedModel:
+        model, processor = load_model_and_processor(name, self.device)  # UsageError: one line, e.g. no prototypes
+        if model.config.num_labels > 256:
+            raise UsageError(f"--model {name}: {model.config.num_labels} classes; palette PNGs hold at most 256")
+        choice = resolve_precision(self.precision, self.device, channels_last=self.channels_last)
+        if self.precision == "auto":  # timed on this network and machine (cached), as des4-predict does
+            sample = inference_probe_sample(PROBE_SIZE).to(self.device)
+            choice = resolve_precision("auto", self.device, channels_last=self.channels_last, model=model,
+                                       sample=sample)
+        if choice.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        facts = model_facts(model.config, name)
+        logger.info("loaded %s on %s, precision %s%s", name, self.device, choice.name,
+                    ", channels_last" if choice.channels_last else "")
+        return LoadedModel(name, model, processor, choice, facts, color_palette(model.config.num_labels),
+                           self.device)
+
+
+@dataclass
+class Segmentation:
+    """One image's prediction: the RGB image shown, its (H, W) class indices, and how it was made."""
+
+    image: Image.Image
+    label_map: np.ndarray
+    seconds: float
+    sliding_window: tuple[int, int] | None
+
+
+def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_window_above: int = SLIDING_WINDOW_ABOVE,
+                 name: str | None = None) -> Segmentation:
+    """Read ``path`` as des4-predict does and segment it with its code: the same mask as ``des4-predict``.
+    ``name``: the file's name as the user knows it, for the error message."""
+    try:
+        image = read_image(Path(path))
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        raise UsageError(f"{name or Path(path).name} is not an image that can be read ({type(error).__name__}): "
+                         "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
+    window = (WINDOW, default_stride(WINDOW)) if max(image.size) > sliding_window_above else None
+    started = time.perf_counter()
+    label_map = segment_images(loaded.model, loaded.processor, [image], loaded.device, loaded.choice.autocast_dtype,
+                               loaded.choice.channels_last, window)[0]
+    return Segmentation(display_rgb(image), label_map, time.perf_counter() - started, window)
+
+
+def class_shares(label_map: np.ndarray, num_classes: int) -> list[tuple[int, float]]:
+    """(class index, share of the image's pixels) of the classes present, largest share first."""
+    counts = np.bincount(label_map.reshape(-1).astype(np.int64), minlength=num_classes)
+    present = np.flatnonzero(counts)
+    return sorted(((int(index), counts[index] / label_map.size) for index in present), key=lambda item: -item[1])
+
+
+def legend_html(label_map: np.ndarray, classes: Sequence[str], palette: np.ndarray) -> str:
+    """A list of the classes present: colour swatch, name and share of the image."""
+    rows = []
+    for index, share in class_shares(label_map, len(classes)):
+        red, green, blue = (int(value) for value in palette[index])
+        rows.append(f'<li class="des4-legend-item" data-class="{html.escape(classes[index])}">'
+                    f'<span style="display:inline-block;width:1em;height:1em;margin-right:.5em;vertical-align:middle;'
+                    f'border:1px solid #0003;background:rgb({red},{green},{blue})"></span>'
+                    f'{html.escape(classes[index])} — {100 * share:.1f} %</li>')
+    return '<ul class="des4-legend" style="list-style:none;padding-left:0">' + "".join(rows) + "</ul>"
+
+
+def facts_markdown(loaded: LoadedModel) -> str:
+    """The model card's key facts: classes, training data, mIoU (with where each number comes from)."""
+    facts, training = loaded.facts, loaded.facts.training
+    lines = [f"**Model** `{loaded.name}` · {len(facts.classes)} classes: {', '.join(facts.classes)}"]
+    trained = [f"{key} {training[key]}" for key in ("method", "dataset", "split", "steps") if training.get(key)]
+    lines.append("**Trained** " + (" · ".join(trained) if trained else "(not recorded in config.json)"))
+    if facts.results:
+        scores = "; ".join(f"{dataset} {split}: **{miou:.2f} %**" for dataset, split, miou in facts.results)
+        lines.append(f"**mIoU** ({facts.results_source}) {scores}")
+    else:
+        lines.append("**mIoU** not reported (no model card results or eval.json beside the model)")
+    lines.append(f"**Runs** on {loaded.device.type}, {loaded.choice.name}"
+                 f"{', channels_last' if loaded.choice.channels_last else ''}")
+    return "\n\n".join(lines)
+
+
+def example_images(data_root: str | os.PathLike[str] | None, count: int = NUM_EXAMPLES) -> list[str]:
+    """The first ``count`` CamVid val frames under ``data_root`` (VOC layout), read in place; none without it."""
+    if data_root is None:
+        return []
+    root = Path(data_root)
+    ids_file = root / "ImageSets" / "Segmentation" / "val.txt"
+    if not ids_file.is_file():
+        return []
+    ids = ids_file.read_text().split()[:count]
+    return [str(path) for path in (root / "JPEGImages" / f"{i}.jpg" for i in ids) if path.is_file()]
+
+
+def build_demo(model: str, *, precision: str = "auto", device: str | torch.device | None = None,
+               examples: Sequence[str] = (), allow_model_choice: bool = True,
+               sliding_window_above: int = SLIDING_WINDOW_ABOVE) -> Any:
+    """The page (a ``gradio.Blocks``) for ``model`` (a folder or a Hub id), loaded now so that a bad model fails at
+    start. ``allow_model_choice=False`` hides the model box (a public Space that serves one model)."""
+    try:
+        import gradio as gr
+    except ImportError as error:
+        raise UsageError("the web demo needs Gradio: pip install 'des4-hf[demo]'") from error
+
+    store = ModelStore(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), precision)
+    first = store.get(model)
+    mask_dir = Path(tempfile.mkdtemp(prefix="des4-demo-masks-"))
+
+    def load(model_name: str) -> str:
+        try:
+            return facts_markdown(store.get(model_name if allow_model_choice else model))
+        except UsageError as error:
+            raise gr.Error(str(error), duration=None) from None
+
+    def segment(image: dict[str, Any] | None, opacity: float, model_name: str) -> tuple[Any, ...]:
+        # Gradio's own preprocessing is off for this event (it would fail on a non-image with a developer's
+        # message): ``upload`` is the file's record, its path already checked to be an upload of this app.
+        upload = image or {}
+        image_path = upload.get("path")
+        if not image_path:
+            raise gr.Error("no image: upload, paste or pick an example image first", duration=None)
+        try:
+            loaded = store.get(model_name if allow_model_choice else model)
+            result = segment_file(loaded, image_path, sliding_window_above, name=upload.get("orig_name"))
+        except UsageError as error:
+            raise gr.Error(str(error), duration=None) from None
+        except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
+            raise gr.Error(f"prediction failed ({type(error).__name__}: {error})", duration=None) from None
+        mask_path = mask_dir / f"{Path(upload.get('orig_name') or image_path).stem}_mask.png"
+        label_map_to_image(result.label_map, loaded.palette).save(mask_path, format="PNG")
+        height, width = result.label_map.shape
+        how = (f"sliding window {result.sliding_window[0]}/{result.sliding_window[1]}" if result.sliding_window
+               else "whole image")
+        info = f"{width}×{height} px · {how} · {1e3 * result.seconds:.0f} ms on {loaded.device.type} " \
+               f"({loaded.choice.name})"
+        state = (result.image, result.label_map, loaded.palette)
+        return (overlay(result.image, result.label_map, alpha=opacity, palette=loaded.palette),
+                legend_html(result.label_map, loaded.facts.classes, loaded.palette), str(mask_path), info, state)
+
+    def reblend(state: Any, opacity: float) -> Any:
+        if state is None:
+            return None
+        shown, label_map, palette = state
+        return overlay(shown, label_map, alpha=opacity, palette=palette)
+
+    with gr.Blocks(title="DeS4 semantic segmentation") as demo:
+        gr.Markdown("# DeS4 semantic segmentation\nUpload or paste a photo, or click an example. "
+                    "Large images go through the sliding window.")
+        with gr.Row(visible=allow_model_choice):
+            model_box = gr.Textbox(model, label="Model (a folder or a Hub id)", elem_id="des4-model", scale=4)
+            load_button = gr.Button("Load model", elem_id="des4-load", scale=1)
+        facts = gr.Markdown(facts_markdown(first), elem_id="des4-facts")
+        with gr.Row():
+            with gr.Column():
+                image_input = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                       label="Image", elem_id="des4-image")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="des4-opacity")
+                button = gr.Button("Segment", variant="primary", elem_id="des4-segment")
+                if examples:
+                    gr.Examples(list(examples), inputs=image_input, label="Examples")
+            with gr.Column():
+                result = gr.Image(type="pil", label="Overlay", format="png", interactive=False, elem_id="des4-overlay")
+                info = gr.Markdown(label="Details", elem_id="des4-info")
+                legend = gr.HTML(label="Legend", elem_id="des4-legend")
+                mask = gr.File(label="Mask (palette PNG: pixel value = class index)", elem_id="des4-mask")
+        state = gr.State()
+        load_button.click(load, model_box, facts, api_name="load_model")
+        button.click(segment, [image_input, opacity, model_box], [result, legend, mask, info, state],
+                     api_name="segment", preprocess=False)
+        opacity.release(reblend, [state, opacity], result, api_name=False)
+    return demo
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="des4-demo", description="A web page to segment your own images with a "
+                                     "DeS4 model (Gradio; needs the `demo` extra).")
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hugging Face Hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)))
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: timed on this machine (as des4-predict); fp32, bf16, fp16 (GPU only)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--data-root", default=os.environ.get("DES4_CAMVID_ROOT"),
+                        help="a CamVid copy whose first val frames become the example images (default "
+                             "$DES4_CAMVID_ROOT); they are read in place")
+    parser.add_argument("--examples", nargs="*", default=None, help="example image files (instead of CamVid's)")
+    parser.add_argument("--sliding-window-above", type=int, default=SLIDING_WINDOW_ABOVE,
+                        help=f"longest side in pixels above which the sliding window is used (default "
+                             f"{SLIDING_WINDOW_ABOVE})")
+    parser.add_argument("--no-model-choice", action="store_true", help="serve --model only (hide the model box)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``des4-demo``: serve the page until interrupted. Exit status 2: bad arguments or a model that cannot load."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="des4-demo: %(message)s")
+    try:
+        args = demo_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    examples = args.examples if args.examples is not None else example_images(args.data_root)
+    try:
+        for path in examples:
+            if not Path(path).is_file() or Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UsageError(f"--examples {path}: not an image file")
+        if not 0 < args.port < 65536:
+            raise UsageError(f"--port {args.port}: must be between 1 and 65535")
+        demo = build_demo(args.model, precision=args.precision, device=args.device, examples=examples,
+                          allow_model_choice=not args.no_model_choice, sliding_window_above=args.sliding_window_above)
+    except (UsageError, ValueError, RuntimeError) as error:
+        if args.debug:
+            raise
+        print(f"des4-demo: {error}", file=sys.stderr)
+        return 2
+    demo.launch(server_name=args.host, server_port=args.port, show_error=True,
+                allowed_paths=[str(Path(path).parent) for path in examples])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
