@@ -16,6 +16,15 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   rm -f .venv/.des4-installed-* && touch "$STAMP"
 fi
+# The web demo's browser test drives Debian's Chromium, headless, through its driver (selenium).
+if ! command -v chromium > /dev/null 2>&1 || ! command -v chromedriver > /dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
+  else
+    echo "chromium and chromium-driver are not installed (installing them needs root and apt-get): the browser test skips"
+  fi
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # pytest exits 5 when it collected no test: that is a failure here too.
 .venv/bin/python -m ruff check des4_hf scripts tests benchmarks

@@ -14,9 +14,11 @@ The same function is served as the API endpoint ``/segment`` (``gradio_client``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -59,6 +61,7 @@ SLIDING_WINDOW_ABOVE = 1024  # longest side (pixels) above which an image goes t
 WINDOW = 512  # its crop, as des4-predict --sliding-window
 MAX_MODELS = 2  # models kept loaded at once (a page that switches between two models does not reload them)
 NUM_EXAMPLES = 3
+KEEP_FILES_S = 3600  # uploads, results and masks are deleted after an hour
 
 
 @dataclass
@@ -174,6 +177,15 @@ def facts_markdown(loaded: LoadedModel) -> str:
     return "\n\n".join(lines)
 
 
+def _remove_older_than(folder: Path, seconds: float) -> None:
+    """Delete the request folders under ``folder`` last changed more than ``seconds`` ago."""
+    cutoff = time.time() - seconds
+    for child in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if child.stat().st_mtime < cutoff:
+                shutil.rmtree(child)
+
+
 def example_images(data_root: str | os.PathLike[str] | None, count: int = NUM_EXAMPLES) -> list[str]:
     """The first ``count`` CamVid val frames under ``data_root`` (VOC layout), read in place; none without it."""
     if data_root is None:
@@ -198,7 +210,7 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
 
     store = ModelStore(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), precision)
     first = store.get(model)
-    mask_dir = Path(tempfile.mkdtemp(prefix="des4-demo-masks-"))
+    mask_dir = Path(tempfile.mkdtemp(prefix="des4-demo-masks-"))  # Gradio copies each mask into its own cache
 
     def load(model_name: str) -> str:
         try:
@@ -220,8 +232,10 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
             raise gr.Error(str(error), duration=None) from None
         except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
             raise gr.Error(f"prediction failed ({type(error).__name__}: {error})", duration=None) from None
-        mask_path = mask_dir / f"{Path(upload.get('orig_name') or image_path).stem}_mask.png"
+        request_dir = Path(tempfile.mkdtemp(dir=mask_dir))  # one folder per request: users' file names may clash
+        mask_path = request_dir / f"{Path(upload.get('orig_name') or image_path).stem}_mask.png"
         label_map_to_image(result.label_map, loaded.palette).save(mask_path, format="PNG")
+        _remove_older_than(mask_dir, KEEP_FILES_S)
         height, width = result.label_map.shape
         how = (f"sliding window {result.sliding_window[0]}/{result.sliding_window[1]}" if result.sliding_window
                else "whole image")
@@ -237,7 +251,8 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
         shown, label_map, palette = state
         return overlay(shown, label_map, alpha=opacity, palette=palette)
 
-    with gr.Blocks(title="DeS4 semantic segmentation") as demo:
+    # delete_cache: Gradio's copies of uploads and results go after KEEP_FILES_S (a Space runs for weeks)
+    with gr.Blocks(title="DeS4 semantic segmentation", delete_cache=(KEEP_FILES_S, KEEP_FILES_S)) as demo:
         gr.Markdown("# DeS4 semantic segmentation\nUpload or paste a photo, or click an example. "
                     "Large images go through the sliding window.")
         with gr.Row(visible=allow_model_choice):

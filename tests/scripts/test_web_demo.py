@@ -192,6 +192,13 @@ def test_the_api_returns_des4_predicts_mask(app_url, served_model, camvid_image_
     assert "whole image" in info and " ms " in info
     with pytest.raises(Exception, match="is not an image that can be read"):
         client.predict(handle_file(__file__), 0.5, served_model, api_name="/segment")
+    fresh = tmp_path / "fresh"  # a model whose prototypes were never trained: refused with the reason, in the page
+    Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", id2label={0: "a", 1: "b"}, decoder_channels=16,
+                                           low_level_channels=8)).save_pretrained(fresh)
+    with pytest.raises(Exception, match="prototype"):
+        client.predict(str(fresh), api_name="/load_model")
+    names = [classes[index] for index in range(len(classes))]
+    assert f"{len(names)} classes: {', '.join(names)}" in client.predict(served_model, api_name="/load_model")
 
 
 @pytest.mark.slow
