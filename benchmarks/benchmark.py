@@ -51,7 +51,7 @@ from torch import Tensor
 
 from des4_hf import sampling
 from des4_hf.configuration_des4 import Des4Config
-from des4_hf.inference import PROBE_CACHE, _cpu_model, autocast, probe_precision, resolve_precision
+from des4_hf.inference import PROBE_CACHE, autocast, cpu_model, probe_precision, resolve_precision
 from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
 from des4_hf.training import teacher_student as step_module
 from des4_hf.training.config import TrainConfig
@@ -747,7 +747,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     import transformers
 
     info: dict[str, Any] = {
-        "cpu_model": _cpu_model(), "cpu_cores": os.cpu_count(),
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_has_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "timm": timm.__version__,

@@ -67,7 +67,8 @@ def inference_probe_sample(size: int = PROBE_SIZE) -> Tensor:
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), recorded with every timing: figures compare only on one CPU."""
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo"):
             if line.lower().startswith("model name"):
@@ -124,7 +125,7 @@ def probe_precision(model: nn.Module, sample: Tensor, training: bool = False, ch
     formats = (False, True) if channels_last is None else (channels_last,)
     candidates = [PrecisionChoice(name, dtype, cl) for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))
                   for cl in formats]
-    key = "|".join([_cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}",
+    key = "|".join([cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}",
                     "train" if training else "infer", _network_key(model), "x".join(map(str, sample.shape))])
     path = des4_cache_dir(cache_dir) / PROBE_CACHE
     cache: dict[str, Any] = {}

@@ -68,7 +68,7 @@ def test_auto_on_a_cpu_keeps_the_fastest_measured_variant_and_caches_it(probing,
     timed.clear()
     assert resolve_precision("auto", "cpu", model=model, sample=sample) == choice and not timed  # cached
     # the AVX512-BF16 EPYC of issue 17: oneDNN says native bf16, yet fp32 + channels_last is fastest
-    monkeypatch.setattr(inference, "_cpu_model", lambda: "another CPU")
+    monkeypatch.setattr(inference, "cpu_model", lambda: "another CPU")
     probing({"fp32-nchw": 0.8, "fp32-channels_last": 0.55, "bf16-nchw": 0.9, "bf16-channels_last": 0.65})
     choice = resolve_precision("auto", "cpu", model=model, sample=sample)
     assert (choice.name, choice.channels_last) == ("fp32", True) and len(timed) == 4, "a new CPU is measured anew"
@@ -76,7 +76,7 @@ def test_auto_on_a_cpu_keeps_the_fastest_measured_variant_and_caches_it(probing,
     timed.clear()
     choice = resolve_precision("auto", "cpu", channels_last=False, model=model, sample=sample)
     assert (choice.name, choice.channels_last) == ("fp32", False) and not timed
-    monkeypatch.setattr(inference, "_cpu_model", lambda: "a third CPU")  # fresh: only the precisions are timed
+    monkeypatch.setattr(inference, "cpu_model", lambda: "a third CPU")  # fresh: only the precisions are timed
     assert resolve_precision("auto", "cpu", channels_last=False, model=model, sample=sample).channels_last is False
     assert sorted(timed) == ["bf16-nchw", "fp32-nchw"]
 
