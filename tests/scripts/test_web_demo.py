@@ -28,6 +28,7 @@ from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
 from des4_hf.evaluation import EvaluationResult
+from des4_hf.hub import model_facts
 
 gradio = pytest.importorskip("gradio", reason="the web demo needs the `demo` extra (pip install 'des4-hf[demo]')")
 from des4_hf_scripts import web_demo  # noqa: E402  (needs gradio's presence checked first)
@@ -68,6 +69,10 @@ def test_facts_come_from_the_card_else_from_the_saved_evaluation(model_dir, tmp_
                                       "    dataset: {name: CamVid, type: camvid, split: test}\n"
                                       "    metrics:\n    - {type: mean_iou, value: 51.17, name: mIoU}\n---\n# m\n")
     assert "**mIoU** (model card) CamVid test: **51.17 %**" in web_demo.facts_markdown(loaded())
+    # a Hub id whose card cannot be fetched (offline here): the facts leave the results out, without an error
+    hub_facts = model_facts(loaded().model.config, "someone/not-in-the-cache")
+    assert hub_facts.results == [] and hub_facts.results_source is None and hub_facts.classes == ["sky", "road",
+                                                                                                  "car", "tree"]
 
 
 def test_a_model_without_trained_prototypes_is_refused_in_one_line(tmp_path, capsys):
