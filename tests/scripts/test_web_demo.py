@@ -75,6 +75,18 @@ def test_facts_come_from_the_card_else_from_the_saved_evaluation(model_dir, tmp_
                                                                                                   "car", "tree"]
 
 
+def test_the_page_runs_in_the_precision_chosen_as_des4_predict_chooses_it(model_dir, probing, camvid_image_paths):
+    cpu = web_demo.torch.device("cpu")
+    timed = probing({"fp32-nchw": 0.9, "fp32-channels_last": 0.9, "bf16-nchw": 0.2, "bf16-channels_last": 0.5})
+    loaded = web_demo.ModelStore(cpu, "auto").get(str(model_dir))  # auto: timed on the loaded network, as predict
+    assert len(timed) == 4 and loaded.choice.name == "bf16" and not loaded.choice.channels_last
+    assert "Runs** on cpu, bf16" in web_demo.facts_markdown(loaded)
+    bf16 = web_demo.segment_file(loaded, camvid_image_paths[0])  # autocast bf16 on the CPU
+    fp32 = web_demo.segment_file(web_demo.ModelStore(cpu, "fp32").get(str(model_dir)), camvid_image_paths[0])
+    assert bf16.label_map.shape == fp32.label_map.shape == (360, 480)
+    assert (bf16.label_map == fp32.label_map).mean() > 0.9  # the same network, rounded differently
+
+
 def test_a_model_without_trained_prototypes_is_refused_in_one_line(tmp_path, capsys):
     fresh = tmp_path / "fresh"
     config = Des4Config(backbone="test_resnet", id2label={0: "a", 1: "b"}, decoder_channels=16, low_level_channels=8)
