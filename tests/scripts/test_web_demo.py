@@ -264,6 +264,15 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
+def _ignore_stale(action):
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return action()
+    except StaleElementReferenceException:
+        return None
+
+
 @pytest.mark.slow
 def test_in_a_browser_upload_segment_and_a_non_image(app_url, browser, served_model, camvid_image_paths,
                                                      not_an_image, tmp_path):
@@ -276,10 +285,17 @@ def test_in_a_browser_upload_segment_and_a_non_image(app_url, browser, served_mo
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#des4-image input[type=file]"))
     assert "classes" in driver.find_element(By.ID, "des4-facts").text  # the model card's facts are shown
 
+    shown = "return [...document.querySelectorAll('#des4-image img')].map(img => img.src);"
+
+    def retrying(action):  # Gradio re-renders parts of the page: an element found may be replaced before use
+        return wait.until(lambda d: _ignore_stale(action))
+
     def upload_and_segment(path: Path) -> None:
-        driver.find_element(By.CSS_SELECTOR, "#des4-image input[type=file]").send_keys(str(path))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#des4-image img"))
-        driver.find_element(By.ID, "des4-segment").click()
+        before = driver.execute_script(shown)
+        retrying(lambda: driver.find_element(By.CSS_SELECTOR, "#des4-image input[type=file]").send_keys(str(path))
+                 or True)
+        wait.until(lambda d: (lambda now: now and now != before)(d.execute_script(shown)))  # this file is uploaded
+        retrying(lambda: driver.find_element(By.ID, "des4-segment").click() or True)
 
     upload_and_segment(image)
     size = wait.until(lambda d: d.execute_script(
@@ -296,8 +312,7 @@ def test_in_a_browser_upload_segment_and_a_non_image(app_url, browser, served_mo
     driver.save_screenshot(str(shots / "web_demo.png"))
 
     # a file that is not an image: the page says so in one line (no traceback)
-    driver.find_element(By.CSS_SELECTOR, "#des4-image input[type=file]").send_keys(str(not_an_image))
-    driver.find_element(By.ID, "des4-segment").click()
+    upload_and_segment(not_an_image)
     message = wait.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('body *')].filter(element => !element.children.length"
         " && element.textContent.includes('is not an image that can be read')).map(e => e.textContent)[0];"))
