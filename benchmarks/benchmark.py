@@ -639,7 +639,8 @@ def bench_predict_memory(settings: BenchmarkSettings, size: tuple[int, int], cro
     """Peak memory of predicting one ``size`` image, per :data:`PREDICT_MODES`, one fresh process each, in turn."""
     payloads = {mode: {"kind": "predict", "mode": mode, "size": list(size), "crop": crop, "settings": asdict(settings)}
                 for mode in PREDICT_MODES}
-    modes = _run_memory_children(payloads, at_once=1)
+    # In turn: a full-size child holds gigabytes. --quick's tiny images fit side by side (each child measures itself).
+    modes = _run_memory_children(payloads, at_once=len(payloads) if settings.quick else 1)
     result: dict[str, Any] = {"size": list(size), "crop": crop, "modes": modes, "descriptions": PREDICT_MODES}
     if all("delta_mb" in modes[m] for m in ("whole", "sliding-bands")):
         result["sliding_bands_over_whole_delta"] = _ratio(modes["sliding-bands"]["delta_mb"], modes["whole"]["delta_mb"])
@@ -725,6 +726,7 @@ def bench_memory(settings: BenchmarkSettings, device: torch.device) -> dict[str,
     env = _child_env()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     at_once = max(1, cores // (settings.threads or torch.get_num_threads()))
+    at_once = len(METHODS) if settings.quick else at_once  # --quick: seconds of imports each, nothing to time
     payloads = {method: {"method": method, "device": str(device), "settings": asdict(settings)} for method in METHODS}
     per_method = _run_memory_children(payloads, at_once)
     key = "cuda_peak_allocated_mb" if device.type == "cuda" else "peak_rss_mb"

@@ -165,7 +165,7 @@ def facts_markdown(loaded: LoadedModel) -> str:
     """The model card's key facts: classes, training data, mIoU (with where each number comes from)."""
     facts, training = loaded.facts, loaded.facts.training
     lines = [f"**Model** `{loaded.name}` · {len(facts.classes)} classes: {', '.join(facts.classes)}"]
-    trained = [f"{key} {training[key]}" for key in ("method", "dataset", "split", "steps") if training.get(key)]
+    trained = [f"{key} {training[key]}" for key in ("method", "dataset", "split", "steps", "step") if training.get(key)]
     lines.append("**Trained** " + (" · ".join(trained) if trained else "(not recorded in config.json)"))
     if facts.results:
         scores = "; ".join(f"{dataset} {split}: **{miou:.2f} %**" for dataset, split, miou in facts.results)
