@@ -9,6 +9,18 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The web demo's browser test drives Debian's Chromium, headless, through its driver (selenium); installed beside
+# the Python packages (in the background: it waits on the network and dpkg, not on pip).
+APT_PID=""
+if ! command -v chromium > /dev/null 2>&1 || ! command -v chromedriver > /dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+    (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver > .venv/apt-chromium.log 2>&1) &
+    APT_PID=$!
+  else
+    echo "chromium and chromium-driver are not installed (installing them needs root and apt-get): the browser test skips"
+  fi
+fi
 # Reinstall only when the package metadata changed since the last install (the fast tier stays fast).
 STAMP=".venv/.des4-installed-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ]; then
@@ -16,14 +28,8 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   rm -f .venv/.des4-installed-* && touch "$STAMP"
 fi
-# The web demo's browser test drives Debian's Chromium, headless, through its driver (selenium).
-if ! command -v chromium > /dev/null 2>&1 || ! command -v chromedriver > /dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
-  else
-    echo "chromium and chromium-driver are not installed (installing them needs root and apt-get): the browser test skips"
-  fi
+if [ -n "$APT_PID" ] && ! wait "$APT_PID"; then
+  echo "apt-get could not install chromium (.venv/apt-chromium.log): the browser test skips"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # pytest exits 5 when it collected no test: that is a failure here too.
