@@ -249,6 +249,7 @@ def test_the_space_app_starts_against_a_local_model_folder(model_dir, camvid_ima
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
@@ -259,7 +260,13 @@ def browser() -> Iterator[object]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
         options.add_argument(argument)
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium never downloads a driver
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    for attempt in range(3):  # a cold start reads ~300 MB of Chromium from disk: a slow disk can outlast one wait
+        try:
+            driver = webdriver.Chrome(service=Service(driver_path), options=options)
+            break
+        except WebDriverException:
+            if attempt == 2:
+                raise
     yield driver
     driver.quit()
 
