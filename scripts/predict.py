@@ -25,6 +25,7 @@ from des4_hf.evaluation import default_stride
 from des4_hf.inference import (
     PRECISIONS,
     PROBE_SIZE,
+    PrecisionChoice,
     color_palette,
     inference_probe_sample,
     overlay,
@@ -151,6 +152,20 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
                        name, PREPROCESSOR_CONFIG)
         processor = Des4ImageProcessor()
     return model.to(device).eval(), processor
+
+
+def prepare_for_inference(model: Any, precision: str, device: torch.device, channels_last: bool | None,
+                          probe_size: int = PROBE_SIZE) -> tuple[Any, PrecisionChoice]:
+    """The loaded ``model`` in the memory format of its precision choice, and that choice: ``auto`` is timed on
+    this network and machine (cached) on one ``probe_size``² image (the sliding window's crop, or 512²)."""
+    if precision == "auto":
+        sample = inference_probe_sample(probe_size).to(device)
+        choice = resolve_precision("auto", device, channels_last=channels_last, model=model, sample=sample)
+    else:
+        choice = resolve_precision(precision, device, channels_last=channels_last)
+    if choice.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, choice
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -286,11 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model.config.num_labels > 256:
         _error(f"the model has {model.config.num_labels} classes; palette PNGs hold at most 256")
         return 2
-    if args.precision == "auto":  # timed on this network and CPU (cached): one crop of the window size, or 512²
-        sample = inference_probe_sample(sliding_window[0] if sliding_window else PROBE_SIZE).to(device)
-        choice = resolve_precision("auto", device, channels_last=channels_last, model=model, sample=sample)
-    if choice.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, choice = prepare_for_inference(model, args.precision, device, channels_last,
+                                          sliding_window[0] if sliding_window else PROBE_SIZE)
     logger.info("%d image(s) on %s, precision %s%s%s", len(files), device, choice.name,
                 ", channels_last" if choice.channels_last else "",
                 f", sliding window {sliding_window[0]}/{sliding_window[1]}" if sliding_window else "")

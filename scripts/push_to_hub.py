@@ -81,6 +81,16 @@ def _check_model_files(model_dir: Path) -> None:
                                 "model.save_pretrained(model_dir) (safetensors is the default).")
 
 
+def _new_or_empty_folder(folder: str | Path, what: str) -> Path:
+    """``folder``, created if missing; a FileExistsError when it holds anything (it is never overwritten)."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder} is not an empty folder; {what} would overwrite what it holds. "
+                              "Give a new or empty folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
                          max_side: int = 512) -> Path:
     """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
@@ -122,11 +132,7 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
     given = [results] if isinstance(results, (str, Path)) else list(results or [])
     result_names = [Path(item).name for item in given if isinstance(item, (str, Path))]
 
-    staging = Path(staging_dir)
-    if staging.exists() and (not staging.is_dir() or any(staging.iterdir())):
-        raise FileExistsError(f"{staging} is not an empty folder; the staged files would overwrite what it holds. "
-                              "Give a new or empty folder.")
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = _new_or_empty_folder(staging_dir, "the staged files")
     # Saved again rather than copied: the same tensors, plus the code and auto_map for trust_remote_code=True
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
@@ -190,11 +196,7 @@ def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requir
     if "\n" in requirement or not requirement.strip():
         raise ValueError(f"--space-requirement {requirement!r}: give one requirement line, e.g. "
                          "'des4-hf[demo] @ git+https://github.com/<you>/des4-hf'.")
-    space = Path(space_dir)
-    if space.exists() and (not space.is_dir() or any(space.iterdir())):
-        raise FileExistsError(f"{space} is not an empty folder; the Space files would overwrite what it holds. "
-                              "Give a new or empty folder.")
-    space.mkdir(parents=True, exist_ok=True)
+    space = _new_or_empty_folder(space_dir, "the Space files")
     title = space_id.split("/")[-1]
     readme = (f"---\ntitle: {title}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\n"
               f"pinned: false\nlicense: apache-2.0\nmodels:\n- {model_repo_id}\ntags:\n- des4\n"

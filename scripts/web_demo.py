@@ -37,6 +37,7 @@ from des4_hf_scripts.predict import (
     display_rgb,
     label_map_to_image,
     load_model_and_processor,
+    prepare_for_inference,
     read_image,
 )
 from PIL import Image
@@ -45,10 +46,8 @@ from des4_hf.evaluation import default_stride
 from des4_hf.hub import ModelFacts, model_facts
 from des4_hf.inference import (
     PRECISIONS,
-    PROBE_SIZE,
     PrecisionChoice,
     color_palette,
-    inference_probe_sample,
     overlay,
     resolve_precision,
     segment_images,
@@ -102,13 +101,7 @@ class ModelStore:
         model, processor = load_model_and_processor(name, self.device)  # UsageError: one line, e.g. no prototypes
         if model.config.num_labels > 256:
             raise UsageError(f"--model {name}: {model.config.num_labels} classes; palette PNGs hold at most 256")
-        choice = resolve_precision(self.precision, self.device, channels_last=self.channels_last)
-        if self.precision == "auto":  # timed on this network and machine (cached), as des4-predict does
-            sample = inference_probe_sample(PROBE_SIZE).to(self.device)
-            choice = resolve_precision("auto", self.device, channels_last=self.channels_last, model=model,
-                                       sample=sample)
-        if choice.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model, choice = prepare_for_inference(model, self.precision, self.device, self.channels_last)
         facts = model_facts(model.config, name)
         logger.info("loaded %s on %s, precision %s%s", name, self.device, choice.name,
                     ", channels_last" if choice.channels_last else "")
