@@ -25,6 +25,8 @@ from des4_hf.inference import (
     sliding_window_logits,
 )
 
+pytestmark = pytest.mark.onednn_bf16
+
 
 # -- precision -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("native_bf16", [False, True])

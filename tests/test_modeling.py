@@ -548,6 +548,7 @@ def test_compiled_with_dynamic_shapes_does_not_recompile_per_size(eval_model):
 
 
 @pytest.mark.slow  # inductor compiles C++: about a minute on 2 cores
+@pytest.mark.onednn_bf16  # inductor reads oneDNN's native-bf16 answer
 def test_inductor_on_mixed_sizes(eval_model):
     import torch._dynamo
 

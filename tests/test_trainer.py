@@ -603,6 +603,7 @@ def test_a_diverging_run_stops_at_the_non_finite_check_in_one_line(tmp_path: Pat
     assert "Lower lr" in last
 
 
+@pytest.mark.onednn_bf16
 def test_auto_training_precision_is_the_fastest_measured_on_this_cpu(tmp_path: Path, probing) -> None:
     timed = probing({"fp32-channels_last": 0.55, "bf16-channels_last": 0.45})
     trainer = Trainer(tiny_config(tmp_path, "--mixed-precision", "auto"))

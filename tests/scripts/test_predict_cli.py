@@ -235,6 +235,7 @@ def test_a_model_with_non_finite_weights_is_refused_in_one_line(model_dir, tmp_p
     assert "NaN or inf" in last and not (tmp_path / "masks").exists()
 
 
+@pytest.mark.onednn_bf16
 def test_auto_precision_is_timed_on_the_loaded_model(model_dir, tmp_path, probing, caplog):
     timed = probing({"fp32-nchw": 0.2, "fp32-channels_last": 0.5, "bf16-nchw": 0.9, "bf16-channels_last": 0.9})
     image = tmp_path / "frame.png"

@@ -75,6 +75,7 @@ def test_facts_come_from_the_card_else_from_the_saved_evaluation(model_dir, tmp_
                                                                                                   "car", "tree"]
 
 
+@pytest.mark.onednn_bf16
 def test_the_page_runs_in_the_precision_chosen_as_des4_predict_chooses_it(model_dir, probing, camvid_image_paths):
     cpu = web_demo.torch.device("cpu")
     timed = probing({"fp32-nchw": 0.9, "fp32-channels_last": 0.9, "bf16-nchw": 0.2, "bf16-channels_last": 0.5})
