@@ -70,6 +70,7 @@ class BenchmarkSettings:
     backbone: str = "efficientnet_lite0"
     crop_size: int = 224
     batch_size: int = 4
+    unlabeled_batch_size: int | None = None  # None: batch_size (the trainer's default)
     decoder_channels: int = 128
     separable_convs: bool = True  # the CamVid demo's decoder (Des4Config.separable_convs)
     num_classes: int = 11
@@ -206,8 +207,12 @@ def class_frequencies(num_classes: int) -> Tensor:
 
 
 def make_batches(batch_size: int, crop: int, num_classes: int, device: torch.device, channels_last: bool,
-                 seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                 seed: int = 0, unlabeled_batch_size: int | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """One labeled and one unlabeled batch as the data streams deliver them (same keys and dtypes)."""
+    if unlabeled_batch_size is not None and unlabeled_batch_size != batch_size:
+        labeled, _ = make_batches(batch_size, crop, num_classes, device, channels_last, seed)
+        _, unlabeled = make_batches(unlabeled_batch_size, crop, num_classes, device, channels_last, seed + 1)
+        return labeled, unlabeled
     generator = torch.Generator().manual_seed(seed)
     block = 8  # labels come in 8 × 8 blocks: regions, not salt-and-pepper
     cells = math.ceil(crop / block)
@@ -268,7 +273,8 @@ class StepRunner:
 
     def batches(self, batch_size: int, crop: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         labeled, unlabeled = make_batches(batch_size, crop, self.settings.num_classes, self.device,
-                                          self.settings.channels_last, self.settings.seed)
+                                          self.settings.channels_last, self.settings.seed,
+                                          self.settings.unlabeled_batch_size)
         return labeled, (None if self.method == "supervised" else unlabeled)
 
     def step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> None:
@@ -327,7 +333,7 @@ def bench_training(settings: BenchmarkSettings, device: torch.device) -> tuple[d
     des4_over_mt = _ratio(per_method["des4"]["median_ms"], per_method["mean-teacher"]["median_ms"])
     training = {
         "batch_size": settings.batch_size, "crop_size": settings.crop_size,
-        "unlabeled_batch_size": settings.batch_size,
+        "unlabeled_batch_size": settings.unlabeled_batch_size or settings.batch_size,
         "precision": str(runners["des4"].dtype or "fp32").replace("torch.", ""),
         "channels_last": settings.channels_last,
         "methods": per_method,
@@ -964,7 +970,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default=None, help="timm encoder (default efficientnet_lite0; --quick: test_resnet)")
     parser.add_argument("--crop-size", type=int, default=None, help="square crop (default 224; --quick: 48)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="labeled batch = unlabeled batch (default 4; --quick: 2)")
+                        help="labeled batch (default 4; --quick: 2)")
+    parser.add_argument("--unlabeled-batch-size", type=int, default=None,
+                        help="unlabeled batch of the mean-teacher and DeS4 steps (default: --batch-size)")
     parser.add_argument("--decoder-channels", type=int, default=None, help="decoder width d (default 128; --quick: 16)")
     parser.add_argument("--separable-convs", action=argparse.BooleanOptionalAction, default=True,
                         help="depthwise-separable decoder convs, as the CamVid demo recipe")
@@ -994,8 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image size of the predict-memory figure (default 4000 6000; --quick: 240 320)")
     parser.add_argument("--predict-crop", type=int, default=None,
                         help="sliding-window crop of the predict-memory figure (default 512; --quick: 64)")
-    parser.add_argument("--only", choices=("predict-memory",), default=None,
-                        help="run one section alone and write <out>/<section>.{json,md} (benchmark.* are kept)")
+    parser.add_argument("--only", choices=("predict-memory", "training"), default=None,
+                        help="run one section alone and write <out>/<section>.{json,md} (benchmark.* are kept); "
+                        "training: the step-cost ratios alone, as <out>/step_ratios.json (the CamVid ceiling "
+                        "study converts steps into supervised-step equivalents with them)")
     parser.add_argument("--out", default="reports", help="folder for benchmark.json and benchmark.md")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     return parser
@@ -1017,7 +1027,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         scaling_iterations=pick(args.scaling_iterations, 3, 1), bf16_iterations=args.bf16_iterations,
         crop_sizes=list(args.crop_sizes or [_round16(crop / 2), crop, _round16(crop * 1.5)]),
         batch_sizes=list(args.batch_sizes or [max(1, batch // 2), batch, batch * 2]),
-        device=args.device, train_precision=args.train_precision, channels_last=args.channels_last,
+        unlabeled_batch_size=args.unlabeled_batch_size, device=args.device, train_precision=args.train_precision, channels_last=args.channels_last,
         quick=quick, seed=args.seed, threads=args.threads,
         predict_size=list(args.predict_size or ([240, 320] if quick else [4000, 6000])),
         predict_crop=pick(args.predict_crop, 512, 64),
@@ -1033,6 +1043,23 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
     if problems:
         raise SystemExit("benchmark: " + "; ".join(problems))
     return settings
+
+
+def write_step_ratios(settings: BenchmarkSettings, out: Path) -> Path:
+    """The training section alone (round-robin medians, one undisturbed run): ``<out>/step_ratios.json``."""
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.train_precision == "auto":  # the trainer's rule without the probe: fp32 on a CPU, bf16 on a GPU
+        settings.train_precision = resolve_precision("auto", device).name
+    machine = machine_info(device)
+    training, *_ = bench_training(settings, device)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    section = {"machine": machine, "settings": asdict(settings), "training": training}
+    path = out / "step_ratios.json"
+    _write_atomic(path, json.dumps(section, indent=2, default=str) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1055,6 +1082,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write_atomic(out / "predict_memory.json", json.dumps(section, indent=2, default=str) + "\n")
         _write_atomic(out / "predict_memory.md", text)
         print(text)
+        return 0
+    if args.only == "training":
+        path = write_step_ratios(settings, Path(args.out))
+        print(path.read_text())
         return 0
     report = run_benchmark(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
     json_path, md_path = write_reports(report, Path(args.out))

@@ -2,7 +2,9 @@
 
 Images are decoded by torchvision straight from the path or the Arrow bytes, masks by PIL (palette PNGs as
 indices). Item ``i``'s randomness comes from ``(seed, epoch, i, stream)``: call ``set_epoch`` first. Bad data
-raises :class:`DataError` naming the file and the fix.
+raises :class:`DataError` naming the file and the fix. ``frame_scale`` resizes every frame once (image antialiased,
+mask by nearest) and ``cache_frames`` keeps the decoded frames in memory, so that a small study decodes each file
+once (per loader worker).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import datasets
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2.functional import to_dtype
+from torchvision.transforms.v2.functional import InterpolationMode, resize, to_dtype
 
 from .augment import (
     AugmentConfig,
@@ -58,8 +60,12 @@ class _SegmentationBase(torch.utils.data.Dataset):
     with_labels = True
 
     def __init__(self, hf_dataset: datasets.Dataset, image_mean: Sequence[float], image_std: Sequence[float], *,
-                 seed: int = 0, num_classes: int | None = None) -> None:
+                 seed: int = 0, num_classes: int | None = None, frame_scale: float = 1.0,
+                 cache_frames: bool = False) -> None:
         with_labels = self.with_labels
+        if not 0 < frame_scale <= 1:
+            raise ValueError(f"frame_scale={frame_scale}: a factor in (0, 1] (1 = the files' own size)")
+        self.frame_scale, self._cache = float(frame_scale), {} if cache_frames else None
         if isinstance(hf_dataset, datasets.DatasetDict):
             raise TypeError("pass one split (a datasets.Dataset), e.g. ds['train'], not a DatasetDict.")
         if len(hf_dataset) == 0:
@@ -89,7 +95,19 @@ class _SegmentationBase(torch.utils.data.Dataset):
         return item_generator(self.seed, self.epoch, index, self.stream)
 
     def load(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-        """``(id, image uint8 (3,H,W), mask uint8 (H,W) or None)``, validated."""
+        """``(id, image uint8 (3,H,W), mask uint8 (H,W) or None)``, validated, resized by ``frame_scale``."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        id_, image, mask = self._decode(index)
+        if self.frame_scale != 1:
+            size = [max(1, round(side * self.frame_scale)) for side in image.shape[-2:]]
+            image = resize(image, size, antialias=True)
+            mask = None if mask is None else resize(mask[None], size, InterpolationMode.NEAREST)[0]
+        if self._cache is not None:
+            self._cache[index] = (id_, image, mask)
+        return id_, image, mask
+
+    def _decode(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         row = self._raw[index]
         id_, image_record, label_record = row["id"], row["image"], row.get("label")
         image = decode_image_record(image_record, f"image of id {id_!r}")
@@ -111,8 +129,9 @@ class _TrainBase(_SegmentationBase):
 
     def __init__(self, hf_dataset: datasets.Dataset, crop_size: int, image_mean: Sequence[float],
                  image_std: Sequence[float], seed: int = 0, config: AugmentConfig | None = None,
-                 num_classes: int | None = None) -> None:
-        super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes)
+                 num_classes: int | None = None, frame_scale: float = 1.0, cache_frames: bool = False) -> None:
+        super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes,
+                         frame_scale=frame_scale, cache_frames=cache_frames)
         config = config or AugmentConfig(crop_size=crop_size)
         self.config = config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
 

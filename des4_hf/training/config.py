@@ -74,6 +74,8 @@ class TrainConfig:
     labeled_fraction: float = 0.125  # used when `split` is None: a seeded random split
     crop_size: int = 513
     scale_range: tuple[float, float] = (0.5, 2.0)
+    frame_scale: float = 1.0  # every frame (train and val) resized once by this factor before cropping; (0, 1]
+    cache_frames: bool = False  # keep decoded (and resized) frames in memory: each file is decoded once
     # -- optimisation (per device; global batch = batch_size × processes × grad_accum_steps) ---------
     batch_size: int = 2
     unlabeled_batch_size: int | None = None  # defaults to batch_size
@@ -151,6 +153,7 @@ class TrainConfig:
         check(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
               and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
+        check(0 < self.frame_scale <= 1, f"frame_scale={self.frame_scale}: a factor in (0, 1] (1 = the files' size)")
         check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         check(self.effective_unlabeled_batch_size >= 1, "unlabeled_batch_size must be >= 1")
         check(self.grad_accum_steps >= 1, f"grad_accum_steps={self.grad_accum_steps}: must be >= 1")

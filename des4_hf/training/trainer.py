@@ -227,19 +227,20 @@ class Trainer:
         )
         mean, std = self.image_processor.image_mean, self.image_processor.image_std
         augment = AugmentConfig(crop_size=config.crop_size, scale_range=tuple(config.scale_range))
+        frames = {"frame_scale": config.frame_scale, "cache_frames": config.cache_frames}
         labeled = LabeledTrainDataset(self.labeled_hf, config.crop_size, mean, std, seed=config.seed, config=augment,
-                                      num_classes=self.num_classes)
+                                      num_classes=self.num_classes, **frames)
         loaders = [stream_loader(labeled, config.batch_size, config.seed, config.num_workers)]
         if model.with_teacher:
             unlabeled = UnlabeledTrainDataset(self.unlabeled_hf, config.crop_size, mean, std, seed=config.seed + 1,
-                                              config=augment)
+                                              config=augment, **frames)
             loaders.append(stream_loader(unlabeled, config.effective_unlabeled_batch_size, config.seed + 1,
                                          config.num_workers))
         self.model, self.optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
         self.labeled_stream = BatchStream(loaders[0], accelerator, config.batch_size, "labeled")
         self.unlabeled_stream = BatchStream(loaders[1], accelerator, config.effective_unlabeled_batch_size,
                                             "unlabeled") if len(loaders) > 1 else None
-        self.val_dataset = EvalDataset(self.val_hf, mean, std, num_classes=self.num_classes)
+        self.val_dataset = EvalDataset(self.val_hf, mean, std, num_classes=self.num_classes, **frames)
         # An epoch is one pass over the unlabeled set (the labeled set cycles alongside) [choice, as U2PL].
         epoch_stream = self.unlabeled_stream or self.labeled_stream
         steps_per_epoch = max(1, epoch_stream.batches_per_epoch // config.grad_accum_steps)
@@ -455,14 +456,15 @@ class Trainer:
         unwrapped: TeacherStudent = accelerator.unwrap_model(self.model)
         try:
             while self.state.step < self.max_steps:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 terms = self.train_step(unwrapped)
-                seconds = time.perf_counter() - started
+                seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                 self.state.step += 1
                 lr = self.scheduler.get_last_lr()[0]
                 if self.is_main:
                     with log_path.open("a") as handle:
-                        handle.write(json.dumps({"step": self.state.step, **terms, "lr": lr, "seconds": seconds}) + "\n")
+                        handle.write(json.dumps({"step": self.state.step, **terms, "lr": lr, "seconds": seconds,
+                                                 "cpu_seconds": cpu_seconds}) + "\n")
                     progress.update(1)
                     progress.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in terms.items()}
                                          | {"lr": f"{lr:.2e}", "s/step": f"{seconds:.2f}"})

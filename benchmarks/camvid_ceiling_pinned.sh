@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Start or resume the CamVid ceiling study (issue 30) at the commit it is pinned to, so that every run of it trains
+# the same code: a git worktree of CEILING_COMMIT beside this clone, sharing this clone's outputs/ (the runs) and
+# venv, niced. Finished runs come from this clone's reports/camvid/ceiling/ceiling.json.
+#
+#   bash benchmarks/camvid_ceiling_pinned.sh            # 1. start or resume in the background
+#   tail -f outputs/camvid_ceiling.log                  # 2. watch
+#   bash benchmarks/camvid_ceiling_pinned.sh collect    # 3. copy the report back here (then commit it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CEILING_COMMIT="${CEILING_COMMIT:-$(cat benchmarks/camvid_ceiling.commit)}"
+TREE="${CEILING_TREE:-../ceiling}"
+if [ "${1:-run}" = "collect" ]; then
+  cp "$TREE"/reports/camvid/ceiling/ceiling.json "$TREE"/reports/camvid/ceiling/ceiling.md reports/camvid/ceiling/
+  cp "$TREE"/reports/camvid/ceiling/ceiling_curves*.png reports/camvid/ceiling/ 2>/dev/null || true
+  exit 0
+fi
+if [ ! -d "$TREE" ]; then
+  git worktree add --detach "$TREE" "$CEILING_COMMIT"
+fi
+mkdir -p outputs
+[ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
+if [ -f reports/camvid/ceiling/ceiling.json ]; then
+  cp reports/camvid/ceiling/ceiling.json "$TREE/reports/camvid/ceiling/ceiling.json"
+fi
+PYTHON="$(pwd)/.venv/bin/python"
+TREE_ABS="$(cd "$TREE" && pwd)"
+cd "$TREE_ABS"
+PYTHONPATH="$TREE_ABS" nohup nice -n 10 "$PYTHON" benchmarks/camvid_ceiling.py "$@" >> outputs/camvid_ceiling.log 2>&1 &
+echo "ceiling study running at $CEILING_COMMIT in $TREE_ABS (log: outputs/camvid_ceiling.log)"

@@ -1,0 +1,157 @@
+"""``reports/camvid/ceiling/ceiling.{json,md}`` and ``ceiling_curves.png`` from the ceiling study's records (issue 30).
+
+One machine per table and figure: records are grouped by their ``cpu`` field, each machine gets its own section and
+figure. Seconds are shown only for runs that had the CPU to themselves (``shared_cpu`` false).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ORDER = ("supervised", "mt-cutmix", "des4")
+FRACTION_ORDER = ("1/32", "1/8", "full")
+TARGETS = (  # (label, fraction, left row, right row, threshold), on val means over the seeds both rows ran
+    ("DeS4 − supervised at 1/32", "1/32", "des4", "supervised", 5.0),
+    ("DeS4 − supervised at 1/8", "1/8", "des4", "supervised", 3.0),
+    ("DeS4 − MT + CutMix at 1/32", "1/32", "des4", "mt-cutmix", 0.0),
+    ("DeS4 − MT + CutMix at 1/8", "1/8", "des4", "mt-cutmix", 0.0),
+)
+
+
+def _atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def val_groups(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["eval_split"] == "val":
+            groups.setdefault((r["fraction"], r["row"]), []).append(r)
+    return groups
+
+
+def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: str, left: str, right: str,
+               field: str = "val_miou") -> tuple[float | None, int]:
+    """Mean over the seeds both rows ran of ``left − right`` (paired by seed), and how many seeds."""
+    a = {r["seed"]: r[field] for r in groups.get((fraction, left), [])}
+    b = {r["seed"]: r[field] for r in groups.get((fraction, right), [])}
+    seeds = sorted(set(a) & set(b))
+    return (float(np.mean([a[s] - b[s] for s in seeds])), len(seeds)) if seeds else (None, 0)
+
+
+def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float) -> list[str]:
+    first = records[0]
+    lines = [f"## Machine: {machine}", "",
+             f"Frames {first['resolution']} (½ of CamVid's 480×360, kept in memory), crops {first['crop']}², batch "
+             f"{first['batch']} (labeled + unlabeled), fp32, commit(s) {', '.join(sorted({r['commit'] for r in records}))}. "
+             "Compute = supervised-step equivalents (sup-eq). Seconds are given only for runs that had the CPU to "
+             "themselves; a shared run shows `shared`.", "",
+             f"### Budget search on the dev split (seed 0; doubling stops below +{min_gain} points)", "",
+             "| fraction | row | steps | dev mIoU | gain over half | dev tail mIoU | sup-eq | CPU s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    dev = sorted((r for r in records if r["eval_split"] == "dev"),
+                 key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"]), r["steps"]))
+    previous: dict[tuple[str, str], float] = {}
+    for r in dev:
+        key = (r["fraction"], r["row"])
+        gain = None if key not in previous else r["dev_miou"] - previous[key]
+        previous[key] = r["dev_miou"]
+        seconds = ("shared", "shared") if r["shared_cpu"] else (_fmt(r["cpu_s"], 0), _fmt(r["wall_s"], 0))
+        lines.append(f"| {r['fraction']} | {r['row']} | {r['steps']} | {r['dev_miou']:.2f} | "
+                     f"{'–' if gain is None else f'{gain:+.2f}'} | {r['dev_tail_miou']:.2f} | "
+                     f"{_fmt(r['sup_step_equiv'], 0)} | {seconds[0]} | {seconds[1]} |")
+    groups = val_groups(records)
+    lines += ["", "### Val at the chosen budgets (3 seeds; spread = max − min)", ""]
+    if not groups:
+        lines += ["No val run has finished yet.", ""]
+        return lines
+    lines += ["| fraction | row | steps | seeds | val mIoU | spread | tail mIoU | sup-eq |", "|---|---|---|---|---|---|---|---|"]
+    for (fraction, row), group in sorted(groups.items(), key=lambda kv: (FRACTION_ORDER.index(kv[0][0]),
+                                                                         ORDER.index(kv[0][1]))):
+        values = [r["val_miou"] for r in group]
+        lines.append(f"| {fraction} | {row} | {group[0]['steps']} | {len(group)} | {np.mean(values):.2f} | "
+                     f"{max(values) - min(values):.2f} | {np.mean([r['val_tail_miou'] for r in group]):.2f} | "
+                     f"{_fmt(group[0]['sup_step_equiv'], 0)} |")
+    lines += ["", "### Targets (val, paired by seed)", "", "| target | needed | measured | met |", "|---|---|---|---|"]
+    for label, fraction, left, right, threshold in TARGETS:
+        value, seeds = paired_gap(groups, fraction, left, right)
+        lines.append(f"| {label} | ≥ {threshold:+.1f} | " + ("not run yet | – |" if value is None else
+                     f"{value:+.2f} ({seeds} seed{'s' * (seeds > 1)}) | {'yes' if value >= threshold else 'no'} |"))
+    full, des4 = groups.get(("full", "supervised")), groups.get(("1/8", "des4"))
+    if full and des4:
+        share = np.mean([r["val_miou"] for r in des4]) / np.mean([r["val_miou"] for r in full])
+        lines.append(f"| DeS4 at 1/8 ÷ full supervision | ≥ 90 % | {100 * share:.1f} % | {'yes' if share >= 0.9 else 'no'} |")
+    return lines + [""]
+
+
+def plot(records: Sequence[dict[str, Any]], machine: str, path: Path) -> None:
+    """Dev mIoU against supervised-step equivalents (search, seed 0) and val points with the seed range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = [f for f in FRACTION_ORDER if any(r["fraction"] == f for r in records)]
+    figure, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False)
+    for axis, fraction in zip(axes[0], fractions, strict=True):
+        for row in ORDER:
+            dev = sorted((r for r in records if r["fraction"] == fraction and r["row"] == row and r["eval_split"] == "dev"
+                          and r["sup_step_equiv"] is not None), key=lambda r: r["steps"])
+            if not dev:
+                continue
+            (line,) = axis.plot([r["sup_step_equiv"] for r in dev], [r["dev_miou"] for r in dev], marker="o",
+                                label=f"{row} (dev)")
+            val = [r["val_miou"] for r in records if r["fraction"] == fraction and r["row"] == row
+                   and r["eval_split"] == "val"]
+            if val:
+                x = next(r["sup_step_equiv"] for r in records if r["fraction"] == fraction and r["row"] == row
+                         and r["eval_split"] == "val")
+                axis.errorbar([x], [np.mean(val)], yerr=[[np.mean(val) - min(val)], [max(val) - np.mean(val)]],
+                              fmt="s", color=line.get_color(), capsize=4, label=f"{row} (val, seeds)")
+        axis.set_xscale("log")
+        axis.set_xlabel("supervised-step equivalents")
+        axis.set_ylabel("mIoU (%)")
+        axis.set_title(f"CamVid {fraction} labeled")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"Ceiling study on {machine}", fontsize=9)
+    figure.tight_layout()
+    temporary = path.with_name(f".tmp-{path.name}")
+    figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: dict[str, Any], min_gain: float) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _atomic(report_dir / "ceiling.json", json.dumps(list(records), indent=1) + "\n")
+    machines = sorted({r["cpu"] for r in records})
+    lines = ["# CamVid ceiling study (issue 30)", "",
+             "Supervised, MT + CutMix and DeS4, each trained until doubling its budget gains less than "
+             f"{min_gain} points on the dev split, then at that budget with 3 seeds on val (101 frames). Written by "
+             "`python benchmarks/camvid_ceiling.py` (recipe `configs/camvid_ceiling.yaml`; splits in `splits/`).", ""]
+    if ratios:
+        t = ratios["training"]
+        lines += [f"Step-cost ratios (`benchmarks/benchmark.py --only training`, on {ratios['machine']['cpu_model']}): "
+                  f"MT + CutMix {t['mean_teacher_over_supervised']:.2f}× and DeS4 {t['des4_over_supervised']:.2f}× a "
+                  f"supervised step (batch {t['batch_size']} + {t['unlabeled_batch_size']}, crop {t['crop_size']}).", ""]
+    else:
+        lines += ["No `step_ratios.json` yet: supervised-step equivalents of the semi-supervised rows are blank.", ""]
+    for machine in machines:
+        lines += render_machine([r for r in records if r["cpu"] == machine], machine, min_gain)
+        name = "ceiling_curves.png" if len(machines) == 1 else f"ceiling_curves-{machines.index(machine)}.png"
+        plot([r for r in records if r["cpu"] == machine], machine, report_dir / name)
+        lines += [f"![{machine}]({name})", ""]
+    _atomic(report_dir / "ceiling.md", "\n".join(lines) + "\n")
