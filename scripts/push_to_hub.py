@@ -160,15 +160,18 @@ SPACE_APP = '''"""A DeS4 demo Space for {model_repo_id}: des4-hf's web demo (`de
 Set the Space variable DES4_MODEL to serve another model folder or Hub id.
 """
 
+import atexit
 import os
 
-from des4_hf_scripts.web_demo import build_demo
+from des4_hf_scripts.web_demo import build_demo, launch
 
 MODEL = os.environ.get("DES4_MODEL", "{model_repo_id}")
-demo = build_demo(MODEL, precision=os.environ.get("DES4_PRECISION", "auto"), allow_model_choice=False)
+# des4-demo's safe defaults: one model (no model box), uploads capped, only this page's uploads and examples read
+demo = build_demo(MODEL, precision=os.environ.get("DES4_PRECISION", "auto"))
+atexit.register(demo.des4_cleanup)
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), show_error=True)
+    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
 '''
 
 

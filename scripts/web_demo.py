@@ -9,16 +9,26 @@ the sliding window for large images), the overlay and the palette PNG. The page 
 share of the image, the mask as a downloadable palette PNG, and the inference time. Errors (a file that is not an
 image, a model that cannot be loaded or has no trained prototypes) appear in the page as one line.
 The same function is served as the API endpoint ``/segment`` (``gradio_client``).
+
+Safe by default, for a page anyone may use: ``/segment`` reads only files in Gradio's upload folder (Gradio refuses
+any other path a client names), and ``des4-demo`` gives each page a private upload folder (``GRADIO_TEMP_DIR``,
+unless set), so that holds only this page's uploads, its copies of the examples and its results; no folder is served
+(examples are copied into that cache, ``allowed_paths`` stays empty); uploads are capped in bytes and pixels; the
+model box and its ``/load_model`` endpoint exist only with ``--model-choice``, and then load only Hub ids or folders
+under ``--models-dir``; the page's temporary files are removed on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import html
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -61,6 +71,11 @@ WINDOW = 512  # its crop, as des4-predict --sliding-window
 MAX_MODELS = 2  # models kept loaded at once (a page that switches between two models does not reload them)
 NUM_EXAMPLES = 3
 KEEP_FILES_S = 3600  # uploads, results and masks are deleted after an hour
+MAX_UPLOAD_MB = 20  # an upload larger than this is refused by Gradio (HTTP 413)
+MAX_PIXELS = 25_000_000  # an image of more pixels is refused before it is decoded (a 24 MP camera photo passes)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+UPLOAD_NOTICE = ("Your image is sent to this server, segmented, and kept with its results for at most an hour so "
+                 "that this page can show them; nothing else is done with it.")
 
 
 @dataclass
@@ -120,13 +135,21 @@ class Segmentation:
 
 
 def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_window_above: int = SLIDING_WINDOW_ABOVE,
-                 name: str | None = None) -> Segmentation:
+                 name: str | None = None, max_pixels: int = MAX_PIXELS) -> Segmentation:
     """Read ``path`` as des4-predict does and segment it with its code: the same mask as ``des4-predict``.
-    ``name``: the file's name as the user knows it, for the error message."""
+    ``name``: the file's name as the user knows it, for the error message; an image of more than ``max_pixels`` is
+    refused from its header, before it is decoded."""
+    shown = name or Path(path).name
     try:
+        with Image.open(path) as header:
+            width, height = header.size
+        if width * height > max_pixels:
+            raise UsageError(f"{shown} is {width}×{height} = {width * height / 1e6:.3g} megapixels; this page takes "
+                             f"at most {max_pixels / 1e6:.3g}: downscale it first (des4-predict --sliding-window "
+                             "segments any size)")
         image = read_image(Path(path))
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise UsageError(f"{name or Path(path).name} is not an image that can be read ({type(error).__name__}): "
+        raise UsageError(f"{shown} is not an image that can be read ({type(error).__name__}): "
                          "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
     window = (WINDOW, default_stride(WINDOW)) if max(image.size) > sliding_window_above else None
     started = time.perf_counter()
@@ -191,11 +214,28 @@ def example_images(data_root: str | os.PathLike[str] | None, count: int = NUM_EX
     return [str(path) for path in (root / "JPEGImages" / f"{i}.jpg" for i in ids) if path.is_file()]
 
 
+def page_model_name(name: str, models_dir: str | os.PathLike[str] | None) -> str:
+    """What a page user typed in the model box, allowed only as a folder under ``models_dir`` or a Hub id that is no
+    local path; one message for every refusal, so the answer never tells which server paths exist."""
+    name = name.strip()
+    if models_dir is not None and name:
+        root = Path(models_dir).resolve()
+        folder = (root / name).resolve()
+        if folder.is_relative_to(root) and folder != root and folder.is_dir():
+            return str(folder)
+    if HUB_ID.fullmatch(name) and ".." not in name and not Path(name).expanduser().exists():
+        return name
+    where = "a folder under the models folder or a Hub id" if models_dir is not None else "a Hub id (user/name)"
+    raise UsageError(f"this page loads only {where}")
+
+
 def build_demo(model: str, *, precision: str = "auto", device: str | torch.device | None = None,
-               examples: Sequence[str] = (), allow_model_choice: bool = True,
-               sliding_window_above: int = SLIDING_WINDOW_ABOVE) -> Any:
+               examples: Sequence[str] = (), allow_model_choice: bool = False,
+               models_dir: str | os.PathLike[str] | None = None, sliding_window_above: int = SLIDING_WINDOW_ABOVE,
+               max_pixels: int = MAX_PIXELS, max_upload_mb: float = MAX_UPLOAD_MB) -> Any:
     """The page (a ``gradio.Blocks``) for ``model`` (a folder or a Hub id), loaded now so that a bad model fails at
-    start. ``allow_model_choice=False`` hides the model box (a public Space that serves one model)."""
+    start. ``allow_model_choice`` adds the model box and ``/load_model`` (Hub ids, or folders under ``models_dir``);
+    off, the page serves ``model`` only. ``demo.des4_cleanup()`` removes the page's temporary files."""
     try:
         import gradio as gr
     except ImportError as error:
@@ -205,22 +245,27 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
     first = store.get(model)
     mask_dir = Path(tempfile.mkdtemp(prefix="des4-demo-masks-"))  # Gradio copies each mask into its own cache
 
+    def chosen(model_name: str | None) -> LoadedModel:
+        return store.get(page_model_name(model_name or "", models_dir)) if allow_model_choice else first
+
     def load(model_name: str) -> str:
         try:
-            return facts_markdown(store.get(model_name if allow_model_choice else model))
+            return facts_markdown(chosen(model_name))
         except UsageError as error:
             raise gr.Error(str(error), duration=None) from None
 
-    def segment(image: dict[str, Any] | None, opacity: float, model_name: str) -> tuple[Any, ...]:
+    def segment(image: dict[str, Any] | None, opacity: float, model_name: str | None = None) -> tuple[Any, ...]:
         # Gradio's own preprocessing is off for this event (it would fail on a non-image with a developer's
-        # message): ``upload`` is the file's record, its path already checked to be an upload of this app.
-        upload = image or {}
+        # message). Its file gate still runs: a record whose path is not in its upload folder (this page's own
+        # under des4-demo) is refused before this function, and the path here is Gradio's copy of the file.
+        upload = image if isinstance(image, dict) else {}
         image_path = upload.get("path")
-        if not image_path:
+        if not image_path or not isinstance(image_path, str):
             raise gr.Error("no image: upload, paste or pick an example image first", duration=None)
         try:
-            loaded = store.get(model_name if allow_model_choice else model)
-            result = segment_file(loaded, image_path, sliding_window_above, name=upload.get("orig_name"))
+            loaded = chosen(model_name)
+            result = segment_file(loaded, image_path, sliding_window_above, name=upload.get("orig_name"),
+                                  max_pixels=max_pixels)
         except UsageError as error:
             raise gr.Error(str(error), duration=None) from None
         except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
@@ -247,10 +292,15 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
     # delete_cache: Gradio's copies of uploads and results go after KEEP_FILES_S (a Space runs for weeks)
     with gr.Blocks(title="DeS4 semantic segmentation", delete_cache=(KEEP_FILES_S, KEEP_FILES_S)) as demo:
         gr.Markdown("# DeS4 semantic segmentation\nUpload or paste a photo, or click an example. "
-                    "Large images go through the sliding window.")
-        with gr.Row(visible=allow_model_choice):
-            model_box = gr.Textbox(model, label="Model (a folder or a Hub id)", elem_id="des4-model", scale=4)
-            load_button = gr.Button("Load model", elem_id="des4-load", scale=1)
+                    f"Large images go through the sliding window.\n\n*{UPLOAD_NOTICE} Images up to "
+                    f"{max_upload_mb:g} MB and {max_pixels / 1e6:g} megapixels.*", elem_id="des4-notice")
+        model_box = None
+        if allow_model_choice:  # absent otherwise: no box, no /load_model endpoint
+            with gr.Row():
+                model_box = gr.Textbox(model, label="Model (a Hub id" + (", or a folder of the models folder)"
+                                                                          if models_dir else ")"),
+                                       elem_id="des4-model", scale=4)
+                load_button = gr.Button("Load model", elem_id="des4-load", scale=1)
         facts = gr.Markdown(facts_markdown(first), elem_id="des4-facts")
         with gr.Row():
             with gr.Column():
@@ -266,10 +316,24 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
                 legend = gr.HTML(label="Legend", elem_id="des4-legend")
                 mask = gr.File(label="Mask (palette PNG: pixel value = class index)", elem_id="des4-mask")
         state = gr.State()
-        load_button.click(load, model_box, facts, api_name="load_model")
-        button.click(segment, [image_input, opacity, model_box], [result, legend, mask, info, state],
-                     api_name="segment", preprocess=False)
+        if model_box is not None:
+            load_button.click(load, model_box, facts, api_name="load_model")
+        button.click(segment, [image_input, opacity, *([model_box] if model_box is not None else [])],
+                     [result, legend, mask, info, state], api_name="segment", preprocess=False)
         opacity.release(reblend, [state, opacity], result, api_name=False)
+
+    def cleanup() -> None:
+        """Remove this page's files: the mask folder and Gradio's copies of uploads, examples and results."""
+        shutil.rmtree(mask_dir, ignore_errors=True)
+        for files in [demo.upload_file_set, *demo.temp_file_sets]:
+            for path in list(files):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(path))  # Gradio's per-file hash folder, once empty
+
+    demo.des4_cleanup = cleanup
+    demo.des4_max_file_size = f"{max_upload_mb:g}mb"
     return demo
 
 
@@ -289,7 +353,16 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sliding-window-above", type=int, default=SLIDING_WINDOW_ABOVE,
                         help=f"longest side in pixels above which the sliding window is used (default "
                              f"{SLIDING_WINDOW_ABOVE})")
-    parser.add_argument("--no-model-choice", action="store_true", help="serve --model only (hide the model box)")
+    parser.add_argument("--model-choice", action="store_true",
+                        help="let page users load another model (a Hub id, or a folder under --models-dir); off: the "
+                             "page serves --model only and has no /load_model endpoint")
+    parser.add_argument("--models-dir", default=None, help="with --model-choice: the folder whose model folders page "
+                        "users may load (nothing outside it)")
+    parser.add_argument("--no-model-choice", action="store_true", help=argparse.SUPPRESS)  # the default now
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help=f"largest upload in megabytes (default {MAX_UPLOAD_MB})")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"largest image in pixels, checked before decoding (default {MAX_PIXELS})")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -303,22 +376,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     examples = args.examples if args.examples is not None else example_images(args.data_root)
+    private = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):  # Gradio's default, /tmp/gradio, is shared by every app of this user
+        private = tempfile.mkdtemp(prefix="des4-demo-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = private
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
     try:
         for path in examples:
             if not Path(path).is_file() or Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
                 raise UsageError(f"--examples {path}: not an image file")
         if not 0 < args.port < 65536:
             raise UsageError(f"--port {args.port}: must be between 1 and 65535")
+        if args.models_dir is not None and not (args.model_choice and Path(args.models_dir).is_dir()):
+            raise UsageError(f"--models-dir {args.models_dir}: needs --model-choice and an existing folder")
+        if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+            raise UsageError("--max-upload-mb and --max-pixels must be positive")
         demo = build_demo(args.model, precision=args.precision, device=args.device, examples=examples,
-                          allow_model_choice=not args.no_model_choice, sliding_window_above=args.sliding_window_above)
+                          allow_model_choice=args.model_choice, models_dir=args.models_dir,
+                          sliding_window_above=args.sliding_window_above, max_pixels=args.max_pixels,
+                          max_upload_mb=args.max_upload_mb)
     except (UsageError, ValueError, RuntimeError) as error:
         if args.debug:
             raise
         print(f"des4-demo: {error}", file=sys.stderr)
         return 2
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True,
-                allowed_paths=[str(Path(path).parent) for path in examples])
+    atexit.register(demo.des4_cleanup)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop request removes the page's files too
+    try:  # examples are copied into Gradio's cache when the page is built: no folder needs serving
+        launch(demo, server_name=args.host, server_port=args.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        demo.close()
+        demo.des4_cleanup()
     return 0
+
+
+def launch(demo: Any, **options: Any) -> Any:
+    """``demo.launch`` with this page's safe settings (the Space's app.py uses it too): the upload cap, no extra
+    allowed paths, errors shown as one line."""
+    return demo.launch(show_error=True, max_file_size=demo.des4_max_file_size, allowed_paths=[], **options)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
