@@ -146,9 +146,16 @@ def run_log(folder: Path) -> tuple[int, float, float]:
     return len(entries), sum(e["seconds"] for e in entries), sum(e.get("cpu_seconds", float("nan")) for e in entries)
 
 
+def segments_path(folder: Path) -> Path:
+    """The driver's record of a run's segments, beside the run folder (training refuses foreign files inside it);
+    runs of 5381c6e kept it inside, where it is still read."""
+    inside = folder / "segments.json"
+    return inside if inside.is_file() else folder.parent / f"{folder.name}.segments.json"
+
+
 def shared_cpu(folder: Path) -> bool:
     """True when any segment of the run saw other processes' CPU use, or never closed (unknown)."""
-    path = folder / "segments.json"
+    path = segments_path(folder)
     segments = json.loads(path.read_text()) if path.is_file() else [{"open": True}]
     return any(s.get("open") or s["others_cpu_s"] > SHARED_CPU_SHARE * s["wall_s"] for s in segments)
 
@@ -206,11 +213,11 @@ class Study:
                    "--split", str(self.splits_dir / slug(fraction) / split), "--seed", str(seed),
                    "--max-steps", str(steps), "--output-dir", str(folder), "--resume", "latest",
                    *ROW_ARGS[row], *self.extra]
-        folder.mkdir(parents=True, exist_ok=True)
-        segments_path = folder / "segments.json"
-        segments = json.loads(segments_path.read_text()) if segments_path.is_file() else []
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        record = segments_path(folder)
+        segments = json.loads(record.read_text()) if record.is_file() else []
         segments.append({"open": True, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-        segments_path.write_text(json.dumps(segments, indent=1))
+        record.write_text(json.dumps(segments, indent=1))
         print(f"[ceiling] {' '.join(command)}", flush=True)
         wall, busy, own = time.perf_counter(), busy_seconds(), children_seconds()
         with (folder.parent / f"{folder.name}.log").open("a") as log:
@@ -219,7 +226,7 @@ class Study:
         wall, own = time.perf_counter() - wall, children_seconds() - own
         segments[-1] = {"started": segments[-1]["started"], "wall_s": round(wall, 1), "own_cpu_s": round(own, 1),
                         "others_cpu_s": round(max(0.0, busy_seconds() - busy - own), 1)}
-        segments_path.write_text(json.dumps(segments, indent=1))
+        record.write_text(json.dumps(segments, indent=1))
         if done.returncode != 0:
             raise SystemExit(f"[ceiling] {folder} failed (exit {done.returncode}); see {folder}.log. Rerun to resume.")
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import logging
-import os
-import shutil
 import signal
 import sys
 import types
@@ -22,6 +19,7 @@ import torch.distributed as dist
 
 from des4_hf.pretrained import IMAGENET_OFFLINE
 from des4_hf.training.config import CHOICES, TrainConfig
+from des4_hf.training.run_folder import OutputDirError, claim_output_dir
 
 _FLAG_ALIASES = {
     "decoupled": "--no-decoupled",
@@ -132,50 +130,6 @@ def write_run_figures(config: TrainConfig) -> None:
             overlay(image, label_map).save(temporary, format="JPEG", quality=90)
 
 
-LOCK_NAME = ".des4-train.lock"
-
-
-class OutputDirError(Exception):
-    """The output folder cannot be used as asked: reported as one line, exit status 2."""
-
-
-def claim_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Any:
-    """Make ``output_dir`` this run's: refuse one that holds files unless resuming (or, with ``overwrite``, empty a
-    previous run's folder), and hold a lock on it so that a second concurrent run is refused. The lock is taken by
-    the main process only (``RANK`` 0); the returned handle keeps it until the process ends."""
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    handle = None
-    # A folder des4-train made (its lock file, or its config once written) may be emptied by --overwrite, even when
-    # the run stopped before writing train_config.yaml.
-    made_by_us = (output_dir / LOCK_NAME).exists() or (output_dir / "train_config.yaml").is_file()
-    if main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(output_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open for the whole run
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise OutputDirError(f"--output-dir {output_dir}: another training run is writing there. Wait for it to "
-                                 "finish, or pick another folder.") from None
-    held = sorted(path.name for path in output_dir.glob("*") if path.name != LOCK_NAME) if output_dir.is_dir() else []
-    if held and not resuming:
-        if not overwrite:
-            raise OutputDirError(f"--output-dir {output_dir} already holds files ({', '.join(held[:5])}"
-                                 f"{', ...' if len(held) > 5 else ''}). Continue that run with --resume latest, start "
-                                 "over with --overwrite (deletes it), or pick a new folder.")
-        if not made_by_us:
-            raise OutputDirError(f"--overwrite: {output_dir} was not made by des4-train, so nothing is deleted; empty "
-                                 "it yourself or pick another folder.")
-        if main_process:
-            for name in held:
-                path = output_dir / name
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-    return handle
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -212,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     debug = cli.debug
     previous = signal.signal(signal.SIGTERM, _interrupt)  # preemption on a cluster: save a checkpoint as Ctrl-C does
-    lock = None
+    claim = None
     try:
-        lock = claim_output_dir(Path(config.output_dir), config.resume is not None, cli.overwrite)
+        claim = claim_output_dir(Path(config.output_dir), config.resume is not None, cli.overwrite)
         trainer = Trainer(config)
         trainer.train()
         if trainer.is_main:
@@ -235,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if lock is not None:  # released now, not whenever the file object is collected (main may run again)
-            lock.close()
+        if claim is not None:  # released now (main may run again); a run that never started leaves nothing behind
+            claim.release()
         signal.signal(signal.SIGTERM, previous)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -466,7 +466,9 @@ def test_sigterm_saves_a_resumable_state_like_ctrl_c(tmp_path: Path) -> None:
 def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:
     import fcntl
 
-    from des4_hf_scripts.train import LOCK_NAME, main
+    from des4_hf_scripts.train import main
+
+    from des4_hf.training.run_folder import LOCK_NAME, MARKER
 
     root = _fake_camvid(tmp_path / "camvid")
     run = tmp_path / "run"
@@ -484,20 +486,18 @@ def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path:
         assert main([*argv, "--resume", "latest"]) == 2
         assert "another training run is writing there" in capsys.readouterr().err
 
-    (run / "old-note.txt").write_text("from the first run")
-    assert main([*argv, "--seed", "4", "--overwrite"]) == 0
-    assert not (run / "old-note.txt").exists() and (run / "last" / "config.json").is_file()
-    assert "seed: 4" in (run / "train_config.yaml").read_text()
-
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "keep.txt").write_text("mine")
-    assert main([*argv[:-1], str(notes), "--overwrite"]) == 2  # not a run folder: nothing is deleted
-    assert "was not made by des4-train" in capsys.readouterr().err and (notes / "keep.txt").read_text() == "mine"
-    stopped = tmp_path / "stopped"  # a run stopped before it wrote train_config.yaml (Ctrl-C while loading data)
+    run_id = json.loads((run / MARKER).read_text())["run_id"]
+    (run / "best" / "notes.txt").write_text("mine, inside the run's export")
+    (run / "old-note.txt").write_text("mine")  # a file des4-train did not write: --overwrite deletes nothing
+    assert main([*argv, "--seed", "4", "--overwrite"]) == 2
+    assert "did not write (old-note.txt)" in capsys.readouterr().err and (run / "old-note.txt").is_file()
+    (run / "old-note.txt").unlink()
+    assert main([*argv, "--seed", "4", "--overwrite"]) == 0  # a proved run folder holding only what training wrote
+    assert (run / "last" / "config.json").is_file() and "seed: 4" in (run / "train_config.yaml").read_text()
+    assert json.loads((run / MARKER).read_text())["run_id"] != run_id  # a new run
+    stopped = tmp_path / "stopped"  # a run that fails before it starts leaves nothing behind
     assert main([*argv[:-1], str(stopped), "--data-root", str(tmp_path / "missing")]) == 2
-    (stopped / "split").mkdir()
-    assert main([*argv[:-1], str(stopped), "--overwrite"]) == 0 and (stopped / "train_config.yaml").is_file()
+    assert not stopped.exists()
 
 
 @pytest.mark.slow  # trains

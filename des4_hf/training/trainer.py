@@ -43,6 +43,7 @@ from ..modeling_des4 import Des4ForSemanticSegmentation
 from ..sampling import class_ratio as compute_class_ratio
 from ..utils import atomic_write, atomic_write_json, fsync_tree
 from .config import TrainConfig
+from .run_folder import write_marker
 from .streams import BatchStream, stream_loader
 from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
 
@@ -440,6 +441,7 @@ class Trainer:
         if self.is_main:
             config.save(self.output_dir / "train_config.yaml")
             self.split.save(self.output_dir / "split")
+            write_marker(self.output_dir)  # the run has started: --resume / --overwrite may now act on this folder
         if config.report_to != "none":
             accelerator.init_trackers("des4", config={k: v for k, v in config.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
