@@ -16,55 +16,13 @@ from torch import Tensor
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .image_io import to_rgb_array
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-
-
-def to_rgb_array(image: Any, channels_first: bool | None = None, convert_rgb: bool = True) -> np.ndarray:
-    """Any common image input → float32 (H, W, 3) RGB in [0, 1]: 8-bit / 255, 16-bit / 65535, floats as they are;
-    gray repeated to three channels, alpha dropped (``convert_rgb=False``: anything but 3 channels is an error).
-    Arrays and tensors are (C, H, W) or (H, W, C) as ``channels_first`` says, guessed from the shape when None."""
-    if not convert_rgb:
-        channels = len(image.getbands()) if isinstance(image, Image.Image) else (
-            1 if np.ndim(image) == 2 else np.shape(image)[0 if channels_first or (
-                channels_first is None and np.shape(image)[0] in (1, 3, 4) and np.shape(image)[-1] not in (1, 3, 4))
-                else -1])
-        if channels != 3:
-            raise ValueError(f"do_convert_rgb=False but the image has {channels} channel(s): pass 3-channel RGB "
-                             "images, or do_convert_rgb=True to repeat gray and drop alpha.")
-    if isinstance(image, Image.Image):
-        if image.mode in _SIXTEEN_BIT_MODES:
-            array: np.ndarray = np.asarray(image).astype(np.float32) / 65535.0
-        elif image.mode == "F":
-            array = np.asarray(image, dtype=np.float32)
-        else:
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    elif isinstance(image, (Tensor, np.ndarray)):
-        array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
-        if channels_first is None:
-            channels_first = array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4)
-        if array.ndim == 3 and channels_first:
-            array = array.transpose(1, 2, 0)  # CHW → HWC
-        array = _scale_to_unit(array)
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}: pass a PIL image, a NumPy array (H, W[, C]) "
-                        "or a torch tensor ([C,] H, W).")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"cannot read an image of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4).")
-    array = np.repeat(array[..., :1], 3, axis=-1) if array.shape[-1] < 3 else array[..., :3]  # gray(+alpha), RGBA
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _scale_to_unit(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255):
-        return array.astype(np.float32) / 65535.0  # also 16-bit content in wider integers (PIL mode "I")
-    return array.astype(np.float32) / (255.0 if np.issubdtype(array.dtype, np.integer) else 1.0)
 
 
 _CHANNELS_FIRST = {"channels_first": True, "channels_last": False, "none": None}

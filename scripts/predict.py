@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.evaluation import default_stride
+from des4_hf.image_io import read_image, rgb_uint8
 from des4_hf.inference import (
     PRECISIONS,
     PROBE_SIZE,
@@ -51,23 +52,9 @@ def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None)
     return image
 
 
-def read_image(path: Path) -> Image.Image:
-    """Decode ``path`` fully (so unreadable files fail here), with its EXIF orientation applied."""
-    with Image.open(path) as handle:
-        handle.load()
-        image = ImageOps.exif_transpose(handle)
-        if image is handle:
-            image = handle.copy()
-    return image
-
-
 def display_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
-    from des4_hf.image_processing_des4 import to_rgb_array
-
-    if image.mode == "RGB":
-        return image
-    return Image.fromarray(np.round(to_rgb_array(image).clip(0.0, 1.0) * 255.0).astype(np.uint8))
+    return image if image.mode == "RGB" else Image.fromarray(rgb_uint8(image))
 
 
 class UsageError(Exception):

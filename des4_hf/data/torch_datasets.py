@@ -1,7 +1,7 @@
 """``torch.utils.data.Dataset`` wrappers the trainer and the evaluator iterate.
 
-Images are decoded by torchvision straight from the path or the Arrow bytes, masks by PIL (palette PNGs as
-indices). Item ``i``'s randomness comes from ``(seed, epoch, i, stream)``: call ``set_epoch`` first. Bad data
+Images are read as prediction reads them (:mod:`des4_hf.image_io`: PIL, EXIF orientation applied), straight
+from the path or the Arrow bytes; masks by PIL (palette PNGs as indices). Item ``i``'s randomness comes from ``(seed, epoch, i, stream)``: call ``set_epoch`` first. Bad data
 raises :class:`DataError` naming the file and the fix. ``frame_scale`` resizes every frame once (image antialiased,
 mask by nearest) and ``cache_frames`` keeps the decoded frames in memory, so that a small study decodes each file
 once (per loader worker).
@@ -16,9 +16,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2.functional import InterpolationMode, resize, to_dtype
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
+from ..image_io import exif_orientation, read_image, rgb_uint8
 from .augment import (
     AugmentConfig,
     apply_geometry,
@@ -29,28 +29,26 @@ from .augment import (
     strong_photometric,
 )
 from .class_counts import check_mask_values
-from .datasets import DataError, decode_mask, get_dataset_metadata, open_image_record
+from .datasets import DataError, decode_mask, get_dataset_metadata
 
 #: Salts so the labeled and unlabeled datasets do not draw identical crops for the same index.
 STREAM_LABELED, STREAM_UNLABELED = 1, 2
 
 
 def decode_image_record(record: Mapping[str, Any] | None, where: str) -> torch.Tensor:
-    """uint8 ``(3, H, W)`` RGB tensor from a ``datasets.Image(decode=False)`` record."""
+    """uint8 ``(3, H, W)`` RGB tensor from a ``datasets.Image(decode=False)`` record, read as prediction reads a
+    file (:func:`des4_hf.image_io.read_image`: EXIF orientation applied)."""
     if record is None or (not record.get("bytes") and not record.get("path")):
         raise DataError(f"{where}: missing (empty value). Fix: drop the row or supply the file.")
     source = record.get("path") or "<bytes>"
     try:
-        data = torch.frombuffer(bytearray(record["bytes"]), dtype=torch.uint8) if record.get("bytes") \
-            else read_file(record["path"])
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{where}: file {source} does not exist or cannot be read ({exc}). Fix: restore it, or "
-                        "drop its row.") from exc
-    try:
-        return to_dtype(decode_image(data, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit: scaled
-    except RuntimeError:  # a format torchvision does not decode (BMP, TIFF...): PIL, which names a bad file
-        with open_image_record({"bytes": data.numpy().tobytes(), "path": record.get("path")}, where) as image:
-            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        image = read_image(record["bytes"] if record.get("bytes") else record["path"])
+    except FileNotFoundError as exc:
+        raise DataError(f"{where}: file {source} does not exist. Fix: restore it, or drop its row.") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise DataError(f"{where}: cannot decode {source} ({exc}). Fix: re-export the file as PNG/JPEG, or drop "
+                        "its row.") from exc
+    return torch.from_numpy(np.array(rgb_uint8(image))).permute(2, 0, 1).contiguous()
 
 
 class _SegmentationBase(torch.utils.data.Dataset):
@@ -116,9 +114,13 @@ class _SegmentationBase(torch.utils.data.Dataset):
         where = f"mask of id {id_!r}" + (f" ({label_record['path']})" if (label_record or {}).get("path") else "")
         mask = torch.from_numpy(decode_mask(label_record, where))
         if tuple(mask.shape) != tuple(image.shape[-2:]):
+            source = (image_record or {}).get("path") or (image_record or {}).get("bytes")
+            turned = exif_orientation(source) not in (1, 2, 3, 4)  # 5-8: the photo is shown turned by 90°
             raise DataError(f"{where}: mask is {tuple(mask.shape)[::-1]} (W×H) but image "
-                            f"{(image_record or {}).get('path') or '<bytes>'} is {tuple(image.shape[-2:])[::-1]}. "
-                            "Fix: re-export the mask at the image size.")
+                            f"{(image_record or {}).get('path') or '<bytes>'} is {tuple(image.shape[-2:])[::-1]}"
+                            + (" as shown upright (its EXIF orientation turns it by 90°). Fix: draw the mask on the "
+                               "upright photo, or save the photo without its orientation tag." if turned else
+                               ". Fix: re-export the mask at the image size."))
         if self.num_classes is not None:
             check_mask_values(mask.numpy(), self.num_classes, where)
         return id_, image, mask
