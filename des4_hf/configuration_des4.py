@@ -84,6 +84,10 @@ class Des4Config(PreTrainedConfig):
         super().__init__(**kwargs)
         if self.id2label is not None and not self.label2id:
             self.label2id = {label: index for index, label in self.id2label.items()}
+        names = list((self.id2label or {}).values())
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # label2id would map them to one index: a class unreachable by name
+            raise ValueError(f"id2label names {repeated} more than once: give each class its own name.")
         if self.num_labels < 2:
             # Decided (issue 16): no sigmoid mode as SegFormer's num_labels=1. A pixel goes to its nearest class
             # prototype; one prototype has nothing to be nearer than, and MES needs the background's pixels too.

@@ -179,6 +179,9 @@ def _statistics(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float
     if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
         raise ValueError(f"image_mean={mean} and image_std={std}: three finite values each, with positive std (fix "
                          "preprocessor_config.json).")
+    if max(abs(v) for v in mean + std) > 2:  # pixels are scaled to [0, 1] first: 0–255 statistics would wreck them
+        raise ValueError(f"image_mean={mean} and image_std={std} are on the 0–255 scale, but pixels are scaled to "
+                         "[0, 1] first: divide them by 255 (fix preprocessor_config.json).")
     return mean, std
 
 

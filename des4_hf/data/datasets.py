@@ -142,9 +142,14 @@ def _to_dataset(pairs: _Pairs, split: str, metadata: dict[str, Any], title: str,
 
 
 def read_id_list(path: Path) -> list[str]:
+    """The non-empty lines of a list file (ids, or class names); an id or name listed twice is refused, named."""
     if not path.is_file():
         raise DataError(f"{path} does not exist. Fix: check the dataset root (it must contain this list file).")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    repeated = sorted({line for line in lines if lines.count(line) > 1}) if len(set(lines)) < len(lines) else []
+    if repeated:
+        raise DataError(f"{path} lists {repeated[:5]} more than once. Fix: keep one line each.")
+    return lines
 
 
 def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str]) -> _Pairs:
@@ -300,6 +305,9 @@ def _walk_images(folder: Path) -> dict[str, Path]:
             stem, ext = os.path.splitext(name)
             if ext.lower() in IMAGE_EXTENSIONS:
                 rel = (Path(dirpath) / stem).relative_to(folder).as_posix()
+                if rel in out:  # X.jpg beside X.png: either could be taken for the image, as in the VOC layout
+                    twins = " and ".join(sorted((out[rel].name, name)))
+                    raise DataError(f"{Path(dirpath)}: {twins} share a name. Fix: keep one file per image id.")
                 out[rel] = Path(dirpath) / name
     return dict(sorted(out.items()))
 

@@ -7,6 +7,7 @@ the first evaluation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -34,6 +35,24 @@ PROTOTYPE_INITS = ("orthonormal", "first-mean")
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": MIXED_PRECISION,
     "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (plain YAML keeps the last one, silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice; keep one",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _runtime_types(annotation: Any) -> tuple[type, ...]:
@@ -140,6 +159,10 @@ class TrainConfig:
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 errors.append(f"{item.name}={value!r}: expected "
                               + " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds))
+        errors += [f"{item.name}={getattr(self, item.name)!r}: must be a finite number" for item in dataclasses.fields(self)
+                   if isinstance(getattr(self, item.name), float) and not math.isfinite(getattr(self, item.name))]
+        if not all(math.isfinite(v) for v in self.scale_range if isinstance(v, (int, float))):
+            errors.append(f"scale_range={self.scale_range!r}: must be finite numbers")
         if errors:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
 
@@ -196,8 +219,14 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist (recipes live in configs/)")
-        with path.open() as handle:
-            values = yaml.safe_load(handle) or {}
+        try:
+            with path.open() as handle:
+                values = yaml.load(handle, Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as error:  # a typo in the recipe: where it is, not a traceback
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option: value at the top level")
         values.update(overrides or {})

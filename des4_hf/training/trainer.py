@@ -7,6 +7,7 @@ optimizer, EMA teacher, prototype update, log, evaluate, checkpoint} → export 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -47,6 +48,7 @@ from .run_folder import write_marker
 from .streams import BatchStream, stream_loader
 from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
 
+logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 
 
@@ -199,6 +201,14 @@ class Trainer:
         weights = class_balancing_weights(torch.as_tensor(self.labeled_pixel_counts), config.class_weighting)
         self.class_weights = weights.to(accelerator.device) if weights is not None else None
         self.val_hf = dataset["val"]
+        shared = sorted(set(self.labeled_hf["id"]) & set(self.val_hf["id"])) if "id" in self.val_hf.column_names else []
+        if shared:  # the val score would count images the model was trained on
+            logger.warning("%d labeled training id(s) are also in the val split (e.g. %s): the val mIoU counts images "
+                           "the model learned from; remove them from one of the lists", len(shared), shared[:3])
+        if int(self.labeled_pixel_counts.sum()) == 0:
+            logger.warning("the %d labeled masks hold no class pixel (every pixel is ignore, 255): nothing can be "
+                           "learned from them and the mIoU will be undefined; check the masks' values",
+                           len(self.labeled_hf))
         self.print(f"data: {config.dataset} — {len(self.labeled_hf)} labeled, {len(self.unlabeled_hf)} unlabeled "
                    f"(split {split.name}), {len(self.val_hf)} val, {self.num_classes} classes")
         if self.class_weights is not None:
@@ -384,6 +394,9 @@ class Trainer:
             for name, result in results.items()}}
         record["pseudo_labels"] = self._pseudo_label_report()
         teacher_miou = record["teacher"]["mean_iou"]
+        if not math.isfinite(teacher_miou):
+            logger.warning("step %d: the val mIoU is undefined (NaN): the val masks hold no class pixel that was "
+                           "predicted or labeled; check their values", self.state.step)
         self.state.history.append({"step": self.state.step, "teacher_miou": teacher_miou,
                                    "student_miou": record.get("student", {}).get("mean_iou")})
         improved = teacher_miou > self.state.best_miou
