@@ -2,13 +2,15 @@
 
 Importing the package registers ``Des4Config``, ``Des4ForSemanticSegmentation`` and ``Des4ImageProcessor`` with
 the transformers Auto classes, so that ``AutoModelForSemanticSegmentation`` and ``pipeline("image-segmentation")``
-load DeS4 checkpoints, and saved checkpoints carry their code for ``trust_remote_code=True``.
+load DeS4 checkpoints, and saved checkpoints carry their code for ``trust_remote_code=True``. It also gives
+huggingface_hub's shared client a timeout (``$DES4_HUB_TIMEOUT``, 30 s) when it has none, so that no Hub call through
+the package waits forever on a Hub that accepts the connection and never answers.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .configuration_des4 import Des4Config
-from .hub_names import accept_short_names
+from .hub_names import accept_short_names, set_hub_timeout
 from .image_processing_des4 import Des4ImageProcessor, Des4ImageProcessorPil
 from .modeling_des4 import Des4ForSemanticSegmentation, Des4PreTrainedModel, PrototypeHead
 
@@ -24,6 +26,17 @@ for _auto_class in (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmenta
 Des4Config.register_for_auto_class()
 Des4ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 Des4ImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
+def _default_hub_timeout() -> None:
+    from huggingface_hub import get_session
+
+    timeout = get_session().timeout
+    if getattr(timeout, "read", timeout) is None:  # none set by the user: huggingface_hub's default, forever
+        set_hub_timeout()
+
+
+_default_hub_timeout()
 
 __all__ = ["Des4Config", "Des4ForSemanticSegmentation", "Des4ImageProcessor", "Des4ImageProcessorPil",
            "Des4PreTrainedModel", "PrototypeHead", "__version__"]

@@ -93,6 +93,52 @@ _OFFLINE = "is not in the local Hugging Face cache and Hub access is switched of
 _UNREACHABLE = "is not in the local Hugging Face cache and the Hub could not be reached"
 
 
+DEFAULT_HUB_TIMEOUT = 30.0  # seconds; huggingface_hub's shared client waits forever by default
+
+
+_hub_timeout = [DEFAULT_HUB_TIMEOUT]
+
+
+def _fill_timeouts(request: Any) -> None:
+    """A request hook of huggingface_hub's client: no request waits longer than ours, also one sent with ``None``
+    (some calls pass it explicitly, which overrides the client's own timeout), before the transport reads it."""
+    given = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {key: min(given.get(key) or _hub_timeout[0], _hub_timeout[0])
+                                     for key in ("connect", "read", "write", "pool")}
+
+
+def hub_model_problem(repo_id: str) -> str | None:
+    """Why Hub model ``repo_id`` cannot be loaded, asked once with the timeout and no retries (transformers' loaders
+    retry each file with back-off); None when it can, when it is in the local cache, or when Hub access is off."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    try:
+        HfApi().model_info(repo_id, timeout=_hub_timeout[0])
+    except Exception as error:  # noqa: BLE001 - huggingface_hub and httpx raise many types; unknown ones pass
+        return hub_error_line(repo_id, error)
+    return None
+
+
+def set_hub_timeout(seconds: float | None = None) -> float:
+    """Seconds to connect and for each read or write of every huggingface_hub call (the Auto loaders', des4-predict's,
+    the demo's, the push's): ``seconds``, else ``$DES4_HUB_TIMEOUT``, else :data:`DEFAULT_HUB_TIMEOUT`."""
+    from huggingface_hub import get_session
+
+    if seconds is None:
+        seconds = float(os.environ.get("DES4_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT))
+    if not seconds > 0:
+        raise ValueError(f"Hub timeout {seconds}: give a positive number of seconds")
+    _hub_timeout[0] = seconds
+    client = get_session()
+    client.timeout = seconds
+    hooks = client.event_hooks
+    if _fill_timeouts not in hooks.get("request", []):
+        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _fill_timeouts]}
+    return seconds
+
+
 def is_network_error(error: BaseException) -> bool:
     """A connection or timeout failure of the standard library or any HTTP client (httpx, httpx2, requests)."""
     return any(cls.__name__ in ("TransportError", "ConnectionError", "TimeoutError") for cls in type(error).__mro__)
@@ -120,6 +166,13 @@ def _hub_problem(error: BaseException) -> tuple[str, BaseException] | None:
     if isinstance(error, OSError) and ("couldn't connect" in str(error) or "offline mode" in str(error)):
         return _OFFLINE, error
     return None
+
+
+def hub_error_line(name: str, error: BaseException) -> str | None:
+    """One line for a failed Hub load of ``name`` (not found, unreachable, offline...), or None when ``error`` is no
+    Hub failure."""
+    problem = _hub_problem(error)
+    return None if problem is None else f"{name} {problem[0]}"
 
 
 @contextlib.contextmanager

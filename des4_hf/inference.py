@@ -58,6 +58,11 @@ def resolve_precision(precision: str, device: torch.device | str, channels_last:
     return PrecisionChoice(precision, dtype, True if channels_last is None else channels_last)
 
 
+#: Longest side (pixels) above which des4-predict and the web demo segment through the sliding window (of
+#: ``SLIDING_WINDOW_CROP`` crops): a whole 9000² photo would need gigabytes of activations at once.
+SLIDING_WINDOW_ABOVE = 1024
+SLIDING_WINDOW_CROP = 512
+
 PROBE_CACHE = "precision_probe.json"
 PROBE_SIZE = 512  # inference probes time one image of this size (the choice barely depends on it), cached once
 

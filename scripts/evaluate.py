@@ -24,6 +24,7 @@ from des4_hf.evaluation import (
     percent,
     protocol_window,
 )
+from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
 from des4_hf.inference import (
     PRECISIONS,
 )
@@ -165,6 +166,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-check-labels", dest="check_labels", action="store_false",
                         help="skip the up-front scan of every mask's values")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
+                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -265,10 +268,13 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1.")
 
     # 1. data (paths only), 2. the model's config: both cheap. Short names → <namespace>/<name>.
-    from des4_hf.hub_names import resolve_pretrained_name
+    from des4_hf.hub_names import hub_model_problem, resolve_pretrained_name
 
     args.model = resolve_pretrained_name(args.model)
     split = load_eval_split(args)
+    problem = None if Path(args.model).expanduser().exists() else hub_model_problem(args.model)
+    if problem is not None:  # asked once, within --timeout: the loaders would retry every file
+        raise UsageError(f"--model {args.model}: {problem}")
     try:
         config = Des4Config.from_pretrained(args.model)
     except OSError as error:
@@ -336,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     accelerator = Accelerator()
     try:
+        set_hub_timeout(args.timeout)
         return _run_evaluation(args, accelerator)
     except (UsageError, DataError, LabelRangeError, ValueError, OSError) as error:  # OSError: e.g. an unwritable --out
         if args.debug:

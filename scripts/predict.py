@@ -22,10 +22,13 @@ from tqdm import tqdm
 
 from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.evaluation import default_stride
+from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
 from des4_hf.image_io import read_image, rgb_uint8
 from des4_hf.inference import (
     PRECISIONS,
     PROBE_SIZE,
+    SLIDING_WINDOW_ABOVE,
+    SLIDING_WINDOW_CROP,
     PrecisionChoice,
     color_palette,
     inference_probe_sample,
@@ -57,6 +60,12 @@ def display_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else Image.fromarray(rgb_uint8(image))
 
 
+def add_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    """``--timeout``: seconds for each Hub request (connect, read) when ``--model`` is a Hub id."""
+    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
+                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
+
+
 class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
@@ -78,7 +87,10 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (folders: their images, sorted)")
     parser.add_argument("--model", required=True, help="a saved model directory or a Hugging Face Hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    parser.add_argument("--sliding-window", action="store_true", help="predict from overlapping crops (large images)")
+    parser.add_argument("--sliding-window", action="store_true", help="predict every image from overlapping crops")
+    parser.add_argument("--sliding-window-above", type=int, default=SLIDING_WINDOW_ABOVE, metavar="PIXELS",
+                        help="images whose longest side exceeds this go through the sliding window even without "
+                             f"--sliding-window, so memory stays bounded (default {SLIDING_WINDOW_ABOVE})")
     parser.add_argument("--crop-size", type=int, default=None, help="sliding-window crop size (default 512)")
     parser.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 2/3 of the crop)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -89,6 +101,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overlay-alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_timeout_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -114,12 +127,18 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
         raise UsageError(f"--model {name}: is a file; give the directory written by save_pretrained")
     if not path.exists() and _looks_like_local_path(name):
         raise UsageError(f"--model {name}: no such directory")
-    from des4_hf.hub_names import resolve_pretrained_name
+    from des4_hf.hub_names import hub_error_line, hub_model_problem, resolve_pretrained_name
 
     source = str(path) if path.is_dir() else resolve_pretrained_name(name)
+    problem = None if path.is_dir() else hub_model_problem(source)
+    if problem is not None:  # asked once, within --timeout: the loaders would retry every file
+        raise UsageError(f"--model {name}: {problem}")
     try:
         model = Des4ForSemanticSegmentation.from_pretrained(source)
     except (OSError, ValueError) as error:  # not found (OSError), bad id or bad checkpoint (ValueError)
+        hub = None if path.is_dir() else hub_error_line(name, error)
+        if hub is not None:  # "not found", "could not be reached": not transformers' advice about the connection
+            raise UsageError(f"--model {name}: {hub}") from error
         where = "directory" if path.is_dir() else "directory or Hub model"
         raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {error}") from error
     try:  # a model loaded to fine-tune to new classes, not trained yet: its new classes would be arbitrary
@@ -223,7 +242,7 @@ def _predict_settings(args: argparse.Namespace) -> tuple[torch.device, tuple[int
         raise UsageError(f"--overlay-alpha {args.overlay_alpha}: must be in [0, 1]")
     sliding_window = None
     if args.sliding_window:
-        crop = 512 if args.crop_size is None else args.crop_size
+        crop = SLIDING_WINDOW_CROP if args.crop_size is None else args.crop_size
         if crop < MIN_CROP:
             raise UsageError(f"--crop-size {crop}: use at least {MIN_CROP} pixels (smaller crops see too little "
                              "context, and their number grows with the square of the image size)")
@@ -233,7 +252,10 @@ def _predict_settings(args: argparse.Namespace) -> tuple[torch.device, tuple[int
                              f"crop size {crop}")
         sliding_window = (crop, stride)
     elif args.crop_size is not None or args.stride is not None:
-        logger.warning("--crop-size/--stride only apply with --sliding-window; predicting whole images")
+        logger.warning("--crop-size/--stride only apply with --sliding-window; predicting whole images (and those "
+                       "above --sliding-window-above through %d crops)", SLIDING_WINDOW_CROP)
+    if args.sliding_window_above < MIN_CROP:
+        raise UsageError(f"--sliding-window-above {args.sliding_window_above}: use at least {MIN_CROP} pixels")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
@@ -258,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: 2 for bad arguments, 0 for --help
         return int(exit_.code or 0)
     try:
+        set_hub_timeout(args.timeout)
         device, sliding_window = _predict_settings(args)
         channels_last = False if args.no_channels_last else None  # None: auto may time both formats
         choice = resolve_precision(args.precision, device, channels_last=channels_last)  # checks fp16 on a CPU
@@ -304,9 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stems = output_stems(files)
     with tqdm(total=len(files), unit="img", desc="des4-predict", disable=args.no_progress, file=sys.stderr) as bar:
         for batch in batches(files, stems, args.batch_size, failed, bar):
+            window = sliding_window  # a large image goes through the window anyway: its memory stays bounded
+            if window is None and max(batch[0].image.size) > args.sliding_window_above:
+                window = (SLIDING_WINDOW_CROP, default_stride(SLIDING_WINDOW_CROP))
             try:
                 label_maps = segment_images(model, processor, [item.image for item in batch], device,
-                                            choice.autocast_dtype, choice.channels_last, sliding_window)
+                                            choice.autocast_dtype, choice.channels_last, window)
             except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
                 for item in batch:
                     _error(f"{item.path}: prediction failed ({type(error).__name__}: {error})")

@@ -224,12 +224,14 @@ def push_to_hub(model_dir: str | Path, repo_id: str, results: ResultsSource | Se
     Creates the repo (``private``: a new repo only; an existing public one is refused, not uploaded to) and the
     branch ``revision`` if needed. ``token`` defaults to ``HF_TOKEN`` or ``hf auth login``'s; it is never printed.
     """
-    from huggingface_hub import HfApi, get_session
+    from huggingface_hub import HfApi
+
+    from des4_hf.hub_names import set_hub_timeout
 
     validate_repo_id(repo_id)
     revision = validate_revision(revision)
     _token_available(token)
-    get_session().timeout = timeout  # the shared HTTP client of every huggingface_hub call
+    set_hub_timeout(timeout)  # the shared HTTP client of every huggingface_hub call
     with tempfile.TemporaryDirectory(prefix="des4-push-") as staging, \
             tempfile.TemporaryDirectory(prefix="des4-space-") as space_staging:
         stage_model_repo(model_dir, staging, repo_id, results=results, example_image=example_image)

@@ -44,6 +44,7 @@ import torch
 from des4_hf_scripts.predict import (
     IMAGE_EXTENSIONS,
     UsageError,
+    add_timeout_argument,
     display_rgb,
     label_map_to_image,
     load_model_and_processor,
@@ -54,8 +55,11 @@ from PIL import Image
 
 from des4_hf.evaluation import default_stride
 from des4_hf.hub import ModelFacts, model_facts
+from des4_hf.hub_names import set_hub_timeout
 from des4_hf.inference import (
     PRECISIONS,
+    SLIDING_WINDOW_ABOVE,
+    SLIDING_WINDOW_CROP,
     PrecisionChoice,
     color_palette,
     overlay,
@@ -66,8 +70,6 @@ from des4_hf.inference import (
 logger = logging.getLogger("des4_hf.web_demo")
 
 DEFAULT_PORT = 7860
-SLIDING_WINDOW_ABOVE = 1024  # longest side (pixels) above which an image goes through the sliding window
-WINDOW = 512  # its crop, as des4-predict --sliding-window
 MAX_MODELS = 2  # models kept loaded at once (a page that switches between two models does not reload them)
 NUM_EXAMPLES = 3
 KEEP_FILES_S = 3600  # uploads, results and masks are deleted after an hour
@@ -151,7 +153,7 @@ def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_wind
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
         raise UsageError(f"{shown} is not an image that can be read ({type(error).__name__}): "
                          "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
-    window = (WINDOW, default_stride(WINDOW)) if max(image.size) > sliding_window_above else None
+    window = (SLIDING_WINDOW_CROP, default_stride(SLIDING_WINDOW_CROP)) if max(image.size) > sliding_window_above else None
     started = time.perf_counter()
     label_map = segment_images(loaded.model, loaded.processor, [image], loaded.device, loaded.choice.autocast_dtype,
                                loaded.choice.channels_last, window)[0]
@@ -363,6 +365,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help=f"largest upload in megabytes (default {MAX_UPLOAD_MB})")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help=f"largest image in pixels, checked before decoding (default {MAX_PIXELS})")
+    add_timeout_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -389,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--port {args.port}: must be between 1 and 65535")
         if args.models_dir is not None and not (args.model_choice and Path(args.models_dir).is_dir()):
             raise UsageError(f"--models-dir {args.models_dir}: needs --model-choice and an existing folder")
+        set_hub_timeout(args.timeout)
         if args.max_upload_mb <= 0 or args.max_pixels <= 0:
             raise UsageError("--max-upload-mb and --max-pixels must be positive")
         demo = build_demo(args.model, precision=args.precision, device=args.device, examples=examples,

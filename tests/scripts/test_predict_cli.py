@@ -260,3 +260,19 @@ def test_a_model_with_untrained_new_classes_is_refused_in_one_line(model_dir, tm
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"des4-predict: --model {tmp_path / 'tuned'}: none of the 2 class prototypes") and \
         "Train it first" in last
+
+
+def test_a_large_image_goes_through_the_sliding_window_without_asking(model_dir, tmp_path):
+    """Memory stays bounded (issue 34, problem 7): above --sliding-window-above pixels (1024) des4-predict predicts
+    from crops, as --sliding-window does, instead of one whole-image forward."""
+    rng = np.random.default_rng(0)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 255, (96, 1100, 3), dtype=np.uint8)).save(wide)
+    masks = {}
+    for name, extra in (("auto", []), ("window", ["--sliding-window"]), ("whole", ["--sliding-window-above", "2000"])):
+        assert main(["--model", str(model_dir), str(wide), "--out", str(tmp_path / name), "--no-progress",
+                     "--device", "cpu", "--precision", "fp32", *extra]) == 0
+        masks[name] = read_mask(tmp_path / name / "wide.png")
+    assert np.array_equal(masks["auto"], masks["window"])
+    assert not np.array_equal(masks["auto"], masks["whole"])  # a whole-image forward sees other context
+    assert main(["--model", str(model_dir), str(wide), "--out", str(tmp_path / "x"), "--sliding-window-above", "8"]) == 2
