@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import re
 import sys
 from collections.abc import Sequence
@@ -269,10 +270,12 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
 
     # 1. data (paths only), 2. the model's config: both cheap. Short names → <namespace>/<name>.
     from des4_hf.hub_names import hub_model_problem, resolve_pretrained_name
+    from des4_hf.inference import load_error_line, model_folder_problem
 
     args.model = resolve_pretrained_name(args.model)
     split = load_eval_split(args)
-    problem = None if Path(args.model).expanduser().exists() else hub_model_problem(args.model)
+    local = Path(args.model).expanduser()
+    problem = model_folder_problem(local) if local.is_dir() else hub_model_problem(args.model)
     if problem is not None:  # asked once, within --timeout: the loaders would retry every file
         raise UsageError(f"--model {args.model}: {problem}")
     try:
@@ -301,7 +304,10 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
         check_dataset_labels(split, num_classes, ignore_index, indices=shard)
 
     # 4. heavy work.
-    model = Des4ForSemanticSegmentation.from_pretrained(args.model)
+    try:
+        model = Des4ForSemanticSegmentation.from_pretrained(args.model)
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
+        raise UsageError(f"--model {args.model}: cannot load it: {load_error_line(error)}") from error
     try:
         processor = Des4ImageProcessor.from_pretrained(args.model)
     except OSError:

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,18 +107,23 @@ def export_onnx(
     verify: bool = True,
     atol: float = 1e-3,
     min_agreement: float = 0.999,
+    overwrite: bool = False,
 ) -> Path:
     """Export to ``output_path`` (dynamic batch/height/width); returns the path.
 
     ``height``/``width`` set the example size used to trace the graph (the graph accepts any size >= 2).
     With ``verify`` (and onnxruntime installed) the file is run at another size and compared with PyTorch;
     a RuntimeError is raised when the max abs logit difference exceeds ``atol`` or fewer than
-    ``min_agreement`` of the pixels get the same class.
+    ``min_agreement`` of the pixels get the same class. An existing file is replaced only with ``overwrite``; the
+    file appears whole or not at all (written beside, then renamed).
     """
     _check_arguments(opset, height, width)
     output_path = Path(output_path)
     if output_path.suffix != ".onnx":
         raise ValueError(f"output_path {output_path} should end in .onnx")
+    if output_path.exists() and not overwrite:
+        raise FileExistsError(f"{output_path} exists: pass --force (overwrite=True) to replace it, or pick another "
+                              "--out")
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as error:
@@ -142,7 +148,13 @@ def export_onnx(
         _finish_graph(program, model, model_dir)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-        program.save(str(output_path), external_data=weight_bytes > _TWO_GIB * 0.9)
+        with tempfile.TemporaryDirectory(prefix=".des4-onnx-", dir=output_path.parent) as staging:
+            staged = Path(staging) / output_path.name  # beside the target: the renames stay on one file system
+            program.save(str(staged), external_data=weight_bytes > _TWO_GIB * 0.9)  # + <name>.data when large
+            for written in sorted(Path(staging).iterdir(), key=lambda item: item == staged):  # the .onnx last
+                with open(written, "rb") as stream:
+                    os.fsync(stream.fileno())
+                os.replace(written, output_path.parent / written.name)
         if verify:
             try:
                 import onnxruntime  # noqa: F401
@@ -218,6 +230,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=512, help="typical input height used to trace the graph")
     parser.add_argument("--width", type=int, default=512, help="typical input width used to trace the graph")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch check")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
@@ -227,12 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = export_onnx_parser().parse_args(argv)
     try:
         path = export_onnx(args.model, args.out, opset=args.opset, height=args.height, width=args.width,
-                           verify=not args.no_verify)
+                           verify=not args.no_verify, overwrite=args.force)
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
         if args.debug:
             raise
         print(f"des4-export-onnx: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, (ValueError, TypeError)) else 1
+        return 2 if isinstance(error, (ValueError, TypeError, FileExistsError)) else 1
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
     print(f"wrote {path} ({size / 1e6:.1f} MB): pixel_values (batch, 3, height, width) → logits, dynamic sizes")
     if not args.no_verify and importlib.util.find_spec("onnxruntime") is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -128,19 +129,20 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
     if not path.exists() and _looks_like_local_path(name):
         raise UsageError(f"--model {name}: no such directory")
     from des4_hf.hub_names import hub_error_line, hub_model_problem, resolve_pretrained_name
+    from des4_hf.inference import load_error_line, model_folder_problem
 
     source = str(path) if path.is_dir() else resolve_pretrained_name(name)
-    problem = None if path.is_dir() else hub_model_problem(source)
+    problem = model_folder_problem(path) if path.is_dir() else hub_model_problem(source)
     if problem is not None:  # asked once, within --timeout: the loaders would retry every file
         raise UsageError(f"--model {name}: {problem}")
     try:
         model = Des4ForSemanticSegmentation.from_pretrained(source)
-    except (OSError, ValueError) as error:  # not found (OSError), bad id or bad checkpoint (ValueError)
+    except (OSError, ValueError, pickle.UnpicklingError) as error:  # not found, bad id, bad or pickled weights
         hub = None if path.is_dir() else hub_error_line(name, error)
         if hub is not None:  # "not found", "could not be reached": not transformers' advice about the connection
             raise UsageError(f"--model {name}: {hub}") from error
         where = "directory" if path.is_dir() else "directory or Hub model"
-        raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {error}") from error
+        raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {load_error_line(error)}") from error
     try:  # a model loaded to fine-tune to new classes, not trained yet: its new classes would be arbitrary
         model.eval()._check_prototypes()
     except ValueError as error:

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OutputDirError, ResumeError, InitFromError) as error:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2
-    except (DataError, OSError) as error:  # bad data (the message names the file and the fix), or a file system error
+    except (DataError, OSError, ValueError, RuntimeError) as error:  # bad data or options (the message names the file
+        # or option and the fix), a file system error (disk full, a name too long), a failed allocation
         if debug:
             raise
         print(f"des4-train: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)

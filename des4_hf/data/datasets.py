@@ -110,10 +110,13 @@ def set_dataset_metadata(ds: datasets.Dataset, metadata: Mapping[str, Any]) -> d
 
 def get_class_names(ds: datasets.Dataset | datasets.DatasetDict) -> list[str]:
     """Class names in index order, as stored by the loader that built ``ds``."""
-    names = get_dataset_metadata(ds).get("class_names")
+    meta = get_dataset_metadata(ds)
+    names = meta.get("class_names")
     if not names:
-        raise DataError("this dataset carries no class names. Fix: pass class_names=[...] (or num_classes=) to "
-                        "load_segmentation_dataset, or call set_dataset_metadata(ds, {'class_names': [...]}).")
+        where = f" (none found in or beside {meta.get('root')})" if meta.get("source") == "folder" else ""
+        raise DataError(f"this dataset carries no class names{where}. Fix: write them one per line in a classes.txt "
+                        "beside the images or masks folder (e.g. <data-root>/train/classes.txt); from Python, pass "
+                        "class_names=[...] to load_segmentation_dataset.")
     return list(names)
 
 
@@ -169,6 +172,16 @@ def _voc_layout_split(root: Path, ids: Sequence[str], mask_dirs: Sequence[str]) 
     return pairs
 
 
+def _check_file_name(folder: str | os.PathLike[str], name: str) -> None:
+    """A name that is not UTF-8 (decoded with surrogates) cannot be stored in a dataset's text columns: named."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        raise DataError(f"{folder}: the file name {raw!r} is not valid UTF-8. Fix: rename it (e.g. "
+                        f"{raw.decode('utf-8', 'replace').replace(chr(0xFFFD), '_')!r}).") from None
+
+
 def _stems(folder: Path) -> dict[str, Path]:
     """``stem → path`` of the image files directly inside ``folder``; two files of one stem are refused, named."""
     if not folder.is_dir():
@@ -176,6 +189,8 @@ def _stems(folder: Path) -> dict[str, Path]:
     with os.scandir(folder) as entries:
         files = sorted((Path(entry.path) for entry in entries if os.path.splitext(entry.name)[1].lower()
                         in IMAGE_EXTENSIONS), key=lambda path: (path.stem, path.name))
+    for path in files:
+        _check_file_name(folder, path.name)
     twins = [f"{a.name} and {b.name}" for a, b in zip(files, files[1:]) if a.stem == b.stem]
     if twins:  # masks copied into JPEGImages/ by mistake? Either file could be taken for the image
         raise DataError(f"{folder}: {', '.join(twins)} share a name. Fix: keep one file per image id.")
@@ -304,6 +319,7 @@ def _walk_images(folder: Path) -> dict[str, Path]:
         for name in filenames:
             stem, ext = os.path.splitext(name)
             if ext.lower() in IMAGE_EXTENSIONS:
+                _check_file_name(dirpath, name)
                 rel = (Path(dirpath) / stem).relative_to(folder).as_posix()
                 if rel in out:  # X.jpg beside X.png: either could be taken for the image, as in the VOC layout
                     twins = " and ".join(sorted((out[rel].name, name)))

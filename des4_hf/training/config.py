@@ -31,6 +31,7 @@ SAMPLERS = ("mes", "quantity", "confidence")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
 PROTOTYPE_INITS = ("orthonormal", "first-mean")
+MAX_CROP_SIZE = 4096
 #: every option with a fixed set of values (also the command line's choices)
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": MIXED_PRECISION,
@@ -164,7 +165,7 @@ class TrainConfig:
         if not all(math.isfinite(v) for v in self.scale_range if isinstance(v, (int, float))):
             errors.append(f"scale_range={self.scale_range!r}: must be finite numbers")
         if errors:
-            raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
+            raise ValueError("invalid training config: " + "; ".join(errors))
 
         def check(condition: bool, message: str) -> None:
             if not condition:
@@ -172,7 +173,8 @@ class TrainConfig:
 
         for name, choices in CHOICES.items():
             check(getattr(self, name) in choices, f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
-        check(self.crop_size >= 32, f"crop_size={self.crop_size}: use at least 32 pixels")
+        check(32 <= self.crop_size <= MAX_CROP_SIZE, f"crop_size={self.crop_size}: use 32 to {MAX_CROP_SIZE} pixels (the "
+              "papers use 513 and 769; larger crops need more memory than any machine has)")
         check(len(self.scale_range) == 2 and all(isinstance(v, (int, float)) for v in self.scale_range)
               and 0 < self.scale_range[0] <= self.scale_range[1],
               f"scale_range={self.scale_range}: two increasing positive factors, e.g. [0.5, 2.0]")
@@ -201,7 +203,7 @@ class TrainConfig:
         except ValueError as error:
             errors.append(str(error))
         if errors:
-            raise ValueError("invalid training config:\n  - " + "\n  - ".join(errors))
+            raise ValueError("invalid training config: " + "; ".join(errors))
 
     def model_config(self, class_names: Sequence[str] = ("class_0", "class_1"),
                      training: dict[str, Any] | None = None) -> Des4Config:

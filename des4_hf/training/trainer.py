@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_des4 import Des4Config
 from ..data import (
+    DataError,
     EvalDataset,
     LabeledTrainDataset,
     SemiSupervisedSplit,
@@ -54,7 +55,7 @@ STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without i
 
 # What a resumed run must share with the run it continues: its data, its seed and its architecture.
 RUN_KEYS = ("dataset", "seed", "method", "backbone", "output_stride", "decoder_channels", "separable_convs",
-            "decoupled", "shared_head")
+            "decoupled", "shared_head", "batch_size", "unlabeled_batch_size", "grad_accum_steps")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -243,6 +244,10 @@ class Trainer:
                                       num_classes=self.num_classes, **frames)
         loaders = [stream_loader(labeled, config.batch_size, config.seed, config.num_workers)]
         if model.with_teacher:
+            if len(self.unlabeled_hf) < config.effective_unlabeled_batch_size:  # no full unlabeled batch to draw
+                raise DataError(f"the split leaves {len(self.unlabeled_hf)} unlabeled image(s), fewer than one unlabeled "
+                                f"batch of {config.effective_unlabeled_batch_size}. Fix: label fewer images "
+                                "(--labeled-fraction), lower --unlabeled-batch-size, or train --method supervised.")
             unlabeled = UnlabeledTrainDataset(self.unlabeled_hf, config.crop_size, mean, std, seed=config.seed + 1,
                                               config=augment, **frames)
             loaders.append(stream_loader(unlabeled, config.effective_unlabeled_batch_size, config.seed + 1,
@@ -320,8 +325,8 @@ class Trainer:
         if "run" not in saved:  # saved before runs were recorded: nothing to compare
             return
         current = self.run_record()
-        changed = [f"{key} {saved['run'].get(key)!r} → {current[key]!r}" for key in current
-                   if saved["run"].get(key) != current[key]]
+        changed = [f"{key} {saved['run'][key]!r} → {current[key]!r}" for key in current  # the keys the run recorded
+                   if key in saved["run"] and saved["run"][key] != current[key]]
         if changed:
             raise ResumeError(
                 f"--resume: {checkpoint} belongs to a run with other {', '.join(changed)}; resume with that run's "
