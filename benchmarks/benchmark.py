@@ -8,7 +8,7 @@
    The methods are timed round-robin (one step of each in turn) so that a change in machine load hits
    them alike; each figure is the median after warm-up.
 2. **mes** — the share of a DeS4 step spent in ``sample_class_features`` (timed by wrapping the name
-   :mod:`des4_hf.training.teacher_student` calls) plus ``apply_prototype_updates`` (goal ≤ 3 %), and the
+   :mod:`des4_hf.method.step` calls) plus ``apply_prototype_updates`` (goal ≤ 3 %), and the
    vectorised selection against a straightforward per-class implementation of the same rule, on the
    labels/entropies of a real step.
 3. **inference** — images/s of the exported teacher (``Des4ForSemanticSegmentation``) in fp32 NCHW,
@@ -49,13 +49,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from des4_hf import sampling
 from des4_hf.configuration_des4 import Des4Config
 from des4_hf.inference import PROBE_CACHE, autocast, cpu_model, probe_precision, resolve_precision
+from des4_hf.method import sampling
+from des4_hf.method import step as step_module
+from des4_hf.method.step import TeacherStudent, apply_prototype_updates
 from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
-from des4_hf.training import teacher_student as step_module
 from des4_hf.training.config import TrainConfig
-from des4_hf.training.teacher_student import TeacherStudent, apply_prototype_updates
 
 METHODS = ("supervised", "mean-teacher", "des4")
 GOALS = {"des4_over_mean_teacher": 1.25, "mes_share": 0.03, "smp_over_ours_images_per_s": 1.05}

@@ -175,7 +175,8 @@ class Des4Decoder(nn.Module):
 
 
 class PrototypeHead(nn.Module):
-    """Non-learnable cosine prototype classifier P (SPEC §1) with its EMA update (Eq. 12).
+    """Non-learnable cosine prototype classifier P (SPEC §1); its updates (Eq. 12) are the method's
+    (:mod:`des4_hf.method.prototypes`).
 
     ``prototypes`` (C × d, L2-normalised) and ``initialized`` (C,) are persistent buffers: they *are*
     the classifier, so every checkpoint carries them. They never receive gradients.
@@ -196,59 +197,6 @@ class PrototypeHead(nn.Module):
 
     def forward(self, embeddings: Tensor) -> Tensor:
         return prototype_logits(embeddings, self.prototypes, self.scale)
-
-    @torch.no_grad()
-    def reset_orthonormal_(self, generator: torch.Generator | None = None) -> PrototypeHead:
-        """Random orthonormal prototypes, every class flagged ``initialized`` (SPEC §3.8 [choice]): each class starts
-        at cosine 0 to the others and the Eq. 12 EMA blends it from its first sample on, instead of starting at
-        its first mean, which for a random decoder is nearly collinear with the others'. Needs C <= d."""
-        num_classes, dim = self.prototypes.shape
-        if num_classes > dim:
-            raise ValueError(f"{num_classes} orthonormal prototypes do not fit in d={dim} dimensions: raise "
-                             "decoder_channels to at least the number of classes, or use prototype_init='first-mean'")
-        gaussian = torch.randn(dim, num_classes, generator=generator, dtype=torch.float64)
-        basis, _ = torch.linalg.qr(gaussian)  # (d, C), orthonormal columns
-        self.prototypes.copy_(basis.T.to(device=self.prototypes.device, dtype=self.prototypes.dtype))
-        self.initialized.fill_(True)
-        return self
-
-    @torch.no_grad()
-    def follow_(self, source: PrototypeHead, momentum: float) -> None:
-        """EMA of another bank (a mean teacher's bank following the student's, SPEC §4):
-        ``p ← normalise(τ·p + (1−τ)·p_source)``; a class the source has and this bank lacks is copied."""
-        mine, theirs = self.prototypes.double(), source.prototypes.double()
-        blended = F.normalize(momentum * mine + (1.0 - momentum) * theirs, dim=1)
-        blended = torch.where(self.initialized[:, None], blended, theirs)  # first sight: copy
-        updated = torch.where(source.initialized[:, None], blended, mine)  # the source lacks it: unchanged
-        self.prototypes.copy_(updated.to(self.prototypes.dtype))
-        self.initialized |= source.initialized
-
-    @torch.no_grad()
-    def update(self, sums: Tensor, counts: Tensor, momentum: float) -> Tensor:
-        """Eq. 12: ``p_c ← normalise(τ2·p_c + (1−τ2)·mean_c)`` for every class with a sample, from per-class feature
-        ``sums`` (C, d) and ``counts`` (C,) (summed over processes first); a class not yet ``initialized`` is set to
-        its first mean. Returns the counts."""
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum={momentum} must be in [0, 1] (τ2 of Eq. 12; the paper uses 0.99)")
-        if sums.shape != self.prototypes.shape or counts.shape != (self.num_classes,):
-            raise ValueError(f"update expects sums {tuple(self.prototypes.shape)} and counts ({self.num_classes},), "
-                             f"got {tuple(sums.shape)} and {tuple(counts.shape)}")
-        sums = sums.detach().to(device=self.prototypes.device, dtype=torch.float64)
-        counts = counts.detach().to(device=self.prototypes.device, dtype=torch.float64)
-        # A non-finite sum would poison a prototype for good: skip such classes (and say so).
-        finite = torch.isfinite(sums).all(dim=1)
-        if not bool(finite.all()):
-            logger.warning("prototype update: non-finite feature sums for classes %s skipped",
-                           torch.nonzero(~finite).flatten().tolist())
-        seen = (counts > 0) & finite
-        if not bool(seen.any()):
-            return counts
-        means = sums[seen] / counts[seen, None]
-        blended = momentum * self.prototypes[seen].to(torch.float64) + (1.0 - momentum) * means
-        blended = torch.where(self.initialized[seen][:, None], blended, means)
-        self.prototypes[seen] = F.normalize(blended, dim=1).to(self.prototypes.dtype)
-        self.initialized[seen] = True
-        return counts
 
 
 def pad_to_multiple(pixel_values: Tensor, multiple: int) -> Tensor:

@@ -24,6 +24,7 @@ from des4_hf.inference import (
     sliding_window_labels,
     sliding_window_logits,
 )
+from des4_hf.method.prototypes import update_prototypes_
 
 pytestmark = pytest.mark.onednn_bf16
 
@@ -163,7 +164,7 @@ def fitted_tiny_model(seed: int = 0) -> tuple[Des4ForSemanticSegmentation, torch
         embeddings = F.normalize(outputs.hidden_states[0].detach(), dim=1).permute(0, 2, 3, 1).reshape(-1, 16)
         classes = labels[:, ::4, ::4].flatten()
         sums = torch.zeros(3, 16).index_add_(0, classes, embeddings)
-        model.prototype_head.update(sums, torch.bincount(classes, minlength=3).float(), momentum=0.5)
+        update_prototypes_(model.prototype_head, sums, torch.bincount(classes, minlength=3).float(), momentum=0.5)
     return model.eval(), generator
 
 

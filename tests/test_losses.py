@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from des4_hf.losses import (
+from des4_hf.method.losses import (
     class_balancing_weights,
     cross_entropy_loss,
     entropy,

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import des4_hf  # noqa: F401  (registers the Auto classes)
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor, PrototypeHead
+from des4_hf.method.prototypes import update_prototypes_
 
 ID2LABEL = {0: "background", 1: "road", 2: "car"}
 WEIGHTS = "model.safetensors"
@@ -41,7 +42,7 @@ def touched_model() -> Des4ForSemanticSegmentation:
         model(torch.randn(2, 3, 32, 32))  # moves BatchNorm running statistics
     sums = torch.randn(3, 16)
     counts = torch.tensor([4.0, 0.0, 2.0])  # class 1 unseen: its flag stays False
-    model.prototype_head.update(sums, counts, momentum=0.9)
+    update_prototypes_(model.prototype_head, sums, counts, momentum=0.9)
     return model.eval()
 
 
@@ -310,7 +311,7 @@ def test_fine_tuning_to_new_classes_keeps_the_network_and_starts_fresh_prototype
     torch.testing.assert_close(tuned.decoder.embed.weight, model.decoder.embed.weight)
     torch.testing.assert_close(tuned.encoder.state_dict(), model.encoder.state_dict())
     tuned.train()(torch.randn(2, 3, 32, 32))  # training is what sets them
-    tuned.prototype_head.update(torch.randn(5, 16), torch.ones(5), 0.99)
+    update_prototypes_(tuned.prototype_head, torch.randn(5, 16), torch.ones(5), 0.99)
     assert tuned.eval()(torch.randn(1, 3, 32, 32)).logits.shape == (1, 5, 32, 32)  # once set, inference runs
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from des4_hf.sampling import (
+from des4_hf.method.sampling import (
     allocate_zone_quotas,
     class_quotas,
     class_ratio,
@@ -20,7 +20,7 @@ from des4_hf.sampling import (
 
 # --------------------------------------------------------------------------------------------
 # Reference implementation: per class, per zone, plain Python (SPEC §3 read literally).
-# Written independently of des4_hf.sampling; the vectorised code must choose the same number of
+# Written independently of des4_hf.method.sampling; the vectorised code must choose the same number of
 # pixels in every (class, zone) and, for "confidence", the same pixels.
 # --------------------------------------------------------------------------------------------
 
@@ -340,7 +340,7 @@ def test_empty_and_invalid_inputs():
 def test_candidate_prefilter_never_changes_the_draw(monkeypatch, margins):
     # The draw is "the alloc smallest random keys of each group"; the candidate threshold only
     # saves work. With zero margin most groups come up short and take the retry path.
-    import des4_hf.sampling as sampling
+    import des4_hf.method.sampling as sampling
 
     monkeypatch.setattr(sampling, "_MARGIN_SD", margins[0])
     monkeypatch.setattr(sampling, "_MARGIN_MIN", margins[1])

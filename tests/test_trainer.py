@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from des4_hf import Des4ForSemanticSegmentation
 from des4_hf.data import CAMVID_CLASSES
-from des4_hf.losses import class_balancing_weights
+from des4_hf.method.losses import class_balancing_weights
 from des4_hf.training.config import TrainConfig
 from des4_hf.training.trainer import Trainer, trim_log
 
@@ -56,12 +56,13 @@ def test_switches_and_method_presets() -> None:
 
 
 def test_help_lists_the_choices_of_every_choice_option(capsys) -> None:
-    from des4_hf.training.config import METHODS, MIXED_PRECISION, PROTOTYPE_INITS, REPORT_TO, SAMPLERS
+    from des4_hf.inference import PRECISIONS
+    from des4_hf.training.config import METHODS, PROTOTYPE_INITS, REPORT_TO, SAMPLERS
 
     with pytest.raises(SystemExit):
         parse_config(["--help"])
     text = capsys.readouterr().out
-    for choices in (METHODS, SAMPLERS, MIXED_PRECISION, REPORT_TO, PROTOTYPE_INITS,
+    for choices in (METHODS, SAMPLERS, PRECISIONS, REPORT_TO, PROTOTYPE_INITS,
                     ("none", "median-frequency", "sqrt-median-frequency")):
         assert "{" + ",".join(choices) + "}" in text, choices
 
@@ -295,7 +296,7 @@ def test_two_processes_end_with_identical_prototypes_and_teacher(tmp_path: Path,
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(tmp_path: Path, camvid_root: Path,
                                                                           monkeypatch) -> None:
-    from des4_hf.training.teacher_student import TeacherStudent
+    from des4_hf.method.step import TeacherStudent
 
     original = TeacherStudent.forward
     calls = {"n": 0}

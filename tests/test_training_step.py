@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation
-from des4_hf.losses import cross_entropy_loss, unbiased_supervised_loss
+from des4_hf.method.losses import cross_entropy_loss, unbiased_supervised_loss, unlabeled_loss_factor
+from des4_hf.method.pseudo_labels import low_confidence_mask
+from des4_hf.method.step import TeacherStudent, apply_prototype_updates
+from des4_hf.method.teacher import ema_momentum, ema_update_, rampup_weight
 from des4_hf.training.config import TrainConfig
-from des4_hf.training.teacher_student import (
-    TeacherStudent,
-    apply_prototype_updates,
-    ema_momentum,
-    ema_update_,
-    low_confidence_mask,
-    rampup_weight,
-    unlabeled_loss_factor,
-)
 
 NUM_CLASSES = 3
 CROP = 48

@@ -1,8 +1,6 @@
-"""DeS4 training: config, teacher/student and the Eq. 4 step, and the Accelerate loop."""
+"""DeS4 training: the typed config and the Accelerate loop (the method's step is :mod:`des4_hf.method`)."""
 
 from .config import METHOD_PRESETS, TrainConfig
-from .teacher_student import StepOutput, TeacherStudent, ema_momentum, ema_update_
 from .trainer import InitFromError, NonFiniteLossError, ResumeError, Trainer
 
-__all__ = ["METHOD_PRESETS", "InitFromError", "NonFiniteLossError", "ResumeError", "StepOutput", "TeacherStudent",
-           "TrainConfig", "Trainer", "ema_momentum", "ema_update_"]
+__all__ = ["METHOD_PRESETS", "InitFromError", "NonFiniteLossError", "ResumeError", "TrainConfig", "Trainer"]

@@ -18,23 +18,17 @@ from typing import Any
 import yaml
 
 from ..configuration_des4 import Des4Config
-from ..losses import CLASS_WEIGHTINGS
+from ..inference import PRECISIONS
+from ..method.losses import CLASS_WEIGHTINGS
+from ..method.recipe import METHOD_PRESETS, METHODS, Recipe, resolve_recipe
+from ..method.sampling import SAMPLERS
 
-# Each method is DeS4 with some of its components switched off (Table 3): the one place they are set.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "des4": {},
-    "mean-teacher": {"decoupled": False, "shared_head": False, "reweight": False},  # Table 3, first row
-    "supervised": {},  # labels only: no teacher at all
-}
-METHODS = tuple(METHOD_PRESETS)
-SAMPLERS = ("mes", "quantity", "confidence")
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
 PROTOTYPE_INITS = ("orthonormal", "first-mean")
 MAX_CROP_SIZE = 4096
 #: every option with a fixed set of values (also the command line's choices)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": MIXED_PRECISION,
+    "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": PRECISIONS,
     "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
 
 
@@ -121,7 +115,7 @@ class TrainConfig:
     supervised_warmup: float = 0.0  # first fraction of the steps on labels only; the EMA teacher restarts after it
     ema_teacher_bank: bool = True  # SPEC §4: a mean teacher's own bank is an EMA of the student's (else MES)
     unsupervised_rampup: float = 0.0  # λ2 ramps up as exp(−5(1−t)²) over this fraction (Mean Teacher)
-    # Per-class CE weights from the labeled pixel counts (des4_hf.losses.class_balancing_weights), on all losses
+    # Per-class CE weights from the labeled pixel counts (des4_hf.method.losses.class_balancing_weights), on all losses
     class_weighting: str = "none"
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
@@ -143,9 +137,17 @@ class TrainConfig:
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() in ("", "none", "null", "random"):
             self.encoder_weights = None  # "--encoder-weights none" on the command line
         self.scale_range = tuple(self.scale_range) if isinstance(self.scale_range, list) else self.scale_range
+        if self.mixed_precision == "no":  # Accelerate's word for fp32, as earlier recipes wrote it
+            self.mixed_precision = "fp32"
         self.validate()
         for name, value in METHOD_PRESETS[self.method].items():
             setattr(self, name, value)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The flags that apply to this run (:func:`des4_hf.method.recipe.resolve_recipe`)."""
+        return resolve_recipe(self.method, self.decoupled, self.shared_head, self.reweight, self.sampler,
+                              self.ema_teacher_bank)
 
     # -- derived ------------------------------------------------------------------------------------
     @property

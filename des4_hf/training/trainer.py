@@ -40,16 +40,21 @@ from ..data.augment import AugmentConfig
 from ..evaluation import EvaluationResult, evaluate_segmentation, protocol_window
 from ..image_processing_des4 import Des4ImageProcessor
 from ..inference import resolve_precision
-from ..losses import class_balancing_weights
+from ..method.losses import class_balancing_weights
+from ..method.prototypes import PrototypeStatistics, orthonormal_prototypes_
+from ..method.sampling import class_ratio as compute_class_ratio
+from ..method.step import TeacherStudent, after_optimizer_step
+from ..method.teacher import rampup_weight
 from ..modeling_des4 import Des4ForSemanticSegmentation
-from ..sampling import class_ratio as compute_class_ratio
 from ..utils import atomic_write, atomic_write_json, fsync_tree
 from .config import TrainConfig
 from .run_folder import write_marker
 from .streams import BatchStream, stream_loader
-from .teacher_student import PrototypeStatistics, TeacherStudent, apply_prototype_updates, rampup_weight
 
 logger = logging.getLogger(__name__)
+#: recipe options that only a run with a teacher uses: a supervised run's record leaves them out
+TEACHER_OPTIONS = ("unlabeled_batch_size", "lambda_unsupervised", "encoder_momentum", "pseudo_label_quantile",
+                   "pixel_balanced_losses", "supervised_warmup", "unsupervised_rampup")
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 
 
@@ -83,7 +88,7 @@ class TrainerState:
 
 def warmup_steps(config: TrainConfig, max_steps: int) -> int:
     """Supervised-only warm-up steps: ``round(supervised_warmup × max_steps)``; none for the supervised method."""
-    return 0 if config.method == "supervised" else round(config.supervised_warmup * max_steps)
+    return round(config.supervised_warmup * max_steps) if config.recipe.with_teacher else 0
 
 
 def trim_log(log_path: Path, last_step: int) -> None:
@@ -141,7 +146,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"  # Accelerate's automatic checkpoint naming
         # the one resolver (auto on a CPU: timed on this network; fp16 refused there); also the evaluation's precision
-        precision = {"no": "fp32"}.get(config.mixed_precision, config.mixed_precision)
+        precision = config.mixed_precision
         device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.precision = resolve_precision(precision, device, **self._probe_inputs(precision, device)).name
@@ -226,7 +231,7 @@ class Trainer:
             self.image_processor = Des4ImageProcessor.for_encoder(config.backbone, config.encoder_weights)
         if config.prototype_init == "orthonormal" and not bool(student.prototype_head.initialized.any()):
             # before the teacher copies the bank; the same on every rank (a fine-tune keeps trained prototypes)
-            student.prototype_head.reset_orthonormal_(torch.Generator().manual_seed(config.seed))
+            orthonormal_prototypes_(student.prototype_head, torch.Generator().manual_seed(config.seed))
         model = TeacherStudent(student, config)
         if accelerator.device.type == "cuda" and accelerator.num_processes > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -259,8 +264,8 @@ class Trainer:
         self.val_dataset = EvalDataset(self.val_hf, mean, std, num_classes=self.num_classes, **frames)
         # An epoch is one pass over the unlabeled set (the labeled set cycles alongside) [choice, as U2PL].
         epoch_stream = self.unlabeled_stream or self.labeled_stream
-        steps_per_epoch = max(1, epoch_stream.batches_per_epoch // config.grad_accum_steps)
-        self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        self.steps_per_epoch = max(1, epoch_stream.batches_per_epoch // config.grad_accum_steps)
+        self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = warmup_steps(config, self.max_steps)
         max_steps, power = self.max_steps, config.poly_power
         # Stepped once per optimizer step by the loop itself, so it is not prepared (Accelerate would step it
@@ -290,13 +295,22 @@ class Trainer:
         return student.train()
 
     def training_record(self) -> dict[str, Any]:
-        """What the exported config records about the run (SPEC: "config records method, split, recipe")."""
+        """What the exported config records about the run: the method's flags that applied (a supervised run has no
+        teacher), the data, and the recipe with its step budget (epochs derived from the steps, never beside them)."""
         config = self.config
-        return {"method": config.method, "decoupled": config.decoupled, "shared_head": config.shared_head,
-                "reweight": config.reweight, "sampler": config.sampler, "dataset": config.dataset,
+        recipe = config.to_dict()
+        max_steps = getattr(self, "max_steps", None)
+        if max_steps is not None:
+            recipe.update(max_steps=max_steps, epochs=round(max_steps / self.steps_per_epoch, 3))
+        for switch in ("decoupled", "shared_head", "reweight", "sampler", "ema_teacher_bank"):
+            recipe.pop(switch)  # the resolved flags below say what ran
+        if not config.recipe.with_teacher:
+            for option in TEACHER_OPTIONS:
+                recipe.pop(option)
+        return {**config.recipe.record(), "dataset": config.dataset,
                 "split": getattr(self, "split", None) and self.split.name,
                 "split_fingerprint": getattr(self, "split", None) and self.split.fingerprint,
-                "recipe": config.to_dict()}
+                "recipe": recipe}
 
     # -- 3. checkpoints --------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -551,32 +565,12 @@ class Trainer:
                                                   zip(self.state.pseudo_label_counts, output.pseudo_label_counts.cpu())]
             for key, value in output.terms.items():
                 summed[key] = summed.get(key, 0.0) + float(value) / config.grad_accum_steps
-        # After the optimizer step: BN statistics and prototype samples summed over processes, Eq. 12 on the
-        # prototypes, then the teacher's EMA (a mean teacher's own bank follows the student's fresh one).
+        # After the optimizer step: BN statistics and prototype samples summed over processes, Eq. 12, Eq. 5.
         self.scheduler.step()
-        self._average_batchnorm_statistics(unwrapped)
-        for statistics in (teacher_statistics, student_statistics):
-            if statistics is not None:  # one sum in float64: the same total whatever the order of the processes
-                packed = accelerator.reduce(torch.cat([statistics.sums, statistics.counts[:, None]], 1).double(), "sum")
-                statistics.sums, statistics.counts = packed[:, :-1], packed[:, -1]
-        apply_prototype_updates(unwrapped, teacher_statistics, student_statistics, config.prototype_momentum)
-        summed["ema_momentum"] = unwrapped.update_teacher(self.state.step, config.encoder_momentum, self.warmup_steps)
+        summed["ema_momentum"] = after_optimizer_step(
+            unwrapped, teacher_statistics, student_statistics, self.state.step, self.warmup_steps,
+            reduce=accelerator.reduce if accelerator.num_processes > 1 else None)
         return summed
-
-    @torch.no_grad()
-    def _average_batchnorm_statistics(self, unwrapped: TeacherStudent) -> None:
-        """Each process's BN statistics follow its own batches: average them so that the EMA teacher, which copies
-        them, and the decoupled teacher decoder, whose statistics make the pseudo labels, agree everywhere."""
-        if self.accelerator.num_processes == 1:
-            return
-        modules = [unwrapped.student] + ([unwrapped.teacher_decoder] if unwrapped.decoupled else [])
-        buffers = [buffer for module in modules for layer in module.modules()
-                   if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None
-                   for buffer in (layer.running_mean, layer.running_var)]
-        if buffers:  # one all-reduce for every layer, not two per layer
-            averaged = self.accelerator.reduce(torch.cat([buffer.flatten() for buffer in buffers]), "mean")
-            for buffer, value in zip(buffers, averaged.split([buffer.numel() for buffer in buffers]), strict=True):
-                buffer.copy_(value.view_as(buffer))
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop every process together when any process sees a NaN/inf loss term."""

@@ -122,8 +122,8 @@ def test_missing_preprocessor_config_falls_back_with_a_warning(
     ("extra", "message"),
     [
         (["--model", "{tmp}/no_such_model/"], "no such directory"),
-        (["--model", "{tmp}"], "cannot load a DeS4 directory"),  # a folder without weights
-        (["--model", "someorg/des4-not-on-the-hub"], "cannot load a DeS4 directory or Hub model"),
+        (["--model", "{tmp}"], "holds no config.json, so it is not a folder written by save_pretrained"),
+        (["--model", "someorg/des4-not-on-the-hub"], "is not in the local Hugging Face cache and Hub access is"),
         (["--stride", "200", "--crop-size", "128", "--sliding-window"], "--stride 200"),
         (["--crop-size", "1", "--stride", "1", "--sliding-window"], "--crop-size 1: use at least 64"),
         (["--crop-size", "128", "--stride", "8", "--sliding-window"], "--stride 8"),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .modeling_des4 import segmentation_loss
+from ..modeling_des4 import segmentation_loss
 
 CLASS_WEIGHTINGS = ("none", "median-frequency", "sqrt-median-frequency")
 
@@ -103,3 +103,9 @@ def unbiased_supervised_loss(logits: Tensor, labels: Tensor, reweight: bool = Tr
     per_image = (weights * per_pixel).sum(dim=(1, 2))
     has_valid = (labels != ignore_index).flatten(1).any(1)
     return per_image.sum() / has_valid.sum().clamp_min(1)
+
+
+def unlabeled_loss_factor(batch_labeled: int, batch_unlabeled: int, pixel_balanced: bool) -> float:
+    """Factor on ``λ2 · L_u`` of Eq. 4 so that an unlabeled pixel weighs λ2 times a labeled one whatever the batch
+    sizes (SPEC §2.7 [choice]): each loss is a mean over its own pixels, so unscaled it weighs ``λ2 · B_l / B_u``."""
+    return batch_unlabeled / batch_labeled if pixel_balanced else 1.0

@@ -1,81 +1,24 @@
-"""Teacher and student of one run (SPEC §2) and the Eq. 4 step: :class:`TeacherStudent`'s ``forward`` is one
-(micro-)batch of SPEC §2 steps 1–8, batches in, losses and prototype statistics out; the trainer applies them
-(backward, optimizer, :meth:`TeacherStudent.update_teacher`, :func:`apply_prototype_updates`)."""
+"""One DeS4 step (SPEC §2): :class:`TeacherStudent`'s ``forward`` is the Eq. 4 loss of one (micro-)batch, steps 1–8,
+batches in, losses and prototype statistics out; :func:`after_optimizer_step` is what follows the optimizer step
+(BatchNorm statistics and prototype samples summed over processes by the collective passed in, Eq. 12, Eq. 5)."""
 
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import cross_entropy_loss, entropy, unbiased_supervised_loss
 from ..modeling_des4 import Des4ForSemanticSegmentation, PrototypeHead
-from ..sampling import sample_class_features
-from .config import TrainConfig
-
-
-def ema_momentum(step: int, momentum: float, warmup_steps: int = 0) -> float:
-    """U2PL-style ``τ = min(1 − 1/(s+1), τ1)`` (SPEC §2 [choice]): early teachers follow fast. ``s`` restarts at
-    the end of a supervised-only warm-up, so the first teacher to make pseudo labels is a copy of the student."""
-    s = step - warmup_steps if step >= warmup_steps else step
-    return min(1.0 - 1.0 / (s + 1), momentum)
-
-
-@torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """Eq. 5 in place: ``θ_t ← τ·θ_t + (1−τ)·θ_s`` for parameters and float buffers (BN statistics, averaged
-    over processes first); integer buffers are copied."""
-    for teacher_param, student_param in zip(teacher.parameters(), student.parameters(), strict=True):
-        teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
-    for teacher_buffer, student_buffer in zip(teacher.buffers(), student.buffers(), strict=True):
-        if teacher_buffer.is_floating_point():
-            teacher_buffer.mul_(momentum).add_(student_buffer.detach(), alpha=1.0 - momentum)
-        else:
-            teacher_buffer.copy_(student_buffer)
-
-
-def rampup_weight(step: int, max_steps: int, rampup: float) -> float:
-    """Mean Teacher's ramp-up factor for λ2: ``exp(−5(1−t)²)`` with t = step / (rampup·max_steps), then 1."""
-    length = rampup * max_steps
-    return 1.0 if length <= 0 or step >= length else math.exp(-5.0 * (1.0 - max(0.0, step / length)) ** 2)
-
-
-def unlabeled_loss_factor(batch_labeled: int, batch_unlabeled: int, pixel_balanced: bool) -> float:
-    """Factor on ``λ2 · L_u`` so that an unlabeled pixel weighs λ2 times a labeled one whatever the batch sizes
-    (SPEC §2.7 [choice]): each loss is a mean over its own pixels, so unscaled it weighs ``λ2 · B_l / B_u``."""
-    return batch_unlabeled / batch_labeled if pixel_balanced else 1.0
-
-
-def low_confidence_mask(confidence: Tensor, pseudo_labels: Tensor, quantile: float, ignore_index: int) -> Tensor:
-    """Pixels below the ``quantile`` of their pseudo class's confidences in this batch (SPEC §2.7 [choice]): unlike
-    a fixed threshold, which cosine logits may never pass, it keeps the surest ``1 − quantile`` of every class."""
-    drop = torch.zeros_like(pseudo_labels, dtype=torch.bool)
-    for cls in torch.unique(pseudo_labels[pseudo_labels != ignore_index]).tolist():
-        members = pseudo_labels == cls
-        threshold = torch.quantile(confidence[members].float(), quantile)
-        drop |= members & (confidence < threshold)
-    return drop
-
-
-@dataclass
-class PrototypeStatistics:
-    """Per-class sums (C, d) and counts (C,) of sampled features, accumulated until the optimizer steps."""
-
-    sums: Tensor
-    counts: Tensor
-
-    @classmethod
-    def empty(cls, head: PrototypeHead) -> PrototypeStatistics:
-        return cls(torch.zeros_like(head.prototypes, dtype=torch.float32),
-                   torch.zeros(head.num_classes, device=head.prototypes.device))
-
-    def add_(self, other: PrototypeStatistics) -> None:
-        self.sums += other.sums
-        self.counts += other.counts
+from .losses import cross_entropy_loss, entropy, unbiased_supervised_loss, unlabeled_loss_factor
+from .prototypes import PrototypeStatistics, follow_prototypes_, update_prototypes_
+from .pseudo_labels import cutmix, pseudo_labels
+from .sampling import sample_class_features
+from .teacher import ema_momentum, ema_update_
 
 
 @dataclass
@@ -93,15 +36,15 @@ class TeacherStudent(nn.Module):
     ``shared_head`` (S.H.) shares one bank, else the teacher keeps its own, which for the mean teacher with
     ``ema_teacher_bank`` (SPEC §4) is an EMA of the student's, else updated by MES on the teacher's features."""
 
-    def __init__(self, student: Des4ForSemanticSegmentation, config: TrainConfig) -> None:
+    def __init__(self, student: Des4ForSemanticSegmentation, config: Any) -> None:
         super().__init__()
         self.student = student
-        self.train_config = config
-        self.with_teacher = config.method != "supervised"
-        self.decoupled = config.decoupled and self.with_teacher
-        self.shared_head = config.shared_head or not self.with_teacher
-        self.teacher_bank_follows_student = (self.with_teacher and not self.decoupled and not self.shared_head
-                                             and config.ema_teacher_bank)
+        self.train_config = config  # a TrainConfig: its recipe, λs, sampler settings and early-phase options
+        recipe = config.recipe
+        self.with_teacher = recipe.with_teacher
+        self.decoupled = recipe.decoupled and self.with_teacher
+        self.shared_head = recipe.shared_head or not self.with_teacher
+        self.teacher_bank_follows_student = recipe.teacher_bank_follows_student
         self.teacher_encoder = self.teacher_decoder = self.teacher_prototype_head = None
         if self.with_teacher:
             self.teacher_encoder = copy.deepcopy(student.encoder).requires_grad_(False)
@@ -193,19 +136,9 @@ class TeacherStudent(nn.Module):
             teacher_logits_u = student.upsample_logits(teacher_head(self.teacher_decoder(*features_u, size=size)),
                                                        size)
             self.teacher_decoder.train(was_training)
-            confidence, pseudo_labels = teacher_logits_u.float().softmax(1).max(1)
-            pseudo_labels = pseudo_labels.masked_fill(unlabeled["padding_mask"], ignore)
-            if config.pseudo_label_quantile is not None:
-                pseudo_labels = pseudo_labels.masked_fill(
-                    low_confidence_mask(confidence, pseudo_labels, config.pseudo_label_quantile, ignore), ignore)
-
-            # 5. CutMix on the strong view: each sample's box is filled from the next sample of the batch
-            # (with a batch of one the box comes from the image itself, i.e. no mixing).
-            partner = torch.roll(torch.arange(batch_u, device=images_weak.device), shifts=1)
-            box = unlabeled["cutmix_mask"]
-            images_mixed = torch.where(box[:, None], unlabeled["pixel_values_strong"][partner],
-                                       unlabeled["pixel_values_strong"])
-            labels_mixed = torch.where(box, pseudo_labels[partner], pseudo_labels)
+            labels_u = pseudo_labels(teacher_logits_u, unlabeled["padding_mask"], config.pseudo_label_quantile, ignore)
+            # 5. CutMix on the strong view, images and pseudo labels alike.
+            images_mixed, labels_mixed = cutmix(unlabeled["pixel_values_strong"], labels_u, unlabeled["cutmix_mask"])
 
         # 6. Student on labeled + mixed strong images in one pass (BN statistics over both).
         student_embeddings, student_low_res, student_logits = self._student_logits(
@@ -224,8 +157,8 @@ class TeacherStudent(nn.Module):
             teacher_embeddings_l, teacher_low_res_l, student_embeddings[:batch_l], student_low_res[:batch_l],
             labels_l, class_ratio, generator)
         # Class distribution of this step's pseudo labels (the paper's Fig. 3 diagnostic).
-        valid = pseudo_labels != ignore
-        pseudo_counts = torch.bincount(pseudo_labels[valid].flatten(), minlength=teacher_head.num_classes).float()
+        valid = labels_u != ignore
+        pseudo_counts = torch.bincount(labels_u[valid].flatten(), minlength=teacher_head.num_classes).float()
         return StepOutput(loss, terms, teacher_statistics, student_statistics, pseudo_counts)
 
     def _student_logits(self, pixel_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -271,7 +204,7 @@ class TeacherStudent(nn.Module):
         if not self.decoupled and self.teacher_decoder is not None:
             ema_update_(self.teacher_decoder, self.student.decoder, tau)
         if self.teacher_bank_follows_student and self.teacher_prototype_head is not None:
-            self.teacher_prototype_head.follow_(self.student.prototype_head, tau)
+            follow_prototypes_(self.teacher_prototype_head, self.student.prototype_head, tau)
         return tau
 
     @torch.no_grad()
@@ -291,9 +224,41 @@ class TeacherStudent(nn.Module):
 
 def apply_prototype_updates(model: TeacherStudent, teacher: PrototypeStatistics,
                             student: PrototypeStatistics | None, momentum: float) -> None:
-    """Eq. 12 on every bank that samples its own features (all-reduced inside ``PrototypeHead.update``); a mean
-    teacher's bank that follows the student's is updated by :meth:`TeacherStudent.update_teacher` instead."""
+    """Eq. 12 on every bank that samples its own features (summed over processes first); a mean teacher's bank that
+    follows the student's is updated by :meth:`TeacherStudent.update_teacher` instead."""
     if not model.teacher_bank_follows_student:
-        model.teacher_head.update(teacher.sums, teacher.counts, momentum)
+        update_prototypes_(model.teacher_head, teacher.sums, teacher.counts, momentum)
     if student is not None and not model.shared_head:
-        model.student.prototype_head.update(student.sums, student.counts, momentum)
+        update_prototypes_(model.student.prototype_head, student.sums, student.counts, momentum)
+
+
+@torch.no_grad()
+def average_batchnorm_statistics_(model: TeacherStudent, reduce_mean: Callable[[Tensor], Tensor]) -> None:
+    """Each process's BN statistics follow its own batches: averaged (``reduce_mean``, one call for every layer), so
+    that the EMA teacher, which copies them, and the decoupled teacher decoder, whose statistics make the pseudo
+    labels, agree on every process."""
+    modules = [model.student] + ([model.teacher_decoder] if model.decoupled else [])
+    buffers = [buffer for module in modules for layer in module.modules()
+               if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None
+               for buffer in (layer.running_mean, layer.running_var)]
+    if buffers:
+        averaged = reduce_mean(torch.cat([buffer.flatten() for buffer in buffers]))
+        for buffer, value in zip(buffers, averaged.split([buffer.numel() for buffer in buffers]), strict=True):
+            buffer.copy_(value.view_as(buffer))
+
+
+def after_optimizer_step(model: TeacherStudent, teacher: PrototypeStatistics, student: PrototypeStatistics | None,
+                         step: int, warmup_steps: int, *, reduce: Callable[[Tensor, str], Tensor] | None = None,
+                         ) -> float:
+    """SPEC §2 step 8, once the optimizer has stepped: BN statistics averaged and prototype samples summed over
+    processes (``reduce(tensor, "mean" | "sum")``, e.g. ``accelerator.reduce``; None on one process), Eq. 12 on the
+    prototypes, then the teacher's EMA (Eq. 5; a mean teacher's own bank follows the student's fresh one). Returns
+    the EMA momentum τ used."""
+    config = model.train_config
+    if reduce is not None:
+        average_batchnorm_statistics_(model, lambda tensor: reduce(tensor, "mean"))
+    for statistics in (teacher, student):
+        if statistics is not None:
+            statistics.reduce_(lambda tensor: reduce(tensor, "sum") if reduce is not None else tensor)
+    apply_prototype_updates(model, teacher, student, config.prototype_momentum)
+    return model.update_teacher(step, config.encoder_momentum, warmup_steps)

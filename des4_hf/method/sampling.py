@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 SamplingMethod = Literal["mes", "quantity", "confidence"]
-SAMPLING_METHODS: tuple[str, ...] = ("mes", "quantity", "confidence")
+SAMPLERS: tuple[str, ...] = ("mes", "quantity", "confidence")
 
 
 def class_ratio(pixel_counts: Tensor | Sequence[int]) -> Tensor:
@@ -161,8 +161,8 @@ def select_pixels(labels: Tensor, entropy: Tensor, class_ratio: Tensor, method: 
     ``"quantity"`` (uniform in the class) or ``"confidence"`` (highest entropy first), all with the quota of
     :func:`class_quotas`. The same inputs and ``generator`` seed (on the labels' device) give the same pixels.
     """
-    if method not in SAMPLING_METHODS:
-        raise ValueError(f"method={method!r} is not one of {SAMPLING_METHODS}")
+    if method not in SAMPLERS:
+        raise ValueError(f"method={method!r} is not one of {SAMPLERS}")
     if num_zones < 1:
         raise ValueError(f"num_zones must be >= 1, got {num_zones}")
     if not alpha > 0:

@@ -1,0 +1,59 @@
+"""The run record says what ran (issue 31): the method's resolved flags only (a supervised run has no teacher, so no
+decoupled teacher, shared head or re-weighting), and a step budget whose epochs never contradict its steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from des4_hf.method.recipe import METHODS, resolve_recipe
+from des4_hf.training.config import TrainConfig
+from des4_hf.training.trainer import TEACHER_OPTIONS, Trainer
+
+EXPECTED = {  # (teacher, decoupled, shared_head, reweight) per method preset (paper Table 3)
+    "des4": (True, True, True, True),
+    "mean-teacher": (True, False, False, False),
+    "supervised": (False, False, False, False),
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"f{index}.jpg")
+        Image.fromarray(rng.integers(0, 3, (32, 40), dtype=np.uint8)).save(root / "SegmentationClass" / f"f{index}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("f0\nf1\nf2\nf3\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("f4\nf5\n")
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    return root
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_record_of_each_method_preset_says_what_ran(method, data_root, tmp_path):
+    config = TrainConfig(method=method, backbone="test_resnet", encoder_weights=None, decoder_channels=16,
+                         crop_size=32, batch_size=1, dataset="camvid", data_root=str(data_root), labeled_fraction=0.5,
+                         num_workers=0, max_steps=6, epochs=80.0, output_dir=str(tmp_path / "run"),
+                         mixed_precision="fp32")
+    trainer = Trainer(config)
+    trainer.prepare_data()
+    trainer.build()
+    record = trainer.training_record()
+    teacher, decoupled, shared_head, reweight = EXPECTED[method]
+    assert (record["method"], record["teacher"], record["decoupled"], record["shared_head"], record["reweight"]) == \
+        (method, teacher, decoupled, shared_head, reweight)
+    recipe = record["recipe"]
+    assert not {"decoupled", "shared_head", "reweight"} & set(recipe)  # only the resolved flags above
+    assert (set(TEACHER_OPTIONS) & set(recipe)) == (set(TEACHER_OPTIONS) if teacher else set())
+    assert recipe["max_steps"] == 6 and recipe["epochs"] == round(6 / trainer.steps_per_epoch, 3)  # not 80
+
+
+def test_a_preset_wins_over_the_switches():
+    assert resolve_recipe("mean-teacher", decoupled=True, shared_head=True).decoupled is False
+    assert resolve_recipe("supervised").record()["teacher"] is False
+    with pytest.raises(ValueError, match="method='fixmatch'"):
+        resolve_recipe("fixmatch")
