@@ -67,6 +67,17 @@ PROBE_CACHE = "precision_probe.json"
 PROBE_SIZE = 512  # inference probes time one image of this size (the choice barely depends on it), cached once
 
 
+def training_probe(build: Any, crop_size: int, channels_last: bool) -> dict[str, Any]:
+    """What :func:`resolve_precision` times for training ``auto`` on a CPU: a throwaway network from ``build()`` (its
+    weights random: speed does not depend on them) and two crops of the run's size, fwd + bwd. Nothing is built
+    where no probe runs: several processes keep the default (fp32, no agreement needed), or
+    ``DES4_PRECISION_PROBE=0``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("DES4_PRECISION_PROBE", "1") == "0":
+        return {}
+    sample = torch.randn(2, 3, crop_size, crop_size, generator=torch.Generator().manual_seed(0))
+    return {"model": build(), "sample": sample, "training": True, "channels_last": channels_last}
+
+
 def inference_probe_sample(size: int = PROBE_SIZE) -> Tensor:
     """The batch :func:`resolve_precision` times inference on: one random ``size``² image."""
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))

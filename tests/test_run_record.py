@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from des4_hf.method.recipe import METHODS, resolve_recipe
+from des4_hf.training.checkpointing import TEACHER_OPTIONS, training_record
 from des4_hf.training.config import TrainConfig
-from des4_hf.training.trainer import TEACHER_OPTIONS, Trainer
+from des4_hf.training.trainer import Trainer
 
 EXPECTED = {  # (teacher, decoupled, shared_head, reweight) per method preset (paper Table 3)
     "des4": (True, True, True, True),
@@ -42,7 +43,7 @@ def test_the_record_of_each_method_preset_says_what_ran(method, data_root, tmp_p
     trainer = Trainer(config)
     trainer.prepare_data()
     trainer.build()
-    record = trainer.training_record()
+    record = training_record(trainer)
     teacher, decoupled, shared_head, reweight = EXPECTED[method]
     assert (record["method"], record["teacher"], record["decoupled"], record["shared_head"], record["reweight"]) == \
         (method, teacher, decoupled, shared_head, reweight)

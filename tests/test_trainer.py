@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from des4_hf import Des4ForSemanticSegmentation
 from des4_hf.data import CAMVID_CLASSES
 from des4_hf.method.losses import class_balancing_weights
+from des4_hf.training.checkpointing import trim_log
 from des4_hf.training.config import TrainConfig
-from des4_hf.training.trainer import Trainer, trim_log
+from des4_hf.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
