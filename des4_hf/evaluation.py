@@ -280,3 +280,41 @@ def evaluate_segmentation(model: nn.Module, dataset: Any, *, num_classes: int, c
               "precision": choice.name, "ignore_index": ignore_index, "num_processes": world_size, **(settings or {})}
     return EvaluationResult.from_confusion(metric.matrix, class_names, num_images, record)
 
+
+def plot_per_class_iou(result: EvaluationResult, path: str | Path | None = None) -> bytes:
+    """Bar chart (PNG bytes; also written to ``path`` atomically) of the per-class IoU ("n/a": absent class), the
+    mean dashed; on matplotlib's Agg canvas, so no display and no global backend change."""
+    import io
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    title = "Per-class IoU"
+    if result.settings.get("dataset"):
+        title += f" — {result.settings['dataset']} {result.settings.get('split') or ''}".rstrip()
+    absent = [math.isnan(value) for value in result.per_class_iou]
+    values = [0.0 if gone else 100.0 * value for value, gone in zip(result.per_class_iou, absent)]
+    count = result.num_classes
+    figure = Figure(figsize=(max(6.0, 0.45 * count + 2.0), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bars = axes.bar(range(count), values, color=["#bbbbbb" if gone else "#3b75af" for gone in absent])
+    for bar, value, gone in zip(bars, values, absent):
+        axes.text(bar.get_x() + bar.get_width() / 2, value + 1.0, "n/a" if gone else f"{value:.1f}", ha="center",
+                  va="bottom", fontsize=7)
+    if not math.isnan(result.mean_iou):
+        axes.axhline(100.0 * result.mean_iou, color="#d62728", linestyle="--", linewidth=1.2,
+                     label=f"mIoU {100.0 * result.mean_iou:.2f} %")
+        axes.legend(loc="upper right", fontsize=8)
+    axes.set(xticks=range(count), ylim=(0, 105), ylabel="IoU (%)")
+    axes.set_xticklabels(result.class_names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center",
+                         fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = buffer.getvalue()
+    if path is not None:
+        atomic_write(path, data)
+    return data

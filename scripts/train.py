@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from des4_hf.pretrained import IMAGENET_OFFLINE
+from des4_hf.pretrained import IMAGENET_OFFLINE, ensure_offline_weights
 from des4_hf.training.config import CHOICES, TrainConfig
 from des4_hf.training.run_folder import OutputDirError, claim_output_dir
 
@@ -155,10 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"des4-train: {error}", file=sys.stderr)
         return 2
     if config.encoder_weights == IMAGENET_OFFLINE:  # the library reads the converted file: make it once here
-        try:
-            from des4_hf_scripts.convert_lite0 import ensure_offline_weights
-        except ImportError:  # a checkout that is not pip-installed: this script's folder is on sys.path
-            from convert_lite0 import ensure_offline_weights
         try:
             ensure_offline_weights()
         except (ImportError, FileNotFoundError, ValueError) as error:  # no lite0 extra: says what to install

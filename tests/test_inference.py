@@ -293,7 +293,7 @@ def test_color_palette_is_the_voc_map():
 
 
 def test_label_map_to_image_round_trips(tmp_path):
-    from des4_hf_scripts.predict import label_map_to_image
+    from des4_hf.loading import label_map_to_image
 
     rng = np.random.default_rng(0)
     label_map = rng.integers(0, 21, (17, 23)).astype(np.int64)
@@ -309,7 +309,7 @@ def test_label_map_to_image_round_trips(tmp_path):
 
 
 def test_label_map_to_image_rejects_values_a_png_cannot_hold():
-    from des4_hf_scripts.predict import label_map_to_image
+    from des4_hf.loading import label_map_to_image
 
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
         label_map_to_image(np.array([[0, 256]]))

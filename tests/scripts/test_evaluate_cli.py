@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from des4_hf_scripts.evaluate import UsageError as CliError
 from des4_hf_scripts.evaluate import _protocol_settings, format_table, main, write_report
 from des4_hf_scripts.evaluate import evaluate_parser as build_parser
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
 from des4_hf.evaluation import EvaluationResult
+from des4_hf.loading import UsageError as CliError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (120, 90)  # CamVid is 480×360: a quarter in each direction keeps the test fast

@@ -159,7 +159,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(model_dir, camvid_imag
 
 
 def test_debug_shows_the_error_instead_of_the_line(camvid_image_paths, tmp_path):
-    from des4_hf_scripts.predict import UsageError
+    from des4_hf.loading import UsageError
 
     with pytest.raises(UsageError, match="no such directory"):
         main(["--model", str(tmp_path / "missing/"), str(camvid_image_paths[0]), "--out", str(tmp_path / "p"),

@@ -1,4 +1,4 @@
-"""``des4-demo`` (scripts/web_demo.py, issue 18): the page's parts, its API, its Space folder, and a real browser.
+"""``des4-demo`` (scripts/demo.py, issue 18): the page's parts, its API, its Space folder, and a real browser.
 
 The served tests start the app in a subprocess on 127.0.0.1 with a tiny random model (or the trained model named by
 ``DES4_DEMO_MODEL``), call it with ``gradio_client`` and drive it from headless Chromium (Debian's ``chromium`` and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from des4_hf_scripts.predict import UsageError
+import torch
 from des4_hf_scripts.predict import main as predict_main
 from des4_hf_scripts.push_to_hub import main as push_main
 from des4_hf_scripts.push_to_hub import stage_space
@@ -34,6 +34,9 @@ from des4_hf.hub import model_facts
 gradio = pytest.importorskip("gradio", reason="the web demo needs the `demo` extra (pip install 'des4-hf[demo]')")
 from des4_hf_scripts import web_demo  # noqa: E402  (needs gradio's presence checked first)
 
+from des4_hf import demo  # noqa: E402
+from des4_hf.loading import UsageError  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 120  # seconds for the app to import torch + gradio, load the model and answer
 
@@ -43,8 +46,8 @@ def test_the_legend_lists_present_classes_by_share_with_their_colours():
     label_map = np.array([[1, 1, 1, 1], [1, 1, 3, 3]], dtype=np.uint8)  # 6 road, 2 tree; sky and car absent
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[1], palette[3] = (10, 20, 30), (200, 100, 0)
-    assert web_demo.class_shares(label_map, 4) == [(1, 0.75), (3, 0.25)]
-    legend = web_demo.legend_html(label_map, ["sky", "road", "car", "tree <b>"], palette)
+    assert demo.class_shares(label_map, 4) == [(1, 0.75), (3, 0.25)]
+    legend = demo.legend_html(label_map, ["sky", "road", "car", "tree <b>"], palette)
     assert legend.index("road — 75.0 %") < legend.index("tree &lt;b&gt; — 25.0 %")  # names are escaped
     assert "rgb(10,20,30)" in legend and "rgb(200,100,0)" in legend and "sky" not in legend and "car" not in legend
 
@@ -55,21 +58,21 @@ def test_facts_come_from_the_card_else_from_the_saved_evaluation(model_dir, tmp_
     config = json.loads((folder / "config.json").read_text())
     config["training"] = {"method": "des4", "dataset": "camvid", "split": "camvid_1_8", "steps": 1000}
     (folder / "config.json").write_text(json.dumps(config))
-    loaded = lambda: web_demo.ModelStore(web_demo.torch.device("cpu"), "fp32").get(str(folder))  # noqa: E731
+    loaded = lambda: demo.ModelStore(torch.device("cpu"), "fp32").get(str(folder))  # noqa: E731
 
-    facts = web_demo.facts_markdown(loaded())
+    facts = demo.facts_markdown(loaded())
     assert "sky, road, car, tree" in facts and "method des4 · dataset camvid · split camvid_1_8 · steps 1000" in facts
     assert "not reported" in facts
 
-    confusion = web_demo.torch.tensor([[3, 1, 0, 0], [0, 4, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]])  # IoU .75 .8 1 –
+    confusion = torch.tensor([[3, 1, 0, 0], [0, 4, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]])  # IoU .75 .8 1 –
     EvaluationResult.from_confusion(confusion, ["sky", "road", "car", "tree"], 2,
                                     {"dataset": "camvid", "split": "val"}).save(folder)
-    assert "**mIoU** (eval.json) CamVid val: **85.00 %**" in web_demo.facts_markdown(loaded())
+    assert "**mIoU** (eval.json) CamVid val: **85.00 %**" in demo.facts_markdown(loaded())
 
     (folder / "README.md").write_text("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: image-segmentation}\n"
                                       "    dataset: {name: CamVid, type: camvid, split: test}\n"
                                       "    metrics:\n    - {type: mean_iou, value: 51.17, name: mIoU}\n---\n# m\n")
-    assert "**mIoU** (model card) CamVid test: **51.17 %**" in web_demo.facts_markdown(loaded())
+    assert "**mIoU** (model card) CamVid test: **51.17 %**" in demo.facts_markdown(loaded())
     # a Hub id whose card cannot be fetched (offline here): the facts leave the results out, without an error
     hub_facts = model_facts(loaded().model.config, "someone/not-in-the-cache")
     assert hub_facts.results == [] and hub_facts.results_source is None and hub_facts.classes == ["sky", "road",
@@ -78,13 +81,13 @@ def test_facts_come_from_the_card_else_from_the_saved_evaluation(model_dir, tmp_
 
 @pytest.mark.onednn_bf16
 def test_the_page_runs_in_the_precision_chosen_as_des4_predict_chooses_it(model_dir, probing, camvid_image_paths):
-    cpu = web_demo.torch.device("cpu")
+    cpu = torch.device("cpu")
     timed = probing({"fp32-nchw": 0.9, "fp32-channels_last": 0.9, "bf16-nchw": 0.2, "bf16-channels_last": 0.5})
-    loaded = web_demo.ModelStore(cpu, "auto").get(str(model_dir))  # auto: timed on the loaded network, as predict
+    loaded = demo.ModelStore(cpu, "auto").get(str(model_dir))  # auto: timed on the loaded network, as predict
     assert len(timed) == 4 and loaded.choice.name == "bf16" and not loaded.choice.channels_last
-    assert "Runs** on cpu, bf16" in web_demo.facts_markdown(loaded)
-    bf16 = web_demo.segment_file(loaded, camvid_image_paths[0])  # autocast bf16 on the CPU
-    fp32 = web_demo.segment_file(web_demo.ModelStore(cpu, "fp32").get(str(model_dir)), camvid_image_paths[0])
+    assert "Runs** on cpu, bf16" in demo.facts_markdown(loaded)
+    bf16 = demo.segment_file(loaded, camvid_image_paths[0])  # autocast bf16 on the CPU
+    fp32 = demo.segment_file(demo.ModelStore(cpu, "fp32").get(str(model_dir)), camvid_image_paths[0])
     assert bf16.label_map.shape == fp32.label_map.shape == (360, 480)
     assert (bf16.label_map == fp32.label_map).mean() > 0.9  # the same network, rounded differently
 
@@ -95,7 +98,7 @@ def test_a_model_without_trained_prototypes_is_refused_in_one_line(tmp_path, cap
     Des4ForSemanticSegmentation(config).save_pretrained(fresh)  # prototypes never set from data
     Des4ImageProcessor().save_pretrained(fresh)
     with pytest.raises(UsageError, match="prototype"):
-        web_demo.build_demo(str(fresh), precision="fp32")
+        demo.build_demo(str(fresh), precision="fp32")
     assert web_demo.main(["--model", str(fresh), "--precision", "fp32"]) == 2
     err = capsys.readouterr().err  # beside transformers' loading progress bars
     lines = [line for line in err.splitlines() if line.startswith("des4-demo: ")]
@@ -222,7 +225,7 @@ def test_the_api_returns_des4_predicts_mask(app_url, served_model, camvid_image_
     assert Image.open(overlay_path).size == Image.open(image).size
     classes = Des4ForSemanticSegmentation.config_class.from_pretrained(served_model).id2label
     assert [item.split('data-class="')[1].split('"')[0] for item in legend.split("<li")[1:]] == \
-        [classes[index] for index, _ in web_demo.class_shares(expected, len(classes))]
+        [classes[index] for index, _ in demo.class_shares(expected, len(classes))]
     assert "whole image" in info and " ms " in info
     with pytest.raises(Exception, match="is not an image that can be read"):
         client.predict(handle_file(__file__), 0.5, api_name="/segment")
@@ -306,10 +309,10 @@ def test_uploads_are_capped_in_bytes_and_the_examples_still_work(app_url, served
 def test_images_over_the_pixel_cap_are_refused_before_decoding(model_dir, tmp_path):
     photo = tmp_path / "wide.png"
     Image.new("RGB", (300, 200)).save(photo)
-    loaded = web_demo.ModelStore(web_demo.torch.device("cpu"), "fp32").get(str(model_dir))
+    loaded = demo.ModelStore(torch.device("cpu"), "fp32").get(str(model_dir))
     with pytest.raises(UsageError, match=r"wide.png is 300×200 = 0.06 megapixels; this page takes at most 0.05: downscale"):
-        web_demo.segment_file(loaded, photo, max_pixels=50_000)
-    assert web_demo.segment_file(loaded, photo, max_pixels=60_000).label_map.shape == (200, 300)
+        demo.segment_file(loaded, photo, max_pixels=50_000)
+    assert demo.segment_file(loaded, photo, max_pixels=60_000).label_map.shape == (200, 300)
 
 
 def test_the_model_box_loads_hub_ids_or_folders_under_the_models_dir_only(tmp_path, monkeypatch):
@@ -318,18 +321,18 @@ def test_the_model_box_loads_hub_ids_or_folders_under_the_models_dir_only(tmp_pa
     (tmp_path / "secret-model").mkdir()
     (tmp_path / "me" / "local").mkdir(parents=True)  # a local folder shaped like a Hub id
     monkeypatch.chdir(tmp_path)
-    assert web_demo.page_model_name("camvid", models) == str((models / "camvid").resolve())
-    assert web_demo.page_model_name(" me/des4-camvid ", models) == "me/des4-camvid"
+    assert demo.page_model_name("camvid", models) == str((models / "camvid").resolve())
+    assert demo.page_model_name(" me/des4-camvid ", models) == "me/des4-camvid"
     refused = ["../secret-model", str(tmp_path / "secret-model"), "me/local", "/etc", "", "camvid/../..",
                "nope/../../x", "missing"]
     messages = set()
     for name in refused:
         with pytest.raises(UsageError) as error:
-            web_demo.page_model_name(name, models)
+            demo.page_model_name(name, models)
         messages.add(str(error.value))
     assert messages == {"this page loads only a folder under the models folder or a Hub id"}
     with pytest.raises(UsageError, match="only a Hub id"):
-        web_demo.page_model_name("camvid", None)  # no models folder: Hub ids only
+        demo.page_model_name("camvid", None)  # no models folder: Hub ids only
 
 
 @pytest.mark.slow
