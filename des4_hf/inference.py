@@ -47,8 +47,7 @@ def resolve_precision(precision: str, device: torch.device | str, channels_last:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
     device = torch.device(device)
-    if precision == "auto" and device.type == "cpu" and model is not None and sample is not None \
-            and os.environ.get("DES4_PRECISION_PROBE", "1") != "0":
+    if precision == "auto" and device.type == "cpu" and model is not None and sample is not None and probe_wanted():
         return probe_precision(model, sample, training=training, channels_last=channels_last)
     if precision == "auto":
         precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -67,12 +66,17 @@ PROBE_CACHE = "precision_probe.json"
 PROBE_SIZE = 512  # inference probes time one image of this size (the choice barely depends on it), cached once
 
 
+def probe_wanted() -> bool:
+    """False where ``DES4_PRECISION_PROBE=0`` asks for the default (fp32 + channels_last) without timing."""
+    return os.environ.get("DES4_PRECISION_PROBE", "1") != "0"
+
+
 def training_probe(build: Any, crop_size: int, channels_last: bool) -> dict[str, Any]:
     """What :func:`resolve_precision` times for training ``auto`` on a CPU: a throwaway network from ``build()`` (its
     weights random: speed does not depend on them) and two crops of the run's size, fwd + bwd. Nothing is built
     where no probe runs: several processes keep the default (fp32, no agreement needed), or
     ``DES4_PRECISION_PROBE=0``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("DES4_PRECISION_PROBE", "1") == "0":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not probe_wanted():
         return {}
     sample = torch.randn(2, 3, crop_size, crop_size, generator=torch.Generator().manual_seed(0))
     return {"model": build(), "sample": sample, "training": True, "channels_last": channels_last}

@@ -120,7 +120,7 @@ def test_strong_shares_weak_geometry(tmp_path: Path) -> None:
     )
     std, mean = torch.tensor(STD).view(3, 1, 1), torch.tensor(MEAN).view(3, 1, 1)
     for index_seed in range(4):
-        item = UnlabeledTrainDataset(ds, 96, MEAN, STD, seed=index_seed, config=brightness_only)[0]
+        item = UnlabeledTrainDataset(ds, dataclasses.replace(brightness_only, crop_size=96), MEAN, STD, seed=index_seed)[0]
         weak = ((item["pixel_values_weak"] * std + mean) * 255).round()
         strong = ((item["pixel_values_strong"] * std + mean) * 255).round()
         valid = ~item["padding_mask"]
@@ -132,7 +132,7 @@ def test_strong_shares_weak_geometry(tmp_path: Path) -> None:
         )
         assert (item["pixel_values_strong"][:, item["padding_mask"]] == 0).all()
     identity = dataclasses.replace(brightness_only, jitter_prob=0.0)
-    item = UnlabeledTrainDataset(ds, 96, MEAN, STD, seed=0, config=identity)[0]
+    item = UnlabeledTrainDataset(ds, dataclasses.replace(identity, crop_size=96), MEAN, STD, seed=0)[0]
     assert torch.equal(item["pixel_values_weak"], item["pixel_values_strong"])
 
 
@@ -185,7 +185,7 @@ def test_labeled_dataset_on_camvid(camvid_subset) -> None:
         assert values <= set(range(11)) | {255}
         assert torch.isfinite(item["pixel_values"]).all()
     # a 480×360 frame never fills a 513 crop at scale < 1.0: those crops are padded with 255
-    padded = LabeledTrainDataset(camvid_subset, 513, MEAN, STD, config=AugmentConfig(scale_range=(0.5, 0.9)))[
+    padded = LabeledTrainDataset(camvid_subset, AugmentConfig(crop_size=513, scale_range=(0.5, 0.9)), MEAN, STD)[
         0
     ]
     assert (padded["labels"] == 255).float().mean() > 0.2

@@ -9,7 +9,6 @@ once (per loader worker).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -127,15 +126,14 @@ class _SegmentationBase(torch.utils.data.Dataset):
 
 
 class _TrainBase(_SegmentationBase):
-    """Random crops of ``crop_size`` (augmentation ``config``, U2PL's defaults when None)."""
+    """Random crops as ``augment`` says: an :class:`AugmentConfig`, or a crop size with U2PL's other defaults."""
 
-    def __init__(self, hf_dataset: datasets.Dataset, crop_size: int, image_mean: Sequence[float],
-                 image_std: Sequence[float], seed: int = 0, config: AugmentConfig | None = None,
-                 num_classes: int | None = None, frame_scale: float = 1.0, cache_frames: bool = False) -> None:
+    def __init__(self, hf_dataset: datasets.Dataset, augment: AugmentConfig | int, image_mean: Sequence[float],
+                 image_std: Sequence[float], seed: int = 0, num_classes: int | None = None, frame_scale: float = 1.0,
+                 cache_frames: bool = False) -> None:
         super().__init__(hf_dataset, image_mean, image_std, seed=seed, num_classes=num_classes,
                          frame_scale=frame_scale, cache_frames=cache_frames)
-        config = config or AugmentConfig(crop_size=crop_size)
-        self.config = config if config.crop_size == crop_size else dataclasses.replace(config, crop_size=crop_size)
+        self.config = augment if isinstance(augment, AugmentConfig) else AugmentConfig(crop_size=augment)
 
 
 class LabeledTrainDataset(_TrainBase):

@@ -7,6 +7,7 @@ the first evaluation.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..configuration_des4 import Des4Config
+from ..data.augment import AugmentConfig
 from ..inference import PRECISIONS
 from ..method.losses import CLASS_WEIGHTINGS
 from ..method.recipe import METHOD_PRESETS, METHODS, Recipe, resolve_recipe
@@ -57,6 +59,11 @@ def _runtime_types(annotation: Any) -> tuple[type, ...]:
     return (*kinds, *((int,) if float in kinds else ()), *((list,) if tuple in kinds else ()))
 
 
+#: Des4Config's defaults (the architecture, τ1, τ2, MES k and α) and AugmentConfig's: defined there, once
+_MODEL = {name: parameter.default for name, parameter in inspect.signature(Des4Config.__init__).parameters.items()}
+_AUGMENT = AugmentConfig()
+
+
 @dataclass
 class TrainConfig:
     """A DeS4 / mean-teacher / supervised training run (SPEC §2–5).
@@ -72,12 +79,12 @@ class TrainConfig:
     reweight: bool = True  # P.R.: Eq. 7 pixel weights in L_l^ub
     sampler: str = "mes"  # prototype feature sampler: mes | quantity | confidence (Table 4)
     # -- model --------------------------------------------------------------------------------------
-    backbone: str = "resnet101"
+    backbone: str = _MODEL["backbone"]
     encoder_weights: str | None = "imagenet"
-    output_stride: int = 16
-    decoder_channels: int = 256
-    separable_convs: bool = False  # depthwise-separable decoder convs (Des4Config.separable_convs)
-    logit_scale: float = 10.0
+    output_stride: int = _MODEL["output_stride"]
+    decoder_channels: int = _MODEL["decoder_channels"]
+    separable_convs: bool = _MODEL["separable_convs"]  # depthwise-separable decoder convs
+    logit_scale: float = _MODEL["logit_scale"]
     # Fine-tuning: a saved DeS4 model (folder or Hub id) whose encoder and decoder start the run; its prototypes are
     # kept when its classes are the dataset's, else the new classes' start fresh (prototype_init)
     init_from: str | None = None
@@ -86,8 +93,22 @@ class TrainConfig:
     data_root: str | None = None
     split: str | None = None  # a named split (e.g. voc-blended-1323) or a split folder
     labeled_fraction: float = 0.125  # used when `split` is None: a seeded random split
-    crop_size: int = 513
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: int = _AUGMENT.crop_size
+    scale_range: tuple[float, float] = _AUGMENT.scale_range
+    # the rest of des4_hf.data.augment.AugmentConfig (its defaults: U2PL / UniMatch [choice]); cutmix_prob < 1
+    # leaves some strong views unmixed (SPEC §2.9 option)
+    hflip_prob: float = _AUGMENT.hflip_prob
+    jitter_prob: float = _AUGMENT.jitter_prob
+    brightness: float = _AUGMENT.brightness
+    contrast: float = _AUGMENT.contrast
+    saturation: float = _AUGMENT.saturation
+    hue: float = _AUGMENT.hue
+    grayscale_prob: float = _AUGMENT.grayscale_prob
+    blur_prob: float = _AUGMENT.blur_prob
+    blur_sigma: tuple[float, float] = _AUGMENT.blur_sigma
+    cutmix_prob: float = _AUGMENT.cutmix_prob
+    cutmix_area: tuple[float, float] = _AUGMENT.cutmix_area
+    cutmix_ratio: tuple[float, float] = _AUGMENT.cutmix_ratio
     frame_scale: float = 1.0  # every frame (train and val) resized once by this factor before cropping; (0, 1]
     cache_frames: bool = False  # keep decoded (and resized) frames in memory: each file is decoded once
     # -- optimisation (per device; global batch = batch_size × processes × grad_accum_steps) ---------
@@ -103,10 +124,10 @@ class TrainConfig:
     poly_power: float = 0.9
     lambda_supervised: float = 1.0  # λ1
     lambda_unsupervised: float = 1.5  # λ2
-    encoder_momentum: float = 0.99  # τ1 (Eq. 5), with warm-up min(1 − 1/(step+1), τ1)
-    prototype_momentum: float = 0.99  # τ2 (Eq. 12)
-    mes_num_zones: int = 5
-    mes_alpha: float = 0.1
+    encoder_momentum: float = _MODEL["encoder_momentum"]  # τ1 (Eq. 5), with warm-up min(1 − 1/(step+1), τ1)
+    prototype_momentum: float = _MODEL["prototype_momentum"]  # τ2 (Eq. 12)
+    mes_num_zones: int = _MODEL["mes_num_zones"]
+    mes_alpha: float = _MODEL["mes_alpha"]
     # The early-phase [choice]s of SPEC §2.7 and §3.8; the recipes' values were chosen on the dev split
     # (benchmarks/camvid_dev_probes.sh, reports/camvid/README.md). None is in the paper.
     pseudo_label_quantile: float | None = None  # per batch, drop each class's least confident q of pseudo labels
@@ -200,9 +221,10 @@ class TrainConfig:
               "checkpoint_every, eval_every, log_every and keep_checkpoints must be >= 1 (keep_checkpoints 0 would "
               "delete every checkpoint as soon as it is written)")
         check(self.num_workers >= 0, "num_workers must be >= 0")
-        try:  # the architecture's own checks (backbone name, output stride, momenta, MES), before any data loads
+        try:  # the architecture's and augmentation's own checks (backbone, stride, momenta, MES, boxes) up front
             self.model_config()
-        except ValueError as error:
+            self.augment_config()
+        except (ValueError, TypeError) as error:
             errors.append(str(error))
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
@@ -218,6 +240,11 @@ class TrainConfig:
             prototype_momentum=self.prototype_momentum, encoder_momentum=self.encoder_momentum,
             mes_num_zones=self.mes_num_zones, mes_alpha=self.mes_alpha, id2label=dict(enumerate(class_names)),
             label2id={name: index for index, name in enumerate(class_names)}, training=training)
+
+    def augment_config(self) -> AugmentConfig:
+        """The :class:`AugmentConfig` of this run's views (its fields are this config's of the same names)."""
+        return AugmentConfig(**{item.name: tuple(value) if isinstance(value := getattr(self, item.name), list) else value
+                                for item in dataclasses.fields(AugmentConfig)})
 
     # -- I/O ----------------------------------------------------------------------------------------
     @classmethod

@@ -32,7 +32,6 @@ from ..data import (
     list_standard_splits,
     load_segmentation_dataset,
 )
-from ..data.augment import AugmentConfig
 from ..evaluation import EvaluationResult, evaluate_segmentation, protocol_window
 from ..image_processing_des4 import Des4ImageProcessor
 from ..inference import resolve_precision, training_probe
@@ -155,18 +154,16 @@ class Trainer:
             lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         )
         mean, std = self.image_processor.image_mean, self.image_processor.image_std
-        augment = AugmentConfig(crop_size=config.crop_size, scale_range=tuple(config.scale_range))
-        frames = {"frame_scale": config.frame_scale, "cache_frames": config.cache_frames}
-        labeled = LabeledTrainDataset(self.labeled_hf, config.crop_size, mean, std, seed=config.seed, config=augment,
-                                      num_classes=self.num_classes, **frames)
+        augment, frames = config.augment_config(), {"frame_scale": config.frame_scale, "cache_frames": config.cache_frames}
+        labeled = LabeledTrainDataset(self.labeled_hf, augment, mean, std, seed=config.seed, num_classes=self.num_classes,
+                                      **frames)
         loaders = [stream_loader(labeled, config.batch_size, config.seed, config.num_workers)]
         if model.with_teacher:
             if len(self.unlabeled_hf) < config.effective_unlabeled_batch_size:  # no full unlabeled batch to draw
                 raise DataError(f"the split leaves {len(self.unlabeled_hf)} unlabeled image(s), fewer than one unlabeled "
                                 f"batch of {config.effective_unlabeled_batch_size}. Fix: label fewer images "
                                 "(--labeled-fraction), lower --unlabeled-batch-size, or train --method supervised.")
-            unlabeled = UnlabeledTrainDataset(self.unlabeled_hf, config.crop_size, mean, std, seed=config.seed + 1,
-                                              config=augment, **frames)
+            unlabeled = UnlabeledTrainDataset(self.unlabeled_hf, augment, mean, std, seed=config.seed + 1, **frames)
             loaders.append(stream_loader(unlabeled, config.effective_unlabeled_batch_size, config.seed + 1,
                                          config.num_workers))
         self.model, self.optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
