@@ -214,3 +214,26 @@ def test_reproducible_across_epochs_instances_and_workers(camvid_subset) -> None
     for x, y in zip(serial, parallel, strict=False):
         for key in x:
             assert torch.equal(x[key], y[key]), key
+
+
+def test_cutmix_probability_leaves_that_share_of_views_unmixed(tmp_path: Path) -> None:
+    """SPEC §2.9 option: ``cutmix_prob`` from the recipe reaches the unlabeled views; 1 − p of the boxes are empty."""
+    from des4_hf.training.config import TrainConfig
+
+    for p, low, high in ((1.0, 1.0, 1.0), (0.5, 0.35, 0.65), (0.0, 0.0, 0.0)):
+        config = AugmentConfig(cutmix_prob=p)
+        mixed = [bool(cutmix_box(64, config, torch.Generator().manual_seed(seed)).any()) for seed in range(200)]
+        assert low <= np.mean(mixed) <= high, (p, np.mean(mixed))
+    assert TrainConfig(cutmix_prob=0.25, strong_views=2).augment_config() == AugmentConfig(cutmix_prob=0.25,
+                                                                                         strong_views=2)
+
+
+def test_a_second_strong_view_leaves_the_first_as_it_was(tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    ds = load_segmentation_dataset("folder", images=tmp_path)["train"]
+    one = UnlabeledTrainDataset(ds, AugmentConfig(crop_size=64), MEAN, STD, seed=3)[0]
+    two = UnlabeledTrainDataset(ds, AugmentConfig(crop_size=64, strong_views=2), MEAN, STD, seed=3)[0]
+    assert set(two) == set(one) | {"pixel_values_strong_2", "cutmix_mask_2"}
+    for key in one:
+        assert torch.equal(one[key], two[key]), key
+    assert not torch.equal(two["pixel_values_strong"], two["pixel_values_strong_2"])

@@ -58,3 +58,25 @@ def test_a_preset_wins_over_the_switches():
     assert resolve_recipe("supervised").record()["teacher"] is False
     with pytest.raises(ValueError, match="method='fixmatch'"):
         resolve_recipe("fixmatch")
+
+
+@pytest.mark.slow  # trains two steps
+def test_exporting_the_student_saves_the_student_and_says_so(data_root, tmp_path):
+    """SPEC §2.9 option ``export: student``: best/ and last/ hold the student, chosen by its val mIoU."""
+    import torch
+
+    from des4_hf import Des4ForSemanticSegmentation
+
+    config = TrainConfig(method="des4", backbone="test_resnet", encoder_weights=None, decoder_channels=16,
+                         crop_size=32, batch_size=1, dataset="camvid", data_root=str(data_root), labeled_fraction=0.5,
+                         num_workers=0, max_steps=2, output_dir=str(tmp_path / "run"), mixed_precision="fp32",
+                         export="student", overlays=0)
+    trainer = Trainer(config)
+    trainer.train()
+    saved = Des4ForSemanticSegmentation.from_pretrained(tmp_path / "run" / "last")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for name, expected in model.export("student").state_dict().items():
+        assert torch.equal(saved.state_dict()[name], expected), name
+    assert not all(torch.equal(saved.state_dict()[name], value)
+                   for name, value in model.export("teacher").state_dict().items())
+    assert saved.config.training["exported"] == "student"

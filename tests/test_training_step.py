@@ -290,3 +290,54 @@ def test_shared_head_update_uses_teacher_statistics() -> None:
     seen = counts > 0
     assert bool(model.student.prototype_head.initialized[seen].all())
     assert model.teacher_head is model.student.prototype_head
+
+
+# -- the strongest later methods' ingredients as options (SPEC §2.9; issue 30) --------------------------------------
+def test_a_fixed_threshold_ignores_pseudo_labels_below_it() -> None:
+    from des4_hf.method.pseudo_labels import pseudo_labels
+
+    logits = torch.log(torch.tensor([[0.97, 0.02, 0.01], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.01, 0.01, 0.98]]))
+    logits = logits.T.reshape(1, 3, 1, 4)  # four pixels, confidences 0.97, 0.5, 0.7, 0.98
+    padding = torch.tensor([[[False, False, False, True]]])
+    labels = pseudo_labels(logits, padding, quantile=None, ignore_index=255, threshold=0.6)
+    assert labels.tolist() == [[[0, 255, 1, 255]]]  # 0.5 below the threshold; the last pixel is padding
+    assert pseudo_labels(logits, padding, None, 255).tolist() == [[[0, 0, 1, 255]]]  # off: every pixel kept
+    counts = [float(run_step(make_model(pseudo_label_threshold=t))[0].pseudo_label_counts.sum()) for t in (None, 0.9)]
+    assert counts[1] < counts[0]  # in the step too
+
+
+def test_channel_dropout_drops_whole_channels_reproducibly() -> None:
+    from des4_hf.method.perturbation import channel_dropout
+
+    features = torch.ones(4, 64, 5, 5)
+    dropped = channel_dropout(features, 0.5, torch.Generator().manual_seed(0))
+    per_channel = dropped.flatten(2)
+    assert ((per_channel == 0).all(-1) | (per_channel == 2.0).all(-1)).all()  # a channel is gone or scaled by 2
+    assert 0.3 < float((per_channel == 0).all(-1).float().mean()) < 0.7
+    assert torch.equal(dropped, channel_dropout(features, 0.5, torch.Generator().manual_seed(0)))
+    assert channel_dropout(features, 0.0) is features
+
+
+def test_feature_perturbation_acts_only_on_the_unlabeled_pass() -> None:
+    plain, _, _ = run_step(make_model())
+    perturbed, _, _ = run_step(make_model(feature_perturbation=0.5))
+    for name in ("loss_supervised", "loss_unbiased"):  # the labeled losses do not see the perturbed pass
+        torch.testing.assert_close(perturbed.terms[name], plain.terms[name])
+    assert "loss_feature_perturbation" not in plain.terms
+    fp = perturbed.terms["loss_feature_perturbation"]
+    # L_u = ½ (strong view + perturbed features); the strong view's loss itself is unchanged
+    torch.testing.assert_close(perturbed.terms["loss_unsupervised"], 0.5 * (plain.terms["loss_unsupervised"] + fp))
+
+
+def test_two_strong_views_average_their_losses() -> None:
+    labeled, unlabeled = make_batches()
+    second = {"pixel_values_strong_2": torch.randn(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(5)),
+              "cutmix_mask_2": torch.zeros(2, CROP, CROP, dtype=torch.bool)}
+    swapped = {**unlabeled, "pixel_values_strong": second["pixel_values_strong_2"], "cutmix_mask": second["cutmix_mask_2"]}
+    losses = []
+    for batch in (unlabeled, swapped, {**unlabeled, **second}):  # view 1 alone, view 2 alone, both
+        model = make_model().eval()  # BatchNorm on running statistics: each view's loss is its own
+        output = model(labeled, batch, class_ratio=RATIO, generator=torch.Generator().manual_seed(0))
+        losses.append(output.terms["loss_unsupervised"])
+    assert not torch.allclose(losses[0], losses[1])
+    torch.testing.assert_close(losses[2], 0.5 * (losses[0] + losses[1]))

@@ -36,6 +36,7 @@ class AugmentConfig:
     cutmix_prob: float = 1.0
     cutmix_area: tuple[float, float] = (0.02, 0.4)
     cutmix_ratio: tuple[float, float] = (0.3, 1 / 0.3)
+    strong_views: int = 1  # 2: a second strong view with its own photometry and box (UniMatch) [choice, option]
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -43,6 +44,8 @@ class AugmentConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range={self.scale_range} must satisfy 0 < low <= high.")
+        if self.strong_views not in (1, 2):
+            raise ValueError(f"strong_views={self.strong_views}: 1 or 2")
         a_lo, a_hi = self.cutmix_area
         if not 0 < a_lo <= a_hi <= 1:
             raise ValueError(f"cutmix_area={self.cutmix_area} must satisfy 0 < low <= high <= 1.")

@@ -152,7 +152,8 @@ class LabeledTrainDataset(_TrainBase):
 
 class UnlabeledTrainDataset(_TrainBase):
     """Weak and strong views (same geometry) of one unlabeled crop: ``pixel_values_weak``/``_strong`` (3, c, c),
-    ``padding_mask`` (c, c; True outside the image) and ``cutmix_mask`` (the box filled from another sample)."""
+    ``padding_mask`` (c, c; True outside the image) and ``cutmix_mask`` (the box filled from another sample); with
+    ``strong_views=2`` also ``pixel_values_strong_2`` and ``cutmix_mask_2``, drawn after the first."""
 
     stream = STREAM_UNLABELED
     with_labels = False
@@ -162,11 +163,13 @@ class UnlabeledTrainDataset(_TrainBase):
         _, image, _ = self.load(index)
         geometry = sample_geometry(image.shape[-2], image.shape[-1], self.config, generator)
         crop, _, padding = apply_geometry(image, None, geometry)
-        strong = strong_photometric(crop, self.config, generator)
-        cutmix = cutmix_box(self.config.crop_size, self.config, generator)
-        return {"pixel_values_weak": _normalize_masked(crop, self.mean, self.std, padding),
-                "pixel_values_strong": _normalize_masked(strong, self.mean, self.std, padding),
-                "padding_mask": padding, "cutmix_mask": cutmix}
+        item = {"pixel_values_weak": _normalize_masked(crop, self.mean, self.std, padding), "padding_mask": padding}
+        for view in range(self.config.strong_views):  # the first view's draws come first: one view is unchanged
+            suffix = "" if view == 0 else f"_{view + 1}"
+            strong = strong_photometric(crop, self.config, generator)
+            item[f"cutmix_mask{suffix}"] = cutmix_box(self.config.crop_size, self.config, generator)
+            item[f"pixel_values_strong{suffix}"] = _normalize_masked(strong, self.mean, self.std, padding)
+        return item
 
 
 class EvalDataset(_SegmentationBase):

@@ -18,11 +18,15 @@ def low_confidence_mask(confidence: Tensor, pseudo_labels: Tensor, quantile: flo
     return drop
 
 
-def pseudo_labels(teacher_logits: Tensor, padding_mask: Tensor, quantile: float | None, ignore_index: int) -> Tensor:
-    """Step 4: the teacher's argmax class per pixel, ``ignore_index`` on padding and, with ``quantile``, on each
-    class's least confident pixels."""
+def pseudo_labels(teacher_logits: Tensor, padding_mask: Tensor, quantile: float | None, ignore_index: int,
+                  threshold: float | None = None) -> Tensor:
+    """Step 4: the teacher's argmax class per pixel, ``ignore_index`` on padding, with ``threshold`` on pixels whose
+    confidence is below it (a fixed threshold, SPEC §2.9 option) and, with ``quantile``, on each class's least
+    confident pixels among the rest."""
     confidence, labels = teacher_logits.float().softmax(1).max(1)
     labels = labels.masked_fill(padding_mask, ignore_index)
+    if threshold is not None:
+        labels = labels.masked_fill(confidence < threshold, ignore_index)
     if quantile is not None:
         labels = labels.masked_fill(low_confidence_mask(confidence, labels, quantile, ignore_index), ignore_index)
     return labels

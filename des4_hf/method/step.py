@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..modeling_des4 import Des4ForSemanticSegmentation, PrototypeHead
 from .losses import cross_entropy_loss, entropy, unbiased_supervised_loss, unlabeled_loss_factor
+from .perturbation import channel_dropout
 from .prototypes import PrototypeStatistics, follow_prototypes_, update_prototypes_
 from .pseudo_labels import cutmix, pseudo_labels
 from .sampling import sample_class_features
@@ -136,15 +137,22 @@ class TeacherStudent(nn.Module):
             teacher_logits_u = student.upsample_logits(teacher_head(self.teacher_decoder(*features_u, size=size)),
                                                        size)
             self.teacher_decoder.train(was_training)
-            labels_u = pseudo_labels(teacher_logits_u, unlabeled["padding_mask"], config.pseudo_label_quantile, ignore)
-            # 5. CutMix on the strong view, images and pseudo labels alike.
-            images_mixed, labels_mixed = cutmix(unlabeled["pixel_values_strong"], labels_u, unlabeled["cutmix_mask"])
+            labels_u = pseudo_labels(teacher_logits_u, unlabeled["padding_mask"], config.pseudo_label_quantile, ignore,
+                                     config.pseudo_label_threshold)
+            # 5. CutMix on each strong view (one, or two as UniMatch), images and pseudo labels alike.
+            mixed = [cutmix(unlabeled[f"pixel_values_strong{suffix}"], labels_u, unlabeled[f"cutmix_mask{suffix}"])
+                     for suffix in ("", "_2") if f"pixel_values_strong{suffix}" in unlabeled]
 
-        # 6. Student on labeled + mixed strong images in one pass (BN statistics over both).
+        # 6. Student on labeled + mixed strong images in one pass (BN statistics over all); L_u is the views' mean.
         student_embeddings, student_low_res, student_logits = self._student_logits(
-            torch.cat([images_l, images_mixed.to(images_l.dtype)]))
+            torch.cat([images_l, *(images.to(images_l.dtype) for images, _ in mixed)]))
         loss_supervised = cross_entropy_loss(student_logits[:batch_l], labels_l, ignore, class_weights)
-        loss_unsupervised = cross_entropy_loss(student_logits[batch_l:], labels_mixed, ignore, class_weights)
+        loss_unsupervised = sum(cross_entropy_loss(logits, labels, ignore, class_weights) for logits, (_, labels) in
+                                zip(student_logits[batch_l:].split(batch_u), mixed, strict=True)) / len(mixed)
+        if config.feature_perturbation > 0:  # SPEC §2.9 option: L_u = ½ (strong views + perturbed features)
+            loss_perturbed = self._perturbed_loss(images_weak, labels_u, generator, class_weights)
+            loss_unsupervised = 0.5 * (loss_unsupervised + loss_perturbed)
+            terms["loss_feature_perturbation"] = loss_perturbed.detach()
 
         # 7. Eq. 4, with an unlabeled pixel weighing λ2 times a labeled one whatever the two batch sizes.
         lambda_u = lambda_u * unlabeled_loss_factor(batch_l, batch_u, config.pixel_balanced_losses)
@@ -166,6 +174,17 @@ class TeacherStudent(nn.Module):
         embeddings = self.student.embed(pixel_values)
         low_res = self.student.prototype_head(embeddings)
         return embeddings, low_res, self.student.upsample_logits(low_res, tuple(pixel_values.shape[-2:]))
+
+    def _perturbed_loss(self, images_weak: Tensor, labels: Tensor, generator: torch.Generator | None,
+                        class_weights: Tensor | None) -> Tensor:
+        """The student on the weak view with its encoder features channel-dropped (:mod:`.perturbation`), against
+        the pseudo labels: an extra pass that only the unlabeled loss sees."""
+        student, p = self.student, self.train_config.feature_perturbation
+        low, high = student.encoder(images_weak)
+        size = tuple(images_weak.shape[-2:])
+        embeddings = student.decoder(channel_dropout(low, p, generator), channel_dropout(high, p, generator), size=size)
+        logits = student.upsample_logits(student.prototype_head(embeddings), size)
+        return cross_entropy_loss(logits, labels, student.config.semantic_loss_ignore_index, class_weights)
 
     def _sample(self, embeddings: Tensor, low_res_logits: Tensor, labels: Tensor, class_ratio: Tensor,
                 generator: torch.Generator | None) -> PrototypeStatistics:

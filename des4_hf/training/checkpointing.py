@@ -192,7 +192,8 @@ def training_record(self: Trainer) -> dict[str, Any]:
 def export(self: Trainer, model: Des4ForSemanticSegmentation, target: Path, result: EvaluationResult) -> None:
     """``save_pretrained`` (+ image processor, + the evaluation's ``eval.json``) into a temporary folder, then
     swap it in."""
-    model.config.training = {**training_record(self), "step": self.state.step, "val_mean_iou": result.mean_iou}
+    model.config.training = {**training_record(self), "exported": self.config.export if self.config.recipe.with_teacher
+                             else "student", "step": self.state.step, "val_mean_iou": result.mean_iou}
     temporary = target.with_name(f".tmp-{target.name}")
     if temporary.exists():
         shutil.rmtree(temporary)

@@ -27,11 +27,12 @@ from ..method.sampling import SAMPLERS
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 PROTOTYPE_INITS = ("orthonormal", "first-mean")
+EXPORTS = ("teacher", "student")
 MAX_CROP_SIZE = 4096
 #: every option with a fixed set of values (also the command line's choices)
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "sampler": SAMPLERS, "class_weighting": CLASS_WEIGHTINGS, "mixed_precision": PRECISIONS,
-    "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS}
+    "report_to": REPORT_TO, "prototype_init": PROTOTYPE_INITS, "export": EXPORTS}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -109,6 +110,7 @@ class TrainConfig:
     cutmix_prob: float = _AUGMENT.cutmix_prob
     cutmix_area: tuple[float, float] = _AUGMENT.cutmix_area
     cutmix_ratio: tuple[float, float] = _AUGMENT.cutmix_ratio
+    strong_views: int = _AUGMENT.strong_views  # 2: two strong views, L_u their mean (UniMatch)
     frame_scale: float = 1.0  # every frame (train and val) resized once by this factor before cropping; (0, 1]
     cache_frames: bool = False  # keep decoded (and resized) frames in memory: each file is decoded once
     # -- optimisation (per device; global batch = batch_size × processes × grad_accum_steps) ---------
@@ -135,6 +137,11 @@ class TrainConfig:
     pixel_balanced_losses: bool = True  # L_u × B_u/B_l: an unlabeled pixel weighs λ2 × a labeled one
     supervised_warmup: float = 0.0  # first fraction of the steps on labels only; the EMA teacher restarts after it
     ema_teacher_bank: bool = True  # SPEC §4: a mean teacher's own bank is an EMA of the student's (else MES)
+    # The strongest later methods' ingredients (SPEC §2.9), off by default until the dev split says they help; a run
+    # that uses one is named after it in reports ("DeS4 + FP"): it is no longer the paper's DeS4 alone.
+    pseudo_label_threshold: float | None = None  # drop pseudo labels of confidence below it (beside the quantile)
+    feature_perturbation: float = 0.0  # p of channel dropout on an extra student pass of the weak view (0 = off)
+    export: str = "teacher"  # the network best/ and last/ hold and best is chosen by: "teacher" | "student"
     unsupervised_rampup: float = 0.0  # λ2 ramps up as exp(−5(1−t)²) over this fraction (Mean Teacher)
     # Per-class CE weights from the labeled pixel counts (des4_hf.method.losses.class_balancing_weights), on all losses
     class_weighting: str = "none"
@@ -213,6 +220,10 @@ class TrainConfig:
         check(self.pseudo_label_quantile is None or 0 <= self.pseudo_label_quantile < 1,
               f"pseudo_label_quantile={self.pseudo_label_quantile}: the share of each class's pseudo labels to drop, "
               "in [0, 1) (e.g. 0.2), or null")
+        check(self.pseudo_label_threshold is None or 0 <= self.pseudo_label_threshold < 1,
+              f"pseudo_label_threshold={self.pseudo_label_threshold}: a softmax confidence in [0, 1) (e.g. 0.95), or null")
+        check(0 <= self.feature_perturbation < 1,
+              f"feature_perturbation={self.feature_perturbation}: a dropout probability in [0, 1) (0.5 as UniMatch; 0 = off)")
         check(0 <= self.supervised_warmup < 1,
               f"supervised_warmup={self.supervised_warmup}: a fraction of the steps in [0, 1) (0 = off)")
         check(0 <= self.unsupervised_rampup <= 1,

@@ -225,31 +225,32 @@ class Trainer:
 
     def evaluate_and_export(self, final: bool = False) -> dict[str, Any]:
         unwrapped: TeacherStudent = self.accelerator.unwrap_model(self.model)
-        teacher = unwrapped.export("teacher")
-        results = {"teacher": self.evaluate(teacher)}
+        models = {"teacher": unwrapped.export("teacher")}
         if unwrapped.with_teacher:
-            results["student"] = self.evaluate(unwrapped.export("student"))
+            models["student"] = unwrapped.export("student")
+        results = {name: self.evaluate(model) for name, model in models.items()}
+        chosen = self.config.export if self.config.export in models else "teacher"  # the network best/ and last/ hold
         record: dict[str, Any] = {"step": self.state.step, **{name: {
             "mean_iou": result.mean_iou, "pixel_accuracy": result.pixel_accuracy, "num_images": result.num_images,
             "per_class_iou": dict(zip(self.class_names, result.per_class_iou, strict=True))}
             for name, result in results.items()}}
         record["pseudo_labels"] = self._pseudo_label_report()
-        teacher_miou = record["teacher"]["mean_iou"]
+        teacher_miou, chosen_miou = record["teacher"]["mean_iou"], record[chosen]["mean_iou"]
         if not math.isfinite(teacher_miou):
             logger.warning("step %d: the val mIoU is undefined (NaN): the val masks hold no class pixel that was "
                            "predicted or labeled; check their values", self.state.step)
         self.state.history.append({"step": self.state.step, "teacher_miou": teacher_miou,
                                    "student_miou": record.get("student", {}).get("mean_iou")})
-        improved = teacher_miou > self.state.best_miou
+        improved = chosen_miou > self.state.best_miou
         if improved:
-            self.state.best_miou, self.state.best_step = teacher_miou, self.state.step
+            self.state.best_miou, self.state.best_step = chosen_miou, self.state.step
         if self.is_main:
             eval_dir = self.output_dir / "eval"
             atomic_write_json(eval_dir / f"step_{self.state.step:08d}.json", record)
             if improved:
-                export(self, teacher, self.output_dir / "best", results["teacher"])
+                export(self, models[chosen], self.output_dir / "best", results[chosen])
             if final:
-                export(self, teacher, self.output_dir / "last", results["teacher"])
+                export(self, models[chosen], self.output_dir / "last", results[chosen])
         scores = {name: record[name]["mean_iou"] for name in ("teacher", "student") if name in record}
         self.print(f"step {self.state.step}: " + ", ".join(f"{name} mIoU {100 * value:.2f}" for name, value in scores.items())
                    + f" (best {100 * self.state.best_miou:.2f} at step {self.state.best_step})")
