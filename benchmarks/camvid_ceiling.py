@@ -48,6 +48,17 @@ ROWS = ("supervised", "mt-cutmix", "des4")
 METHOD = {"supervised": "supervised", "mt-cutmix": "mean-teacher", "des4": "des4"}
 RATIO_KEY = {"supervised": None, "mt-cutmix": "mean_teacher_over_supervised", "des4": "des4_over_supervised"}
 FIRST_BUDGET, MAX_BUDGET = 500, 16000
+#: SPEC §2.9 options, tried on dev at 1/8 for the semi-supervised rows alike (seed 0, at DeS4's chosen budget);
+#: equal batches keep 8 crops a step (the recipe's 6 + 2), an unlabeled pixel weighing λ2 × a labeled one
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "equal-batches": ("--batch-size", "4", "--unlabeled-batch-size", "4"),
+    "fp": ("--feature-perturbation", "0.5"),
+    "cutmix-0.5": ("--cutmix-prob", "0.5"),
+    "threshold-0.95": ("--pseudo-label-threshold", "0.95"),
+    "two-views": ("--strong-views", "2"),
+    "warmup-0.1": ("--supervised-warmup", "0.1"),
+    "export-student": ("--export", "student"),
+}
 SHARED_CPU_SHARE = 0.10  # of one core, used by other processes during a segment → the run shared its CPU
 SEEDS = (0, 1, 2)
 
@@ -208,11 +219,12 @@ class Study:
         return self.records[key]
 
     def _train(self, folder: Path, split: str, fraction: str, row: str, steps: int, seed: int) -> None:
+        base, _, option = row.partition("+")  # "des4+fp": the des4 row with an option
         command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(self.recipe),
                    "--data-root", str(self.dev_root if split == "dev" else self.data_root),
                    "--split", str(self.splits_dir / slug(fraction) / split), "--seed", str(seed),
                    "--max-steps", str(steps), "--output-dir", str(folder), "--resume", "latest",
-                   *ROW_ARGS[row], *self.extra]
+                   *ROW_ARGS[base], *OPTIONS.get(option, ()), *self.extra]
         folder.parent.mkdir(parents=True, exist_ok=True)
         record = segments_path(folder)
         segments = json.loads(record.read_text()) if record.is_file() else []
@@ -238,9 +250,9 @@ class Study:
         per_class = {name: 100 * float(v) for name, v in final["teacher"]["per_class_iou"].items()}
         miou, tail_miou = 100 * float(final["teacher"]["mean_iou"]), float(np.mean([per_class[c] for c in tail]))
         warmup = 0.0 if row == "supervised" else float(self.settings.get("supervised_warmup", 0.0))
-        equivalents = sup_step_equivalents(row, steps, warmup, self.ratios)
+        equivalents = sup_step_equivalents(row.partition("+")[0], steps, warmup, self.ratios)
         size = f"{round(480 * self.settings['frame_scale'])}×{round(360 * self.settings['frame_scale'])}"
-        return {"fraction": fraction, "row": row, "method": METHOD[row], "steps": steps, "seed": seed,
+        return {"fraction": fraction, "row": row, "method": METHOD[row.partition("+")[0]], "steps": steps, "seed": seed,
                 "eval_split": split, "val_miou": miou if split == "val" else None,
                 "val_tail_miou": tail_miou if split == "val" else None,
                 "dev_miou": miou if split == "dev" else None, "dev_tail_miou": tail_miou if split == "dev" else None,
@@ -268,6 +280,10 @@ class Study:
             for fraction in FRACTIONS:
                 for row in rows_for(fraction):
                     chosen[fraction, row] = self.search(fraction, row)
+        if "options" in phases and ("1/8", "des4") in chosen:  # one seed each; 3 seeds for those that help
+            for option in OPTIONS:
+                for row in ("mt-cutmix", "des4"):
+                    self.train("dev", "1/8", f"{row}+{option}", chosen["1/8", "des4"], 0)
         if "val" in phases:
             for seed in SEEDS:
                 for (fraction, row), budget in chosen.items():
@@ -293,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               str(REPO.parent / "shared" / "data" / "camvid")))
     parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "camvid_ceiling"), help="run folders (large)")
     parser.add_argument("--report-dir", default=str(REPO / "reports" / "camvid" / "ceiling"))
-    parser.add_argument("--phases", nargs="+", choices=("search", "val"), default=["search", "val"])
+    parser.add_argument("--phases", nargs="+", choices=("search", "options", "val"), default=["search", "val"],
+                        help="options: the SPEC §2.9 options on dev at 1/8 (needs a commit that has them)")
     parser.add_argument("--min-gain", type=float, default=0.5, help="doubling stops below this dev mIoU gain")
     parser.add_argument("--splits-only", action="store_true", help="write the dev data folder and the splits")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the report from ceiling.json")

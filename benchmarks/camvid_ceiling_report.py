@@ -62,7 +62,8 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
              "| fraction | row | steps | dev mIoU | gain over half | dev tail mIoU | sup-eq | CPU s | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
     dev = sorted((r for r in records if r["eval_split"] == "dev"),
-                 key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"]), r["steps"]))
+                 key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"].partition("+")[0]), r["row"],
+                                r["steps"]))
     previous: dict[tuple[str, str], float] = {}
     for r in dev:
         key = (r["fraction"], r["row"])
@@ -79,7 +80,7 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
         return lines
     lines += ["| fraction | row | steps | seeds | val mIoU | spread | tail mIoU | sup-eq |", "|---|---|---|---|---|---|---|---|"]
     for (fraction, row), group in sorted(groups.items(), key=lambda kv: (FRACTION_ORDER.index(kv[0][0]),
-                                                                         ORDER.index(kv[0][1]))):
+                                                                         ORDER.index(kv[0][1].partition("+")[0]))):
         values = [r["val_miou"] for r in group]
         lines.append(f"| {fraction} | {row} | {group[0]['steps']} | {len(group)} | {np.mean(values):.2f} | "
                      f"{max(values) - min(values):.2f} | {np.mean([r['val_tail_miou'] for r in group]):.2f} | "

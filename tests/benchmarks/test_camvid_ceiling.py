@@ -1,0 +1,81 @@
+"""The ceiling study's machinery (issue 30): the labeled draw, compute in supervised-step equivalents, the shared-CPU
+mark, the report's one-machine tables and the step-cost ratios it reads."""
+
+from __future__ import annotations
+
+import json
+
+import camvid_ceiling as ceiling
+import numpy as np
+import pytest
+from camvid_ceiling_report import paired_gap, write_report
+
+RATIOS = {"machine": {"cpu_model": "Test CPU"}, "training": {
+    "des4_over_supervised": 1.7, "mean_teacher_over_supervised": 1.5, "batch_size": 6, "unlabeled_batch_size": 2,
+    "crop_size": 160}}
+
+
+def test_the_labeled_draw_holds_every_class_and_is_seeded():
+    counts = {f"f{i}": np.eye(4, dtype=int)[i % 4] * 10 for i in range(40)}  # each frame holds one class
+    chosen, draws = ceiling.draw_labeled(list(counts), 4, counts)
+    assert len(chosen) == 4 and sorted(int(np.argmax(counts[i])) for i in chosen) == [0, 1, 2, 3]
+    assert ceiling.draw_labeled(list(counts), 4, counts) == (chosen, draws) and draws >= 1
+    with pytest.raises(RuntimeError, match="covers every class"):
+        ceiling.draw_labeled(list(counts)[:3], 3, counts)  # three frames cannot hold four classes
+
+
+def test_steps_become_supervised_step_equivalents_by_the_measured_ratios():
+    assert ceiling.sup_step_equivalents("supervised", 1000, 0.0, RATIOS) == 1000
+    # DeS4 with a 20 % labeled-only warm-up: 200 steps cost one supervised step each, 800 cost 1.7
+    assert ceiling.sup_step_equivalents("des4", 1000, 0.2, RATIOS) == pytest.approx(200 + 800 * 1.7)
+    assert ceiling.sup_step_equivalents("mt-cutmix", 1000, 0.0, RATIOS) == pytest.approx(1500)
+    assert ceiling.sup_step_equivalents("des4", 1000, 0.2, {}) is None  # no ratios measured: no figure
+
+
+def test_a_run_that_shared_its_cpu_or_was_cut_off_is_marked(tmp_path):
+    run = tmp_path / "des4-500-seed0"
+    run.mkdir()
+    record = tmp_path / "des4-500-seed0.segments.json"
+    assert ceiling.shared_cpu(run)  # no record of its segments: unknown, so shared
+    record.write_text(json.dumps([{"wall_s": 100.0, "own_cpu_s": 190.0, "others_cpu_s": 4.0}]))
+    assert not ceiling.shared_cpu(run)
+    record.write_text(json.dumps([{"wall_s": 100.0, "own_cpu_s": 150.0, "others_cpu_s": 40.0}]))
+    assert ceiling.shared_cpu(run)  # others used 40 % of a core meanwhile
+    record.write_text(json.dumps([{"wall_s": 100.0, "own_cpu_s": 190.0, "others_cpu_s": 4.0}, {"open": True}]))
+    assert ceiling.shared_cpu(run)  # a segment killed with its session
+
+
+def _record(row, seed, miou, split="val", cpu="CPU A", steps=1000, shared=False):
+    return {"fraction": "1/8", "row": row, "method": row, "steps": steps, "seed": seed, "eval_split": split,
+            "val_miou": miou if split == "val" else None, "val_tail_miou": miou - 20 if split == "val" else None,
+            "dev_miou": miou if split == "dev" else None, "dev_tail_miou": miou - 20 if split == "dev" else None,
+            "sup_step_equiv": 1700.0, "cpu_s": 900.0, "wall_s": 500.0, "shared_cpu": shared, "cpu": cpu,
+            "resolution": "240×180", "crop": 160, "batch": "6+2", "commit": "abc1234"}
+
+
+def test_the_report_pairs_seeds_and_keeps_machines_apart(tmp_path):
+    records = [_record("supervised", s, 50 + s) for s in (0, 1, 2)] + [_record("des4", s, 53 + s) for s in (0, 1)]
+    records += [_record("des4", 0, 40, split="dev", shared=True), _record("des4", 0, 41, split="dev", cpu="CPU B")]
+    groups = {}
+    for r in records:
+        if r["eval_split"] == "val":
+            groups.setdefault((r["fraction"], r["row"]), []).append(r)
+    assert paired_gap(groups, "1/8", "des4", "supervised") == (3.0, 2)  # over the two seeds both rows ran
+    write_report(records, tmp_path, RATIOS, 0.5)
+    text = (tmp_path / "ceiling.md").read_text()
+    assert text.count("## Machine: ") == 2 and (tmp_path / "ceiling_curves-0.png").is_file()
+    assert "| 1/8 | des4 | 1000 | 40.00 | – | 20.00 | 1700 | shared | shared |" in text  # no timing from a shared run
+    assert "| DeS4 − supervised at 1/8 | ≥ +3.0 | +3.00 (2 seeds) | yes |" in text
+    assert json.loads((tmp_path / "ceiling.json").read_text()) == records
+
+
+def test_the_benchmark_measures_the_step_cost_ratios_at_the_studys_batches(tmp_path):
+    import benchmark
+
+    assert benchmark.main(["--only", "training", "--quick", "--batch-size", "3", "--unlabeled-batch-size", "1",
+                           "--out", str(tmp_path)]) == 0
+    ratios = json.loads((tmp_path / "step_ratios.json").read_text())
+    training = ratios["training"]
+    assert (training["batch_size"], training["unlabeled_batch_size"]) == (3, 1)
+    assert training["des4_over_supervised"] > 0 and training["mean_teacher_over_supervised"] > 0
+    assert ratios["machine"]["cpu_model"]
