@@ -359,39 +359,39 @@ def _row_order(row: str) -> int:
     return order.index(row) if row in order else len(order)
 
 
-def plot_curves(entries: Sequence[dict[str, Any]], path: Path) -> None:
-    """Val mIoU against steps and against wall time, one line per main row, the seed range as a band."""
+def plot_curves(entries: Sequence[dict[str, Any]], path: Path) -> list[Path]:
+    """Val mIoU against trained steps, one line per main row, the seed range as a band: one figure per machine
+    (``path``, then ``<stem>-<n>.png``). No wall-time panel: runs that shared their CPU give no timing figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for row in (*MAIN_ROWS, WALL_ROW):
-        points = sorted({e["steps"] for e in entries if e["row"] == row})
-        if not points:
-            continue
-        groups = [[e for e in entries if e["row"] == row and e["steps"] == steps] for steps in points]
-        miou = [np.array([e["val_miou"] for e in group]) for group in groups]
-        means = np.array([values.mean() for values in miou])
-        low, high = np.array([values.min() for values in miou]), np.array([values.max() for values in miou])
-        x_steps = np.array([np.mean([e["trained_steps"] for e in group]) for group in groups])
-        x_wall = np.array([np.mean([e["wall_s"] for e in group]) for group in groups]) / 60
-        for axis, x in ((axes[0], x_steps), (axes[1], x_wall)):
-            (line,) = axis.plot(x, means, marker="o", label=row)
-            axis.fill_between(x, low, high, alpha=0.2, color=line.get_color())
-    axes[0].set_xlabel("trained steps")
-    axes[1].set_xlabel("training wall time (min)")
-    for axis in axes:
-        axis.set_ylabel("CamVid val mIoU (%)")
+    paths = []
+    for index, machine in enumerate(sorted({e["cpu"] for e in entries}, key=lambda m: -sum(e["cpu"] == m for e in entries))):
+        mine = [e for e in entries if e["cpu"] == machine]
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for row in (*MAIN_ROWS, WALL_ROW):
+            points = sorted({e["steps"] for e in mine if e["row"] == row})
+            groups = [[e for e in mine if e["row"] == row and e["steps"] == steps] for steps in points]
+            if not groups:
+                continue
+            miou = [np.array([e["val_miou"] for e in group]) for group in groups]
+            x = np.array([np.mean([e["trained_steps"] for e in group]) for group in groups])
+            (line,) = axis.plot(x, [v.mean() for v in miou], marker="o", label=row)
+            axis.fill_between(x, [v.min() for v in miou], [v.max() for v in miou], alpha=0.2, color=line.get_color())
+        axis.set(xlabel="trained steps", ylabel="CamVid val mIoU (%)")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.suptitle("CamVid 1/8 labeled: teacher mIoU, mean over seeds (band: min–max)")
-    figure.tight_layout()
-    temporary = path.with_name(f".tmp-{path.name}")
-    figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
-    os.replace(temporary, path)
+        axis.legend(fontsize=8)
+        figure.suptitle(f"CamVid 1/8: teacher mIoU on {machine}\n(mean over seeds, band: min–max)", fontsize=9)
+        figure.tight_layout()
+        target = path if index == 0 else path.with_name(f"{path.stem}-{index}.png")
+        temporary = target.with_name(f".tmp-{target.name}")
+        figure.savefig(temporary, dpi=100, format="png")
+        plt.close(figure)
+        os.replace(temporary, target)
+        paths.append(target)
+    return paths
 
 
 def report_labels(settings: StudySettings) -> tuple[int, str]:
