@@ -7,7 +7,7 @@ huggingface_hub's shared client a timeout (``$DES4_HUB_TIMEOUT``, 30 s) when it 
 the package waits forever on a Hub that accepts the connection and never answers.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoVideoProcessor
 
 from .configuration_des4 import Des4Config
 from .hub_names import accept_short_names, set_hub_timeout
@@ -20,6 +20,10 @@ AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Des4Config, image_processor_classes={"torchvision": Des4ImageProcessor,
                                                                  "pil": Des4ImageProcessorPil}, exist_ok=True)
+# DeS4 has no video processor. Said locally, so that pipeline()'s optional AutoVideoProcessor load (transformers >= 5.25
+# guesses a remote "Des4VideoProcessor" from the image processor's auto_map) fails quietly instead of asking whether
+# to run the repository's code.
+AutoVideoProcessor.register(Des4Config, video_processor_classes={"torchvision": None, "pil": None}, exist_ok=True)
 for _auto_class in (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation):  # short names, e.g. in pipeline
     accept_short_names(_auto_class)
 # save_pretrained then writes the code beside the weights, with an auto_map: loadable without des4-hf installed

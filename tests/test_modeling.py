@@ -411,8 +411,9 @@ def test_a_saved_model_loads_with_trust_remote_code_where_des4_hf_is_not_install
     script.write_text(REMOTE_CODE)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     done = subprocess.run([sys.executable, str(script), str(directory), str(tmp_path / "image.png")], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr  # no question: trusted explicitly
     result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["module"].startswith("transformers_modules.") and not result["training"]
     with torch.no_grad():
@@ -421,6 +422,39 @@ def test_a_saved_model_loads_with_trust_remote_code_where_des4_hf_is_not_install
     predicted = {ID2LABEL[int(index)] for index in expected.argmax(1).unique()}
     assert set(result["labels"]) == predicted
     assert "not supported" not in done.stderr, "the pipeline complains about the model"
+
+
+LOADERS = """
+import sys
+import des4_hf  # registers DeS4: no remote code needed
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, AutoVideoProcessor, pipeline
+
+folder = sys.argv[1]
+AutoModelForSemanticSegmentation.from_pretrained(folder)
+AutoImageProcessor.from_pretrained(folder)
+segmenter = pipeline("image-segmentation", model=folder)
+try:
+    AutoVideoProcessor.from_pretrained(folder)
+except ValueError as error:  # DeS4 has no video processor: an error, never a question
+    print("no video processor:", str(error).splitlines()[0])
+print("LOADED", type(segmenter).__name__)
+"""
+
+
+@pytest.mark.slow  # starts a process
+def test_loading_asks_no_question_with_des4_hf_installed(saved, tmp_path):
+    """pipeline() and the Auto classes load a saved folder without the custom-code prompt (transformers 5.25's
+    pipeline also tries an AutoVideoProcessor, which would ask), with stdin closed as in CI."""
+    import os
+    import subprocess
+
+    script = tmp_path / "loaders.py"
+    script.write_text(LOADERS)
+    done = subprocess.run([sys.executable, str(script), str(saved[0])], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED ImageSegmentationPipeline" in done.stdout and "no video processor" in done.stdout
+    assert "custom code" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
 
 
 # -- conformance: the checks of transformers' ModelTesterMixin that apply to a segmenter, written for DeS4 --------
