@@ -6,12 +6,9 @@ from .class_counts import check_mask_values, class_pixel_counts
 from .datasets import (
     CAMVID_CLASSES,
     CITYSCAPES_CLASSES,
-    DATASET_KINDS,
-    HUB_PRESETS,
     IGNORE_INDEX,
     VOC_CLASSES,
     DataError,
-    HubPreset,
     cityscapes_label_id_to_train_id,
     get_class_names,
     get_dataset_metadata,
@@ -19,12 +16,11 @@ from .datasets import (
     load_camvid,
     load_cityscapes,
     load_folder,
-    load_hub,
-    load_segmentation_dataset,
     load_voc,
     set_dataset_metadata,
     voc_palette,
 )
+from .sources import DATASET_KINDS, HUB_PRESETS, HubPreset, load_hub, load_segmentation_dataset
 from .splits import STANDARD_SPLITS, SemiSupervisedSplit, list_standard_splits, split_lists_root
 from .torch_datasets import EvalDataset, LabeledTrainDataset, UnlabeledTrainDataset
 
