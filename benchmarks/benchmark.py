@@ -52,7 +52,7 @@ from bench_memory import bench_memory, bench_predict_memory, memory_child, rende
 from bench_report import _write_atomic, machine_info, render_markdown, write_reports
 from bench_training import bench_mes_reference, bench_scaling, bench_training
 
-from des4_hf.inference import resolve_precision
+from des4_hf.inference import PRECISIONS, resolve_precision
 from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
 
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", type=int, nargs=3, default=None,
                         help="3 batch sizes for the scaling figure (default ½×, 1×, 2× --batch-size)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--train-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    parser.add_argument("--train-precision", default="auto", choices=PRECISIONS,
                         help="autocast of the training steps; auto = the trainer's choice (fp32 on any CPU, "
                         "bf16 on a GPU)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",

@@ -6,6 +6,7 @@ and ties follow SPEC §3 **[choice]**s; per-pixel work is vectorised, only the `
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 SamplingMethod = Literal["mes", "quantity", "confidence"]
-SAMPLERS: tuple[str, ...] = ("mes", "quantity", "confidence")
+SAMPLERS: tuple[str, ...] = typing.get_args(SamplingMethod)  # the one list of sampler names
 
 
 def class_ratio(pixel_counts: Tensor | Sequence[int]) -> Tensor:
