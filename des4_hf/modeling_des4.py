@@ -273,7 +273,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
     """
 
     # Armed by `from_pretrained` when no loaded prototype was ever set from data (a model loaded to fine-tune to new
-    # classes, before training): eval-mode inference then refuses until training sets them (`_check_prototypes`).
+    # classes, before training): eval-mode inference warns once until training sets them; the applications refuse it.
     # Some classes unset (never in a run's labels) only warn at load: the others' predictions are real.
     _prototypes_pending: bool = False
 
@@ -317,7 +317,7 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}; "
                              "use Des4ImageProcessor to convert images.")
         if self._prototypes_pending and not self.training and not torch.compiler.is_compiling():
-            self._check_prototypes()
+            self._warn_untrained()
         embeddings = self.embed(pixel_values)
         logits = self.upsample_logits(self.prototype_head(embeddings), tuple(pixel_values.shape[-2:]))
 
@@ -336,7 +336,21 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
         flags = self.prototype_head.initialized.tolist()
         return [self.config.id2label.get(index, str(index)) for index, done in enumerate(flags) if not done]
 
+    def _warn_untrained(self) -> None:
+        """transformers' convention for a model not trained yet: it runs, and says so once (the applications refuse
+        it through :meth:`_check_prototypes`)."""
+        if bool(self.prototype_head.initialized.any()):
+            self._prototypes_pending = False
+            return
+        if not getattr(self, "_untrained_warned", False) and not _ALLOW_UNINITIALISED.get():
+            self._untrained_warned = True
+            logger.warning("none of the %d class prototypes is initialised: this model was never trained on data of "
+                           "its classes, so its predictions are arbitrary. You should probably TRAIN this model "
+                           "(des4-train --init-from <this model> ...).", self.config.num_labels)
+
     def _check_prototypes(self) -> None:
+        """Refuse a model none of whose prototypes was ever set (des4-predict, des4-evaluate and the web demo call it:
+        their users want predictions, not the arbitrary ones of a model not trained yet)."""
         if bool(self.prototype_head.initialized.any()):
             self._prototypes_pending = False  # trained since it was loaded: no more checks
         elif not _ALLOW_UNINITIALISED.get():
@@ -377,8 +391,9 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
             model._prototypes_pending = len(missing) == model.config.num_labels
             logger.warning("%s: the prototypes of %d classes are uninitialised (%s%s): they are set from data by "
                            "training%s.", pretrained_model_name_or_path, len(missing), missing[:8],
-                           "..." if len(missing) > 8 else "", ", and inference refuses until then"
-                           if model._prototypes_pending else "; until then the model cannot predict these classes")
+                           "..." if len(missing) > 8 else "", "; you should probably TRAIN this model (it runs, but predicts arbitrary "
+                           "classes; des4-predict, des4-evaluate and the web demo refuse it)" if model._prototypes_pending
+                           else "; until then the model cannot predict these classes")
         return (model, info) if want_info else model
 
 

@@ -266,6 +266,10 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
         model = Des4ForSemanticSegmentation.from_pretrained(args.model)
     except (OSError, ValueError, pickle.UnpicklingError) as error:
         raise UsageError(f"--model {args.model}: cannot load it: {load_error_line(error)}") from error
+    try:  # a model not trained yet would score its arbitrary predictions
+        model.eval()._check_prototypes()
+    except ValueError as error:
+        raise UsageError(f"--model {args.model}: {error}") from error
     try:
         processor = Des4ImageProcessor.from_pretrained(args.model)
     except OSError:

@@ -143,6 +143,16 @@ def test_cli_bad_inputs_fail_clearly_before_loading_weights(tiny_model, mini_cam
         main(["--model", str(stripped), *common, "--root", str(mini_camvid), "--debug"])
     assert isinstance(raised.value.__cause__, ValueError)  # from_pretrained's own error, chained
 
+    # a model never trained on its classes (all prototypes unset): it would run with a warning; des4-evaluate refuses
+    untrained = tmp_path / "untrained"
+    shutil.copytree(tiny_model, untrained)
+    weights = load_file(untrained / "model.safetensors")
+    weights["prototype_head.initialized"] = weights["prototype_head.initialized"].zero_()
+    save_file(weights, untrained / "model.safetensors", metadata={"format": "pt"})
+    assert main(["--model", str(untrained), *common, "--root", str(mini_camvid)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("des4-evaluate: ")]
+    assert len(lines) == 1 and "never trained on data of these classes" in lines[0] and "des4-train" in lines[0]
+
     # an output folder that cannot be made (a file is in the way): one line, not a traceback
     (tmp_path / "a-file").write_text("")
     assert main(["--model", str(tiny_model), "--dataset", "camvid", "--no-progress", "--root", str(mini_camvid),
