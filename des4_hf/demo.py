@@ -44,8 +44,10 @@ from .inference import (
     SLIDING_WINDOW_ABOVE,
     SLIDING_WINDOW_CROP,
     PrecisionChoice,
+    autocast,
     color_palette,
     overlay,
+    predict_logits,
     resolve_precision,
     segment_images,
 )
@@ -55,7 +57,9 @@ from .loading import (
     label_map_to_image,
     load_model_and_processor,
     prepare_for_inference,
+    uncertainty_image,
 )
+from .method.losses import entropy
 
 logger = logging.getLogger("des4_hf.demo")
 
@@ -125,11 +129,9 @@ class Segmentation:
     sliding_window: tuple[int, int] | None
 
 
-def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_window_above: int = SLIDING_WINDOW_ABOVE,
-                 name: str | None = None, max_pixels: int = MAX_PIXELS) -> Segmentation:
-    """Read ``path`` as des4-predict does and segment it with its code: the same mask as ``des4-predict``.
-    ``name``: the file's name as the user knows it, for the error message; an image of more than ``max_pixels`` is
-    refused from its header, before it is decoded."""
+def read_upload(path: str | os.PathLike[str], name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An uploaded image read as des4-predict reads it; more than ``max_pixels`` is refused from the file's header,
+    before it is decoded. ``name``: the file's name as the user knows it, for the message."""
     shown = name or Path(path).name
     try:
         with Image.open(path) as header:
@@ -138,15 +140,47 @@ def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_wind
             raise UsageError(f"{shown} is {width}×{height} = {width * height / 1e6:.3g} megapixels; this page takes "
                              f"at most {max_pixels / 1e6:.3g}: downscale it first (des4-predict --sliding-window "
                              "segments any size)")
-        image = read_image(Path(path))
+        return read_image(Path(path))
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
         raise UsageError(f"{shown} is not an image that can be read ({type(error).__name__}): "
                          "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
-    window = (SLIDING_WINDOW_CROP, default_stride(SLIDING_WINDOW_CROP)) if max(image.size) > sliding_window_above else None
+
+
+def _window(image: Image.Image, sliding_window_above: int) -> tuple[int, int] | None:
+    return (SLIDING_WINDOW_CROP, default_stride(SLIDING_WINDOW_CROP)) if max(image.size) > sliding_window_above else None
+
+
+def segment_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_window_above: int = SLIDING_WINDOW_ABOVE,
+                 name: str | None = None, max_pixels: int = MAX_PIXELS) -> Segmentation:
+    """Read ``path`` as des4-predict does and segment it with its code: the same mask as ``des4-predict``."""
+    image = read_upload(path, name, max_pixels)
+    window = _window(image, sliding_window_above)
     started = time.perf_counter()
     label_map = segment_images(loaded.model, loaded.processor, [image], loaded.device, loaded.choice.autocast_dtype,
                                loaded.choice.channels_last, window)[0]
     return Segmentation(display_rgb(image), label_map, time.perf_counter() - started, window)
+
+
+@torch.no_grad()
+def uncertainty_of_file(loaded: LoadedModel, path: str | os.PathLike[str], sliding_window_above: int =
+                        SLIDING_WINDOW_ABOVE, name: str | None = None, max_pixels: int = MAX_PIXELS,
+                        ) -> tuple[Image.Image, Image.Image, float]:
+    """(the segmentation overlay, the pixel-entropy map beside it, the mean entropy in units of log C): where the
+    model does not yet know, as des4-suggest scores it."""
+    image = read_upload(path, name, max_pixels)
+    pixel_values = loaded.processor(images=image, return_tensors="pt")["pixel_values"].to(loaded.device)
+    if loaded.choice.channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    with autocast(loaded.device, loaded.choice.autocast_dtype):
+        logits = predict_logits(loaded.model, pixel_values, sliding_window=_window(image, sliding_window_above))
+    probabilities = logits.float().softmax(1)
+    pixel_entropy = entropy(probabilities)[0].cpu().numpy()
+    label_map = probabilities.argmax(1)[0].cpu().numpy().astype(np.uint8)
+    shown = display_rgb(image)
+    classes = loaded.model.config.num_labels
+    return (overlay(shown, label_map, alpha=0.5, palette=loaded.palette),
+            uncertainty_image(pixel_entropy, classes).resize(shown.size),
+            float(pixel_entropy.mean() / max(np.log(classes), 1e-6)))
 
 
 def class_shares(label_map: np.ndarray, num_classes: int) -> list[tuple[int, float]]:
@@ -274,6 +308,18 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
         return (overlay(result.image, result.label_map, alpha=opacity, palette=loaded.palette),
                 legend_html(result.label_map, loaded.facts.classes, loaded.palette), str(mask_path), info, state)
 
+    def unsure(image: dict[str, Any] | None, model_name: str | None = None) -> tuple[Any, ...]:
+        upload = image if isinstance(image, dict) else {}
+        if not isinstance(upload.get("path"), str):
+            raise gr.Error("no image: upload or paste an image first", duration=None)
+        try:
+            segmentation, uncertainty, mean = uncertainty_of_file(chosen(model_name), upload["path"],
+                                                                  sliding_window_above, upload.get("orig_name"),
+                                                                  max_pixels)
+        except UsageError as error:
+            raise gr.Error(str(error), duration=None) from None
+        return segmentation, uncertainty, f"mean uncertainty {100 * mean:.1f} % of the most a pixel can have"
+
     def reblend(state: Any, opacity: float) -> Any:
         if state is None:
             return None
@@ -293,25 +339,42 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
                                        elem_id="des4-model", scale=4)
                 load_button = gr.Button("Load model", elem_id="des4-load", scale=1)
         facts = gr.Markdown(facts_markdown(first), elem_id="des4-facts")
-        with gr.Row():
-            with gr.Column():
-                image_input = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                       label="Image", elem_id="des4-image")
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="des4-opacity")
-                button = gr.Button("Segment", variant="primary", elem_id="des4-segment")
-                if examples:
-                    gr.Examples(list(examples), inputs=image_input, label="Examples")
-            with gr.Column():
-                result = gr.Image(type="pil", label="Overlay", format="png", interactive=False, elem_id="des4-overlay")
-                info = gr.Markdown(label="Details", elem_id="des4-info")
-                legend = gr.HTML(label="Legend", elem_id="des4-legend")
-                mask = gr.File(label="Mask (palette PNG: pixel value = class index)", elem_id="des4-mask")
+        with gr.Tab("Segment", elem_id="des4-tab-segment"):
+            with gr.Row():
+                with gr.Column():
+                    image_input = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                           label="Image", elem_id="des4-image")
+                    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="des4-opacity")
+                    button = gr.Button("Segment", variant="primary", elem_id="des4-segment")
+                    if examples:
+                        gr.Examples(list(examples), inputs=image_input, label="Examples")
+                with gr.Column():
+                    result = gr.Image(type="pil", label="Overlay", format="png", interactive=False, elem_id="des4-overlay")
+                    info = gr.Markdown(label="Details", elem_id="des4-info")
+                    legend = gr.HTML(label="Legend", elem_id="des4-legend")
+                    mask = gr.File(label="Mask (palette PNG: pixel value = class index)", elem_id="des4-mask")
+        with gr.Tab("Where the model is unsure", elem_id="des4-tab-uncertainty"):
+            gr.Markdown("The pixel entropy of the model's prediction (Eq. 9): bright where it does not know, as "
+                        "`des4-suggest` scores frames to label next.")
+            with gr.Row():
+                with gr.Column():
+                    unsure_input = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                            label="Image", elem_id="des4-unsure-image")
+                    unsure_button = gr.Button("Show uncertainty", variant="primary", elem_id="des4-unsure")
+                with gr.Column():
+                    unsure_overlay = gr.Image(type="pil", label="Segmentation", format="png", interactive=False,
+                                              elem_id="des4-unsure-overlay")
+                    unsure_map = gr.Image(type="pil", label="Uncertainty", format="png", interactive=False,
+                                          elem_id="des4-unsure-map")
+                    unsure_info = gr.Markdown(elem_id="des4-unsure-info")
         state = gr.State()
         if model_box is not None:
             load_button.click(load, model_box, facts, api_name="load_model")
         button.click(segment, [image_input, opacity, *([model_box] if model_box is not None else [])],
                      [result, legend, mask, info, state], api_name="segment", preprocess=False)
         opacity.release(reblend, [state, opacity], result, api_name=False)
+        unsure_button.click(unsure, [unsure_input, *([model_box] if model_box is not None else [])],
+                            [unsure_overlay, unsure_map, unsure_info], api_name="uncertainty", preprocess=False)
 
     def cleanup() -> None:
         """Remove this page's files: the mask folder and Gradio's copies of uploads, examples and results."""

@@ -37,6 +37,15 @@ def label_map_to_image(label_map: np.ndarray, palette: np.ndarray | None = None)
     return image
 
 
+def uncertainty_image(entropy: np.ndarray, num_classes: int) -> Image.Image:
+    """An RGB picture of a pixel-entropy map (Eq. 9): dark where the model is sure, bright where it is not, on one
+    scale for every image (0 to log C, the most a C-class softmax can have)."""
+    import matplotlib
+
+    scaled = np.clip(entropy / max(np.log(num_classes), 1e-6), 0.0, 1.0)
+    return Image.fromarray((matplotlib.colormaps["magma"](scaled)[..., :3] * 255).astype(np.uint8))
+
+
 def display_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB for the overlay, converted the way the model sees the image (16-bit scaled, not clipped)."""
     return image if image.mode == "RGB" else Image.fromarray(rgb_uint8(image))

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from des4_hf.loading import (
     display_rgb,
     load_model_and_processor,
     prepare_for_inference,
+    uncertainty_image,
 )
 from des4_hf.method.acquisition import (
     ImageStatistics,
@@ -89,17 +89,12 @@ def forward(model: torch.nn.Module, processor: object, image: Image.Image, devic
     return output.logits.float(), output.hidden_states[0].float()
 
 
-def contact_sheet(tiles: list[tuple[str, float, Image.Image, np.ndarray]], path: Path) -> None:
+def contact_sheet(tiles: list[tuple[str, float, Image.Image, Image.Image]], path: Path) -> None:
     """Each suggestion beside its uncertainty map (brighter = less sure), two pairs a row, captioned."""
-    import matplotlib
-
-    colormap = matplotlib.colormaps["magma"]
     pairs = []
-    for rank, (id_, score, image, uncertainty) in enumerate(tiles, start=1):
+    for rank, (id_, score, image, heat) in enumerate(tiles, start=1):
         height = round(image.height * THUMB / image.width)
-        photo = display_rgb(image).resize((THUMB, height))
-        heat = Image.fromarray((colormap(uncertainty / max(float(uncertainty.max()), 1e-6))[..., :3] * 255)
-                               .astype(np.uint8)).resize((THUMB, height))
+        photo, heat = display_rgb(image).resize((THUMB, height)), heat.resize((THUMB, height))
         pair = Image.new("RGB", (2 * THUMB, height + 16), "white")
         pair.paste(photo, (0, 16))
         pair.paste(heat, (THUMB, 16))
@@ -154,7 +149,8 @@ def run(args: argparse.Namespace) -> Path:
     for index in picks:  # a second pass for the picks alone: their uncertainty maps
         image = read_image(pool[ids[index]])
         logits, _ = forward(model, processor, image, device, choice.autocast_dtype)
-        tiles.append((ids[index], float(scores[index]), image, entropy(logits.softmax(1))[0].cpu().numpy()))
+        tiles.append((ids[index], float(scores[index]), image,
+                      uncertainty_image(entropy(logits.softmax(1))[0].cpu().numpy(), logits.shape[1])))
     contact_sheet(tiles, args.out / "suggested.png")
     return args.out
 

@@ -375,3 +375,20 @@ def test_the_page_has_a_private_upload_folder_and_removes_its_files_on_exit(serv
     while time.monotonic() < deadline and any(p.is_file() for p in temporary.rglob("*")):
         time.sleep(0.5)
     assert [p for p in temporary.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.slow
+def test_the_uncertainty_tab_shows_the_entropy_map_beside_the_segmentation(app_url, served_model, camvid_image_paths):
+    """Issue 33: for an uploaded image, where the model is unsure (des4-suggest's score), beside its segmentation."""
+    from gradio_client import Client, handle_file
+
+    image = camvid_image_paths[0]
+    overlay_path, map_path, info = Client(app_url, verbose=False).predict(handle_file(str(image)),
+                                                                          api_name="/uncertainty")
+    size = Image.open(image).size
+    assert Image.open(overlay_path).size == size and Image.open(map_path).size == size
+    mean = float(info.split("mean uncertainty ")[1].split(" %")[0])
+    assert 0.0 <= mean <= 100.0
+    loaded = demo.ModelStore(torch.device("cpu"), "fp32").get(served_model)
+    segmentation, uncertainty, fraction = demo.uncertainty_of_file(loaded, image)
+    assert uncertainty.size == size and abs(100 * fraction - mean) < 0.5  # the page's figure is the library's
