@@ -1,4 +1,4 @@
-"""``des4-demo`` (scripts/demo.py, issue 18): the page's parts, its API, its Space folder, and a real browser.
+"""``des4-demo`` (scripts/web_demo.py and des4_hf/demo.py, issues 18 and 34): the page's parts, its API, its Space folder, and a real browser.
 
 The served tests start the app in a subprocess on 127.0.0.1 with a tiny random model (or the trained model named by
 ``DES4_DEMO_MODEL``), call it with ``gradio_client`` and drive it from headless Chromium (Debian's ``chromium`` and
@@ -392,3 +392,111 @@ def test_the_uncertainty_tab_shows_the_entropy_map_beside_the_segmentation(app_u
     loaded = demo.ModelStore(torch.device("cpu"), "fp32").get(served_model)
     segmentation, uncertainty, fraction = demo.uncertainty_of_file(loaded, image)
     assert uncertainty.size == size and abs(100 * fraction - mean) < 0.5  # the page's figure is the library's
+
+
+@pytest.mark.slow
+def test_a_large_image_goes_through_the_sliding_window(app_url, served_model, camvid_image_paths, tmp_path):
+    from gradio_client import Client, handle_file
+
+    large = tmp_path / "large.png"
+    Image.open(camvid_image_paths[1]).resize((1440, 1080), Image.BILINEAR).save(large)
+    overlay_path, _, mask_path, info = Client(app_url, verbose=False).predict(
+        handle_file(str(large)), 0.5, api_name="/segment")
+    assert "sliding window 512/" in info and Image.open(overlay_path).size == (1440, 1080)
+    predicted = tmp_path / "predict"
+    assert predict_main(["--model", served_model, str(large), "--out", str(predicted), "--no-progress", "--device",
+                         "cpu", "--sliding-window"]) == 0
+    assert np.array_equal(np.asarray(Image.open(mask_path)), np.asarray(Image.open(predicted / "large.png")))
+
+
+@pytest.mark.slow
+def test_the_space_app_starts_against_a_local_model_folder(model_dir, camvid_image_paths, tmp_path):
+    from gradio_client import Client, handle_file
+
+    space = stage_space(tmp_path / "space", "me/des4-camvid", "me/des4-camvid-demo")
+    env = {**_app_env(), "DES4_MODEL": str(model_dir), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    for url in _serve([sys.executable, str(space / "app.py")], env, tmp_path / "space.log"):
+        _, _, mask_path, _ = Client(url, verbose=False).predict(
+            handle_file(str(camvid_image_paths[0])), 0.5, api_name="/segment")
+        expected = _predict_mask(str(model_dir), camvid_image_paths[0], tmp_path / "preds")
+        assert np.array_equal(np.asarray(Image.open(mask_path)), expected)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("headless browser test: install Debian's chromium and chromium-driver (scripts/test.sh does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        options.add_argument(argument)
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium never downloads a driver
+    for attempt in range(3):  # a cold start reads ~300 MB of Chromium from disk: a slow disk can outlast one wait
+        try:
+            driver = webdriver.Chrome(service=Service(driver_path), options=options)
+            break
+        except WebDriverException:
+            if attempt == 2:
+                raise
+    yield driver
+    driver.quit()
+
+
+def _ignore_stale(action):
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return action()
+    except StaleElementReferenceException:
+        return None
+
+
+@pytest.mark.slow
+def test_in_a_browser_upload_segment_and_a_non_image(app_url, browser, served_model, camvid_image_paths,
+                                                     not_an_image, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, image = browser, camvid_image_paths[0]
+    driver.get(app_url)
+    wait = WebDriverWait(driver, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#des4-image input[type=file]"))
+    assert "classes" in driver.find_element(By.ID, "des4-facts").text  # the model card's facts are shown
+
+    shown = "return [...document.querySelectorAll('#des4-image img')].map(img => img.src);"
+
+    def retrying(action):  # Gradio re-renders parts of the page: an element found may be replaced before use
+        return wait.until(lambda d: _ignore_stale(action))
+
+    def upload_and_segment(path: Path) -> None:
+        before = driver.execute_script(shown)
+        retrying(lambda: driver.find_element(By.CSS_SELECTOR, "#des4-image input[type=file]").send_keys(str(path))
+                 or True)
+        wait.until(lambda d: (lambda now: now and now != before)(d.execute_script(shown)))  # this file is uploaded
+        retrying(lambda: driver.find_element(By.ID, "des4-segment").click() or True)
+
+    upload_and_segment(image)
+    size = wait.until(lambda d: d.execute_script(
+        "const img = document.querySelector('#des4-overlay img');"
+        "return img && img.complete && img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null;"))
+    assert tuple(size) == Image.open(image).size
+    legend = wait.until(lambda d: d.execute_script(  # in one script: the page may re-render between calls
+        "return [...document.querySelectorAll('#des4-legend li')].map(item => item.dataset.class);"))
+    expected = _predict_mask(served_model, image, tmp_path / "preds")
+    classes = Des4ForSemanticSegmentation.config_class.from_pretrained(served_model).id2label
+    assert legend == [classes[index] for index, _ in demo.class_shares(expected, len(classes))]
+    shots = Path(os.environ.get("DES4_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(shots / "web_demo.png"))
+
+    # a file that is not an image: the page says so in one line (no traceback)
+    upload_and_segment(not_an_image)
+    message = wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('body *')].filter(element => !element.children.length"
+        " && element.textContent.includes('is not an image that can be read')).map(e => e.textContent)[0];"))
+    assert not_an_image.name in message and "Traceback" not in driver.page_source
