@@ -241,11 +241,11 @@ class TrainConfig:
             raise ValueError("invalid training config: " + "; ".join(errors))
 
     def model_config(self, class_names: Sequence[str] = ("class_0", "class_1"), training: dict[str, Any] | None = None,
-                     encoder_weights: str | None | bool = True) -> Des4Config:
+                     random_encoder: bool = False) -> Des4Config:
         """The :class:`Des4Config` this run builds, for ``class_names`` (``training``: the run's record;
-        ``encoder_weights=None``: a randomly initialised encoder, e.g. for timing)."""
+        ``random_encoder``: no encoder weights loaded, e.g. for timing)."""
         return Des4Config(
-            backbone=self.backbone, encoder_weights=self.encoder_weights if encoder_weights is True else encoder_weights,
+            backbone=self.backbone, encoder_weights=None if random_encoder else self.encoder_weights,
             output_stride=self.output_stride,
             decoder_channels=self.decoder_channels, separable_convs=self.separable_convs, logit_scale=self.logit_scale,
             prototype_momentum=self.prototype_momentum, encoder_momentum=self.encoder_momentum,

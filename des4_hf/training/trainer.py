@@ -72,7 +72,7 @@ class Trainer:
         precision = config.mixed_precision
         device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            probe = training_probe(lambda: Des4ForSemanticSegmentation(config.model_config(encoder_weights=None)),
+            probe = training_probe(lambda: Des4ForSemanticSegmentation(config.model_config(random_encoder=True)),
                                    config.crop_size, config.channels_last) if precision == "auto" and device == "cpu" else {}
             self.precision = resolve_precision(precision, device, **probe).name
         except ValueError as error:
