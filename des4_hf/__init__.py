@@ -23,7 +23,10 @@ AutoImageProcessor.register(Des4Config, image_processor_classes={"torchvision": 
 # DeS4 has no video processor. Said locally, so that pipeline()'s optional AutoVideoProcessor load (transformers >= 5.25
 # guesses a remote "Des4VideoProcessor" from the image processor's auto_map) fails quietly instead of asking whether
 # to run the repository's code.
-AutoVideoProcessor.register(Des4Config, video_processor_classes={"torchvision": None, "pil": None}, exist_ok=True)
+try:
+    AutoVideoProcessor.register(Des4Config, video_processor_classes={"torchvision": None, "pil": None}, exist_ok=True)
+except TypeError:  # transformers < 5.20: one class per config, no backends
+    AutoVideoProcessor.register(Des4Config, None, exist_ok=True)
 for _auto_class in (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation):  # short names, e.g. in pipeline
     accept_short_names(_auto_class)
 # save_pretrained then writes the code beside the weights, with an auto_map: loadable without des4-hf installed

@@ -12,8 +12,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
@@ -73,8 +75,6 @@ class Des4Encoder(nn.Module):
 
     def __init__(self, config: Des4Config) -> None:
         super().__init__()
-        import timm
-
         try:
             self.body = timm.create_model(config.backbone, pretrained=False, features_only=True,
                                           output_stride=config.output_stride)
@@ -260,6 +260,10 @@ class Des4PreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None,
                                     every_n_layers: int = 1) -> None:
         """Activation checkpointing of the encoder's stages, through timm (the decoder is shallow)."""
+        if enable and Version(timm.__version__) < Version("1.0.31"):
+            raise ValueError(f"activation checkpointing needs timm >= 1.0.31 (this is {timm.__version__}, whose "
+                             "features_only encoders checkpoint an in-place stem ReLU and fail in backward): "
+                             "pip install -U 'timm>=1.0.31'")
         for module in self.modules():
             if isinstance(module, Des4Encoder):
                 module.body.set_grad_checkpointing(enable)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import des4_hf
 from des4_hf.hub import (
     ResultsSource,
     check_results_match_labels,
@@ -174,17 +176,32 @@ if __name__ == "__main__":
 '''
 
 
-def default_space_requirement() -> str:
-    """The package line of a Space's requirements.txt: this des4-hf release with its ``demo`` extra."""
-    from des4_hf import __version__
+def space_requirements() -> list[str]:
+    """A Space's requirements.txt when it carries des4_hf's code itself (des4-hf is not on PyPI): the package's own
+    requirements and its ``demo`` extra, with the ranges setup.cfg gives them."""
+    from importlib.metadata import PackageNotFoundError, requires
 
-    return f"des4-hf[demo]=={__version__}"
+    from packaging.requirements import Requirement
+
+    try:
+        declared = requires("des4-hf") or []
+    except PackageNotFoundError:
+        raise ValueError("des4-hf is not installed, so its requirements are unknown: pip install -e '.[demo]' in "
+                         "the clone first") from None
+    lines = []
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": "demo"}):
+            requirement.marker = None
+            lines.append(str(requirement))
+    return lines
 
 
 def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requirement: str | None = None) -> Path:
-    """Write the folder of a Gradio Space that serves ``model_repo_id`` with the web demo: ``app.py``,
-    ``requirements.txt`` (``requirement``: how the Space installs des4-hf, by default this release from PyPI; a
-    ``git+https://...`` URL works too) and ``README.md`` with the Space metadata (SDK, Gradio version, the model)."""
+    """Write the folder of a Gradio Space that serves ``model_repo_id`` with the web demo: ``app.py``, ``README.md``
+    with the Space metadata (SDK, Gradio version, the model) and ``requirements.txt``. des4-hf is not on PyPI: by
+    default the folder carries a copy of ``des4_hf`` and its requirements; ``requirement`` (one line, e.g. a git URL)
+    installs des4-hf from elsewhere instead."""
     from importlib.metadata import PackageNotFoundError, version
 
     validate_repo_id(model_repo_id)
@@ -194,11 +211,14 @@ def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requir
     except PackageNotFoundError:
         raise ValueError("a Space is staged for the Gradio version the demo was tested with here: install it first "
                          "(pip install 'des4-hf[demo]').") from None
-    requirement = requirement or default_space_requirement()
-    if "\n" in requirement or not requirement.strip():
+    if requirement is not None and ("\n" in requirement or not requirement.strip()):
         raise ValueError(f"--space-requirement {requirement!r}: give one requirement line, e.g. "
                          "'des4-hf[demo] @ git+https://github.com/<you>/des4-hf'.")
+    lines = [requirement.strip()] if requirement else space_requirements()
     space = _new_or_empty_folder(space_dir, "the Space files")
+    if not requirement:  # the package's code travels with the Space, beside app.py (which imports it from there)
+        shutil.copytree(Path(des4_hf.__file__).parent, space / "des4_hf",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     title = space_id.split("/")[-1]
     readme = (f"---\ntitle: {title}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\n"
               f"pinned: false\nlicense: apache-2.0\nmodels:\n- {model_repo_id}\ntags:\n- des4\n"
@@ -207,7 +227,7 @@ def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requir
               "segmentation model (des4-hf). Upload or paste an image: the page shows the classes as a colour "
               "overlay, their share of the image, and the mask as a palette PNG (pixel value = class index).\n")
     atomic_write(space / "app.py", SPACE_APP.format(model_repo_id=model_repo_id))
-    atomic_write(space / "requirements.txt", requirement.strip() + "\n")
+    atomic_write(space / "requirements.txt", "\n".join(lines) + "\n")
     atomic_write(space / "README.md", readme)
     return space
 
@@ -276,7 +296,8 @@ def push_to_hub_parser() -> argparse.ArgumentParser:
                         help="write the Space folder (app.py, requirements.txt, README.md) to DIR; with --dry-run "
                              "nothing is uploaded")
     parser.add_argument("--space-requirement", default=None, metavar="SPEC",
-                        help="how the Space installs des4-hf (default: this release from PyPI, des4-hf[demo]==X); "
+                        help="how the Space installs des4-hf (default: the Space carries a copy of des4_hf and lists its "
+                             "requirements); "
                              "e.g. 'des4-hf[demo] @ git+https://github.com/<you>/des4-hf'")
     return parser
 

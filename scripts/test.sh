@@ -4,6 +4,7 @@
 # Without arguments (CI): the whole suite with oneDNN's native-bf16 answer forced to no, then the tests marked
 # onednn_bf16 (reduced precision, inductor: the only paths that read that answer) with it forced to yes. A CPU answers
 # one or the other, so both are covered.
+# Then the fast tier once more in ./.venv-lowest, against the lowest versions setup.cfg allows (constraints/lowest.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -42,4 +43,16 @@ else  # CI
   DES4_MKLDNN_BF16=0 .venv/bin/python -m pytest -q
   echo "tests marked onednn_bf16 with torch.ops.mkldnn._is_mkldnn_bf16_supported() forced to 1"
   DES4_MKLDNN_BF16=1 .venv/bin/python -m pytest -q -m onednn_bf16
+  # The lowest versions setup.cfg allows (constraints/lowest.txt), in their own venv: the fast tier again.
+  echo "fast tier against the lowest versions allowed (constraints/lowest.txt)"
+  LOWEST_STAMP=".venv-lowest/.des4-installed-$(cat setup.cfg pyproject.toml constraints/lowest.txt | cksum | cut -d' ' -f1)"
+  if [ ! -f "$LOWEST_STAMP" ]; then
+    [ -x .venv-lowest/bin/python ] || "$PYTHON" -m venv .venv-lowest
+    .venv-lowest/bin/python -m pip install --quiet --upgrade pip
+    .venv-lowest/bin/python -m pip install --quiet -e ".[test]" -c constraints/lowest.txt
+    rm -f .venv-lowest/.des4-installed-* && touch "$LOWEST_STAMP"
+  fi
+  .venv-lowest/bin/python -m pip list --format=freeze 2>/dev/null \
+    | grep -iE '^(torch|torchvision|timm|transformers|accelerate|datasets|huggingface.hub|numpy)==' | tr '\n' ' '; echo
+  .venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 fi

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from des4_hf_scripts.predict import main as predict_main
 from des4_hf_scripts.push_to_hub import main as push_main
 from des4_hf_scripts.push_to_hub import stage_space
+from packaging.requirements import Requirement
 from PIL import Image
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
@@ -118,14 +120,18 @@ def test_bad_arguments_are_one_line_and_exit_2(model_dir, tmp_path, capsys):
 
 def test_the_space_folder_points_at_the_model_repo(tmp_path, capsys, model_dir):
     space = stage_space(tmp_path / "space", "me/des4-camvid", "me/des4-camvid-demo")
-    assert sorted(path.name for path in space.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    assert sorted(path.name for path in space.iterdir()) == ["README.md", "app.py", "des4_hf", "requirements.txt"]
+    assert (space / "des4_hf" / "demo.py").is_file() and not list(space.rglob("__pycache__"))
     readme = (space / "README.md").read_text()
     front = readme.split("---")[1]
     assert "sdk: gradio" in front and f"sdk_version: {gradio.__version__}" in front and "app_file: app.py" in front
     assert "models:\n- me/des4-camvid" in front
     assert '"me/des4-camvid"' in (space / "app.py").read_text()
-    requirement = (space / "requirements.txt").read_text().strip()
-    assert requirement.startswith("des4-hf[demo]==")
+    # installable: every line names a distribution that pip installed here, at a version its range allows
+    requirements = [Requirement(line) for line in (space / "requirements.txt").read_text().splitlines()]
+    assert {"torch", "transformers", "gradio"} <= {r.name for r in requirements}
+    for requirement in requirements:
+        assert requirement.marker is None and requirement.specifier.contains(version(requirement.name)), requirement
     with pytest.raises(FileExistsError, match="not an empty folder"):  # never overwrites a folder's files
         stage_space(space, "me/des4-camvid", "me/des4-camvid-demo")
     # the command line: --space-dir with --dry-run writes both folders and uploads nothing
