@@ -169,6 +169,13 @@ class Des4ImageProcessorPil(Des4ImageProcessor):
                     for channel in image.numpy()]
         return torch.from_numpy(np.stack(channels))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Saved as a :class:`Des4ImageProcessor` (transformers' convention for a PIL backend): one saved type, which
+        either backend loads."""
+        output = super().to_dict()
+        output["image_processor_type"] = Des4ImageProcessor.__name__
+        return output
+
     def _resize_labels(self, labels: Tensor, size: tuple[int, int]) -> Tensor:
         resized = Image.fromarray(labels.numpy().astype(np.int32), mode="I").resize(size[::-1], Image.Resampling.NEAREST)
         return torch.from_numpy(np.asarray(resized).astype(np.int64))

@@ -105,13 +105,17 @@ def load_model_and_processor(name: str, device: torch.device) -> tuple[Any, Any]
     if problem is not None:  # asked once, within --timeout: the loaders would retry every file
         raise UsageError(f"--model {name}: {problem}")
     try:
-        model = Des4ForSemanticSegmentation.from_pretrained(source)
+        model, info = Des4ForSemanticSegmentation.from_pretrained(source, output_loading_info=True)
     except (OSError, ValueError, pickle.UnpicklingError) as error:  # not found, bad id, bad or pickled weights
         hub = None if path.is_dir() else hub_error_line(name, error)
         if hub is not None:  # "not found", "could not be reached": not transformers' advice about the connection
             raise UsageError(f"--model {name}: {hub}") from error
         where = "directory" if path.is_dir() else "directory or Hub model"
         raise UsageError(f"--model {name}: cannot load a DeS4 {where}: {load_error_line(error)}") from error
+    missing = sorted(info["missing_keys"])
+    if missing:  # initialised afresh by the loader: its predictions would be arbitrary
+        raise UsageError(f"--model {name}: the checkpoint lacks {len(missing)} tensors (e.g. {missing[:3]}); "
+                         "re-export it with save_pretrained from the trained model")
     try:  # a model loaded to fine-tune to new classes, not trained yet: its new classes would be arbitrary
         model.eval()._check_prototypes()
     except ValueError as error:

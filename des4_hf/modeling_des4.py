@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +16,10 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from packaging.version import Version
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -70,6 +71,11 @@ def prototype_logits(embeddings: Tensor, prototypes: Tensor, scale: float) -> Te
     return scale * torch.einsum("bdhw,cd->bchw", F.normalize(embeddings, dim=1), prototypes)
 
 
+@functools.cache
+def _checkpointable(cls: type[nn.Module]) -> type[nn.Module]:
+    """``cls`` that is also a transformers ``GradientCheckpointingLayer`` (checkpointed once enabled, in training)."""
+    return type(cls.__name__, (GradientCheckpointingLayer, cls), {"__module__": cls.__module__})
+
 class Des4Encoder(nn.Module):
     """A timm ``features_only`` encoder returning the stride-4 (low-level) and last (high-level) features."""
 
@@ -90,12 +96,17 @@ class Des4Encoder(nn.Module):
         self.low_level_index = reductions.index(4)
         self.low_level_channels = channels[self.low_level_index]
         self.high_level_channels = channels[-1]
-        # timm initialised these tensors: `_init_weights` skips them. Tensors made later (``to_empty`` after a build on
-        # the meta device) lack the flag, and `_init_weights` initialises them as timm does.
+        # timm initialised these tensors: `_init_weights` skips them. Built on the meta device (from_pretrained), they
+        # hold nothing yet: unflagged, those the checkpoint lacks are materialised and initialised as timm does.
         for tensor in (*self.body.parameters(), *self.body.buffers()):
-            tensor._is_hf_initialized = True  # type: ignore[attr-defined]
-
-    gradient_checkpointing = False  # set by `gradient_checkpointing_enable` (timm's own checkpointing)
+            if not tensor.is_meta:
+                tensor._is_hf_initialized = True  # type: ignore[attr-defined]
+        # Activation checkpointing, transformers' way: each stage becomes a GradientCheckpointingLayer (its class
+        # extended in place: parameters and their names unchanged). Not the stem's first module (its input needs no
+        # gradient) nor in-place ones (checkpointed alone, they overwrite the tensor the recompute needs).
+        for index, module in enumerate(self.body.children()):
+            if index > 0 and getattr(module, "inplace", False) is not True:
+                module.__class__ = _checkpointable(type(module))
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         """(low-level, high-level) features of the input zero-padded to a multiple of the output stride."""
@@ -174,6 +185,12 @@ class Des4Decoder(nn.Module):
         return crop(embeddings, ((size[0] + 3) // 4, (size[1] + 3) // 4))
 
 
+def placeholder_prototypes(num_classes: int, dim: int) -> Tensor:
+    """The bank of a head whose prototypes were never set (``initialized`` all false): fixed unit vectors, the same
+    in ``__init__`` and ``_init_weights`` (also on the meta device), whatever the global seed."""
+    generator = torch.Generator().manual_seed(0)
+    return F.normalize(torch.randn(num_classes, dim, generator=generator, device="cpu"), dim=1)
+
 class PrototypeHead(nn.Module):
     """Non-learnable cosine prototype classifier P (SPEC §1); its updates (Eq. 12) are the method's
     (:mod:`des4_hf.method.prototypes`).
@@ -188,7 +205,7 @@ class PrototypeHead(nn.Module):
     def __init__(self, num_classes: int, dim: int, scale: float) -> None:
         super().__init__()
         self.scale = scale
-        self.register_buffer("prototypes", F.normalize(torch.randn(num_classes, dim), dim=1), persistent=True)
+        self.register_buffer("prototypes", placeholder_prototypes(num_classes, dim), persistent=True)
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool), persistent=True)
 
     @property
@@ -233,7 +250,7 @@ class Des4PreTrainedModel(PreTrainedModel):
     base_model_prefix = "des4"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = True  # the timm encoder's own (``set_grad_checkpointing``)
+    supports_gradient_checkpointing = True  # the encoder's stages (GradientCheckpointingLayer, see Des4Encoder)
     _no_split_modules = ["Des4Encoder", "Des4Decoder", "PrototypeHead"]  # device_map="auto" keeps each whole
 
     @torch.no_grad()
@@ -254,20 +271,8 @@ class Des4PreTrainedModel(PreTrainedModel):
                 hf_init.ones_(module.running_var)
                 hf_init.zeros_(module.num_batches_tracked)
         elif isinstance(module, PrototypeHead):
-            hf_init.copy_(module.prototypes, F.normalize(torch.randn_like(module.prototypes), dim=1))
+            hf_init.copy_(module.prototypes, placeholder_prototypes(*module.prototypes.shape))
             hf_init.zeros_(module.initialized)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None,
-                                    every_n_layers: int = 1) -> None:
-        """Activation checkpointing of the encoder's stages, through timm (the decoder is shallow)."""
-        if enable and Version(timm.__version__) < Version("1.0.31"):
-            raise ValueError(f"activation checkpointing needs timm >= 1.0.31 (this is {timm.__version__}, whose "
-                             "features_only encoders checkpoint an in-place stem ReLU and fail in backward): "
-                             "pip install -U 'timm>=1.0.31'")
-        for module in self.modules():
-            if isinstance(module, Des4Encoder):
-                module.body.set_grad_checkpointing(enable)
-                module.gradient_checkpointing = enable
 
 
 class Des4ForSemanticSegmentation(Des4PreTrainedModel):
@@ -403,14 +408,12 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
 
 def _check_loading_info(info: dict[str, Any], source: Any, model: Des4ForSemanticSegmentation) -> None:
     missing = sorted(info.get("missing_keys", []))
-    missing_prototypes = [key for key in ("prototype_head.prototypes", "prototype_head.initialized") if key in missing]
-    if missing_prototypes:
-        raise ValueError(f"{source}: the checkpoint has no {missing_prototypes}. DeS4 prototypes are the classifier, "
-                         "so a checkpoint without them is not a usable model. Re-export it with "
-                         "`model.save_pretrained(...)` from a trained Des4ForSemanticSegmentation.")
-    if missing:
-        raise ValueError(f"{source}: the checkpoint lacks {len(missing)} tensors, e.g. {missing[:5]}; refusing to run "
-                         "with uninitialised weights. Re-export it with `model.save_pretrained(...)`.")
+    if missing:  # transformers' convention: initialised afresh, with a warning; the applications refuse such a model
+        if "prototype_head.prototypes" in missing:
+            model.prototype_head.initialized.zero_()  # a bank that was never stored was never set
+        logger.warning("%s: the checkpoint lacks %d tensors (e.g. %s), initialised afresh: train the model before "
+                       "using its predictions, or re-export it with `model.save_pretrained(...)`.", source,
+                       len(missing), missing[:5])
     broken = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
               if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
     if broken:  # e.g. saved from a diverged run: it would predict one class everywhere

@@ -33,6 +33,22 @@ fi
 if [ -n "$APT_PID" ] && ! wait "$APT_PID"; then
   echo "apt-get could not install chromium (.venv/apt-chromium.log): the browser test skips"
 fi
+# transformers' common test mixins (tests/test_transformers_common.py) come from the source distribution of the installed
+# transformers, unpacked once into the venv: never copied into this repository.
+transformers_tests() {  # $1: a venv; prints the folder holding that transformers' tests/
+  local version folder tmp
+  version="$("$1/bin/python" -c 'import transformers; print(transformers.__version__)')"
+  folder="$1/transformers-tests-$version"
+  if [ ! -f "$folder/test_modeling_common.py" ]; then
+    tmp="$(mktemp -d)"
+    "$1/bin/python" -m pip download --quiet --no-deps --no-binary :all: "transformers==$version" -d "$tmp" >&2
+    mkdir -p "$folder" && tar xzf "$tmp"/transformers-*.tar.gz -C "$folder" --strip-components=2 \
+      "transformers-$version/tests" && rm -rf "$tmp"
+  fi
+  echo "$(cd "$folder" && pwd)"
+}
+DES4_TRANSFORMERS_TESTS="$(transformers_tests .venv)"
+export DES4_TRANSFORMERS_TESTS
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # pytest exits 5 when it collected no test: that is a failure here too.
 .venv/bin/python -m ruff check des4_hf scripts tests benchmarks
@@ -54,5 +70,6 @@ else  # CI
   fi
   .venv-lowest/bin/python -m pip list --format=freeze 2>/dev/null \
     | grep -iE '^(torch|torchvision|timm|transformers|accelerate|datasets|huggingface.hub|numpy)==' | tr '\n' ' '; echo
-  .venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+  DES4_TRANSFORMERS_TESTS="$(transformers_tests .venv-lowest)" \
+    .venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 fi

@@ -15,15 +15,16 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from packaging.version import Version
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import des4_hf  # noqa: F401  (registers the Auto classes)
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor, PrototypeHead
+from des4_hf.loading import UsageError, load_model_and_processor
 from des4_hf.method.prototypes import update_prototypes_
 
 ID2LABEL = {0: "background", 1: "road", 2: "car"}
@@ -278,11 +279,16 @@ def _rewrite_weights(source, target, edit):
 
 
 @pytest.mark.parametrize("key", ["prototype_head.prototypes", "prototype_head.initialized"])
-def test_checkpoint_without_prototypes_fails(saved, tmp_path, key):
+def test_a_checkpoint_without_prototypes_warns_runs_and_the_applications_refuse_it(saved, tmp_path, key, caplog):
     directory, _ = saved
     broken = _rewrite_weights(directory, tmp_path / "broken", lambda tensors: tensors.pop(key))
-    with pytest.raises(ValueError, match=r"prototypes"):
-        Des4ForSemanticSegmentation.from_pretrained(broken)
+    model, info = Des4ForSemanticSegmentation.from_pretrained(broken, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == [key]
+    assert "lacks 1 tensors" in caplog.text and "prototypes of 3 classes are uninitialised" in caplog.text
+    assert not model.prototype_head.initialized.any()  # a bank that was never stored was never set
+    assert model(torch.randn(1, 3, 32, 32)).logits.isfinite().all()  # transformers' way: it warns and runs
+    with pytest.raises(UsageError, match=rf"--model {broken}: the checkpoint lacks 1 tensors \(e.g. \['{key}'\]\)"):
+        load_model_and_processor(str(broken), torch.device("cpu"))
 
 
 def test_checkpoint_with_wrong_prototype_shape_fails(saved, tmp_path):
@@ -349,13 +355,17 @@ def test_truncated_weights_name_the_folder(saved, tmp_path):
         Des4ForSemanticSegmentation.from_pretrained(broken)
 
 
-def test_checkpoint_missing_another_tensor_fails(saved, tmp_path):
-    directory, _ = saved
+def test_a_checkpoint_missing_another_tensor_warns_and_the_applications_refuse_it(saved, tmp_path, caplog):
+    directory, model = saved
     broken = _rewrite_weights(
         directory, tmp_path / "broken", lambda tensors: tensors.pop("decoder.embed.weight")
     )
-    with pytest.raises(ValueError, match=r"decoder\.embed\.weight"):
-        Des4ForSemanticSegmentation.from_pretrained(broken)
+    loaded, info = Des4ForSemanticSegmentation.from_pretrained(broken, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["decoder.embed.weight"] and "lacks 1 tensors" in caplog.text
+    assert info["uninitialized_prototypes"] == model.uninitialized_classes()  # the rest came from the file
+    torch.testing.assert_close(loaded.prototype_head.prototypes, model.prototype_head.prototypes)
+    with pytest.raises(UsageError, match=r"lacks 1 tensors \(e\.g\. \['decoder\.embed\.weight'\]\)"):
+        load_model_and_processor(str(broken), torch.device("cpu"))
 
 
 def test_loading_never_fetches_encoder_weights(tmp_path, monkeypatch):
@@ -564,30 +574,36 @@ def test_gradient_checkpointing_through_timm_gives_the_same_gradients(name):
     model = Des4ForSemanticSegmentation(tiny_config()).train()
     pixel_values, labels = torch.randn(2, 3, 48, 40), torch.randint(0, 3, (2, 48, 40))
 
+    saved = []  # tensors kept for backward outside a checkpointed stage
+
     def gradients() -> dict[str, torch.Tensor]:
         model.zero_grad()
         torch.manual_seed(1)  # the decoder's dropout
-        model(pixel_values, labels=labels).loss.backward()
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(1) or t, lambda t: t):
+            loss = model(pixel_values, labels=labels).loss
+        loss.backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    assert len(layers) >= 4 and all(module in set(model.encoder.body.children()) for module in layers)
 
     def checkpointing() -> bool:  # transformers' own test of is_*_checkpointing, under either name
         return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
 
-    plain = gradients()
+    plain, kept_plain = gradients(), len(saved)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the old name is deprecated on transformers >= 5.25
-        if Version(timm.__version__) < Version("1.0.31"):  # whose checkpointing fails in backward: refused, with the fix
-            with pytest.raises(ValueError, match=r"timm >= 1\.0\.31.*pip install -U"):
-                getattr(model, f"{name}_enable")()
-            return
         getattr(model, f"{name}_enable")()
-        assert checkpointing() and model.encoder.body.grad_checkpointing
+        assert checkpointing() and all(module.gradient_checkpointing for module in layers)
         checkpointed = gradients()
+        assert len(saved) < kept_plain / 2  # the stages keep their inputs only, and recompute the rest in backward
         assert plain.keys() == checkpointed.keys()
         for key in plain:
             torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-5)
         getattr(model, f"{name}_disable")()
-    assert not checkpointing() and not model.encoder.body.grad_checkpointing
+    assert not checkpointing()
+    assert set(Des4ForSemanticSegmentation(tiny_config()).state_dict()) == set(model.state_dict())  # names unchanged
 
 
 @pytest.mark.slow  # dynamo traces 6 sizes: about 30 s
