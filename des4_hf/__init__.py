@@ -16,6 +16,16 @@ from .modeling_des4 import Des4ForSemanticSegmentation, Des4PreTrainedModel, Pro
 
 __version__ = "0.1.0"
 
+
+class _NoVideoProcessor:
+    """What transformers < 5.20 finds for DeS4 under ``AutoVideoProcessor`` (``pipeline()`` asks for one, and lets it
+    fail): a one-line refusal instead of the custom-code question."""
+
+    @classmethod
+    def from_pretrained(cls, *args: object, **kwargs: object) -> None:
+        raise ValueError("DeS4 has no video processor: load its image processor with AutoImageProcessor")
+
+
 AutoConfig.register(Des4Config.model_type, Des4Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Des4Config, Des4ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Des4Config, image_processor_classes={"torchvision": Des4ImageProcessor,
@@ -25,8 +35,8 @@ AutoImageProcessor.register(Des4Config, image_processor_classes={"torchvision": 
 # to run the repository's code.
 try:
     AutoVideoProcessor.register(Des4Config, video_processor_classes={"torchvision": None, "pil": None}, exist_ok=True)
-except TypeError:  # transformers < 5.20: one class per config, no backends
-    AutoVideoProcessor.register(Des4Config, None, exist_ok=True)
+except TypeError:  # transformers < 5.20: one class per config, no backends; a stand-in that refuses in one line
+    AutoVideoProcessor.register(Des4Config, _NoVideoProcessor, exist_ok=True)
 for _auto_class in (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation):  # short names, e.g. in pipeline
     accept_short_names(_auto_class)
 # save_pretrained then writes the code beside the weights, with an auto_map: loadable without des4-hf installed

@@ -4,7 +4,8 @@
 # Without arguments (CI): the whole suite with oneDNN's native-bf16 answer forced to no, then the tests marked
 # onednn_bf16 (reduced precision, inductor: the only paths that read that answer) with it forced to yes. A CPU answers
 # one or the other, so both are covered.
-# Then the fast tier once more in ./.venv-lowest, against the lowest versions setup.cfg allows (constraints/lowest.txt).
+# Then the fast tier once more (with the tests marked lowest) in ./.venv-lowest, against the lowest versions setup.cfg
+# allows (constraints/lowest.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -71,5 +72,5 @@ else  # CI
   .venv-lowest/bin/python -m pip list --format=freeze 2>/dev/null \
     | grep -iE '^(torch|torchvision|timm|transformers|accelerate|datasets|huggingface.hub|numpy)==' | tr '\n' ' '; echo
   DES4_TRANSFORMERS_TESTS="$(transformers_tests .venv-lowest)" \
-    .venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+    .venv-lowest/bin/python -m pytest -q -m "not slow or lowest" -p no:cacheprovider
 fi

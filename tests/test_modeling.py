@@ -417,6 +417,7 @@ print("RESULT " + json.dumps({"module": type(model).__module__, "training": mode
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.lowest
 def test_a_saved_model_loads_with_trust_remote_code_where_des4_hf_is_not_installed(saved, tmp_path):
     import json
     import os
@@ -460,6 +461,7 @@ print("LOADED", type(segmenter).__name__)
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.lowest
 def test_loading_asks_no_question_with_des4_hf_installed(saved, tmp_path):
     """pipeline() and the Auto classes load a saved folder without the custom-code prompt (transformers 5.25's
     pipeline also tries an AutoVideoProcessor, which would ask), with stdin closed as in CI."""
