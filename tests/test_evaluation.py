@@ -211,6 +211,8 @@ WORKER = textwrap.dedent(
     out = {"rank": accelerator.process_index, "calls": len(model.calls), "miou": result.mean_iou}
     with open(f"{sys.argv[1]}/rank{accelerator.process_index}.json", "w") as f:
         json.dump(out, f)
+    accelerator.wait_for_everyone()  # then leave the process group before exiting: gloo's threads, left running
+    torch.distributed.destroy_process_group()  # at exit, abort a loaded machine's process ("terminate called ...")
     """
 )
 
