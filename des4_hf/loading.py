@@ -4,6 +4,7 @@ prototypes, a Hub that cannot be reached), its precision chosen and applied, and
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -23,6 +24,16 @@ logger = logging.getLogger(__name__)
 # The dataset loaders' image types, plus the ones PIL reads that are rare in datasets.
 IMAGE_EXTENSIONS = (*DATASET_IMAGE_EXTENSIONS, ".gif", ".ppm", ".pgm", ".pnm")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+def add_hub_and_debug_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--timeout`` (the Hub's connect and read timeout, set by :func:`~des4_hf.hub_names.set_hub_timeout`) and
+    ``--debug`` (a traceback instead of the one-line error): the options every application takes."""
+    from .hub_names import DEFAULT_HUB_TIMEOUT
+
+    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
+                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
 
 class UsageError(Exception):
     """A bad argument or input of an application (a model, a file): reported as one line, exit status 2."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import re
 import sys
 from collections.abc import Sequence
@@ -26,11 +25,11 @@ from des4_hf.evaluation import (
     plot_per_class_iou,
     protocol_window,
 )
-from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
+from des4_hf.hub_names import set_hub_timeout
 from des4_hf.inference import (
     PRECISIONS,
 )
-from des4_hf.loading import UsageError
+from des4_hf.loading import UsageError, add_hub_and_debug_arguments
 from des4_hf.utils import atomic_write
 
 _LOCAL_KINDS_NEEDING_ROOT = ("voc", "cityscapes")
@@ -125,9 +124,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-check-labels", dest="check_labels", action="store_false",
                         help="skip the up-front scan of every mask's values")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
-                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_hub_and_debug_arguments(parser)
     return parser
 
 
@@ -219,8 +216,6 @@ def _slug(text: str) -> str:
 def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
     from des4_hf.configuration_des4 import Des4Config
     from des4_hf.data import DataError, get_class_names
-    from des4_hf.image_processing_des4 import Des4ImageProcessor
-    from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
 
     window, flip, scales = _protocol_settings(args)
     if args.batch_size < 1:
@@ -228,7 +223,7 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
 
     # 1. data (paths only), 2. the model's config: both cheap. Short names → <namespace>/<name>.
     from des4_hf.hub_names import hub_model_problem, resolve_pretrained_name
-    from des4_hf.loading import load_error_line, model_folder_problem
+    from des4_hf.loading import load_model_and_processor, model_folder_problem
 
     args.model = resolve_pretrained_name(args.model)
     split = load_eval_split(args)
@@ -261,20 +256,8 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
         shard = list(range(accelerator.process_index, len(split), accelerator.num_processes))
         check_dataset_labels(split, num_classes, ignore_index, indices=shard)
 
-    # 4. heavy work.
-    try:
-        model = Des4ForSemanticSegmentation.from_pretrained(args.model)
-    except (OSError, ValueError, pickle.UnpicklingError) as error:
-        raise UsageError(f"--model {args.model}: cannot load it: {load_error_line(error)}") from error
-    try:  # a model not trained yet would score its arbitrary predictions
-        model.eval()._check_prototypes()
-    except ValueError as error:
-        raise UsageError(f"--model {args.model}: {error}") from error
-    try:
-        processor = Des4ImageProcessor.from_pretrained(args.model)
-    except OSError:
-        processor = Des4ImageProcessor()
-        accelerator.print("no preprocessor_config.json beside the model: using ImageNet mean/std")
+    # 4. heavy work: the model as des4-predict and the web demo load it (refused when not trained or incomplete).
+    model, processor = load_model_and_processor(args.model, accelerator.device)
     from des4_hf.data import EvalDataset
 
     dataset = EvalDataset(split, processor.image_mean, processor.image_std, num_classes=num_classes)

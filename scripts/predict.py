@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from des4_hf.evaluation import default_stride
-from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
+from des4_hf.hub_names import set_hub_timeout
 from des4_hf.image_io import read_image
 from des4_hf.inference import (
     PRECISIONS,
@@ -33,6 +33,7 @@ from des4_hf.inference import (
 from des4_hf.loading import (
     IMAGE_EXTENSIONS,
     UsageError,
+    add_hub_and_debug_arguments,
     display_rgb,
     label_map_to_image,
     load_model_and_processor,
@@ -76,9 +77,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overlay-alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
-                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_hub_and_debug_arguments(parser)
     return parser
 
 

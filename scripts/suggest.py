@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from des4_hf.data import SemiSupervisedSplit
 from des4_hf.data.datasets import read_id_list
-from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
+from des4_hf.hub_names import set_hub_timeout
 from des4_hf.image_io import read_image
 from des4_hf.inference import PRECISIONS, autocast
 from des4_hf.loading import (
     IMAGE_EXTENSIONS,
     UsageError,
+    add_hub_and_debug_arguments,
     display_rgb,
     load_model_and_processor,
     prepare_for_inference,
@@ -63,10 +64,8 @@ def suggest_parser() -> argparse.ArgumentParser:
                         help="plain pixel entropy, not weighted toward the rare classes")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
-                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
+    add_hub_and_debug_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 

@@ -26,9 +26,9 @@ from des4_hf.demo import (
     example_images,
     launch,
 )
-from des4_hf.hub_names import DEFAULT_HUB_TIMEOUT, set_hub_timeout
+from des4_hf.hub_names import set_hub_timeout
 from des4_hf.inference import PRECISIONS
-from des4_hf.loading import IMAGE_EXTENSIONS, UsageError
+from des4_hf.loading import IMAGE_EXTENSIONS, UsageError, add_hub_and_debug_arguments
 
 DEFAULT_PORT = 7860
 
@@ -59,9 +59,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help=f"largest upload in megabytes (default {MAX_UPLOAD_MB})")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help=f"largest image in pixels, checked before decoding (default {MAX_PIXELS})")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_HUB_TIMEOUT,
-                        help=f"seconds to connect to the Hub and for each read (default {DEFAULT_HUB_TIMEOUT:g})")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_hub_and_debug_arguments(parser)
     return parser
 
 
