@@ -58,6 +58,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "two-views": ("--strong-views", "2"),
     "warmup-0.1": ("--supervised-warmup", "0.1"),
     "export-student": ("--export", "student"),
+    "labeled-class-weights": ("--no-unlabeled-class-weights",),  # the MT collapse's likely driver, off
 }
 SHARED_CPU_SHARE = 0.10  # of one core, used by other processes during a segment → the run shared its CPU
 SEEDS = (0, 1, 2)

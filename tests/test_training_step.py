@@ -329,6 +329,19 @@ def test_feature_perturbation_acts_only_on_the_unlabeled_pass() -> None:
     torch.testing.assert_close(perturbed.terms["loss_unsupervised"], 0.5 * (plain.terms["loss_unsupervised"] + fp))
 
 
+def test_class_weights_can_leave_the_unlabeled_loss_alone() -> None:
+    weights = torch.tensor([0.2, 1.0, 5.0])  # e.g. sqrt-median-frequency: a rare class weighs 25× a common one
+    plain, _, _ = run_step(make_model())
+    weighted, _, _ = run_step(make_model(class_weighting="sqrt-median-frequency"), class_weights=weights)
+    labeled_only, _, _ = run_step(make_model(class_weighting="sqrt-median-frequency", unlabeled_class_weights=False),
+                                  class_weights=weights)
+    assert not torch.allclose(weighted.terms["loss_unsupervised"], plain.terms["loss_unsupervised"])
+    # off: L_u is the unweighted cross-entropy of the pseudo labels, while the labeled losses keep their weights
+    torch.testing.assert_close(labeled_only.terms["loss_unsupervised"], plain.terms["loss_unsupervised"])
+    for name in ("loss_supervised", "loss_unbiased"):
+        torch.testing.assert_close(labeled_only.terms[name], weighted.terms[name])
+
+
 def test_two_strong_views_average_their_losses() -> None:
     labeled, unlabeled = make_batches()
     second = {"pixel_values_strong_2": torch.randn(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(5)),

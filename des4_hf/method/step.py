@@ -147,10 +147,11 @@ class TeacherStudent(nn.Module):
         student_embeddings, student_low_res, student_logits = self._student_logits(
             torch.cat([images_l, *(images.to(images_l.dtype) for images, _ in mixed)]))
         loss_supervised = cross_entropy_loss(student_logits[:batch_l], labels_l, ignore, class_weights)
-        loss_unsupervised = sum(cross_entropy_loss(logits, labels, ignore, class_weights) for logits, (_, labels) in
+        weights_u = class_weights if config.unlabeled_class_weights else None  # option: the labeled losses only
+        loss_unsupervised = sum(cross_entropy_loss(logits, labels, ignore, weights_u) for logits, (_, labels) in
                                 zip(student_logits[batch_l:].split(batch_u), mixed, strict=True)) / len(mixed)
         if config.feature_perturbation > 0:  # SPEC §2.9 option: L_u = ½ (strong views + perturbed features)
-            loss_perturbed = self._perturbed_loss(images_weak, labels_u, generator, class_weights)
+            loss_perturbed = self._perturbed_loss(images_weak, labels_u, generator, weights_u)
             loss_unsupervised = 0.5 * (loss_unsupervised + loss_perturbed)
             terms["loss_feature_perturbation"] = loss_perturbed.detach()
 

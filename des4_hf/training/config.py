@@ -143,8 +143,10 @@ class TrainConfig:
     feature_perturbation: float = 0.0  # p of channel dropout on an extra student pass of the weak view (0 = off)
     export: str = "teacher"  # the network best/ and last/ hold and best is chosen by: "teacher" | "student"
     unsupervised_rampup: float = 0.0  # λ2 ramps up as exp(−5(1−t)²) over this fraction (Mean Teacher)
-    # Per-class CE weights from the labeled pixel counts (des4_hf.method.losses.class_balancing_weights), on all losses
+    # Per-class CE weights from the labeled pixel counts (des4_hf.method.losses.class_balancing_weights): on the labeled
+    # losses, and on L_u unless unlabeled_class_weights is false (SPEC §2.9 option; the ceiling study's MT collapse)
     class_weighting: str = "none"
+    unlabeled_class_weights: bool = True  # the class weights also weigh L_u (pseudo labels); False: labeled losses only
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True
