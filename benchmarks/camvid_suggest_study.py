@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Which frames to label next, measured (issue 33): from the ceiling study's 1/32 split (11 frames) and a DeS4
+teacher trained on it, add 35 frames (reaching 46, the 1/8 count) three ways, then retrain DeS4 on each.
+
+Arms: ``suggested`` (des4-suggest's default: class-balanced uncertainty spread over the embeddings),
+``uncertainty`` (``--no-diversity``: the highest scores alone) and ``random-0/1/2`` (three seeded uniform draws).
+Each arm's split is written under ``<runs-dir>/splits/<arm>/<dev|val>/``; each run is the ceiling study's DeS4 run
+(``configs/camvid_ceiling.yaml``, from the ImageNet encoder, ``--steps``, seeds 0–2), trained, resumed and accounted
+by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records carry the same fields.
+
+    # 1. on dev, to choose: the model is the 1/32 DeS4 run of the ceiling study's dev search, at its chosen budget
+    nice python benchmarks/camvid_suggest_study.py --eval-split dev --steps N \\
+        --model outputs/camvid_ceiling/dev/1_32/des4-N-seed0/best
+    # 2. on val, to report: the 1/32 DeS4 val run (seed 0) as the model
+    nice python benchmarks/camvid_suggest_study.py --eval-split val --steps N \\
+        --model outputs/camvid_ceiling/val/1_32/des4-N-seed0/best
+
+Writes ``reports/camvid/suggest/suggest.{json,md}`` (one record per run, and per arm the mean and spread over seeds
+and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from camvid_ceiling import REPO, Study, read_ids, write_split  # this file's folder is on sys.path
+
+ADDED = 35  # 11 + 35 = 46 frames, the 1/8 count
+ARMS = ("suggested", "uncertainty", "random-0", "random-1", "random-2")
+SEEDS = (0, 1, 2)
+
+
+def pool_folder(images: Path, ids: list[str], out: Path) -> Path:
+    """A folder of links to the pool's frames: what des4-suggest ranks."""
+    out.mkdir(parents=True, exist_ok=True)
+    for id_ in ids:
+        link = out / f"{id_}.jpg"
+        if not link.exists():
+            link.symlink_to((images / f"{id_}.jpg").resolve())
+    return out
+
+
+def arm_split(arm: str, labeled: list[str], pool: list[str], args: argparse.Namespace, folder: Path) -> None:
+    """``folder/{labeled,unlabeled}.txt`` of one arm: the 11 labeled frames plus its 35 picks."""
+    if (folder / "labeled.txt").is_file():
+        return
+    if arm.startswith("random-"):
+        rng = np.random.default_rng(int(arm.split("-")[1]))
+        picks = sorted(rng.choice(sorted(pool), size=ADDED, replace=False).tolist())
+    else:
+        out = args.runs_dir / "suggest" / args.eval_split / arm
+        known = out.parent / "labeled.txt"
+        known.parent.mkdir(parents=True, exist_ok=True)
+        known.write_text("".join(f"{i}\n" for i in labeled))
+        command = [sys.executable, str(REPO / "scripts" / "suggest.py"), "--model", str(args.model), "--images",
+                   str(pool_folder(args.data_root / "JPEGImages", pool, out.parent / "pool")), "--labeled", str(known),
+                   "--budget", str(ADDED), "--out", str(out), "--no-progress",
+                   *(["--no-diversity"] if arm == "uncertainty" else [])]
+        subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
+        picks = read_ids(out / "labeled-next.txt")[len(labeled):]
+    chosen = set(labeled) | set(picks)
+    write_split(folder, f"camvid-suggest-{arm}", sorted(chosen), [i for i in pool if i not in chosen])
+
+
+def summarise(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+    """Per arm (the random draws pooled): mean and spread (max − min) of mIoU and tail mIoU over its runs."""
+    summary = {}
+    for arm in ("suggested", "uncertainty", "random"):
+        runs = [r for r in records if r["fraction"].partition("-")[0] == arm]
+        if runs:
+            miou = [r[f"{split}_miou"] for r in runs]
+            tail = [r[f"{split}_tail_miou"] for r in runs]
+            summary[arm] = {"runs": len(runs), "miou": float(np.mean(miou)), "miou_spread": float(np.ptp(miou)),
+                            "tail_miou": float(np.mean(tail)), "tail_miou_spread": float(np.ptp(tail))}
+    return summary
+
+
+def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: str) -> None:
+    summary = summarise(records, split)
+    (out / "suggest.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=1) + "\n")
+    lines = ["# Which frames to label next: des4-suggest against random picks (issue 33)", "",
+             f"Machine: {machine}. From the ceiling study's 1/32 split (11 frames), {ADDED} frames added three ways, "
+             f"then DeS4 retrained at the ceiling recipe; {split} mIoU of the teacher, 3 seeds (random: 3 draws × 3 "
+             "seeds). Written by `python benchmarks/camvid_suggest_study.py`.", "",
+             "| arm | runs | mIoU | spread | tail mIoU | spread |", "|---|---|---|---|---|---|"]
+    lines += [f"| {arm} | {s['runs']} | {s['miou']:.2f} | {s['miou_spread']:.2f} | {s['tail_miou']:.2f} | "
+              f"{s['tail_miou_spread']:.2f} |" for arm, s in summary.items()]
+    if "suggested" in summary and "random" in summary:
+        gain = summary["suggested"]["miou"] - summary["random"]["miou"]
+        tail = summary["suggested"]["tail_miou"] - summary["random"]["tail_miou"]
+        lines += ["", f"Suggested − random: {gain:+.2f} mIoU (target ≥ +2.0), {tail:+.2f} tail mIoU (target ≥ +4.0)."]
+    (out / "suggest.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="the DeS4 teacher trained on the 1/32 split")
+    parser.add_argument("--steps", type=int, required=True, help="the ceiling study's DeS4 budget at 1/32")
+    parser.add_argument("--eval-split", choices=("dev", "val"), required=True)
+    parser.add_argument("--recipe", default=str(REPO / "configs" / "camvid_ceiling.yaml"))
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get(
+        "DES4_CAMVID_ROOT", str(REPO.parent / "shared" / "data" / "camvid"))))
+    parser.add_argument("--ceiling-runs", type=Path, default=REPO / "outputs" / "camvid_ceiling",
+                        help="the ceiling study's run folder (its dev_data/ is reused)")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "camvid_suggest")
+    parser.add_argument("--report-dir", type=Path, default=REPO / "reports" / "camvid" / "suggest")
+    args = parser.parse_args(argv)
+    for flag, path in (("--model", args.model / "config.json"), ("--data-root", args.data_root),
+                       ("--ceiling-runs", args.ceiling_runs / "dev_data")):
+        if not path.exists():
+            parser.exit(2, f"{parser.prog}: {flag}: {path} does not exist\n")
+
+    ceiling_splits = REPO / "reports" / "camvid" / "ceiling" / "splits"
+    study = Study(argparse.Namespace(recipe=args.recipe, data_root=args.data_root, runs_dir=args.runs_dir,
+                                     report_dir=args.report_dir, min_gain=0.5, extra=[]))
+    study.dev_root, study.splits_dir = args.ceiling_runs / "dev_data", args.runs_dir / "splits"
+    study.ratios = json.loads((ceiling_splits.parent / "step_ratios.json").read_text())  # supervised-step equivalents
+    study.splits_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ceiling_splits / "selection.json", study.splits_dir / "selection.json")  # the tail classes
+    start = ceiling_splits / "1_32" / args.eval_split
+    labeled, pool = read_ids(start / "labeled.txt"), read_ids(start / "unlabeled.txt")
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for arm in ARMS:
+        arm_split(arm, labeled, pool, args, study.splits_dir / arm / args.eval_split)
+        for seed in SEEDS:
+            folder = study.folder(args.eval_split, arm, "des4", args.steps, seed)
+            if not (folder / "results.json").is_file():
+                study._train(folder, args.eval_split, arm, "des4", args.steps, seed)
+            records.append(study.record(folder, args.eval_split, arm, "des4", args.steps, seed))
+            write_report(records, args.eval_split, args.report_dir, study.machine)
+    sheet = args.runs_dir / "suggest" / args.eval_split / "suggested" / "suggested.png"
+    if sheet.is_file():
+        shutil.copy(sheet, args.report_dir / f"suggested-{args.eval_split}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The label-next measurement's machinery (issue 33): a random arm's split and the per-arm summary that pools the
+random draws."""
+
+from __future__ import annotations
+
+import argparse
+
+import camvid_suggest_study as study
+import pytest
+
+
+def test_a_random_arm_adds_35_seeded_frames_to_the_11(tmp_path):
+    labeled = [f"l{i:02d}" for i in range(11)]
+    pool = [f"p{i:03d}" for i in range(100)]
+    args = argparse.Namespace()  # a random arm needs no model
+    for draw in ("random-0", "random-0", "random-1"):
+        study.arm_split(draw, labeled, pool, args, tmp_path / draw)
+    chosen = (tmp_path / "random-0" / "labeled.txt").read_text().split()
+    rest = (tmp_path / "random-0" / "unlabeled.txt").read_text().split()
+    assert len(chosen) == 46 and set(labeled) <= set(chosen) and sorted(chosen + rest) == sorted(labeled + pool)
+    assert chosen != (tmp_path / "random-1" / "labeled.txt").read_text().split()  # another draw, another pick
+
+
+def test_the_summary_pools_the_random_draws_and_keeps_the_arms_apart():
+    def record(arm, miou, tail):
+        return {"fraction": arm, "val_miou": miou, "val_tail_miou": tail}
+
+    records = [record("suggested", 50.0, 20.0), record("suggested", 52.0, 22.0), record("uncertainty", 40.0, 10.0),
+               record("random-0", 45.0, 15.0), record("random-1", 47.0, 13.0), record("random-2", 49.0, 17.0)]
+    summary = study.summarise(records, "val")
+    assert summary["random"]["runs"] == 3 and summary["random"]["miou"] == pytest.approx(47.0)
+    assert summary["suggested"] == {"runs": 2, "miou": 51.0, "miou_spread": 2.0, "tail_miou": 21.0,
+                                    "tail_miou_spread": 2.0}
+    assert summary["uncertainty"]["miou"] == 40.0
