@@ -197,6 +197,15 @@ def space_requirements() -> list[str]:
     return lines
 
 
+PACKAGE_SUFFIXES = {".py", ".txt", ".md", ".j2"}  # what the wheel carries (setup.cfg's package data)
+
+
+def _not_package_files(folder: str, names: list[str]) -> set[str]:
+    """For copytree: leave out whatever the published package would not hold (caches, a developer's stray files)."""
+    return {name for name in names if not (Path(folder, name).is_dir() and name != "__pycache__")
+            and Path(name).suffix not in PACKAGE_SUFFIXES}
+
+
 def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requirement: str | None = None) -> Path:
     """Write the folder of a Gradio Space that serves ``model_repo_id`` with the web demo: ``app.py``, ``README.md``
     with the Space metadata (SDK, Gradio version, the model) and ``requirements.txt``. des4-hf is not on PyPI: by
@@ -217,8 +226,7 @@ def stage_space(space_dir: str | Path, model_repo_id: str, space_id: str, requir
     lines = [requirement.strip()] if requirement else space_requirements()
     space = _new_or_empty_folder(space_dir, "the Space files")
     if not requirement:  # the package's code travels with the Space, beside app.py (which imports it from there)
-        shutil.copytree(Path(des4_hf.__file__).parent, space / "des4_hf",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(Path(des4_hf.__file__).parent, space / "des4_hf", ignore=_not_package_files)
     title = space_id.split("/")[-1]
     readme = (f"---\ntitle: {title}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\n"
               f"pinned: false\nlicense: apache-2.0\nmodels:\n- {model_repo_id}\ntags:\n- des4\n"

@@ -29,6 +29,7 @@ from des4_hf_scripts.push_to_hub import stage_space
 from packaging.requirements import Requirement
 from PIL import Image
 
+import des4_hf
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
 from des4_hf.evaluation import EvaluationResult
 from des4_hf.hub import model_facts
@@ -119,7 +120,13 @@ def test_bad_arguments_are_one_line_and_exit_2(model_dir, tmp_path, capsys):
 
 
 def test_the_space_folder_points_at_the_model_repo(tmp_path, capsys, model_dir):
-    space = stage_space(tmp_path / "space", "me/des4-camvid", "me/des4-camvid-demo")
+    stray = Path(des4_hf.__file__).parent / "data" / "stray-secret.env"  # a developer's file beside the code
+    stray.write_text("HF_TOKEN=hf_not_for_the_space\n")
+    try:
+        space = stage_space(tmp_path / "space", "me/des4-camvid", "me/des4-camvid-demo")
+    finally:
+        stray.unlink()
+    assert not list(space.rglob("stray-secret.env"))  # the Space carries the package's files only
     assert sorted(path.name for path in space.iterdir()) == ["README.md", "app.py", "des4_hf", "requirements.txt"]
     assert (space / "des4_hf" / "demo.py").is_file() and not list(space.rglob("__pycache__"))
     readme = (space / "README.md").read_text()
