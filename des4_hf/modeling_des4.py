@@ -96,6 +96,7 @@ class Des4Encoder(nn.Module):
         self.low_level_index = reductions.index(4)
         self.low_level_channels = channels[self.low_level_index]
         self.high_level_channels = channels[-1]
+        self.stem_name = next(name for name, module in self.body.named_modules() if isinstance(module, nn.Conv2d))
         # timm initialised these tensors: `_init_weights` skips them. Built on the meta device (from_pretrained), they
         # hold nothing yet: unflagged, those the checkpoint lacks are materialised and initialised as timm does.
         for tensor in (*self.body.parameters(), *self.body.buffers()):
@@ -298,6 +299,15 @@ class Des4ForSemanticSegmentation(Des4PreTrainedModel):
             state_dict = resolve_encoder_state_dict(config.backbone, config.encoder_weights)
             if state_dict is not None:
                 load_encoder_weights(self.encoder.body, state_dict)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's first convolution, which embeds the pixels: transformers' input embeddings of a vision model
+        (a ViT's patch embedding)."""
+        return self.encoder.body.get_submodule(self.encoder.stem_name)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Put ``value`` in place of the encoder's first convolution (:meth:`get_input_embeddings`)."""
+        self.encoder.body.set_submodule(self.encoder.stem_name, value)
 
     # -- pieces the trainer composes -------------------------------------------------------------
     def embed(self, pixel_values: Tensor) -> Tensor:

@@ -130,9 +130,22 @@ class Des4ModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
             self.assertEqual(tuple(embeddings.shape),
                              (self.model_tester.batch_size, config.decoder_channels, size // 4, size // 4))
 
-    @unittest.skip("no token embeddings to get or set: a pixel model (transformers' ResNet and SegFormer tests say so)")
     def test_model_get_set_embeddings(self):
-        pass
+        """A vision model's contract in place of the mixin's token one (as transformers' ViT test does): the input
+        embeddings are the layer that embeds pixels, here the encoder's first convolution; a new one is used."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        model = Des4ForSemanticSegmentation(config)
+        stem = model.get_input_embeddings()
+        self.assertIsInstance(stem, torch.nn.Conv2d)
+        self.assertEqual(stem.in_channels, 3)
+        self.assertIsNone(model.get_output_embeddings())
+        calls = []
+        replacement = torch.nn.Conv2d(3, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+        replacement.register_forward_hook(lambda *_: calls.append(1))
+        model.set_input_embeddings(replacement)
+        self.assertIs(model.get_input_embeddings(), replacement)
+        model.train()(**inputs_dict)
+        self.assertEqual(calls, [1])
 
 
 class Des4ImageProcessingTester(getattr(image_processing_common, "ImageProcessingTester", object)):
