@@ -190,7 +190,7 @@ class Study:
         self.runs_dir, self.report_dir = Path(args.runs_dir), Path(args.report_dir)
         self.splits_dir, self.dev_root = self.report_dir / "splits", self.runs_dir / "dev_data"
         self.min_gain, self.extra = args.min_gain, list(args.extra)
-        self.json_path = self.report_dir / "ceiling.json"
+        self.json_path = self.report_dir.parent / "ceiling.json"  # the reports/camvid/ceiling.json
         import yaml
 
         self.settings = yaml.safe_load(self.recipe.read_text())
@@ -294,7 +294,7 @@ class Study:
     def write_report(self) -> None:
         from camvid_ceiling_report import write_report
 
-        write_report(sorted(self.records.values(), key=self.key), self.report_dir, self.ratios, self.min_gain)
+        write_report(sorted(self.records.values(), key=self.key), self.report_dir.parent, self.ratios, self.min_gain)
 
 
 def git_commit() -> str:
@@ -309,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("DES4_CAMVID_ROOT",
                                                               str(REPO.parent / "shared" / "data" / "camvid")))
     parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "camvid_ceiling"), help="run folders (large)")
-    parser.add_argument("--report-dir", default=str(REPO / "reports" / "camvid" / "ceiling"))
+    parser.add_argument("--report-dir", default=str(REPO / "reports" / "camvid" / "ceiling"),
+                        help="the study's folder (splits, step ratios, probes); ceiling.{json,md} and the figure go "
+                             "beside it")
     parser.add_argument("--phases", nargs="+", choices=("search", "options", "val"), default=["search", "val"],
                         help="options: the SPEC §2.9 options on dev at 1/8 (needs a commit that has them)")
     parser.add_argument("--min-gain", type=float, default=0.5, help="doubling stops below this dev mIoU gain")

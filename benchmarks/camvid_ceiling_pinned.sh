@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start or resume the CamVid ceiling study (issue 30) at the commit it is pinned to, so that every run of it trains
 # the same code: a git worktree of CEILING_COMMIT beside this clone, sharing this clone's outputs/ (the runs) and
-# venv, niced. Finished runs come from this clone's reports/camvid/ceiling/ceiling.json.
+# venv, niced. Finished runs come from this clone's reports/camvid/ceiling.json. A pin older than 2026-12-07 keeps its
+# report in reports/camvid/ceiling/ inside the tree: both places are handled.
 #
 #   bash benchmarks/camvid_ceiling_pinned.sh            # 1. start or resume in the background
 #   tail -f outputs/camvid_ceiling.log                  # 2. watch
@@ -11,8 +12,9 @@ cd "$(dirname "$0")/.."
 CEILING_COMMIT="${CEILING_COMMIT:-$(cat benchmarks/camvid_ceiling.commit)}"
 TREE="${CEILING_TREE:-../ceiling}"
 if [ "${1:-run}" = "collect" ]; then
-  cp "$TREE"/reports/camvid/ceiling/ceiling.json "$TREE"/reports/camvid/ceiling/ceiling.md reports/camvid/ceiling/
-  cp "$TREE"/reports/camvid/ceiling/ceiling_curves*.png reports/camvid/ceiling/ 2>/dev/null || true
+  OLD="$TREE"/reports/camvid/ceiling  # the report's folder at pins before 2026-12-07
+  if [ "$OLD/ceiling.json" -nt "$TREE/reports/camvid/ceiling.json" ]; then FROM="$OLD"; else FROM="$TREE"/reports/camvid; fi
+  cp "$FROM"/ceiling.json "$FROM"/ceiling.md "$FROM"/ceiling_curves*.png reports/camvid/
   exit 0
 fi
 if [ ! -d "$TREE" ]; then
@@ -20,8 +22,9 @@ if [ ! -d "$TREE" ]; then
 fi
 mkdir -p outputs
 [ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
-if [ -f reports/camvid/ceiling/ceiling.json ]; then
-  cp reports/camvid/ceiling/ceiling.json "$TREE/reports/camvid/ceiling/ceiling.json"
+if [ -f reports/camvid/ceiling.json ]; then  # the finished runs, where the pinned code looks for them
+  cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling.json"
+  cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling/ceiling.json"
 fi
 PYTHON="$(pwd)/.venv/bin/python"
 TREE_ABS="$(cd "$TREE" && pwd)"

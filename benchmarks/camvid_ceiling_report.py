@@ -1,4 +1,4 @@
-"""``reports/camvid/ceiling/ceiling.{json,md}`` and ``ceiling_curves.png`` from the ceiling study's records (issue 30).
+"""``reports/camvid/ceiling.{json,md}`` and ``ceiling_curves.png`` from the ceiling study's records (issue 30).
 
 One machine per table and figure: records are grouped by their ``cpu`` field, each machine gets its own section and
 figure. Seconds are shown only for runs that had the CPU to themselves (``shared_cpu`` false).

@@ -15,8 +15,9 @@ by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records
     nice python benchmarks/camvid_suggest_study.py --eval-split val --steps N \\
         --model outputs/camvid_ceiling/val/1_32/des4-N-seed0/best
 
-Writes ``reports/camvid/suggest/suggest.{json,md}`` (one record per run, and per arm the mean and spread over seeds
-and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames.
+Writes ``reports/camvid/suggest.{json,md}`` (per split: one record per run, and per arm the mean and spread over seeds
+and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames
+(``reports/camvid/suggested-<split>.png``).
 """
 from __future__ import annotations
 
@@ -83,19 +84,30 @@ def summarise(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, 
 
 
 def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: str) -> None:
-    summary = summarise(records, split)
-    (out / "suggest.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=1) + "\n")
+    """``out/suggest.{json,md}``: this split's runs and summary, beside those already written for the other split."""
+    path = out / "suggest.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report[split] = {"machine": machine, "summary": summarise(records, split), "runs": records}
+    path.write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Which frames to label next: des4-suggest against random picks (issue 33)", "",
-             f"Machine: {machine}. From the ceiling study's 1/32 split (11 frames), {ADDED} frames added three ways, "
-             f"then DeS4 retrained at the ceiling recipe; {split} mIoU of the teacher, 3 seeds (random: 3 draws × 3 "
-             "seeds). Written by `python benchmarks/camvid_suggest_study.py`.", "",
-             "| arm | runs | mIoU | spread | tail mIoU | spread |", "|---|---|---|---|---|---|"]
-    lines += [f"| {arm} | {s['runs']} | {s['miou']:.2f} | {s['miou_spread']:.2f} | {s['tail_miou']:.2f} | "
-              f"{s['tail_miou_spread']:.2f} |" for arm, s in summary.items()]
-    if "suggested" in summary and "random" in summary:
-        gain = summary["suggested"]["miou"] - summary["random"]["miou"]
-        tail = summary["suggested"]["tail_miou"] - summary["random"]["tail_miou"]
-        lines += ["", f"Suggested − random: {gain:+.2f} mIoU (target ≥ +2.0), {tail:+.2f} tail mIoU (target ≥ +4.0)."]
+             f"From the ceiling study's 1/32 split (11 frames), {ADDED} frames added three ways, then DeS4 retrained at "
+             "the ceiling recipe; mIoU of the teacher, 3 seeds (random: 3 draws × 3 seeds). Dev chooses the default, "
+             "val reports. Written by `python benchmarks/camvid_suggest_study.py`."]
+    for name in ("dev", "val"):
+        if name not in report:
+            continue
+        summary = report[name]["summary"]
+        lines += ["", f"## {name} (machine: {report[name]['machine']})", "",
+                  "| arm | runs | mIoU | spread | tail mIoU | spread |", "|---|---|---|---|---|---|"]
+        lines += [f"| {arm} | {s['runs']} | {s['miou']:.2f} | {s['miou_spread']:.2f} | {s['tail_miou']:.2f} | "
+                  f"{s['tail_miou_spread']:.2f} |" for arm, s in summary.items()]
+        if "suggested" in summary and "random" in summary:
+            gain = summary["suggested"]["miou"] - summary["random"]["miou"]
+            tail = summary["suggested"]["tail_miou"] - summary["random"]["tail_miou"]
+            lines += ["", f"Suggested − random: {gain:+.2f} mIoU (target ≥ +2.0), {tail:+.2f} tail mIoU "
+                      "(target ≥ +4.0)."]
+        if (out / f"suggested-{name}.png").is_file():
+            lines += ["", f"![the suggested frames ({name})](suggested-{name}.png)"]
     (out / "suggest.md").write_text("\n".join(lines) + "\n")
 
 
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-runs", type=Path, default=REPO / "outputs" / "camvid_ceiling",
                         help="the ceiling study's run folder (its dev_data/ is reused)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "camvid_suggest")
-    parser.add_argument("--report-dir", type=Path, default=REPO / "reports" / "camvid" / "suggest")
+    parser.add_argument("--report-dir", type=Path, default=REPO / "reports" / "camvid")
     args = parser.parse_args(argv)
     for flag, path in (("--model", args.model / "config.json"), ("--data-root", args.data_root),
                        ("--ceiling-runs", args.ceiling_runs / "dev_data")):
@@ -119,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ceiling_splits = REPO / "reports" / "camvid" / "ceiling" / "splits"
     study = Study(argparse.Namespace(recipe=args.recipe, data_root=args.data_root, runs_dir=args.runs_dir,
-                                     report_dir=args.report_dir, min_gain=0.5, extra=[]))
+                                     report_dir=ceiling_splits.parent, min_gain=0.5, extra=[]))  # its step ratios
     study.dev_root, study.splits_dir = args.ceiling_runs / "dev_data", args.runs_dir / "splits"
-    study.ratios = json.loads((ceiling_splits.parent / "step_ratios.json").read_text())  # supervised-step equivalents
     study.splits_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ceiling_splits / "selection.json", study.splits_dir / "selection.json")  # the tail classes
     start = ceiling_splits / "1_32" / args.eval_split
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sheet = args.runs_dir / "suggest" / args.eval_split / "suggested" / "suggested.png"
     if sheet.is_file():
         shutil.copy(sheet, args.report_dir / f"suggested-{args.eval_split}.png")
+        write_report(records, args.eval_split, args.report_dir, study.machine)
     return 0
 
 

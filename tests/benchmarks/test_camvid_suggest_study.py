@@ -4,6 +4,7 @@ random draws."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import camvid_suggest_study as study
 import pytest
@@ -32,3 +33,18 @@ def test_the_summary_pools_the_random_draws_and_keeps_the_arms_apart():
     assert summary["suggested"] == {"runs": 2, "miou": 51.0, "miou_spread": 2.0, "tail_miou": 21.0,
                                     "tail_miou_spread": 2.0}
     assert summary["uncertainty"]["miou"] == 40.0
+
+
+def test_the_report_keeps_dev_and_val_side_by_side(tmp_path):
+    def record(arm, miou, split):
+        return {"fraction": arm, f"{split}_miou": miou, f"{split}_tail_miou": miou / 2}
+
+    dev = [record("suggested", 50.0, "dev"), record("random-0", 46.0, "dev")]
+    study.write_report(dev, "dev", tmp_path, "CPU A")
+    study.write_report([record("suggested", 40.0, "val")], "val", tmp_path, "CPU A")
+    study.write_report(dev[:1], "dev", tmp_path, "CPU A")  # a rerun of one split replaces that split only
+    saved = json.loads((tmp_path / "suggest.json").read_text())
+    assert saved["dev"]["summary"]["suggested"]["miou"] == 50.0 and "random" not in saved["dev"]["summary"]
+    assert saved["val"]["runs"] == [record("suggested", 40.0, "val")]
+    text = (tmp_path / "suggest.md").read_text()
+    assert "## dev (machine: CPU A)" in text and "## val (machine: CPU A)" in text
