@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Start or resume the label-next measurement (issue 33) at the commit it is pinned to: a git worktree of
+# SUGGEST_COMMIT beside this clone, sharing this clone's outputs/ (the ceiling study's runs and its own) and venv,
+# niced, one torch thread (it runs beside the ceiling study on 2 cores; two 1-thread jobs do not contend).
+#
+#   bash benchmarks/camvid_suggest_pinned.sh dev         # 1. on dev, to choose (needs the 1/32 dev DeS4 run)
+#   bash benchmarks/camvid_suggest_pinned.sh val         #    on val, to report (needs the 1/32 val DeS4 run, seed 0)
+#   tail -f outputs/camvid_suggest.log                   # 2. watch
+#   bash benchmarks/camvid_suggest_pinned.sh collect     # 3. copy the report back here (then commit it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COMMIT="${SUGGEST_COMMIT:-$(cat benchmarks/camvid_suggest.commit)}"
+TREE="${SUGGEST_TREE:-../suggest}"
+STEPS="${SUGGEST_STEPS:-2000}"  # DeS4's 1/32 budget, chosen by the ceiling study's dev search
+if [ "${1:-}" = "collect" ]; then
+  cp "$TREE"/reports/camvid/suggest.json "$TREE"/reports/camvid/suggest.md reports/camvid/
+  cp "$TREE"/reports/camvid/suggested-*.png reports/camvid/ 2>/dev/null || true
+  exit 0
+fi
+case "${1:-}" in
+  dev|val) SPLIT="$1" ;;
+  *) echo "usage: $0 dev|val|collect" >&2; exit 2 ;;
+esac
+MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"
+[ -f "$MODEL/config.json" ] || { echo "$0: $MODEL is not trained yet (the ceiling study makes it)" >&2; exit 2; }
+[ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
+mkdir -p outputs
+[ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
+[ ! -f reports/camvid/suggest.json ] || cp reports/camvid/suggest.json "$TREE/reports/camvid/suggest.json"
+PYTHON="$(pwd)/.venv/bin/python"
+cd "$(cd "$TREE" && pwd)"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONPATH="$(pwd)" nohup nice -n 10 "$PYTHON" benchmarks/camvid_suggest_study.py \
+  --eval-split "$SPLIT" --steps "$STEPS" --model "$MODEL" >> outputs/camvid_suggest.log 2>&1 &
+echo "label-next measurement ($SPLIT) running at $COMMIT in $(pwd) (log: outputs/camvid_suggest.log)"
