@@ -15,13 +15,22 @@ from pathlib import Path
 import pytest
 
 
-def test_importing_the_package_gives_the_hub_client_a_timeout():
+def test_importing_the_package_gives_the_hub_client_a_timeout(monkeypatch):
     code = ("import des4_hf; from huggingface_hub import get_session; t = get_session().timeout; "
             "print(t.read, t.connect)")
-    for env, expected in (({}, "30.0 30.0"), ({"DES4_HUB_TIMEOUT": "7"}, "7.0 7.0")):
-        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=120, check=True)
-        assert done.stdout.split() == expected.split()
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DES4_HUB_TIMEOUT": "7"},
+                          capture_output=True, text=True, timeout=120, check=True)  # a fresh process: at import
+    assert done.stdout.split() == ["7.0", "7.0"]
+    from huggingface_hub import get_session
+
+    from des4_hf.hub_names import set_hub_timeout
+
+    before = get_session().timeout.read
+    monkeypatch.delenv("DES4_HUB_TIMEOUT", raising=False)
+    try:
+        assert set_hub_timeout() == 30.0 and (get_session().timeout.read, get_session().timeout.connect) == (30, 30)
+    finally:
+        set_hub_timeout(before)
 
 
 class _NotFound(BaseHTTPRequestHandler):

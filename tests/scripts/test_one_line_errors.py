@@ -106,13 +106,21 @@ def test_des4_predict_explains_folders_that_are_not_saved_models(model_dir, tmp_
 
 
 def test_export_onnx_never_replaces_a_file_without_force(model_dir, tmp_path, capsys):
-    pytest.importorskip("onnxscript")
     from des4_hf_scripts.export_onnx import main
 
     target = tmp_path / "model.onnx"
     target.write_text("my earlier export")
     assert main(["--model", str(model_dir), "--out", str(target), "--no-verify"]) == 2
     assert "exists: pass --force" in capsys.readouterr().err and target.read_text() == "my earlier export"
+
+
+@pytest.mark.slow  # exports a graph (10 s)
+def test_export_onnx_with_force_replaces_the_file_and_leaves_nothing_else(model_dir, tmp_path):
+    pytest.importorskip("onnxscript")
+    from des4_hf_scripts.export_onnx import main
+
+    target = tmp_path / "model.onnx"
+    target.write_text("my earlier export")
     assert main(["--model", str(model_dir), "--out", str(target), "--no-verify", "--force", "--height", "64",
                  "--width", "64"]) == 0
     assert target.stat().st_size > 1000 and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
