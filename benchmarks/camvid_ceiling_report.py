@@ -51,6 +51,31 @@ def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: st
     return (float(np.mean([a[s] - b[s] for s in seeds])), len(seeds)) if seeds else (None, 0)
 
 
+def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Each option's dev gain over its row's baseline at the same commit, paired by seed (SPEC §2.9; adopt what helps
+    over 3 seeds)."""
+    if not records:
+        return []
+    lines = ["", "### Options on the dev split at 1/8 (against the row's baseline at the same commit, paired by seed)",
+             "", "| row | option | seeds | dev mIoU | gain | tail gain | student gain |", "|---|---|---|---|---|---|---|"]
+    by = {(r["row"], r["seed"]): r for r in records}
+    for row in sorted({r["row"] for r in records if not r["row"].endswith("+baseline")},
+                      key=lambda name: (ORDER.index(name.partition("+")[0]), name)):
+        base = row.partition("+")[0] + "+baseline"
+        pairs = [(by[row, s], by[base, s]) for s in sorted(s for (name, s) in by if name == row) if (base, s) in by]
+        if not pairs:
+            continue
+
+        def gain(field: str) -> str:
+            values = [a[field] - b[field] for a, b in pairs if a.get(field) is not None and b.get(field) is not None]
+            return f"{np.mean(values):+.2f}" if values else "–"
+
+        lines.append(f"| {row.partition('+')[0]} | {row.partition('+')[2]} | {len(pairs)} | "
+                     f"{np.mean([a['dev_miou'] for a, _ in pairs]):.2f} | {gain('dev_miou')} | "
+                     f"{gain('dev_tail_miou')} | {gain('student_miou')} |")
+    return lines
+
+
 def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float) -> list[str]:
     first = records[0]
     lines = [f"## Machine: {machine}", "",
@@ -64,6 +89,7 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
     dev = sorted((r for r in records if r["eval_split"] == "dev"),
                  key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"].partition("+")[0]), r["row"],
                                 r["steps"]))
+    dev, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
     previous: dict[tuple[str, str], float] = {}
     for r in dev:
         key = (r["fraction"], r["row"])
@@ -73,6 +99,7 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
         lines.append(f"| {r['fraction']} | {r['row']} | {r['steps']} | {r['dev_miou']:.2f} | "
                      f"{'–' if gain is None else f'{gain:+.2f}'} | {r['dev_tail_miou']:.2f} | "
                      f"{_fmt(r['sup_step_equiv'], 0)} | {seconds[0]} | {seconds[1]} |")
+    lines += options_table(options)
     groups = val_groups(records)
     lines += ["", "### Val at the chosen budgets (3 seeds; spread = max − min)", ""]
     if not groups:

@@ -79,3 +79,17 @@ def test_the_benchmark_measures_the_step_cost_ratios_at_the_studys_batches(tmp_p
     assert (training["batch_size"], training["unlabeled_batch_size"]) == (3, 1)
     assert training["des4_over_supervised"] > 0 and training["mean_teacher_over_supervised"] > 0
     assert ratios["machine"]["cpu_model"]
+
+
+def test_options_that_help_on_seed_0_get_more_seeds_and_gains_are_paired_with_the_same_commits_baseline(tmp_path):
+    first = {"baseline": 40.0, "fp": 40.6, "two-views": 40.4, "threshold-0.95": 38.0}
+    assert ceiling.helping_options(first, 0.5) == ["fp"]
+    records = [_record("des4+baseline", s, 40 + s, split="dev") for s in (0, 1, 2)]
+    records += [_record("des4+fp", s, 41 + s, split="dev") for s in (0, 1, 2)]
+    records += [_record("des4+two-views", 0, 39, split="dev"), _record("des4", 0, 45, split="dev")]
+    write_report(records, tmp_path, RATIOS, 0.5)
+    text = (tmp_path / "ceiling.md").read_text()
+    assert "| des4 | fp | 3 | 42.00 | +1.00 | +1.00 | – |" in text
+    assert "| des4 | two-views | 1 | 39.00 | -1.00 | -1.00 | – |" in text
+    search = text.split("### Budget search")[1].split("### Options")[0]
+    assert "| 1/8 | des4 | 1000 | 45.00 |" in search and "+fp" not in search  # options stay out of the search
