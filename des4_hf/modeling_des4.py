@@ -186,9 +186,12 @@ class Des4Decoder(nn.Module):
         return crop(embeddings, ((size[0] + 3) // 4, (size[1] + 3) // 4))
 
 
-def placeholder_prototypes(num_classes: int, dim: int) -> Tensor:
+def placeholder_prototypes(num_classes: int, dim: int, device: torch.device | str | None = None) -> Tensor:
     """The bank of a head whose prototypes were never set (``initialized`` all false): fixed unit vectors, the same
     in ``__init__`` and ``_init_weights`` (also on the meta device), whatever the global seed."""
+    # The global generator advances as much as when these were drawn from it (on ``device``), so that a seeded run
+    # draws the same data and weights as in earlier versions and reproduces their published figures.
+    torch.randn(num_classes, dim, device=device)
     generator = torch.Generator().manual_seed(0)
     return F.normalize(torch.randn(num_classes, dim, generator=generator, device="cpu"), dim=1)
 
@@ -272,7 +275,7 @@ class Des4PreTrainedModel(PreTrainedModel):
                 hf_init.ones_(module.running_var)
                 hf_init.zeros_(module.num_batches_tracked)
         elif isinstance(module, PrototypeHead):
-            hf_init.copy_(module.prototypes, placeholder_prototypes(*module.prototypes.shape))
+            hf_init.copy_(module.prototypes, placeholder_prototypes(*module.prototypes.shape, module.prototypes.device))
             hf_init.zeros_(module.initialized)
 
 
