@@ -51,6 +51,11 @@ def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: st
     return (float(np.mean([a[s] - b[s] for s in seeds])), len(seeds)) if seeds else (None, 0)
 
 
+def _paired_gain(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], field: str) -> str:
+    values = [a[field] - b[field] for a, b in pairs if a.get(field) is not None and b.get(field) is not None]
+    return f"{np.mean(values):+.2f}" if values else "–"
+
+
 def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
     """Each option's dev gain over its row's baseline at the same commit, paired by seed (SPEC §2.9; adopt what helps
     over 3 seeds)."""
@@ -65,14 +70,9 @@ def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
         pairs = [(by[row, s], by[base, s]) for s in sorted(s for (name, s) in by if name == row) if (base, s) in by]
         if not pairs:
             continue
-
-        def gain(field: str) -> str:
-            values = [a[field] - b[field] for a, b in pairs if a.get(field) is not None and b.get(field) is not None]
-            return f"{np.mean(values):+.2f}" if values else "–"
-
+        gains = [_paired_gain(pairs, field) for field in ("dev_miou", "dev_tail_miou", "student_miou")]
         lines.append(f"| {row.partition('+')[0]} | {row.partition('+')[2]} | {len(pairs)} | "
-                     f"{np.mean([a['dev_miou'] for a, _ in pairs]):.2f} | {gain('dev_miou')} | "
-                     f"{gain('dev_tail_miou')} | {gain('student_miou')} |")
+                     f"{np.mean([a['dev_miou'] for a, _ in pairs]):.2f} | {' | '.join(gains)} |")
     return lines
 
 

@@ -2,7 +2,7 @@
 
 Every number in it is read from ``eval.json`` files written by the evaluation (:meth:`EvaluationResult.load`
 recomputes the scores from the confusion matrix, so an edited number cannot slip in), each naming its dataset and
-split. Staging and uploading (``huggingface_hub.upload_folder``) are ``scripts/push_to_hub.py``'s.
+split. Staging and uploading (``huggingface_hub.upload_folder``) are :mod:`des4_hf.publish`'s.
 """
 
 from __future__ import annotations

@@ -566,10 +566,9 @@ def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> 
 def test_eval_results_must_be_the_evaluations_own(tmp_path: Path) -> None:
     """push reads eval.json through EvaluationResult.load (scores recomputed from the confusion matrix); a
     hand-written or edited file, or one without its dataset and split, is refused with what to run instead."""
-    from des4_hf_scripts.push_to_hub import validate_repo_id
-
     from des4_hf.evaluation import EvaluationResult
     from des4_hf.hub import load_eval_results
+    from des4_hf.publish import validate_repo_id
 
     good = _eval_json(tmp_path / "eval.json")
     (record,) = load_eval_results(tmp_path / "eval.json")
@@ -637,9 +636,9 @@ def test_push_to_hub_creates_private_repo_branch_and_uploads_one_folder(tmp_path
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
     import torch
-    from des4_hf_scripts.push_to_hub import push_to_hub
 
     from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
+    from des4_hf.publish import push_to_hub
 
     torch.manual_seed(0)
     model = Des4ForSemanticSegmentation(Des4Config(backbone="test_resnet", num_labels=3, decoder_channels=16,

@@ -15,9 +15,10 @@ pytestmark = pytest.mark.slow  # every test here exports a graph (half a minute)
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from des4_hf_scripts.export_onnx import compare_with_pytorch, export_onnx, main  # noqa: E402
+from des4_hf_scripts.export_onnx import main  # noqa: E402
 
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor  # noqa: E402
+from des4_hf.onnx_export import compare_with_pytorch, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

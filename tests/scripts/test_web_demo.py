@@ -25,7 +25,6 @@ import pytest
 import torch
 from des4_hf_scripts.predict import main as predict_main
 from des4_hf_scripts.push_to_hub import main as push_main
-from des4_hf_scripts.push_to_hub import stage_space
 from packaging.requirements import Requirement
 from PIL import Image
 
@@ -33,6 +32,7 @@ import des4_hf
 from des4_hf import Des4Config, Des4ForSemanticSegmentation, Des4ImageProcessor
 from des4_hf.evaluation import EvaluationResult
 from des4_hf.hub import model_facts
+from des4_hf.publish import stage_space
 
 gradio = pytest.importorskip("gradio", reason="the web demo needs the `demo` extra (pip install 'des4-hf[demo]')")
 from des4_hf_scripts import web_demo  # noqa: E402  (needs gradio's presence checked first)
