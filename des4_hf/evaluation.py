@@ -52,6 +52,12 @@ def _nan_to_none(values: Iterable[float]) -> list[float | None]:
             for value in values]
 
 
+def _markdown_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return "-" if value is None else str(value).replace("|", "\\|")
+
+
 def percent(value: float | None, digits: int = 2) -> str:
     """``0.5625`` → ``"56.25"``; ``"n/a"`` for an undefined (NaN or missing) score."""
     if value is None or math.isnan(value):
@@ -122,6 +128,47 @@ class EvaluationResult:
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write ``eval.json`` (:meth:`to_dict`, read back by :meth:`load`) into ``out_dir`` atomically; its path."""
         return atomic_write(Path(out_dir) / "eval.json", json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+
+    def format_table(self) -> str:
+        """Plain aligned table of the per-class IoU (%) for the terminal."""
+        width = max([len(name) for name in self.class_names] + [len("pixel accuracy")])
+        rule = "-" * (width + 9)
+        rows = [*zip(self.class_names, self.per_class_iou), (rule, None),
+                ("mean IoU", self.mean_iou), ("pixel accuracy", self.pixel_accuracy)]
+        return "\n".join([f"{'class':<{width}}  IoU (%)", rule]
+                         + [name if name == rule else f"{name:<{width}}  {percent(iou):>7}" for name, iou in rows]
+                         + [f"({self.num_images} images, {self.num_classes} classes)"])
+
+    def to_markdown(self) -> str:
+        """``eval.md``: the mIoU, the evaluation settings and the per-class IoU / accuracy table, in percent."""
+        settings = self.settings
+        title = "Evaluation"
+        if settings.get("dataset"):
+            title += f": {settings['dataset']}" + (f" {settings['split']}" if settings.get("split") else "")
+        lines = [f"# {title}", "", f"**mIoU {percent(self.mean_iou)} %** over {self.num_images} images "
+                 f"(pixel accuracy {percent(self.pixel_accuracy)} %, mean class accuracy "
+                 f"{percent(self.mean_accuracy)} %).", ""]
+        if settings:
+            lines += ["| setting | value |", "|---|---|"]
+            lines += [f"| {key} | {_markdown_value(value)} |" for key, value in settings.items()]
+            lines.append("")
+        lines += ["| class | IoU (%) | accuracy (%) |", "|---|---:|---:|"]
+        accuracies = self.per_class_accuracy or [float("nan")] * self.num_classes
+        for name, iou, accuracy in zip(self.class_names, self.per_class_iou, accuracies):
+            lines.append(f"| {name} | {percent(iou)} | {percent(accuracy)} |")
+        lines.append(f"| **mean** | **{percent(self.mean_iou)}** | **{percent(self.mean_accuracy)}** |")
+        lines += ["", "IoU is computed from one confusion matrix over all pixels of all images; n/a: class absent "
+                  "from both predictions and labels (left out of the mean). Label 255 is ignored.", ""]
+        return "\n".join(lines)
+
+    def write_report(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """``eval.json`` (:meth:`save`), ``eval.md`` (:meth:`to_markdown`) and ``per_class_iou.png``
+        (:func:`plot_per_class_iou`), each written atomically into ``out_dir``; their paths."""
+        out = Path(out_dir)
+        paths = {"json": self.save(out), "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
+        atomic_write(paths["markdown"], self.to_markdown())
+        plot_per_class_iou(self, paths["chart"])
+        return paths
 
 
 def check_model_classes(model: Any, num_classes: int, class_names: Sequence[str] | None = None) -> None:

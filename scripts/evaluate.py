@@ -17,12 +17,9 @@ from typing import Any
 
 from des4_hf.evaluation import (
     CITYSCAPES_SLIDING_WINDOW,
-    EvaluationResult,
     check_model_classes,
     default_stride,
     evaluate_segmentation,
-    percent,
-    plot_per_class_iou,
     protocol_window,
 )
 from des4_hf.hub_names import set_hub_timeout
@@ -30,60 +27,8 @@ from des4_hf.inference import (
     PRECISIONS,
 )
 from des4_hf.loading import UsageError, add_hub_and_debug_arguments
-from des4_hf.utils import atomic_write
 
 _LOCAL_KINDS_NEEDING_ROOT = ("voc", "cityscapes")
-
-
-# -- the report: a terminal table, eval.md and per_class_iou.png beside eval.json -------------------------------
-def format_table(result: EvaluationResult) -> str:
-    """Plain aligned table of the per-class IoU (%) for the terminal."""
-    width = max([len(name) for name in result.class_names] + [len("pixel accuracy")])
-    rule = "-" * (width + 9)
-    rows = [*zip(result.class_names, result.per_class_iou), (rule, None),
-            ("mean IoU", result.mean_iou), ("pixel accuracy", result.pixel_accuracy)]
-    return "\n".join([f"{'class':<{width}}  IoU (%)", rule]
-                     + [name if name == rule else f"{name:<{width}}  {percent(iou):>7}" for name, iou in rows]
-                     + [f"({result.num_images} images, {result.num_classes} classes)"])
-
-
-def _markdown_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) if value else "-"
-    return "-" if value is None else str(value).replace("|", "\\|")
-
-
-def render_markdown(result: EvaluationResult) -> str:
-    """``eval.md``: the mIoU, the evaluation settings and the per-class IoU / accuracy table, in percent."""
-    settings = result.settings
-    title = "Evaluation"
-    if settings.get("dataset"):
-        title += f": {settings['dataset']}" + (f" {settings['split']}" if settings.get("split") else "")
-    lines = [f"# {title}", "", f"**mIoU {percent(result.mean_iou)} %** over {result.num_images} images "
-             f"(pixel accuracy {percent(result.pixel_accuracy)} %, mean class accuracy "
-             f"{percent(result.mean_accuracy)} %).", ""]
-    if settings:
-        lines += ["| setting | value |", "|---|---|"]
-        lines += [f"| {key} | {_markdown_value(value)} |" for key, value in settings.items()]
-        lines.append("")
-    lines += ["| class | IoU (%) | accuracy (%) |", "|---|---:|---:|"]
-    accuracies = result.per_class_accuracy or [float("nan")] * result.num_classes
-    for name, iou, accuracy in zip(result.class_names, result.per_class_iou, accuracies):
-        lines.append(f"| {name} | {percent(iou)} | {percent(accuracy)} |")
-    lines.append(f"| **mean** | **{percent(result.mean_iou)}** | **{percent(result.mean_accuracy)}** |")
-    lines += ["", "IoU is computed from one confusion matrix over all pixels of all images; n/a: class absent "
-              "from both predictions and labels (left out of the mean). Label 255 is ignored.", ""]
-    return "\n".join(lines)
-
-
-def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
-    """``eval.json`` (the library's :meth:`EvaluationResult.save`), ``eval.md`` and ``per_class_iou.png``, each
-    written atomically into ``out_dir``; their paths."""
-    out = Path(out_dir)
-    paths = {"json": result.save(out), "markdown": out / "eval.md", "chart": out / "per_class_iou.png"}
-    atomic_write(paths["markdown"], render_markdown(result))
-    plot_per_class_iou(result, paths["chart"])
-    return paths
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -274,9 +219,9 @@ def _run_evaluation(args: argparse.Namespace, accelerator: Any) -> int:
                   **({"root": str(args.root)} if args.root else {})},
     )
     if accelerator.is_main_process:
-        print(format_table(result))
+        print(result.format_table())
         out = Path(args.out) if args.out else Path("eval") / f"{_slug(args.dataset)}-{_slug(args.split)}"
-        paths = write_report(result, out)
+        paths = result.write_report(out)
         print("wrote " + ", ".join(str(path) for path in paths.values()))
     accelerator.wait_for_everyone()
     return 0

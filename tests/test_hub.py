@@ -546,7 +546,6 @@ def test_explain_hub_errors_leaves_other_errors_alone() -> None:
 # ---------------------------------------------------------------------------------------------------------
 def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> None:
     import torch
-    from des4_hf_scripts.evaluate import write_report
 
     from des4_hf.evaluation import EvaluationResult
     from des4_hf.hub import load_eval_results
@@ -554,7 +553,7 @@ def test_eval_json_written_by_evaluation_is_accepted_by_push(tmp_path: Path) -> 
     confusion = torch.tensor([[8, 2, 0], [1, 4, 0], [0, 0, 0]])  # class "c" absent: IoU undefined
     result = EvaluationResult.from_confusion(confusion, ["a", "b", "c"], num_images=3,
                                              settings={"dataset": "camvid", "split": "val"})
-    paths = write_report(result, tmp_path / "eval")  # what `scripts/evaluate.py --out` writes
+    paths = result.write_report(tmp_path / "eval")  # what `scripts/evaluate.py --out` writes
     (record,) = load_eval_results(paths["json"])
     assert (record.settings["dataset"], record.settings["split"], record.num_images) == ("camvid", "val", 3)
     assert record.mean_iou == pytest.approx((8 / 11 + 4 / 7) / 2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from des4_hf_scripts.evaluate import _protocol_settings, format_table, main, write_report
+from des4_hf_scripts.evaluate import _protocol_settings, main
 from des4_hf_scripts.evaluate import evaluate_parser as build_parser
 from PIL import Image
 
@@ -62,11 +62,11 @@ def test_report_shows_percent_and_marks_absent_classes(tmp_path):
     confusion = torch.tensor([[5, 0, 1], [0, 0, 0], [2, 0, 3]])
     result = EvaluationResult.from_confusion(confusion, ["road", "rare", "car"], 4,
                                              {"dataset": "camvid", "split": "val"})
-    paths = write_report(result, tmp_path / "out")
+    paths = result.write_report(tmp_path / "out")
     markdown = paths["markdown"].read_text()
     assert "| rare | n/a |" in markdown and "| **mean** | **56.25** |" in markdown
     assert "| road | 62.50 |" in markdown and "| split | val |" in markdown
-    table = format_table(result)
+    table = result.format_table()
     assert "56.25" in table and "n/a" in table and "(4 images, 3 classes)" in table
     with Image.open(paths["chart"]) as chart:
         assert chart.format == "PNG" and chart.size[0] >= 600
