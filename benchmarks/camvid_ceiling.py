@@ -264,6 +264,8 @@ class Study:
                 "sup_step_equiv": None if equivalents is None else round(equivalents, 1),
                 "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "shared_cpu": shared_cpu(folder),
                 "trained_steps": trained, "cpu": self.machine, "resolution": size,
+                # torch's intra-op threads (OMP_NUM_THREADS; None: torch's default, one per core): CPU seconds depend on it
+                "threads": int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
                 "crop": self.settings["crop_size"], "batch": f"{self.settings['batch_size']}+"
                 f"{self.settings.get('unlabeled_batch_size') or self.settings['batch_size']}",
                 "commit": git_commit(), "tail_classes": tail, "per_class_iou": per_class}
