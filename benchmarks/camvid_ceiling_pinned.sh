@@ -20,6 +20,10 @@ fi
 if [ ! -d "$TREE" ]; then
   git worktree add --detach "$TREE" "$CEILING_COMMIT"
 fi
+if [ "$(git -C "$TREE" rev-parse HEAD)" != "$(git rev-parse "$CEILING_COMMIT^{commit}")" ]; then  # a new pin: never mix
+  echo "$0: $TREE is not at the pinned commit $CEILING_COMMIT; once its runs are finished, git worktree remove $TREE" >&2
+  exit 2
+fi
 mkdir -p outputs
 [ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
 if [ -f reports/camvid/ceiling.json ]; then  # the finished runs, where the pinned code looks for them

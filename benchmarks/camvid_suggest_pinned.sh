@@ -24,6 +24,10 @@ esac
 MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"
 [ -f "$MODEL/config.json" ] || { echo "$0: $MODEL is not trained yet (the ceiling study makes it)" >&2; exit 2; }
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
+if [ "$(git -C "$TREE" rev-parse HEAD)" != "$(git rev-parse "$COMMIT^{commit}")" ]; then  # a new pin: never mix
+  echo "$0: $TREE is not at the pinned commit $COMMIT; once its runs are finished, git worktree remove $TREE" >&2
+  exit 2
+fi
 mkdir -p outputs
 [ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
 [ ! -f reports/camvid/suggest.json ] || cp reports/camvid/suggest.json "$TREE/reports/camvid/suggest.json"
