@@ -57,7 +57,7 @@ class _LogitsOnly(nn.Module):
 
 
 def _load_model(model_dir_or_model: Any) -> tuple[nn.Module, Path | None]:
-    from des4_hf.modeling_des4 import Des4ForSemanticSegmentation
+    from .modeling_des4 import Des4ForSemanticSegmentation
 
     if isinstance(model_dir_or_model, nn.Module):
         config = getattr(model_dir_or_model, "config", None)
@@ -71,7 +71,7 @@ def _load_model(model_dir_or_model: Any) -> tuple[nn.Module, Path | None]:
         raise TypeError(
             "model_dir_or_model must be a Des4ForSemanticSegmentation, a model directory or a Hub id"
         )
-    from des4_hf.hub_names import explain_hub_errors, resolve_pretrained_name
+    from .hub_names import explain_hub_errors, resolve_pretrained_name
 
     name = resolve_pretrained_name(model_dir_or_model)
     with explain_hub_errors(name):
