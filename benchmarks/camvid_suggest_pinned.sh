@@ -14,7 +14,8 @@ TREE="${SUGGEST_TREE:-../suggest}"
 STEPS="${SUGGEST_STEPS:-2000}"  # DeS4's 1/32 budget, chosen by the ceiling study's dev search
 if [ "${1:-}" = "collect" ]; then
   cp "$TREE"/reports/camvid/suggest.json "$TREE"/reports/camvid/suggest.md reports/camvid/
-  cp "$TREE"/reports/camvid/suggested-*.png reports/camvid/ 2>/dev/null || true
+  cp "$TREE"/reports/camvid/suggested-*.jpg reports/camvid/ 2>/dev/null || true
+  cp -r "$TREE"/reports/camvid/suggest reports/camvid/  # the arms' splits and rankings
   exit 0
 fi
 case "${1:-}" in
@@ -22,7 +23,9 @@ case "${1:-}" in
   *) echo "usage: $0 dev|val|collect" >&2; exit 2 ;;
 esac
 MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"
-[ -f "$MODEL/config.json" ] || { echo "$0: $MODEL is not trained yet (the ceiling study makes it)" >&2; exit 2; }
+RANKED=reports/camvid/suggest/splits/uncertainty/$SPLIT/labeled.txt  # both ranked arms' picks, once committed
+[ -f "$MODEL/config.json" ] || [ -f "$RANKED" ] || {
+  echo "$0: $MODEL is not trained yet (the ceiling study makes it)" >&2; exit 2; }
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
 if [ "$(git -C "$TREE" rev-parse HEAD)" != "$(git rev-parse "$COMMIT^{commit}")" ]; then  # a new pin: never mix
   echo "$0: $TREE is not at the pinned commit $COMMIT; once its runs are finished, git worktree remove $TREE" >&2
@@ -31,6 +34,7 @@ fi
 mkdir -p outputs
 [ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
 [ ! -f reports/camvid/suggest.json ] || cp reports/camvid/suggest.json "$TREE/reports/camvid/suggest.json"
+[ ! -d reports/camvid/suggest ] || cp -r reports/camvid/suggest "$TREE/reports/camvid/"  # committed splits
 PYTHON="$(pwd)/.venv/bin/python"
 cd "$(cd "$TREE" && pwd)"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONPATH="$(pwd)" nohup nice -n 10 "$PYTHON" benchmarks/camvid_suggest_study.py \

@@ -4,7 +4,8 @@ teacher trained on it, add 35 frames (reaching 46, the 1/8 count) three ways, th
 
 Arms: ``suggested`` (des4-suggest's default: class-balanced uncertainty spread over the embeddings),
 ``uncertainty`` (``--no-diversity``: the highest scores alone) and ``random-0/1/2`` (three seeded uniform draws).
-Each arm's split is written under ``<runs-dir>/splits/<arm>/<dev|val>/``; each run is the ceiling study's DeS4 run
+Each arm's split is written under ``reports/camvid/suggest/splits/<arm>/<dev|val>/`` (committed, with des4-suggest's
+``ranking.csv`` for the ranked arms), so that a fresh machine resumes with the same picks; each run is the ceiling study's DeS4 run
 (``configs/camvid_ceiling.yaml``, from the ImageNet encoder, ``--steps``, seeds 0–2), trained, resumed and accounted
 by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records carry the same fields.
 
@@ -17,7 +18,7 @@ by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records
 
 Writes ``reports/camvid/suggest.{json,md}`` (per split: one record per run, and per arm the mean and spread over seeds
 and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames
-(``reports/camvid/suggested-<split>.png``).
+(``reports/camvid/suggested-<split>.jpg``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from camvid_ceiling import REPO, Study, read_ids, write_split  # this file's folder is on sys.path
+from PIL import Image
 
 ADDED = 35  # 11 + 35 = 46 frames, the 1/8 count
 ARMS = ("suggested", "uncertainty", "random-0", "random-1", "random-2")
@@ -56,6 +58,9 @@ def arm_split(arm: str, labeled: list[str], pool: list[str], args: argparse.Name
         rng = np.random.default_rng(int(arm.split("-")[1]))
         picks = sorted(rng.choice(sorted(pool), size=ADDED, replace=False).tolist())
     else:
+        if not (args.model / "config.json").is_file():
+            raise SystemExit(f"--model {args.model}: not a trained model folder, and the {arm} split is not in "
+                             f"{folder} yet (the ceiling study trains the model)")
         out = args.runs_dir / "suggest" / args.eval_split / arm
         known = out.parent / "labeled.txt"
         known.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +73,11 @@ def arm_split(arm: str, labeled: list[str], pool: list[str], args: argparse.Name
         picks = read_ids(out / "labeled-next.txt")[len(labeled):]
     chosen = set(labeled) | set(picks)
     write_split(folder, f"camvid-suggest-{arm}", sorted(chosen), [i for i in pool if i not in chosen])
+    if not arm.startswith("random-"):
+        shutil.copy(out / "ranking.csv", folder / "ranking.csv")  # beside the split: what the picks came from
+    if arm == "suggested":  # the contact sheet, as a JPEG (the PNG of photographs is 5 MB)
+        with Image.open(out / "suggested.png") as sheet:
+            sheet.convert("RGB").save(args.report_dir / f"suggested-{args.eval_split}.jpg", quality=85)
 
 
 def summarise(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
@@ -106,8 +116,8 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
             tail = summary["suggested"]["tail_miou"] - summary["random"]["tail_miou"]
             lines += ["", f"Suggested − random: {gain:+.2f} mIoU (target ≥ +2.0), {tail:+.2f} tail mIoU "
                       "(target ≥ +4.0)."]
-        if (out / f"suggested-{name}.png").is_file():
-            lines += ["", f"![the suggested frames ({name})](suggested-{name}.png)"]
+        if (out / f"suggested-{name}.jpg").is_file():
+            lines += ["", f"![the suggested frames ({name})](suggested-{name}.jpg)"]
     (out / "suggest.md").write_text("\n".join(lines) + "\n")
 
 
@@ -124,33 +134,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "camvid_suggest")
     parser.add_argument("--report-dir", type=Path, default=REPO / "reports" / "camvid")
     args = parser.parse_args(argv)
-    for flag, path in (("--model", args.model / "config.json"), ("--data-root", args.data_root),
-                       ("--ceiling-runs", args.ceiling_runs / "dev_data")):
+    for flag, path in (("--data-root", args.data_root), ("--ceiling-runs", args.ceiling_runs / "dev_data")):
         if not path.exists():
             parser.exit(2, f"{parser.prog}: {flag}: {path} does not exist\n")
 
     ceiling_splits = REPO / "reports" / "camvid" / "ceiling" / "splits"
     study = Study(argparse.Namespace(recipe=args.recipe, data_root=args.data_root, runs_dir=args.runs_dir,
                                      report_dir=ceiling_splits.parent, min_gain=0.5, extra=[]))  # its step ratios
-    study.dev_root, study.splits_dir = args.ceiling_runs / "dev_data", args.runs_dir / "splits"
+    # The arms' splits are committed beside the report: the picks outlive the model and the machine that made them
+    study.dev_root, study.splits_dir = args.ceiling_runs / "dev_data", args.report_dir / "suggest" / "splits"
     study.splits_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ceiling_splits / "selection.json", study.splits_dir / "selection.json")  # the tail classes
     start = ceiling_splits / "1_32" / args.eval_split
     labeled, pool = read_ids(start / "labeled.txt"), read_ids(start / "unlabeled.txt")
-    args.report_dir.mkdir(parents=True, exist_ok=True)
+    report = args.report_dir / "suggest.json"
+    done = {(r["fraction"], r["seed"]): r for r in (json.loads(report.read_text()).get(args.eval_split, {}).get("runs", [])
+                                                    if report.is_file() else []) if r["steps"] == args.steps}
     records = []
     for arm in ARMS:
         arm_split(arm, labeled, pool, args, study.splits_dir / arm / args.eval_split)
         for seed in SEEDS:
             folder = study.folder(args.eval_split, arm, "des4", args.steps, seed)
+            if (arm, seed) in done and not (folder / "results.json").is_file():  # recorded on an earlier machine
+                records.append(done[arm, seed])
+                continue
             if not (folder / "results.json").is_file():
                 study._train(folder, args.eval_split, arm, "des4", args.steps, seed)
             records.append(study.record(folder, args.eval_split, arm, "des4", args.steps, seed))
             write_report(records, args.eval_split, args.report_dir, study.machine)
-    sheet = args.runs_dir / "suggest" / args.eval_split / "suggested" / "suggested.png"
-    if sheet.is_file():
-        shutil.copy(sheet, args.report_dir / f"suggested-{args.eval_split}.png")
-        write_report(records, args.eval_split, args.report_dir, study.machine)
     return 0
 
 

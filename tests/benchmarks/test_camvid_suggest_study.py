@@ -48,3 +48,15 @@ def test_the_report_keeps_dev_and_val_side_by_side(tmp_path):
     assert saved["val"]["runs"] == [record("suggested", 40.0, "val")]
     text = (tmp_path / "suggest.md").read_text()
     assert "## dev (machine: CPU A)" in text and "## val (machine: CPU A)" in text
+
+
+def test_a_ranked_arm_needs_the_model_only_until_its_split_is_committed(tmp_path):
+    labeled, pool = ["l0"], [f"p{i}" for i in range(40)]
+    args = argparse.Namespace(model=tmp_path / "no-model", runs_dir=tmp_path / "runs", eval_split="dev")
+    with pytest.raises(SystemExit, match="--model .*not a trained model folder"):
+        study.arm_split("suggested", labeled, pool, args, tmp_path / "splits" / "suggested" / "dev")
+    committed = tmp_path / "splits" / "uncertainty" / "dev"
+    committed.mkdir(parents=True)
+    (committed / "labeled.txt").write_text("l0\np3\n")
+    study.arm_split("uncertainty", labeled, pool, args, committed)  # a fresh machine: the committed picks stand
+    assert (committed / "labeled.txt").read_text() == "l0\np3\n"
