@@ -27,8 +27,11 @@ fi
 mkdir -p outputs
 [ -e "$TREE/outputs" ] || ln -s "$(pwd)/outputs" "$TREE/outputs"
 if [ -f reports/camvid/ceiling.json ]; then  # the finished runs, where the pinned code looks for them
-  cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling.json"
-  cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling/ceiling.json"
+  if git -C "$TREE" ls-files --error-unmatch reports/camvid/ceiling/ceiling.json > /dev/null 2>&1; then
+    cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling/ceiling.json"  # a pin before 2026-12-07
+  else
+    cp reports/camvid/ceiling.json "$TREE/reports/camvid/ceiling.json"
+  fi
 fi
 PYTHON="$(pwd)/.venv/bin/python"
 TREE_ABS="$(cd "$TREE" && pwd)"
