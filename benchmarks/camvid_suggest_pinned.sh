@@ -13,7 +13,11 @@ COMMIT="${SUGGEST_COMMIT:-$(cat benchmarks/camvid_suggest.commit)}"
 TREE="${SUGGEST_TREE:-../suggest}"
 STEPS="${SUGGEST_STEPS:-2000}"  # DeS4's 1/32 budget, chosen by the ceiling study's dev search
 if [ "${1:-}" = "collect" ]; then
-  cp "$TREE"/reports/camvid/suggest.json "$TREE"/reports/camvid/suggest.md reports/camvid/
+  if [ -f "$TREE"/reports/camvid/suggest.json ]; then
+    cp "$TREE"/reports/camvid/suggest.json "$TREE"/reports/camvid/suggest.md reports/camvid/
+  else
+    echo "no run of the measurement has finished yet: copying its splits only"
+  fi
   cp "$TREE"/reports/camvid/suggested-*.jpg reports/camvid/ 2>/dev/null || true
   cp -r "$TREE"/reports/camvid/suggest reports/camvid/  # the arms' splits and rankings
   exit 0
