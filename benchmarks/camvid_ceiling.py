@@ -251,8 +251,9 @@ class Study:
         trained, wall, cpu = run_log(folder)
         selection = json.loads((self.splits_dir / "selection.json").read_text())
         tail = [c for c, share in zip(selection["classes"], selection["train_class_share"]) if share < TAIL_SHARE]
-        per_class = {name: 100 * float(v) for name, v in final["teacher"]["per_class_iou"].items()}
-        miou, tail_miou = 100 * float(final["teacher"]["mean_iou"]), float(np.mean([per_class[c] for c in tail]))
+        exported = exported_network(folder, final)  # what best/ and last/ hold: the row's figure
+        per_class = {name: 100 * float(v) for name, v in final[exported]["per_class_iou"].items()}
+        miou, tail_miou = 100 * float(final[exported]["mean_iou"]), float(np.mean([per_class[c] for c in tail]))
         warmup = 0.0 if row == "supervised" else float(self.settings.get("supervised_warmup", 0.0))
         equivalents = sup_step_equivalents(row.partition("+")[0], steps, warmup, self.ratios)
         size = f"{round(480 * self.settings['frame_scale'])}×{round(360 * self.settings['frame_scale'])}"
@@ -307,6 +308,15 @@ class Study:
         from camvid_ceiling_report import write_report
 
         write_report(sorted(self.records.values(), key=self.key), self.report_dir.parent, self.ratios, self.min_gain)
+
+
+def exported_network(folder: Path, final: dict[str, Any]) -> str:
+    """"teacher" or "student": the network a run exported (``--export``, recorded in its train_config.yaml)."""
+    import yaml
+
+    path = folder / "train_config.yaml"
+    export = (yaml.safe_load(path.read_text()) or {}).get("export", "teacher") if path.is_file() else "teacher"
+    return export if export in final else "teacher"
 
 
 def helping_options(first: dict[str, float], min_gain: float) -> list[str]:

@@ -93,3 +93,11 @@ def test_options_that_help_on_seed_0_get_more_seeds_and_gains_are_paired_with_th
     assert "| des4 | two-views | 1 | 39.00 | -1.00 | -1.00 | – |" in text
     search = text.split("### Budget search")[1].split("### Options")[0]
     assert "| 1/8 | des4 | 1000 | 45.00 |" in search and "+fp" not in search  # options stay out of the search
+
+
+def test_a_run_that_exports_its_student_is_scored_by_its_student(tmp_path):
+    final = {"teacher": {"mean_iou": 0.40}, "student": {"mean_iou": 0.44}}
+    assert ceiling.exported_network(tmp_path, final) == "teacher"  # no train_config.yaml: the default export
+    (tmp_path / "train_config.yaml").write_text("method: des4\nexport: student\n")
+    assert ceiling.exported_network(tmp_path, final) == "student"  # what best/ and last/ hold
+    assert ceiling.exported_network(tmp_path, {"teacher": {"mean_iou": 0.40}}) == "teacher"  # a supervised run
