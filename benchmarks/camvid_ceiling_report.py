@@ -34,26 +34,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def val_groups(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def val_groups(records: Sequence[dict[str, Any]], split: str = "val") -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The ``split``'s records by (fraction, row)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        if r["eval_split"] == "val":
+        if r["eval_split"] == split:
             groups.setdefault((r["fraction"], r["row"]), []).append(r)
     return groups
 
 
 def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: str, left: str, right: str,
                field: str = "val_miou") -> tuple[float | None, int]:
-    """Mean over the seeds both rows ran of ``left − right`` (paired by seed), and how many seeds."""
-    a = {r["seed"]: r[field] for r in groups.get((fraction, left), [])}
-    b = {r["seed"]: r[field] for r in groups.get((fraction, right), [])}
+    """Mean over the seeds both rows ran (and recorded ``field``) of ``left − right``, paired by seed; how many seeds."""
+    a = {r["seed"]: r[field] for r in groups.get((fraction, left), []) if r.get(field) is not None}
+    b = {r["seed"]: r[field] for r in groups.get((fraction, right), []) if r.get(field) is not None}
     seeds = sorted(set(a) & set(b))
     return (float(np.mean([a[s] - b[s] for s in seeds])), len(seeds)) if seeds else (None, 0)
-
-
-def _paired_gain(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], field: str) -> str:
-    values = [a[field] - b[field] for a, b in pairs if a.get(field) is not None and b.get(field) is not None]
-    return f"{np.mean(values):+.2f}" if values else "–"
 
 
 def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -63,16 +59,16 @@ def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "### Options on the dev split at 1/8 (against the row's baseline at the same commit, paired by seed)",
              "", "| row | option | seeds | dev mIoU | gain | tail gain | student gain |", "|---|---|---|---|---|---|---|"]
-    by = {(r["row"], r["seed"]): r for r in records}
-    for row in sorted({r["row"] for r in records if not r["row"].endswith("+baseline")},
-                      key=lambda name: (ORDER.index(name.partition("+")[0]), name)):
+    groups = val_groups(records, "dev")
+    for fraction, row in sorted((key for key in groups if not key[1].endswith("+baseline")),
+                                key=lambda key: (ORDER.index(key[1].partition("+")[0]), key[1])):
         base = row.partition("+")[0] + "+baseline"
-        pairs = [(by[row, s], by[base, s]) for s in sorted(s for (name, s) in by if name == row) if (base, s) in by]
-        if not pairs:
+        gains = [paired_gap(groups, fraction, row, base, field) for field in ("dev_miou", "dev_tail_miou", "student_miou")]
+        if not gains[0][1]:
             continue
-        gains = [_paired_gain(pairs, field) for field in ("dev_miou", "dev_tail_miou", "student_miou")]
-        lines.append(f"| {row.partition('+')[0]} | {row.partition('+')[2]} | {len(pairs)} | "
-                     f"{np.mean([a['dev_miou'] for a, _ in pairs]):.2f} | {' | '.join(gains)} |")
+        lines.append(f"| {row.partition('+')[0]} | {row.partition('+')[2]} | {gains[0][1]} | "
+                     f"{np.mean([r['dev_miou'] for r in groups[fraction, row]]):.2f} | "
+                     + " | ".join("–" if gain is None else f"{gain:+.2f}" for gain, _ in gains) + " |")
     return lines
 
 
