@@ -282,17 +282,19 @@ class Study:
         return MAX_BUDGET
 
     def run(self, phases: Sequence[str]) -> None:
-        chosen = {}
-        if "search" in phases:
-            for fraction in FRACTIONS:
-                for row in rows_for(fraction):
-                    chosen[fraction, row] = self.search(fraction, row)
-        if "options" in phases and ("1/8", "des4") in chosen:
-            self.options(chosen["1/8", "des4"])
-        if "val" in phases:
-            for seed in SEEDS:
-                for (fraction, row), budget in chosen.items():
-                    self.train("val", fraction, row, budget, seed)
+        """The study's question first: search, options and val at 1/32 and 1/8, then the full-label ceiling."""
+        for group in ([f for f, count in FRACTIONS.items() if count is not None], ["full"]):
+            chosen = {}
+            if "search" in phases:
+                for fraction in group:
+                    for row in rows_for(fraction):
+                        chosen[fraction, row] = self.search(fraction, row)
+            if "options" in phases and ("1/8", "des4") in chosen:
+                self.options(chosen["1/8", "des4"])
+            if "val" in phases:
+                for seed in SEEDS:
+                    for (fraction, row), budget in chosen.items():
+                        self.train("val", fraction, row, budget, seed)
 
     def options(self, budget: int) -> None:
         """Each option on dev at 1/8, seed 0; seeds 1 and 2 (and the baseline's) where seed 0 gained ``min_gain``."""

@@ -101,3 +101,21 @@ def test_a_run_that_exports_its_student_is_scored_by_its_student(tmp_path):
     (tmp_path / "train_config.yaml").write_text("method: des4\nexport: student\n")
     assert ceiling.exported_network(tmp_path, final) == "student"  # what best/ and last/ hold
     assert ceiling.exported_network(tmp_path, {"teacher": {"mean_iou": 0.40}}) == "teacher"  # a supervised run
+
+
+def test_the_label_fractions_val_runs_come_before_the_full_label_search(tmp_path, monkeypatch):
+    calls = []
+
+    def train(self, split, fraction, row, steps, seed):
+        calls.append((split, fraction, row, steps, seed))
+        return {"dev_miou": 40.0 + min(steps, 1000) / 100}  # doubling past 1000 gains nothing
+
+    monkeypatch.setattr(ceiling.Study, "train", train)
+    study = object.__new__(ceiling.Study)
+    study.min_gain = 0.5
+    study.run(["search", "val"])
+    first_full = next(i for i, call in enumerate(calls) if call[1] == "full")
+    assert {call[1] for call in calls[:first_full]} == {"1/32", "1/8"}
+    assert sum(call[0] == "val" for call in calls[:first_full]) == 2 * 3 * 3  # 2 fractions × 3 rows × 3 seeds
+    assert ("val", "1/8", "des4", 1000, 2) in calls[:first_full] and ("val", "full", "supervised", 1000, 0) in calls
+    assert calls[-1] == ("val", "full", "supervised", 1000, 2)
