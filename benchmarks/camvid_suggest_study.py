@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for arm in ARMS:
         arm_split(arm, labeled, pool, args, study.splits_dir / arm / args.eval_split)
-        for seed in SEEDS:
+    for seed in SEEDS:  # seed-major: every arm's seed 0 first, so a stopped measurement still compares the arms
+        for arm in ARMS:
             folder = study.folder(args.eval_split, arm, "des4", args.steps, seed)
             if (arm, seed) in done and not (folder / "results.json").is_file():  # recorded on an earlier machine
                 records.append(done[arm, seed])

@@ -60,3 +60,31 @@ def test_a_ranked_arm_needs_the_model_only_until_its_split_is_committed(tmp_path
     (committed / "labeled.txt").write_text("l0\np3\n")
     study.arm_split("uncertainty", labeled, pool, args, committed)  # a fresh machine: the committed picks stand
     assert (committed / "labeled.txt").read_text() == "l0\np3\n"
+
+
+def test_every_arms_seed_0_is_trained_before_any_seed_1(tmp_path, monkeypatch):
+    reports = tmp_path / "reports"
+    for arm in ("suggested", "uncertainty"):  # the committed picks: no model needed
+        committed = study.REPO / "reports" / "camvid" / "suggest" / "splits" / arm / "dev"
+        if not committed.is_dir():
+            pytest.skip(f"{committed} is not in this checkout")
+        target = reports / "suggest" / "splits" / arm / "dev"
+        target.mkdir(parents=True)
+        for path in committed.iterdir():
+            (target / path.name).write_bytes(path.read_bytes())
+    trained = []
+
+    def train(self, folder, split, arm, row, steps, seed):
+        trained.append((arm, seed))
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text("{}")
+
+    monkeypatch.setattr(study.Study, "_train", train)
+    monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {"arm": arm})
+    monkeypatch.setattr(study, "write_report", lambda *args: None)
+    (tmp_path / "ceiling" / "dev_data").mkdir(parents=True)
+    assert study.main(["--model", str(tmp_path / "no-model"), "--steps", "10", "--eval-split", "dev", "--data-root",
+                       str(tmp_path), "--ceiling-runs", str(tmp_path / "ceiling"), "--runs-dir",
+                       str(tmp_path / "runs"), "--report-dir", str(reports)]) == 0
+    assert trained[:len(study.ARMS)] == [(arm, 0) for arm in study.ARMS]
+    assert sorted(trained) == sorted((arm, seed) for arm in study.ARMS for seed in study.SEEDS)
