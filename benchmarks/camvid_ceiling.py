@@ -60,7 +60,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "threshold-0.95": ("--pseudo-label-threshold", "0.95"),
     "two-views": ("--strong-views", "2"),
     "warmup-0.1": ("--supervised-warmup", "0.1"),
-    "export-student": ("--export", "student"),
+    "export-student": ("--export", "student"),  # not trained again: the same run as the baseline, scored by its student
     "labeled-class-weights": ("--no-unlabeled-class-weights",),  # the MT collapse's likely driver, off
 }
 SHARED_CPU_SHARE = 0.10  # of one core, used by other processes during a segment → the run shared its CPU
@@ -215,6 +215,13 @@ class Study:
         key = (split, fraction, row, steps, seed)
         if key in self.records:
             return self.records[key]
+        base, _, option = row.partition("+")
+        if option == "export-student":  # --export changes what is saved, not what is trained: the baseline's student
+            self.train(split, fraction, f"{base}+baseline", steps, seed)
+            folder = self.folder(split, fraction, f"{base}+baseline", steps, seed)
+            self.records[key] = {**self.record(folder, *key, network="student"), "same_run_as": f"{base}+baseline"}
+            self.write_report()
+            return self.records[key]
         folder = self.folder(*key)
         if finished_record(folder) is None:
             self._train(folder, split, fraction, row, steps, seed)
@@ -246,12 +253,14 @@ class Study:
         if done.returncode != 0:
             raise SystemExit(f"[ceiling] {folder} failed (exit {done.returncode}); see {folder}.log. Rerun to resume.")
 
-    def record(self, folder: Path, split: str, fraction: str, row: str, steps: int, seed: int) -> dict[str, Any]:
+    def record(self, folder: Path, split: str, fraction: str, row: str, steps: int, seed: int,
+               network: str | None = None) -> dict[str, Any]:
+        """The run's figures, of ``network`` ("teacher" / "student"; default: the one it exported)."""
         final = finished_record(folder)
         trained, wall, cpu = run_log(folder)
         selection = json.loads((self.splits_dir / "selection.json").read_text())
         tail = [c for c, share in zip(selection["classes"], selection["train_class_share"]) if share < TAIL_SHARE]
-        exported = exported_network(folder, final)  # what best/ and last/ hold: the row's figure
+        exported = network or exported_network(folder, final)  # what best/ and last/ hold: the row's figure
         per_class = {name: 100 * float(v) for name, v in final[exported]["per_class_iou"].items()}
         miou, tail_miou = 100 * float(final[exported]["mean_iou"]), float(np.mean([per_class[c] for c in tail]))
         warmup = 0.0 if row == "supervised" else float(self.settings.get("supervised_warmup", 0.0))

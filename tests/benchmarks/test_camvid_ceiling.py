@@ -119,3 +119,29 @@ def test_the_label_fractions_val_runs_come_before_the_full_label_search(tmp_path
     assert sum(call[0] == "val" for call in calls[:first_full]) == 2 * 3 * 3  # 2 fractions × 3 rows × 3 seeds
     assert ("val", "1/8", "des4", 1000, 2) in calls[:first_full] and ("val", "full", "supervised", 1000, 0) in calls
     assert calls[-1] == ("val", "full", "supervised", 1000, 2)
+
+
+def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path, monkeypatch):
+    import argparse
+
+    recipe = ceiling.REPO / "configs" / "camvid_ceiling.yaml"
+    report_dir = tmp_path / "reports" / "ceiling"
+    (report_dir / "splits").mkdir(parents=True)
+    (report_dir / "splits" / "selection.json").write_text(json.dumps({"classes": ["road", "sign"],
+                                                                       "train_class_share": [0.9, 0.01]}))
+    study = ceiling.Study(argparse.Namespace(recipe=recipe, data_root=tmp_path, runs_dir=tmp_path / "runs",
+                                             report_dir=report_dir, min_gain=0.5, extra=[]))
+    baseline = study.folder("dev", "1/8", "des4+baseline", 1000, 0)
+    baseline.mkdir(parents=True)
+    scores = {"teacher": (0.40, {"road": 0.70, "sign": 0.10}), "student": (0.44, {"road": 0.72, "sign": 0.16})}
+    final = {name: {"mean_iou": miou, "per_class_iou": per_class} for name, (miou, per_class) in scores.items()}
+    (baseline / "results.json").write_text(json.dumps({"final": final}))
+    trained = []
+    monkeypatch.setattr(ceiling.Study, "_train", lambda self, folder, *key: trained.append(folder))
+    monkeypatch.setattr(ceiling.Study, "write_report", lambda self: None)
+
+    record = study.train("dev", "1/8", "des4+export-student", 1000, 0)
+    assert trained == []  # --export changes what is saved, not what is trained: no second run
+    assert record["row"] == "des4+export-student" and record["same_run_as"] == "des4+baseline"
+    assert record["dev_miou"] == pytest.approx(44.0) and record["dev_tail_miou"] == pytest.approx(16.0)
+    assert study.train("dev", "1/8", "des4+baseline", 1000, 0)["dev_miou"] == pytest.approx(40.0)  # its teacher
