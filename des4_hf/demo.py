@@ -1,14 +1,13 @@
 """The web page for a DeS4 model (``des4-demo`` and the Hub Space serve it): drop or paste a photo, see its classes.
 Needs the ``demo`` extra (Gradio), imported when a page is built.
 
-Gradio around des4-predict's own parts: the model loader, ``segment_images`` (whole image, or
-the sliding window for large images), the overlay and the palette PNG. The page shows the model card's facts
-(classes, training data, mIoU), a colour overlay with an opacity slider, a legend of the classes present with their
-share of the image, the mask as a downloadable palette PNG, and the inference time. Errors (a file that is not an
-image, a model that cannot be loaded or has no trained prototypes) appear in the page as one line.
-The same function is served as the API endpoint ``/segment`` (``gradio_client``).
+Gradio around des4-predict's and des4-suggest's own parts. The page shows the model card's facts (classes, training
+data, mIoU); its tabs: a colour overlay (whole image, or the sliding window for large ones) with an opacity slider, a
+legend of the classes present with their share, the mask as a palette PNG and the time (``/segment``); where the
+model is unsure (``/uncertainty``); up to 50 uploads ranked as des4-suggest ranks a folder (``/rank``). Each tab is
+an API endpoint (``gradio_client``). Errors (not an image, a model that cannot be loaded) are one line in the page.
 
-Safe by default, for a page anyone may use: ``/segment`` reads only files in Gradio's upload folder (Gradio refuses
+Safe by default, for a page anyone may use: every endpoint reads only files in Gradio's upload folder (Gradio refuses
 any other path a client names), and ``des4-demo`` gives each page a private upload folder (``GRADIO_TEMP_DIR``,
 unless set), so that holds only this page's uploads, its copies of the examples and its results; no folder is served
 (examples are copied into that cache, ``allowed_paths`` stays empty); uploads are capped in bytes and pixels; the
@@ -28,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from .inference import (
     resolve_precision,
     segment_images,
 )
+from .label_next import rank_images, suggestion_tile
 from .loading import (
     UsageError,
     display_rgb,
@@ -68,6 +68,7 @@ NUM_EXAMPLES = 3
 KEEP_FILES_S = 3600  # uploads, results and masks are deleted after an hour
 MAX_UPLOAD_MB = 20  # an upload larger than this is refused by Gradio (HTTP 413)
 MAX_PIXELS = 25_000_000  # an image of more pixels is refused before it is decoded (a 24 MP camera photo passes)
+MAX_RANK_IMAGES = 50  # images one ranking request takes; each is ranked at most SLIDING_WINDOW_ABOVE px a side
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 UPLOAD_NOTICE = ("Your image is sent to this server, segmented, and kept with its results for at most an hour so "
                  "that this page can show them; nothing else is done with it.")
@@ -146,6 +147,13 @@ def read_upload(path: str | os.PathLike[str], name: str | None = None, max_pixel
                          "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
 
 
+def uploaded_file(record: Any) -> tuple[str, str]:
+    """(Gradio's copy of an upload, the file's name as the user knows it) from the page's record of it."""
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str) or not record["path"]:
+        raise UsageError("no image: upload, paste or pick an example image first")
+    return record["path"], record.get("orig_name") or Path(record["path"]).name
+
+
 def _window(image: Image.Image, sliding_window_above: int) -> tuple[int, int] | None:
     return (SLIDING_WINDOW_CROP, default_stride(SLIDING_WINDOW_CROP)) if max(image.size) > sliding_window_above else None
 
@@ -181,6 +189,32 @@ def uncertainty_of_file(loaded: LoadedModel, path: str | os.PathLike[str], slidi
     return (overlay(shown, label_map, alpha=0.5, palette=loaded.palette),
             uncertainty_image(pixel_entropy, classes).resize(shown.size),
             float(pixel_entropy.mean() / max(np.log(classes), 1e-6)))
+
+
+def rank_uploads(loaded: LoadedModel, uploads: Sequence[tuple[str, str]], budget: Any, max_pixels: int = MAX_PIXELS,
+                 ) -> tuple[list[list[Any]], list[tuple[Image.Image, str]]]:
+    """des4-suggest's ranking of a page's uploads ((path, name) pairs): the table (rank, image, score, unsure
+    classes, suggested) and each suggestion's tile beside its uncertainty map, with its caption."""
+    if not uploads:
+        raise UsageError("no images: upload the images to rank first")
+    if len(uploads) > MAX_RANK_IMAGES:
+        raise UsageError(f"{len(uploads)} images: this page ranks at most {MAX_RANK_IMAGES} at a time "
+                         "(des4-suggest ranks a folder of any size)")
+    if not isinstance(budget, (int, float)) or not 1 <= budget <= len(uploads) or budget != int(budget):
+        raise UsageError(f"how many to suggest: {budget!r}, a whole number from 1 to the {len(uploads)} images")
+    images = []
+    for path, name in uploads:  # decoded one at a time, ranked at SLIDING_WINDOW_ABOVE px a side at most
+        image = read_upload(path, name, max_pixels)
+        image.thumbnail((SLIDING_WINDOW_ABOVE, SLIDING_WINDOW_ABOVE))
+        images.append(image)
+    model, processor, dtype = loaded.model, loaded.processor, loaded.choice.autocast_dtype
+    ranking = rank_images(model, processor, images, int(budget), loaded.device, dtype)
+    names = [name for _, name in uploads]
+    table = [[rank, names[i], round(float(ranking.scores[i]), 4), ", ".join(ranking.unsure[i]),
+              "yes" if i in ranking.picks else ""] for rank, i in enumerate(ranking.order, start=1)]
+    tiles = [(suggestion_tile(model, processor, images[i], f"{rank}. {names[i]}", loaded.device, dtype),
+              f"{rank}. {names[i]}") for rank, i in enumerate(ranking.picks, start=1)]
+    return table, tiles
 
 
 def class_shares(label_map: np.ndarray, num_classes: int) -> list[tuple[int, float]]:
@@ -273,30 +307,30 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
     def chosen(model_name: str | None) -> LoadedModel:
         return store.get(page_model_name(model_name or "", models_dir)) if allow_model_choice else first
 
-    def load(model_name: str) -> str:
+    @contextlib.contextmanager
+    def one_line() -> Iterator[None]:
+        """Bad input, or a failed prediction (e.g. out of memory on a huge image), shown in the page as one line."""
         try:
-            return facts_markdown(chosen(model_name))
+            yield
         except UsageError as error:
             raise gr.Error(str(error), duration=None) from None
+        except (RuntimeError, ValueError) as error:
+            raise gr.Error(f"prediction failed ({type(error).__name__}: {error})", duration=None) from None
+
+    def load(model_name: str) -> str:
+        with one_line():
+            return facts_markdown(chosen(model_name))
 
     def segment(image: dict[str, Any] | None, opacity: float, model_name: str | None = None) -> tuple[Any, ...]:
         # Gradio's own preprocessing is off for this event (it would fail on a non-image with a developer's
         # message). Its file gate still runs: a record whose path is not in its upload folder (this page's own
         # under des4-demo) is refused before this function, and the path here is Gradio's copy of the file.
-        upload = image if isinstance(image, dict) else {}
-        image_path = upload.get("path")
-        if not image_path or not isinstance(image_path, str):
-            raise gr.Error("no image: upload, paste or pick an example image first", duration=None)
-        try:
+        with one_line():
+            image_path, name = uploaded_file(image)
             loaded = chosen(model_name)
-            result = segment_file(loaded, image_path, sliding_window_above, name=upload.get("orig_name"),
-                                  max_pixels=max_pixels)
-        except UsageError as error:
-            raise gr.Error(str(error), duration=None) from None
-        except (RuntimeError, ValueError) as error:  # e.g. out of memory on a huge image
-            raise gr.Error(f"prediction failed ({type(error).__name__}: {error})", duration=None) from None
+            result = segment_file(loaded, image_path, sliding_window_above, name=name, max_pixels=max_pixels)
         request_dir = Path(tempfile.mkdtemp(dir=mask_dir))  # one folder per request: users' file names may clash
-        mask_path = request_dir / f"{Path(upload.get('orig_name') or image_path).stem}_mask.png"
+        mask_path = request_dir / f"{Path(name).stem}_mask.png"
         label_map_to_image(result.label_map, loaded.palette).save(mask_path, format="PNG")
         _remove_older_than(mask_dir, KEEP_FILES_S)
         height, width = result.label_map.shape
@@ -309,16 +343,15 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
                 legend_html(result.label_map, loaded.facts.classes, loaded.palette), str(mask_path), info, state)
 
     def unsure(image: dict[str, Any] | None, model_name: str | None = None) -> tuple[Any, ...]:
-        upload = image if isinstance(image, dict) else {}
-        if not isinstance(upload.get("path"), str):
-            raise gr.Error("no image: upload or paste an image first", duration=None)
-        try:
-            segmentation, uncertainty, mean = uncertainty_of_file(chosen(model_name), upload["path"],
-                                                                  sliding_window_above, upload.get("orig_name"),
-                                                                  max_pixels)
-        except UsageError as error:
-            raise gr.Error(str(error), duration=None) from None
+        with one_line():
+            path, name = uploaded_file(image)
+            segmentation, uncertainty, mean = uncertainty_of_file(chosen(model_name), path, sliding_window_above,
+                                                                  name, max_pixels)
         return segmentation, uncertainty, f"mean uncertainty {100 * mean:.1f} % of the most a pixel can have"
+
+    def rank(files: list[dict[str, Any]] | None, budget: Any, model_name: str | None = None) -> tuple[Any, ...]:
+        with one_line():  # the same file gate as segment's, for each record of the list
+            return rank_uploads(chosen(model_name), [uploaded_file(item) for item in files or []], budget, max_pixels)
 
     def reblend(state: Any, opacity: float) -> Any:
         if state is None:
@@ -367,6 +400,23 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
                     unsure_map = gr.Image(type="pil", label="Uncertainty", format="png", interactive=False,
                                           elem_id="des4-unsure-map")
                     unsure_info = gr.Markdown(elem_id="des4-unsure-info")
+        with gr.Tab("Which images to label next", elem_id="des4-tab-rank"):
+            gr.Markdown(f"Up to {MAX_RANK_IMAGES} unlabeled images, ranked as `des4-suggest` ranks a folder: "
+                        "uncertainty weighted toward the rare classes, the picks spread out so that near-duplicate "
+                        f"frames are not all chosen. Images over {SLIDING_WINDOW_ABOVE} px a side are ranked at that "
+                        "size.")
+            with gr.Row():
+                with gr.Column():
+                    rank_files = gr.File(file_count="multiple", file_types=["image"], label="Images",
+                                         elem_id="des4-rank-files")
+                    rank_budget = gr.Slider(1, MAX_RANK_IMAGES, value=5, step=1, label="How many to suggest",
+                                            elem_id="des4-rank-budget")
+                    rank_button = gr.Button("Rank", variant="primary", elem_id="des4-rank")
+                with gr.Column():
+                    rank_gallery = gr.Gallery(label="Suggested, each beside where the model is unsure", columns=1,
+                                              format="png", elem_id="des4-rank-gallery")
+                    rank_table = gr.Dataframe(headers=["rank", "image", "score", "unsure about", "suggested"],
+                                              label="Ranking", interactive=False, elem_id="des4-rank-table")
         state = gr.State()
         if model_box is not None:
             load_button.click(load, model_box, facts, api_name="load_model")
@@ -375,6 +425,8 @@ def build_demo(model: str, *, precision: str = "auto", device: str | torch.devic
         opacity.release(reblend, [state, opacity], result, api_name=False)
         unsure_button.click(unsure, [unsure_input, *([model_box] if model_box is not None else [])],
                             [unsure_overlay, unsure_map, unsure_info], api_name="uncertainty", preprocess=False)
+        rank_button.click(rank, [rank_files, rank_budget, *([model_box] if model_box is not None else [])],
+                          [rank_table, rank_gallery], api_name="rank", preprocess=False)
 
     def cleanup() -> None:
         """Remove this page's files: the mask folder and Gradio's copies of uploads, examples and results."""

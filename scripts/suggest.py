@@ -15,39 +15,27 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from des4_hf.data import SemiSupervisedSplit
 from des4_hf.data.datasets import read_id_list
 from des4_hf.hub_names import set_hub_timeout
 from des4_hf.image_io import read_image
-from des4_hf.inference import PRECISIONS, autocast
+from des4_hf.inference import PRECISIONS
+from des4_hf.label_next import rank_images, suggestion_tile
 from des4_hf.loading import (
     IMAGE_EXTENSIONS,
     UsageError,
     add_hub_and_debug_arguments,
-    display_rgb,
     load_model_and_processor,
     prepare_for_inference,
-    uncertainty_image,
 )
-from des4_hf.method.acquisition import (
-    ImageStatistics,
-    class_weights,
-    image_statistics,
-    select,
-    uncertainty_scores,
-    unsure_classes,
-)
-from des4_hf.method.losses import entropy
 from des4_hf.utils import atomic_path, atomic_write
-
-THUMB = 240  # width of a contact-sheet tile
 
 
 def suggest_parser() -> argparse.ArgumentParser:
@@ -79,30 +67,12 @@ def pool_images(folder: Path, labeled: set[str]) -> dict[str, Path]:
     return {id_: path for id_, path in pool.items() if id_ not in labeled}
 
 
-def forward(model: torch.nn.Module, processor: object, image: Image.Image, device: torch.device,
-            dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's logits (1, C, H, W) and pixel embeddings (1, d, h, w) of one image."""
-    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(device)
-    with torch.no_grad(), autocast(device, dtype):
-        output = model(pixel_values, output_hidden_states=True)
-    return output.logits.float(), output.hidden_states[0].float()
-
-
-def contact_sheet(tiles: list[tuple[str, float, Image.Image, Image.Image]], path: Path) -> None:
-    """Each suggestion beside its uncertainty map (brighter = less sure), two pairs a row, captioned."""
-    pairs = []
-    for rank, (id_, score, image, heat) in enumerate(tiles, start=1):
-        height = round(image.height * THUMB / image.width)
-        photo, heat = display_rgb(image).resize((THUMB, height)), heat.resize((THUMB, height))
-        pair = Image.new("RGB", (2 * THUMB, height + 16), "white")
-        pair.paste(photo, (0, 16))
-        pair.paste(heat, (THUMB, 16))
-        ImageDraw.Draw(pair).text((4, 2), f"{rank}. {id_}  score {score:.3f}", fill="black")
-        pairs.append(pair)
-    width, height = 2 * pairs[0].width, max(p.height for p in pairs)
-    sheet = Image.new("RGB", (width, height * ((len(pairs) + 1) // 2)), "white")
-    for index, pair in enumerate(pairs):
-        sheet.paste(pair, ((index % 2) * pairs[0].width, (index // 2) * height))
+def contact_sheet(tiles: list[Image.Image], path: Path) -> None:
+    """The suggestions' tiles (each beside its uncertainty map), two a row."""
+    width, height = 2 * tiles[0].width, max(tile.height for tile in tiles)
+    sheet = Image.new("RGB", (width, height * ((len(tiles) + 1) // 2)), "white")
+    for index, tile in enumerate(tiles):
+        sheet.paste(tile, ((index % 2) * tiles[0].width, (index // 2) * height))
     with atomic_path(path) as temporary:
         sheet.save(temporary, format="PNG")
 
@@ -118,38 +88,32 @@ def run(args: argparse.Namespace) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load_model_and_processor(args.model, device)  # refuses untrained prototypes in one line
     model, choice = prepare_for_inference(model, args.precision, device, None)
-    ids, parts = list(pool), []
-    for id_ in tqdm(ids, desc="des4-suggest", unit="img", disable=args.no_progress, file=sys.stderr):
-        try:
-            image = read_image(pool[id_])
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise UsageError(f"{pool[id_]}: not a readable image ({type(error).__name__}); remove it from --images") \
-                from error
-        parts.append(image_statistics(*forward(model, processor, image, device, choice.autocast_dtype)))
-    statistics = ImageStatistics(*(torch.cat([getattr(p, name) for p in parts]) for name in
-                                   ("entropy_by_class", "pixels_by_class", "embedding")))
-    weights = class_weights(statistics.pixels_by_class, args.balanced)
-    scores = uncertainty_scores(statistics, weights)
-    picks = select(scores, statistics.embedding if args.diversity else None, args.budget)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    unsure, order = unsure_classes(statistics, weights), scores.argsort(descending=True).tolist()
+    ids = list(pool)
+
+    def images() -> Iterator[Image.Image]:
+        for id_ in tqdm(ids, desc="des4-suggest", unit="img", disable=args.no_progress, file=sys.stderr):
+            try:
+                yield read_image(pool[id_])
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise UsageError(f"{pool[id_]}: not a readable image ({type(error).__name__}); remove it from "
+                                 "--images") from error
+
+    ranking = rank_images(model, processor, images(), args.budget, device, choice.autocast_dtype,
+                          balanced=args.balanced, diversity=args.diversity)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "ranking.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "image", "score", "unsure_classes", "suggested"])
-        for rank, index in enumerate(order, start=1):
-            writer.writerow([rank, ids[index], f"{float(scores[index]):.6f}", ";".join(names[c] for c in unsure[index]),
-                             "yes" if index in picks else "no"])
-    chosen = [ids[index] for index in picks]
+        for rank, index in enumerate(ranking.order, start=1):
+            writer.writerow([rank, ids[index], f"{float(ranking.scores[index]):.6f}", ";".join(ranking.unsure[index]),
+                             "yes" if index in ranking.picks else "no"])
+    chosen = [ids[index] for index in ranking.picks]
     atomic_write(args.out / "labeled-next.txt", "".join(f"{id_}\n" for id_ in [*labeled, *chosen]))
     SemiSupervisedSplit([*labeled, *chosen], [i for i in ids if i not in set(chosen)],
                         name=f"suggested-{len(labeled) + len(chosen)}").save(args.out / "split")
-    tiles = []
-    for index in picks:  # a second pass for the picks alone: their uncertainty maps
-        image = read_image(pool[ids[index]])
-        logits, _ = forward(model, processor, image, device, choice.autocast_dtype)
-        tiles.append((ids[index], float(scores[index]), image,
-                      uncertainty_image(entropy(logits.softmax(1))[0].cpu().numpy(), logits.shape[1])))
+    tiles = [suggestion_tile(model, processor, read_image(pool[ids[index]]),  # a second pass for the picks alone
+                             f"{rank}. {ids[index]}  score {float(ranking.scores[index]):.3f}", device,
+                             choice.autocast_dtype) for rank, index in enumerate(ranking.picks, start=1)]
     contact_sheet(tiles, args.out / "suggested.png")
     return args.out
 

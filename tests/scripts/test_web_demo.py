@@ -328,6 +328,42 @@ def test_images_over_the_pixel_cap_are_refused_before_decoding(model_dir, tmp_pa
     assert demo.segment_file(loaded, photo, max_pixels=60_000).label_map.shape == (200, 300)
 
 
+def test_the_ranking_tab_ranks_uploads_as_des4_suggest_does_and_refuses_bad_input_in_one_line(model_dir, tmp_path):
+    from des4_hf.label_next import rank_images
+
+    rng = np.random.default_rng(0)
+    uploads = []
+    for index in range(4):
+        path = tmp_path / f"upload{index}" / "frame.png"  # Gradio keeps each upload in its own folder
+        path.parent.mkdir()
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+        uploads.append((str(path), f"f{index}.png"))
+    twin = tmp_path / "twin.png"
+    shutil.copy(uploads[0][0], twin)
+    uploads.append((str(twin), "f0-copy.png"))  # a near-duplicate video frame
+    loaded = demo.ModelStore(torch.device("cpu"), "fp32").get(str(model_dir))
+    table, tiles = demo.rank_uploads(loaded, uploads, 2)
+    assert [row[0] for row in table] == [1, 2, 3, 4, 5] and sorted(row[1] for row in table) == sorted(
+        name for _, name in uploads)
+    scores = [row[2] for row in table]
+    suggested = [row[1] for row in table if row[4] == "yes"]
+    assert scores == sorted(scores, reverse=True) and len(suggested) == 2
+    assert not {"f0.png", "f0-copy.png"} <= set(suggested)  # never both twins
+    images = [Image.open(path) for path, _ in uploads]
+    ranking = rank_images(loaded.model, loaded.processor, images, 2, torch.device("cpu"))  # des4-suggest's ranking
+    assert [caption for _, caption in tiles] == [f"{rank}. {uploads[i][1]}" for rank, i in enumerate(ranking.picks, 1)]
+    assert all(tile.width == 2 * 240 for tile, _ in tiles)  # each photo beside its uncertainty map
+    (tmp_path / "notes.png").write_text("not an image")
+    for bad, budget, message in (([], 2, "no images: upload the images to rank first"),
+                                 (uploads * 11, 2, "55 images: this page ranks at most 50 at a time"),
+                                 (uploads, 6, "a whole number from 1 to the 5 images"),
+                                 (uploads, "2; rm -rf /", "a whole number from 1 to the 5 images"),
+                                 (uploads, 1.5, "a whole number"),
+                                 ([(str(tmp_path / "notes.png"), "notes.png")], 1, "notes.png is not an image")):
+        with pytest.raises(UsageError, match=message):
+            demo.rank_uploads(loaded, bad, budget)
+
+
 def test_the_model_box_loads_hub_ids_or_folders_under_the_models_dir_only(tmp_path, monkeypatch):
     models = tmp_path / "models"
     (models / "camvid").mkdir(parents=True)
@@ -405,6 +441,24 @@ def test_the_uncertainty_tab_shows_the_entropy_map_beside_the_segmentation(app_u
     loaded = demo.ModelStore(torch.device("cpu"), "fp32").get(served_model)
     segmentation, uncertainty, fraction = demo.uncertainty_of_file(loaded, image)
     assert uncertainty.size == size and abs(100 * fraction - mean) < 0.5  # the page's figure is the library's
+
+
+@pytest.mark.slow
+def test_the_ranking_endpoint_ranks_uploads_and_reads_no_server_file(app_url, examples_dir, camvid_image_paths):
+    """Issue 33: a page user's uploads ranked as des4-suggest ranks them; a record naming a server file is refused."""
+    from gradio_client import Client, handle_file
+
+    table, gallery = Client(app_url, verbose=False).predict([handle_file(str(p)) for p in camvid_image_paths], 2,
+                                                           api_name="/rank")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert len(rows) == 3 and sum(row[4] == "yes" for row in rows) == 2 and len(gallery) == 2
+    assert {row[1] for row in rows} == {p.name for p in camvid_image_paths}
+    answers = set()
+    for path in (examples_dir / "private.jpg", examples_dir / "missing.jpg"):  # a server file, nothing
+        event, data = _raw_call(app_url, "rank", [[_forged(path)], 1])
+        assert event == "error", (path, data)  # no ranking, no tile: the file's pixels never come back
+        answers.add(data.replace(str(path), "<path>"))
+    assert len(answers) == 1  # one message whatever the path: no hint of which paths exist
 
 
 @pytest.mark.slow
