@@ -150,19 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report_dir / "suggest.json"
     done = {(r["fraction"], r["seed"]): r for r in (json.loads(report.read_text()).get(args.eval_split, {}).get("runs", [])
                                                     if report.is_file() else []) if r["steps"] == args.steps}
-    records = []
+    records = dict(done)  # (arm, seed) → record: every run recorded before stays in the report while others train
     for arm in ARMS:
         arm_split(arm, labeled, pool, args, study.splits_dir / arm / args.eval_split)
     for seed in SEEDS:  # seed-major: every arm's seed 0 first, so a stopped measurement still compares the arms
         for arm in ARMS:
             folder = study.folder(args.eval_split, arm, "des4", args.steps, seed)
             if (arm, seed) in done and not (folder / "results.json").is_file():  # recorded on an earlier machine
-                records.append(done[arm, seed])
                 continue
             if not (folder / "results.json").is_file():
                 study._train(folder, args.eval_split, arm, "des4", args.steps, seed)
-            records.append(study.record(folder, args.eval_split, arm, "des4", args.steps, seed))
-            write_report(records, args.eval_split, args.report_dir, study.machine)
+            records[arm, seed] = study.record(folder, args.eval_split, arm, "des4", args.steps, seed)
+            write_report(list(records.values()), args.eval_split, args.report_dir, study.machine)
     return 0
 
 

@@ -80,11 +80,18 @@ def test_every_arms_seed_0_is_trained_before_any_seed_1(tmp_path, monkeypatch):
         (folder / "results.json").write_text("{}")
 
     monkeypatch.setattr(study.Study, "_train", train)
-    monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {"arm": arm})
-    monkeypatch.setattr(study, "write_report", lambda *args: None)
+    monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {
+        "fraction": arm, "seed": seed, "steps": steps})
+    reports_written = []
+    monkeypatch.setattr(study, "write_report", lambda records, *args: reports_written.append(list(records)))
+    earlier = {"fraction": "suggested", "seed": 1, "steps": 10, "dev_miou": 46.5}  # recorded on an earlier machine
+    (reports / "suggest.json").write_text(json.dumps({"dev": {"runs": [earlier]}}))
     (tmp_path / "ceiling" / "dev_data").mkdir(parents=True)
     assert study.main(["--model", str(tmp_path / "no-model"), "--steps", "10", "--eval-split", "dev", "--data-root",
                        str(tmp_path), "--ceiling-runs", str(tmp_path / "ceiling"), "--runs-dir",
                        str(tmp_path / "runs"), "--report-dir", str(reports)]) == 0
     assert trained[:len(study.ARMS)] == [(arm, 0) for arm in study.ARMS]
-    assert sorted(trained) == sorted((arm, seed) for arm in study.ARMS for seed in study.SEEDS)
+    assert sorted(trained) == sorted((arm, seed) for arm in study.ARMS for seed in study.SEEDS
+                                     if (arm, seed) != ("suggested", 1))  # not trained again
+    assert all(earlier in records for records in reports_written)  # never dropped from the report meanwhile
+    assert len(reports_written[-1]) == len(study.ARMS) * len(study.SEEDS)
