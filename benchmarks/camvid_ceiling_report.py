@@ -72,6 +72,25 @@ def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def search_grid(dev: Sequence[dict[str, Any]], min_gain: float) -> list[str]:
+    """The dev search at a glance: a row's teacher (the exported network) and student per budget, the chosen budget
+    (the first whose doubling gained less than ``min_gain``) in bold."""
+    budgets = sorted({r["steps"] for r in dev})
+    lines = ["| fraction | row | " + " | ".join(f"{b} steps" for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
+    for fraction, row in dict.fromkeys((r["fraction"], r["row"]) for r in dev):
+        runs = {r["steps"]: r for r in dev if (r["fraction"], r["row"]) == (fraction, row)}
+        chosen = next((b for b in budgets if b in runs and 2 * b in runs
+                       and runs[2 * b]["dev_miou"] - runs[b]["dev_miou"] < min_gain), None)
+        for network, field in (("teacher", "dev_miou"), ("student", "student_miou")):
+            if not any(run.get(field) is not None for run in runs.values()):
+                continue
+            cells = ["" if runs.get(b, {}).get(field) is None else f"{runs[b][field]:.2f}" for b in budgets]
+            cells = [f"**{cell}**" if b == chosen and network == "teacher" else cell for b, cell in zip(budgets, cells)]
+            label = row if row == "supervised" else f"{row} ({network})"
+            lines.append(f"| {fraction} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float) -> list[str]:
     first = records[0]
     lines = [f"## Machine: {machine}", "",
@@ -86,6 +105,7 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
                  key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"].partition("+")[0]), r["row"],
                                 r["steps"]))
     dev, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
+    lines[-2:-2] = [*search_grid(dev, min_gain), "", "**Bold**: the budget chosen. Every run:", ""]
     previous: dict[tuple[str, str], float] = {}
     for r in dev:
         key = (r["fraction"], r["row"])

@@ -145,3 +145,17 @@ def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path,
     assert record["row"] == "des4+export-student" and record["same_run_as"] == "des4+baseline"
     assert record["dev_miou"] == pytest.approx(44.0) and record["dev_tail_miou"] == pytest.approx(16.0)
     assert study.train("dev", "1/8", "des4+baseline", 1000, 0)["dev_miou"] == pytest.approx(40.0)  # its teacher
+
+
+def test_the_search_grid_shows_teacher_and_student_per_budget_and_the_chosen_one_in_bold(tmp_path):
+    records = [_record("supervised", 0, miou, split="dev", steps=steps)
+               for steps, miou in ((500, 40.0), (1000, 42.0), (2000, 42.2))]
+    records += [{**_record("des4", 0, miou, split="dev", steps=steps), "student_miou": student}
+                for steps, miou, student in ((500, 41.0, 41.5), (1000, 43.0, 44.0))]
+    write_report(records, tmp_path, RATIOS, 0.5)
+    text = (tmp_path / "ceiling.md").read_text()
+    assert "| fraction | row | 500 steps | 1000 steps | 2000 steps |" in text
+    assert "| 1/8 | supervised | 40.00 | **42.00** | 42.20 |" in text  # 2000 gained 0.2 < 0.5: 1000 is chosen
+    assert "| 1/8 | des4 (teacher) | 41.00 | 43.00 |  |" in text  # still searching: nothing in bold
+    assert "| 1/8 | des4 (student) | 41.50 | 44.00 |  |" in text
+    assert "supervised (student)" not in text
