@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/camvid_ceiling_pinned.sh            # 1. start or resume in the background
 #   tail -f outputs/camvid_ceiling.log                  # 2. watch
-#   bash benchmarks/camvid_ceiling_pinned.sh collect    # 3. copy the report back here (then commit it)
+#   bash benchmarks/camvid_ceiling_pinned.sh collect    # 3. copy the records back here, redraw (then commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CEILING_COMMIT="${CEILING_COMMIT:-$(cat benchmarks/camvid_ceiling.commit)}"
@@ -15,6 +15,7 @@ if [ "${1:-run}" = "collect" ]; then
   OLD="$TREE"/reports/camvid/ceiling  # the report's folder at pins before 2026-12-07
   if [ "$OLD/ceiling.json" -nt "$TREE/reports/camvid/ceiling.json" ]; then FROM="$OLD"; else FROM="$TREE"/reports/camvid; fi
   cp "$FROM"/ceiling.json "$FROM"/ceiling.md "$FROM"/ceiling_curves*.png reports/camvid/
+  .venv/bin/python benchmarks/camvid_ceiling.py --summary-only  # the tables and figure as this clone's code draws them
   exit 0
 fi
 if [ ! -d "$TREE" ]; then
