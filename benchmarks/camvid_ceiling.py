@@ -8,7 +8,8 @@ labels on CamVid, with compute counted in what does not depend on neighbours (is
    each the first seeded uniform draw (``numpy.random.default_rng(0)``, redrawn until every class has a labeled
    pixel; the number of draws is recorded), full = every frame. Unlabeled = the rest of the run's train set.
 2. **Budget search on dev**, seed 0: each (fraction, row) at 500, 1000, 2000, … steps until doubling gains less
-   than ``--min-gain`` (0.5) points of dev mIoU; the chosen budget is the smaller of that last pair.
+   than ``--min-gain`` (0.5) points of dev mIoU; the chosen budget is the smaller of that last pair. Rows search side
+   by side: the one at the smallest undecided budget trains next, so the rows meet at equal budgets early.
 3. **Val**: each (fraction, row) at its chosen budget, seeds 0, 1, 2.
 
 Full labels leave nothing unlabeled, so its rows are supervised only (the fully supervised ceiling).
@@ -280,24 +281,28 @@ class Study:
                 f"{self.settings.get('unlabeled_batch_size') or self.settings['batch_size']}",
                 "commit": git_commit(), "tail_classes": tail, "per_class_iou": per_class}
 
-    def search(self, fraction: str, row: str) -> int | None:
-        """Dev budget search (seed 0): the chosen budget, or None while it is not decided."""
-        budget, previous = FIRST_BUDGET, None
-        while budget <= MAX_BUDGET:
-            score = self.train("dev", fraction, row, budget, 0)["dev_miou"]
+    def search(self, rows: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Dev budget search (seed 0) of these (fraction, row)s side by side: the chosen budget of each. The one at the
+        smallest undecided budget trains next, so rows meet at equal budgets before any goes on alone."""
+        undecided = {key: (FIRST_BUDGET, None) for key in rows}  # key → (budget to train next, score at budget / 2)
+        chosen = {}
+        while undecided:
+            key = min(undecided, key=lambda k: undecided[k][0])  # ties: the first in ``rows``
+            budget, previous = undecided.pop(key)
+            score = self.train("dev", *key, budget, 0)["dev_miou"]
             if previous is not None and score - previous < self.min_gain:
-                return budget // 2
-            previous, budget = score, budget * 2
-        return MAX_BUDGET
+                chosen[key] = budget // 2
+            elif budget * 2 > MAX_BUDGET:
+                chosen[key] = budget
+            else:
+                undecided[key] = (budget * 2, score)
+        return {key: chosen[key] for key in rows}
 
     def run(self, phases: Sequence[str]) -> None:
         """The study's question first: search, options and val at 1/32 and 1/8, then the full-label ceiling."""
         for group in ([f for f, count in FRACTIONS.items() if count is not None], ["full"]):
-            chosen = {}
-            if "search" in phases:
-                for fraction in group:
-                    for row in rows_for(fraction):
-                        chosen[fraction, row] = self.search(fraction, row)
+            rows = [(fraction, row) for fraction in group for row in rows_for(fraction)]
+            chosen = self.search(rows) if "search" in phases else {}
             if "options" in phases and ("1/8", "des4") in chosen:
                 self.options(chosen["1/8", "des4"])
             if "val" in phases:

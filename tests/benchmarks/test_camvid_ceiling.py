@@ -159,3 +159,22 @@ def test_the_search_grid_shows_teacher_and_student_per_budget_and_the_chosen_one
     assert "| 1/8 | des4 (teacher) | 41.00 | 43.00 |  |" in text  # still searching: nothing in bold
     assert "| 1/8 | des4 (student) | 41.50 | 44.00 |  |" in text
     assert "supervised (student)" not in text
+
+
+def test_the_search_trains_the_row_at_the_smallest_undecided_budget_next(monkeypatch):
+    gains = {"supervised": 1000, "mt-cutmix": 8000, "des4": 4000}  # each row's score stops rising past this budget
+    calls = []
+
+    def train(self, split, fraction, row, steps, seed):
+        calls.append((fraction, row, steps))
+        return {"dev_miou": 40.0 + min(steps, gains[row]) / 1000}
+
+    monkeypatch.setattr(ceiling.Study, "train", train)
+    study = object.__new__(ceiling.Study)
+    study.min_gain = 0.5
+    chosen = study.search([("1/8", row) for row in ceiling.ROWS])
+    assert chosen == {("1/8", "supervised"): 1000, ("1/8", "mt-cutmix"): 8000, ("1/8", "des4"): 4000}
+    budgets = [steps for _, _, steps in calls]
+    assert budgets == sorted(budgets)  # no row goes on to a budget while another waits at a smaller one
+    assert calls[:3] == [("1/8", row, 500) for row in ceiling.ROWS]  # ties: the rows in order
+    assert calls[-1] == ("1/8", "mt-cutmix", 16000) and len(calls) == 3 + 6 + 5
