@@ -3,8 +3,9 @@
 # SUGGEST_COMMIT beside this clone, sharing this clone's outputs/ (the ceiling study's runs and its own) and venv,
 # niced, one torch thread (it runs beside the ceiling study on 2 cores; two 1-thread jobs do not contend).
 #
-#   bash benchmarks/camvid_suggest_pinned.sh dev         # 1. on dev, to choose (needs the 1/32 dev DeS4 run)
-#   bash benchmarks/camvid_suggest_pinned.sh val         #    on val, to report (needs the 1/32 val DeS4 run, seed 0)
+#   bash benchmarks/camvid_suggest_pinned.sh dev         # 1. on dev, to choose (the ceiling's 1/32 dev DeS4 run ranks)
+#   bash benchmarks/camvid_suggest_pinned.sh val         #    on val, to report (trains the 1/32 DeS4 start model
+#                                                        #    first unless the ceiling study has: val/1_32/des4-N-seed0)
 #   tail -f outputs/camvid_suggest.log                   # 2. watch
 #   bash benchmarks/camvid_suggest_pinned.sh collect     # 3. copy the report back here (then commit it)
 set -euo pipefail
@@ -26,10 +27,9 @@ case "${1:-}" in
   dev|val) SPLIT="$1" ;;
   *) echo "usage: $0 dev|val|collect" >&2; exit 2 ;;
 esac
-MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"
-RANKED=reports/camvid/suggest/splits/uncertainty/$SPLIT/labeled.txt  # both ranked arms' picks, once committed
-[ -f "$MODEL/config.json" ] || [ -f "$RANKED" ] || {
-  echo "$0: $MODEL is not trained yet (the ceiling study makes it)" >&2; exit 2; }
+MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"  # the ceiling study's, when it has trained it
+MODEL_ARGS=()
+[ ! -f "$MODEL/config.json" ] || MODEL_ARGS=(--model "$MODEL")  # else the measurement trains the same run first
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
 if [ "$(git -C "$TREE" rev-parse HEAD)" != "$(git rev-parse "$COMMIT^{commit}")" ]; then  # a new pin: never mix
   echo "$0: $TREE is not at the pinned commit $COMMIT; once its runs are finished, git worktree remove $TREE" >&2
@@ -42,5 +42,5 @@ mkdir -p outputs
 PYTHON="$(pwd)/.venv/bin/python"
 cd "$(cd "$TREE" && pwd)"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONPATH="$(pwd)" nohup nice -n 10 "$PYTHON" benchmarks/camvid_suggest_study.py \
-  --eval-split "$SPLIT" --steps "$STEPS" --model "$MODEL" >> outputs/camvid_suggest.log 2>&1 &
+  --eval-split "$SPLIT" --steps "$STEPS" "${MODEL_ARGS[@]}" >> outputs/camvid_suggest.log 2>&1 &
 echo "label-next measurement ($SPLIT) running at $COMMIT in $(pwd) (log: outputs/camvid_suggest.log)"

@@ -12,9 +12,9 @@ by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records
     # 1. on dev, to choose: the model is the 1/32 DeS4 run of the ceiling study's dev search, at its chosen budget
     nice python benchmarks/camvid_suggest_study.py --eval-split dev --steps N \\
         --model outputs/camvid_ceiling/dev/1_32/des4-N-seed0/best
-    # 2. on val, to report: the 1/32 DeS4 val run (seed 0) as the model
+    # 2. on val, to report: the 1/32 DeS4 val run (seed 0) as the model; without --model it is trained here first
     nice python benchmarks/camvid_suggest_study.py --eval-split val --steps N \\
-        --model outputs/camvid_ceiling/val/1_32/des4-N-seed0/best
+        [--model outputs/camvid_ceiling/val/1_32/des4-N-seed0/best]
 
 Writes ``reports/camvid/suggest.{json,md}`` (per split: one record per run, and per arm the mean and spread over seeds
 and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames
@@ -37,6 +37,7 @@ from PIL import Image
 
 ADDED = 35  # 11 + 35 = 46 frames, the 1/8 count
 ARMS = ("suggested", "uncertainty", "random-0", "random-1", "random-2")
+START = "start"  # the 11 frames alone: the model the ranked arms rank with, when trained here (no --model)
 SEEDS = (0, 1, 2)
 
 
@@ -60,7 +61,7 @@ def arm_split(arm: str, labeled: list[str], pool: list[str], args: argparse.Name
     else:
         if not (args.model / "config.json").is_file():
             raise SystemExit(f"--model {args.model}: not a trained model folder, and the {arm} split is not in "
-                             f"{folder} yet (the ceiling study trains the model)")
+                             f"{folder} yet (leave --model out to train the model here)")
         out = args.runs_dir / "suggest" / args.eval_split / arm
         known = out.parent / "labeled.txt"
         known.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def arm_split(arm: str, labeled: list[str], pool: list[str], args: argparse.Name
 def summarise(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
     """Per arm (the random draws pooled): mean and spread (max − min) of mIoU and tail mIoU over its runs."""
     summary = {}
-    for arm in ("suggested", "uncertainty", "random"):
+    for arm in (START, "suggested", "uncertainty", "random"):
         runs = [r for r in records if r["fraction"].partition("-")[0] == arm]
         if runs:
             miou = [r[f"{split}_miou"] for r in runs]
@@ -102,7 +103,8 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
     lines = ["# Which frames to label next: des4-suggest against random picks (issue 33)", "",
              f"From the ceiling study's 1/32 split (11 frames), {ADDED} frames added three ways, then DeS4 retrained at "
              "the ceiling recipe; mIoU of the teacher, 3 seeds (random: 3 draws × 3 seeds). Dev chooses the default, "
-             "val reports. Written by `python benchmarks/camvid_suggest_study.py`."]
+             "val reports; start = the 11 frames alone, the model that ranks (when trained by this script). Written by "
+             "`python benchmarks/camvid_suggest_study.py`."]
     for name in ("dev", "val"):
         if name not in report:
             continue
@@ -123,7 +125,8 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="the DeS4 teacher trained on the 1/32 split")
+    parser.add_argument("--model", type=Path, help="the DeS4 teacher trained on the 1/32 split (default: train it "
+                        f"here, seed 0, as the arm {START!r}: <runs-dir>/<split>/{START}/des4-<steps>-seed0)")
     parser.add_argument("--steps", type=int, required=True, help="the ceiling study's DeS4 budget at 1/32")
     parser.add_argument("--eval-split", choices=("dev", "val"), required=True)
     parser.add_argument("--recipe", default=str(REPO / "configs" / "camvid_ceiling.yaml"))
@@ -151,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["fraction"], r["seed"]): r for r in (json.loads(report.read_text()).get(args.eval_split, {}).get("runs", [])
                                                     if report.is_file() else []) if r["steps"] == args.steps}
     records = dict(done)  # (arm, seed) → record: every run recorded before stays in the report while others train
+    if args.model is None:  # the ceiling study's run of the same split, recipe and seed, trained here
+        if not (study.splits_dir / START / args.eval_split).is_dir():
+            shutil.copytree(start, study.splits_dir / START / args.eval_split)
+        folder = study.folder(args.eval_split, START, "des4", args.steps, 0)
+        ranked_to_pick = [arm for arm in ARMS if not arm.startswith("random-")
+                          and not (study.splits_dir / arm / args.eval_split / "labeled.txt").is_file()]
+        if not (folder / "results.json").is_file() and ((START, 0) not in done or ranked_to_pick):
+            study._train(folder, args.eval_split, START, "des4", args.steps, 0)
+        if (folder / "results.json").is_file():  # else recorded on an earlier machine, and its picks committed
+            records[START, 0] = study.record(folder, args.eval_split, START, "des4", args.steps, 0)
+            write_report(list(records.values()), args.eval_split, args.report_dir, study.machine)
+        args.model = folder / "best"
     for arm in ARMS:
         arm_split(arm, labeled, pool, args, study.splits_dir / arm / args.eval_split)
     for seed in SEEDS:  # seed-major: every arm's seed 0 first, so a stopped measurement still compares the arms

@@ -95,3 +95,31 @@ def test_every_arms_seed_0_is_trained_before_any_seed_1(tmp_path, monkeypatch):
                                      if (arm, seed) != ("suggested", 1))  # not trained again
     assert all(earlier in records for records in reports_written)  # never dropped from the report meanwhile
     assert len(reports_written[-1]) == len(study.ARMS) * len(study.SEEDS)
+
+
+def test_without_a_model_the_11_frame_run_is_trained_first_and_ranks(tmp_path, monkeypatch):
+    ceiling_split = study.REPO / "reports" / "camvid" / "ceiling" / "splits" / "1_32" / "val"
+    if not (ceiling_split / "labeled.txt").is_file():
+        pytest.skip(f"{ceiling_split} is not in this checkout")
+    trained, ranked_with = [], []
+
+    def train(self, folder, split, arm, row, steps, seed):
+        split_file = self.splits_dir / arm / split / "labeled.txt"
+        trained.append((arm, seed, split_file.read_text() if arm == study.START else None))
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text("{}")
+
+    monkeypatch.setattr(study.Study, "_train", train)
+    monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {
+        "fraction": arm, "seed": seed, "steps": steps, "val_miou": 40.0, "val_tail_miou": 10.0})
+    monkeypatch.setattr(study, "arm_split", lambda arm, labeled, pool, args, folder: ranked_with.append(args.model))
+    (tmp_path / "ceiling" / "dev_data").mkdir(parents=True)
+    reports = tmp_path / "reports"
+    assert study.main(["--steps", "10", "--eval-split", "val", "--data-root", str(tmp_path), "--ceiling-runs",
+                       str(tmp_path / "ceiling"), "--runs-dir", str(tmp_path / "runs"), "--report-dir",
+                       str(reports)]) == 0
+    assert trained[0] == (study.START, 0, (ceiling_split / "labeled.txt").read_text())  # the ceiling's 11 frames
+    assert len(trained) == 1 + len(study.ARMS) * len(study.SEEDS)
+    assert ranked_with == [tmp_path / "runs" / "val" / study.START / "des4-10-seed0" / "best"] * len(study.ARMS)
+    assert json.loads((reports / "suggest.json").read_text())["val"]["summary"][study.START]["runs"] == 1
+    assert "| start | 1 | 40.00 |" in (reports / "suggest.md").read_text()
