@@ -3,9 +3,7 @@
 # SUGGEST_COMMIT beside this clone, sharing this clone's outputs/ (the ceiling study's runs and its own) and venv,
 # niced, one torch thread (it runs beside the ceiling study on 2 cores; two 1-thread jobs do not contend).
 #
-#   bash benchmarks/camvid_suggest_pinned.sh dev         # 1. on dev, to choose (the ceiling's 1/32 dev DeS4 run ranks)
-#   bash benchmarks/camvid_suggest_pinned.sh val         #    on val, to report (trains the 1/32 DeS4 start model
-#                                                        #    first unless the ceiling study has: val/1_32/des4-N-seed0)
+#   bash benchmarks/camvid_suggest_pinned.sh dev val     # 1. on dev, to choose, then on val, to report (or one of them)
 #   tail -f outputs/camvid_suggest.log                   # 2. watch
 #   bash benchmarks/camvid_suggest_pinned.sh collect     # 3. copy the report back here (then commit it)
 set -euo pipefail
@@ -23,13 +21,10 @@ if [ "${1:-}" = "collect" ]; then
   cp -r "$TREE"/reports/camvid/suggest reports/camvid/  # the arms' splits and rankings
   exit 0
 fi
-case "${1:-}" in
-  dev|val) SPLIT="$1" ;;
-  *) echo "usage: $0 dev|val|collect" >&2; exit 2 ;;
-esac
-MODEL="outputs/camvid_ceiling/$SPLIT/1_32/des4-$STEPS-seed0/best"  # the ceiling study's, when it has trained it
-MODEL_ARGS=()
-[ ! -f "$MODEL/config.json" ] || MODEL_ARGS=(--model "$MODEL")  # else the measurement trains the same run first
+for SPLIT in "$@"; do
+  case "$SPLIT" in dev|val) ;; *) echo "usage: $0 dev|val|dev val|collect" >&2; exit 2 ;; esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 dev|val|dev val|collect" >&2; exit 2; }
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
 if [ "$(git -C "$TREE" rev-parse HEAD)" != "$(git rev-parse "$COMMIT^{commit}")" ]; then  # a new pin: never mix
   echo "$0: $TREE is not at the pinned commit $COMMIT; once its runs are finished, git worktree remove $TREE" >&2
@@ -41,6 +36,8 @@ mkdir -p outputs
 [ ! -d reports/camvid/suggest ] || cp -r reports/camvid/suggest "$TREE/reports/camvid/"  # committed splits
 PYTHON="$(pwd)/.venv/bin/python"
 cd "$(cd "$TREE" && pwd)"
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONPATH="$(pwd)" nohup nice -n 10 "$PYTHON" benchmarks/camvid_suggest_study.py \
-  --eval-split "$SPLIT" --steps "$STEPS" "${MODEL_ARGS[@]}" >> outputs/camvid_suggest.log 2>&1 &
-echo "label-next measurement ($SPLIT) running at $COMMIT in $(pwd) (log: outputs/camvid_suggest.log)"
+# one split after the other; the model that ranks is the ceiling study's 1/32 DeS4 run, else trained here first
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONPATH="$(pwd)" nohup nice -n 10 bash -c 'for SPLIT in "${@:3}"; do
+  "$1" benchmarks/camvid_suggest_study.py --eval-split "$SPLIT" --steps "$2" || exit; done' - "$PYTHON" "$STEPS" "$@" \
+  >> outputs/camvid_suggest.log 2>&1 &
+echo "label-next measurement ($*) running at $COMMIT in $(pwd) (log: outputs/camvid_suggest.log)"

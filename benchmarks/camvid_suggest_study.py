@@ -9,12 +9,12 @@ Each arm's split is written under ``reports/camvid/suggest/splits/<arm>/<dev|val
 (``configs/camvid_ceiling.yaml``, from the ImageNet encoder, ``--steps``, seeds 0–2), trained, resumed and accounted
 by the ceiling driver's own code (``camvid_ceiling.Study``), so that its records carry the same fields.
 
-    # 1. on dev, to choose: the model is the 1/32 DeS4 run of the ceiling study's dev search, at its chosen budget
-    nice python benchmarks/camvid_suggest_study.py --eval-split dev --steps N \\
-        --model outputs/camvid_ceiling/dev/1_32/des4-N-seed0/best
-    # 2. on val, to report: the 1/32 DeS4 val run (seed 0) as the model; without --model it is trained here first
-    nice python benchmarks/camvid_suggest_study.py --eval-split val --steps N \\
-        [--model outputs/camvid_ceiling/val/1_32/des4-N-seed0/best]
+    nice python benchmarks/camvid_suggest_study.py --eval-split dev --steps N   # 1. on dev, to choose
+    nice python benchmarks/camvid_suggest_study.py --eval-split val --steps N   # 2. on val, to report
+
+The model that ranks is the 1/32 DeS4 run (seed 0) at the ceiling study's chosen budget N: the ceiling study's own
+(``<ceiling-runs>/<split>/1_32/des4-N-seed0/best``) once it has trained it, else the same run trained here first as the
+arm ``start`` (same split, recipe and seed), or ``--model``.
 
 Writes ``reports/camvid/suggest.{json,md}`` (per split: one record per run, and per arm the mean and spread over seeds
 and draws, val or dev mIoU and tail mIoU) and the contact sheet of the suggested frames
@@ -125,8 +125,8 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="the DeS4 teacher trained on the 1/32 split (default: train it "
-                        f"here, seed 0, as the arm {START!r}: <runs-dir>/<split>/{START}/des4-<steps>-seed0)")
+    parser.add_argument("--model", type=Path, help="the DeS4 teacher trained on the 1/32 split (default: the ceiling "
+                        f"study's run once trained, else that run trained here first as the arm {START!r})")
     parser.add_argument("--steps", type=int, required=True, help="the ceiling study's DeS4 budget at 1/32")
     parser.add_argument("--eval-split", choices=("dev", "val"), required=True)
     parser.add_argument("--recipe", default=str(REPO / "configs" / "camvid_ceiling.yaml"))
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["fraction"], r["seed"]): r for r in (json.loads(report.read_text()).get(args.eval_split, {}).get("runs", [])
                                                     if report.is_file() else []) if r["steps"] == args.steps}
     records = dict(done)  # (arm, seed) → record: every run recorded before stays in the report while others train
+    ceiling_model = args.ceiling_runs / args.eval_split / "1_32" / f"des4-{args.steps}-seed0" / "best"
+    if args.model is None and (ceiling_model / "config.json").is_file():
+        args.model = ceiling_model
     if args.model is None:  # the ceiling study's run of the same split, recipe and seed, trained here
         if not (study.splits_dir / START / args.eval_split).is_dir():
             shutil.copytree(start, study.splits_dir / START / args.eval_split)

@@ -97,7 +97,7 @@ def test_every_arms_seed_0_is_trained_before_any_seed_1(tmp_path, monkeypatch):
     assert len(reports_written[-1]) == len(study.ARMS) * len(study.SEEDS)
 
 
-def test_without_a_model_the_11_frame_run_is_trained_first_and_ranks(tmp_path, monkeypatch):
+def test_the_ceiling_studys_11_frame_run_ranks_else_the_same_run_is_trained_here_first(tmp_path, monkeypatch):
     ceiling_split = study.REPO / "reports" / "camvid" / "ceiling" / "splits" / "1_32" / "val"
     if not (ceiling_split / "labeled.txt").is_file():
         pytest.skip(f"{ceiling_split} is not in this checkout")
@@ -111,7 +111,7 @@ def test_without_a_model_the_11_frame_run_is_trained_first_and_ranks(tmp_path, m
 
     monkeypatch.setattr(study.Study, "_train", train)
     monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {
-        "fraction": arm, "seed": seed, "steps": steps, "val_miou": 40.0, "val_tail_miou": 10.0})
+        "fraction": arm, "seed": seed, "steps": steps, f"{split}_miou": 40.0, f"{split}_tail_miou": 10.0})
     monkeypatch.setattr(study, "arm_split", lambda arm, labeled, pool, args, folder: ranked_with.append(args.model))
     (tmp_path / "ceiling" / "dev_data").mkdir(parents=True)
     reports = tmp_path / "reports"
@@ -123,3 +123,12 @@ def test_without_a_model_the_11_frame_run_is_trained_first_and_ranks(tmp_path, m
     assert ranked_with == [tmp_path / "runs" / "val" / study.START / "des4-10-seed0" / "best"] * len(study.ARMS)
     assert json.loads((reports / "suggest.json").read_text())["val"]["summary"][study.START]["runs"] == 1
     assert "| start | 1 | 40.00 |" in (reports / "suggest.md").read_text()
+
+    ceiling_model = tmp_path / "ceiling" / "dev" / "1_32" / "des4-10-seed0" / "best"  # trained by the ceiling study
+    ceiling_model.mkdir(parents=True)
+    (ceiling_model / "config.json").write_text("{}")
+    trained.clear(), ranked_with.clear()
+    assert study.main(["--steps", "10", "--eval-split", "dev", "--data-root", str(tmp_path), "--ceiling-runs",
+                       str(tmp_path / "ceiling"), "--runs-dir", str(tmp_path / "runs"), "--report-dir",
+                       str(reports)]) == 0
+    assert ranked_with == [ceiling_model] * len(study.ARMS) and study.START not in {arm for arm, *_ in trained}
