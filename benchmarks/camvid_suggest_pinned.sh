@@ -19,6 +19,8 @@ if [ "${1:-}" = "collect" ]; then
   fi
   cp "$TREE"/reports/camvid/suggested-*.jpg reports/camvid/ 2>/dev/null || true
   cp -r "$TREE"/reports/camvid/suggest reports/camvid/  # the arms' splits and rankings
+  # the summaries and tables as this clone's code draws them
+  [ ! -f reports/camvid/suggest.json ] || .venv/bin/python benchmarks/camvid_suggest_study.py --summary-only
   exit 0
 fi
 for SPLIT in "$@"; do

@@ -37,11 +37,16 @@ def test_the_summary_pools_the_random_draws_and_keeps_the_arms_apart():
 
 def test_the_report_keeps_dev_and_val_side_by_side(tmp_path):
     def record(arm, miou, split):
-        return {"fraction": arm, f"{split}_miou": miou, f"{split}_tail_miou": miou / 2}
+        return {"fraction": arm, "seed": 0, f"{split}_miou": miou, f"{split}_tail_miou": miou / 2}
 
     dev = [record("suggested", 50.0, "dev"), record("random-0", 46.0, "dev")]
     study.write_report(dev, "dev", tmp_path, "CPU A")
+    gap = "Suggested − random, paired over the 1 seed(s) both have (random: the mean of its draws): +4.00 mIoU"
+    assert gap in (tmp_path / "suggest.md").read_text()
     study.write_report([record("suggested", 40.0, "val")], "val", tmp_path, "CPU A")
+    (tmp_path / "suggest.md").unlink()
+    assert study.main(["--summary-only", "--report-dir", str(tmp_path)]) == 0  # redrawn from the JSON alone
+    assert gap in (tmp_path / "suggest.md").read_text() and "## val (machine: CPU A)" in (tmp_path / "suggest.md").read_text()
     study.write_report(dev[:1], "dev", tmp_path, "CPU A")  # a rerun of one split replaces that split only
     saved = json.loads((tmp_path / "suggest.json").read_text())
     assert saved["dev"]["summary"]["suggested"]["miou"] == 50.0 and "random" not in saved["dev"]["summary"]
@@ -132,3 +137,15 @@ def test_the_ceiling_studys_11_frame_run_ranks_else_the_same_run_is_trained_here
                        str(tmp_path / "ceiling"), "--runs-dir", str(tmp_path / "runs"), "--report-dir",
                        str(reports)]) == 0
     assert ranked_with == [ceiling_model] * len(study.ARMS) and study.START not in {arm for arm, *_ in trained}
+
+
+def test_the_gap_to_random_pairs_seeds_while_the_measurement_runs():
+    def record(arm, seed, miou):
+        return {"fraction": arm, "seed": seed, "dev_miou": miou, "dev_tail_miou": miou / 4}
+
+    records = [record("suggested", 0, 46.0), record("suggested", 1, 50.0),  # seed 1: no random draw yet
+               record("random-0", 0, 44.0), record("random-1", 0, 46.0), record("uncertainty", 0, 43.0)]
+    gaps = study.gaps_to_random(records, "dev")
+    assert gaps["suggested"] == (pytest.approx(1.0), pytest.approx(0.25), 1)  # 46 − mean(44, 46), seed 1 left out
+    assert gaps["uncertainty"] == (pytest.approx(-2.0), pytest.approx(-0.5), 1)
+    assert study.gaps_to_random(records[:2], "dev")["suggested"] == (None, None, 0)
