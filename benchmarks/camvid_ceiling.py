@@ -261,12 +261,13 @@ class Study:
         trained, wall, cpu = run_log(folder)
         selection = json.loads((self.splits_dir / "selection.json").read_text())
         tail = [c for c, share in zip(selection["classes"], selection["train_class_share"]) if share < TAIL_SHARE]
+        ran = {**self.settings, **run_settings(folder)}  # the recipe as the run applied it (options, device flags)
         exported = network or exported_network(folder, final)  # what best/ and last/ hold: the row's figure
         per_class = {name: 100 * float(v) for name, v in final[exported]["per_class_iou"].items()}
         miou, tail_miou = 100 * float(final[exported]["mean_iou"]), float(np.mean([per_class[c] for c in tail]))
-        warmup = 0.0 if row == "supervised" else float(self.settings.get("supervised_warmup", 0.0))
+        warmup = 0.0 if row == "supervised" else float(ran.get("supervised_warmup", 0.0))
         equivalents = sup_step_equivalents(row.partition("+")[0], steps, warmup, self.ratios)
-        size = f"{round(480 * self.settings['frame_scale'])}×{round(360 * self.settings['frame_scale'])}"
+        size = f"{round(480 * ran['frame_scale'])}×{round(360 * ran['frame_scale'])}"
         return {"fraction": fraction, "row": row, "method": METHOD[row.partition("+")[0]], "steps": steps, "seed": seed,
                 "eval_split": split, "val_miou": miou if split == "val" else None,
                 "val_tail_miou": tail_miou if split == "val" else None,
@@ -277,8 +278,8 @@ class Study:
                 "trained_steps": trained, "cpu": self.machine, "resolution": size,
                 # torch's intra-op threads (OMP_NUM_THREADS; None: torch's default, one per core): CPU seconds depend on it
                 "threads": int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
-                "crop": self.settings["crop_size"], "batch": f"{self.settings['batch_size']}+"
-                f"{self.settings.get('unlabeled_batch_size') or self.settings['batch_size']}",
+                "crop": ran["crop_size"], "batch": f"{ran['batch_size']}+"
+                f"{ran.get('unlabeled_batch_size') or ran['batch_size']}",
                 "commit": git_commit(), "tail_classes": tail, "per_class_iou": per_class}
 
     def search(self, rows: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -326,12 +327,17 @@ class Study:
         write_report(sorted(self.records.values(), key=self.key), self.report_dir.parent, self.ratios, self.min_gain)
 
 
-def exported_network(folder: Path, final: dict[str, Any]) -> str:
-    """"teacher" or "student": the network a run exported (``--export``, recorded in its train_config.yaml)."""
+def run_settings(folder: Path) -> dict[str, Any]:
+    """The settings a run trained with, as the trainer recorded them (``train_config.yaml``; {} before it has)."""
     import yaml
 
     path = folder / "train_config.yaml"
-    export = (yaml.safe_load(path.read_text()) or {}).get("export", "teacher") if path.is_file() else "teacher"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def exported_network(folder: Path, final: dict[str, Any]) -> str:
+    """"teacher" or "student": the network a run exported (``--export``, recorded in its train_config.yaml)."""
+    export = run_settings(folder).get("export", "teacher")
     return export if export in final else "teacher"
 
 

@@ -94,7 +94,7 @@ def search_grid(dev: Sequence[dict[str, Any]], min_gain: float) -> list[str]:
 def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float) -> list[str]:
     first = records[0]
     lines = [f"## Machine: {machine}", "",
-             f"Frames {first['resolution']} (½ of CamVid's 480×360, kept in memory), crops {first['crop']}², batch "
+             f"Frames {first['resolution']} (CamVid's are 480×360; kept in memory), crops {first['crop']}², batch "
              f"{first['batch']} (labeled + unlabeled), fp32, commit(s) {', '.join(sorted({r['commit'] for r in records}))}. "
              "Compute = supervised-step equivalents (sup-eq). Seconds are given only for runs that had the CPU to "
              "themselves; a shared run shows `shared`.", "",

