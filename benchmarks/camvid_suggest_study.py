@@ -102,7 +102,8 @@ def gaps_to_random(records: list[dict[str, Any]], split: str) -> dict[str, tuple
     for record in records:
         by_arm.setdefault(record["fraction"].partition("-")[0], []).append(record)
     fields = (f"{split}_miou", f"{split}_tail_miou")
-    draws = {seed: [r for r in by_arm.pop("random", []) if r["seed"] == seed] for seed in SEEDS}
+    random_runs = by_arm.pop("random", [])
+    draws = {seed: [r for r in random_runs if r["seed"] == seed] for seed in SEEDS}
     groups = {("", arm): runs for arm, runs in by_arm.items()}
     groups["", "random"] = [{"seed": seed, **{f: float(np.mean([r[f] for r in runs])) for f in fields}}
                             for seed, runs in draws.items() if runs]

@@ -143,9 +143,10 @@ def test_the_gap_to_random_pairs_seeds_while_the_measurement_runs():
     def record(arm, seed, miou):
         return {"fraction": arm, "seed": seed, "dev_miou": miou, "dev_tail_miou": miou / 4}
 
-    records = [record("suggested", 0, 46.0), record("suggested", 1, 50.0),  # seed 1: no random draw yet
-               record("random-0", 0, 44.0), record("random-1", 0, 46.0), record("uncertainty", 0, 43.0)]
+    records = [record("suggested", 0, 46.0), record("suggested", 1, 50.0), record("suggested", 2, 40.0),
+               record("random-0", 0, 44.0), record("random-1", 0, 46.0), record("random-0", 1, 47.0),
+               record("uncertainty", 0, 43.0)]  # seed 2: no random draw yet
     gaps = study.gaps_to_random(records, "dev")
-    assert gaps["suggested"] == (pytest.approx(1.0), pytest.approx(0.25), 1)  # 46 − mean(44, 46), seed 1 left out
+    assert gaps["suggested"] == (pytest.approx(2.0), pytest.approx(0.5), 2)  # (46 − 45 + 50 − 47) / 2; seed 2 out
     assert gaps["uncertainty"] == (pytest.approx(-2.0), pytest.approx(-0.5), 1)
     assert study.gaps_to_random(records[:2], "dev")["suggested"] == (None, None, 0)
