@@ -15,13 +15,11 @@
 # benchmarks/device_env.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DATA_ROOT="${DATA_ROOT:-.devdata/camvid}"
-TAG="${TAG:-gpu}"
-REPORT="${REPORT_DIR:-${OUT:-reports/camvid}}/ceiling-$TAG"
+source benchmarks/device_env.sh  # wheels, PYTHONPATH, offline, versions; sets PYTHON, DATA_ROOT, TAG, REPORT_DIR
+REPORT="$REPORT_DIR/ceiling-$TAG"
 RUNS_DIR="${RUNS_DIR:-outputs/camvid_ceiling_$TAG}"
 LIMIT="${LIMIT:-480}"
 PHASES="${PHASES:-search}"
-source benchmarks/device_env.sh  # wheels, PYTHONPATH, offline, versions; sets PYTHON
 mkdir -p "$REPORT/study"
 if [ "$REPORT" != "reports/camvid/ceiling-$TAG" ] && [ -d "reports/camvid/ceiling-$TAG" ]; then
   cp -rn "reports/camvid/ceiling-$TAG/." "$REPORT/"  # the records of earlier calls (their run folders are gone)

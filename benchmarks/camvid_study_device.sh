@@ -15,14 +15,11 @@
 # only what is missing of those (finished runs are skipped; the report keeps every row).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DATA_ROOT="${DATA_ROOT:-.devdata/camvid}"
-REPORT_DIR="${REPORT_DIR:-${OUT:-reports/camvid}}"
+source benchmarks/device_env.sh  # wheels, PYTHONPATH, offline, versions; sets PYTHON, DATA_ROOT, TAG, REPORT_DIR
 RUNS_DIR="${RUNS_DIR:-outputs/camvid_study}"
-TAG="${TAG:-gpu}"
 BUDGET="${BUDGET:-2000}"
 SEEDS="${SEEDS:-0}"
 ROWS="${ROWS:-}"
-source benchmarks/device_env.sh  # wheels, PYTHONPATH, offline, versions; sets PYTHON
 mkdir -p "$REPORT_DIR" "$RUNS_DIR"
 if [ ! -f "$REPORT_DIR/study-$TAG.json" ] && [ -f "reports/camvid/study-$TAG.json" ]; then
   cp "reports/camvid/study-$TAG.json" "$REPORT_DIR/"  # the runs of earlier calls (their folders are gone)
