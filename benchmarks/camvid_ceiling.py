@@ -12,7 +12,8 @@ labels on CamVid, with compute counted in what does not depend on neighbours (is
    by side: the one at the smallest undecided budget trains next, so the rows meet at equal budgets early.
 3. **Val**: each (fraction, row) at its chosen budget, seeds 0, 1, 2.
 
-Full labels leave nothing unlabeled, so its rows are supervised only (the fully supervised ceiling).
+Full labels leave no image unlabeled: there the MT + CutMix and DeS4 rows draw their unlabeled batches from the labeled
+images, masks unused (``--unlabeled-includes-labeled``), beside the fully supervised ceiling.
 
 Every run is ``scripts/train.py --config configs/camvid_ceiling.yaml`` in ``<runs-dir>/<dev|val>/<fraction>/<row>-
 <steps>-seed<seed>`` with ``--resume latest``. Compute: the trainer logs each step's wall and process CPU seconds
@@ -72,8 +73,11 @@ def slug(fraction: str) -> str:
     return fraction.replace("/", "_")
 
 
-def rows_for(fraction: str) -> tuple[str, ...]:
-    return ("supervised",) if FRACTIONS[fraction] is None else ROWS
+def row_args(fraction: str, row: str) -> tuple[str, ...]:
+    """The row's trainer flags at this fraction: with full labels the unlabeled stream is the labeled images."""
+    base = row.partition("+")[0]
+    full = FRACTIONS[fraction] is None and base != "supervised"
+    return (*ROW_ARGS[base], *(("--unlabeled-includes-labeled",) if full else ()))
 
 
 # -- splits ---------------------------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ class Study:
                    "--data-root", str(self.dev_root if split == "dev" else self.data_root),
                    "--split", str(self.splits_dir / slug(fraction) / split), "--seed", str(seed),
                    "--max-steps", str(steps), "--output-dir", str(folder), "--resume", "latest",
-                   *ROW_ARGS[base], *OPTIONS.get(option, ()), *self.extra]
+                   *row_args(fraction, base), *OPTIONS.get(option, ()), *self.extra]
         folder.parent.mkdir(parents=True, exist_ok=True)
         record = segments_path(folder)
         segments = json.loads(record.read_text()) if record.is_file() else []
@@ -302,8 +306,8 @@ class Study:
     def run(self, phases: Sequence[str]) -> None:
         """The study's question first: search, options and val at 1/32 and 1/8, then the full-label ceiling."""
         for group in ([f for f, count in FRACTIONS.items() if count is not None], ["full"]):
-            rows = [(fraction, row) for fraction in group for row in rows_for(fraction)]
-            chosen = self.search(rows) if "search" in phases else {}
+            rows = [(fraction, row) for fraction in group for row in ROWS]
+            chosen = self.search(rows)  # every phase needs the budgets: finished runs are read, not trained again
             if "options" in phases and ("1/8", "des4") in chosen:
                 self.options(chosen["1/8", "des4"])
             if "val" in phases:
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the study's folder (splits, step ratios, probes); ceiling.{json,md} and the figure go "
                              "beside it")
     parser.add_argument("--phases", nargs="+", choices=("search", "options", "val"), default=["search", "val"],
-                        help="options: the SPEC §2.9 options on dev at 1/8 (needs a commit that has them)")
+                        help="the search runs in every phase (what it finished before is read from ceiling.json); "
+                             "options: the SPEC §2.9 options on dev at 1/8; val: the chosen budgets, 3 seeds")
     parser.add_argument("--min-gain", type=float, default=0.5, help="doubling stops below this dev mIoU gain")
     parser.add_argument("--splits-only", action="store_true", help="write the dev data folder and the splits")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the report from ceiling.json")

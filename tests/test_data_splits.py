@@ -120,3 +120,14 @@ def test_apply_selects_by_id_and_errors_are_clear() -> None:
         SemiSupervisedSplit.from_name("voc-classic-92").apply(ds)
     with pytest.raises(DataError, match="both labeled and unlabeled"):
         SemiSupervisedSplit(["a"], ["a"])
+
+
+def test_the_unlabeled_stream_can_include_the_labeled_images_without_their_masks() -> None:
+    """Full labels leave no unlabeled image; a semi-supervised row then draws the labeled ones, masks dropped."""
+    ds = datasets.Dataset.from_dict({"id": ["a", "b", "c"], "x": [0, 1, 2], "label": [0, 1, 2]})
+    labeled, unlabeled = SemiSupervisedSplit(["c", "a"], ["b"]).apply(ds, unlabeled_includes_labeled=True)
+    assert labeled["id"] == ["c", "a"] and unlabeled["id"] == ["c", "a", "b"] and unlabeled["x"] == [2, 0, 1]
+    assert "label" not in unlabeled.column_names
+    _, none = SemiSupervisedSplit(["a", "b", "c"], []).apply(ds)
+    _, every = SemiSupervisedSplit(["a", "b", "c"], []).apply(ds, unlabeled_includes_labeled=True)
+    assert len(none) == 0 and every["id"] == ["a", "b", "c"]

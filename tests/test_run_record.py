@@ -53,6 +53,27 @@ def test_the_record_of_each_method_preset_says_what_ran(method, data_root, tmp_p
     assert recipe["max_steps"] == 6 and recipe["epochs"] == round(6 / trainer.steps_per_epoch, 3)  # not 80
 
 
+def test_a_full_label_semi_supervised_run_draws_its_unlabeled_batches_from_the_labeled_images(data_root, tmp_path):
+    """``unlabeled_includes_labeled``: with every train image labeled, DeS4 still has an unlabeled stream (the
+    ceiling study's full-label rows), and the record says so; without it the trainer refuses in one line."""
+    from des4_hf.data import DataError, SemiSupervisedSplit
+
+    SemiSupervisedSplit(["f0", "f1", "f2", "f3"], [], "full").save(tmp_path / "split")
+    common = dict(method="des4", backbone="test_resnet", encoder_weights=None, decoder_channels=16, crop_size=32,
+                  batch_size=1, dataset="camvid", data_root=str(data_root), split=str(tmp_path / "split"),
+                  num_workers=0, max_steps=2, mixed_precision="fp32")
+    trainer = Trainer(TrainConfig(**common, unlabeled_includes_labeled=True, output_dir=str(tmp_path / "full")))
+    trainer.prepare_data()
+    trainer.build()
+    assert sorted(trainer.unlabeled_hf["id"]) == sorted(trainer.labeled_hf["id"]) == ["f0", "f1", "f2", "f3"]
+    assert trainer.unlabeled_stream is not None and trainer.unlabeled_stream.batches_per_epoch == 4
+    assert training_record(trainer)["recipe"]["unlabeled_includes_labeled"] is True
+    refused = Trainer(TrainConfig(**common, output_dir=str(tmp_path / "refused")))
+    refused.prepare_data()
+    with pytest.raises(DataError, match="leaves 0 unlabeled image.*--unlabeled-includes-labeled"):
+        refused.build()
+
+
 def test_a_preset_wins_over_the_switches():
     assert resolve_recipe("mean-teacher", decoupled=True, shared_head=True).decoupled is False
     assert resolve_recipe("supervised").record()["teacher"] is False

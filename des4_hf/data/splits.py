@@ -127,9 +127,10 @@ class SemiSupervisedSplit:
             "fingerprint": self.fingerprint}, indent=2) + "\n")
         return out
 
-    def apply(self, dataset: datasets.Dataset | datasets.DatasetDict) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Rows selected by ``id``, in the lists' order: ``(labeled, unlabeled)`` (the latter without ``label``);
-        a ``DatasetDict`` is split on its ``"train"`` split."""
+    def apply(self, dataset: datasets.Dataset | datasets.DatasetDict, unlabeled_includes_labeled: bool = False
+              ) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Rows selected by ``id``, in the lists' order: ``(labeled, unlabeled)`` (the latter without ``label``; with
+        ``unlabeled_includes_labeled``, the labeled rows first); a ``DatasetDict`` is split on its ``"train"`` split."""
         if isinstance(dataset, datasets.DatasetDict):
             if "train" not in dataset:
                 raise DataError(f"DatasetDict has no 'train' split (has {list(dataset)}). Fix: pass the split.")
@@ -153,7 +154,8 @@ class SemiSupervisedSplit:
             raise DataError(f"split {self.name!r}: {len(missing)} of {len(self.labeled_ids) + len(self.unlabeled_ids)}"
                             f" ids are not in the dataset (e.g. {missing[:3]}).{why}")
         labeled = dataset.select([position[i] for i in self.labeled_ids])
-        unlabeled = dataset.select([position[i] for i in self.unlabeled_ids])
+        unlabeled_ids = (*self.labeled_ids, *self.unlabeled_ids) if unlabeled_includes_labeled else self.unlabeled_ids
+        unlabeled = dataset.select([position[i] for i in unlabeled_ids])
         if "label" in unlabeled.column_names:
             unlabeled = unlabeled.remove_columns("label")
         return labeled, unlabeled

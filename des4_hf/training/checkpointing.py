@@ -25,7 +25,7 @@ from ..loading import (
 
 #: recipe options that only a run with a teacher uses: a supervised run's record leaves them out
 TEACHER_OPTIONS = ("unlabeled_batch_size", "lambda_unsupervised", "encoder_momentum", "pseudo_label_quantile",
-                   "pixel_balanced_losses", "supervised_warmup", "unsupervised_rampup")
+                   "pixel_balanced_losses", "supervised_warmup", "unsupervised_rampup", "unlabeled_includes_labeled")
 # What a resumed run must share with the run it continues: its data, its seed and its architecture.
 RUN_KEYS = ("dataset", "seed", "method", "backbone", "output_stride", "decoder_channels", "separable_convs",
             "decoupled", "shared_head", "batch_size", "unlabeled_batch_size", "grad_accum_steps")

@@ -147,6 +147,9 @@ class TrainConfig:
     # losses, and on L_u unless unlabeled_class_weights is false (SPEC §2.9 option; the ceiling study's MT collapse)
     class_weighting: str = "none"
     unlabeled_class_weights: bool = True  # the class weights also weigh L_u (pseudo labels); False: labeled losses only
+    # The unlabeled stream also draws the labeled images, their masks unused: how a semi-supervised row trains when every
+    # image is labeled (the ceiling study's full-label rows); off, as in the paper, whose unlabeled set is the rest
+    unlabeled_includes_labeled: bool = False
     # -- machinery ----------------------------------------------------------------------------------
     mixed_precision: str = "auto"
     channels_last: bool = True

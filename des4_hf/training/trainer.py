@@ -110,7 +110,7 @@ class Trainer:
         else:
             split = SemiSupervisedSplit.from_file(config.split)
         self.split = split  # saved under split/ once a resume has been accepted
-        self.labeled_hf, self.unlabeled_hf = split.apply(train)
+        self.labeled_hf, self.unlabeled_hf = split.apply(train, config.unlabeled_includes_labeled)
         with accelerator.main_process_first():
             counts = class_pixel_counts(self.labeled_hf, self.num_classes, self.output_dir / "cache", split.fingerprint)
         self.labeled_pixel_counts = np.asarray(counts, dtype=np.int64)
@@ -162,7 +162,8 @@ class Trainer:
             if len(self.unlabeled_hf) < config.effective_unlabeled_batch_size:  # no full unlabeled batch to draw
                 raise DataError(f"the split leaves {len(self.unlabeled_hf)} unlabeled image(s), fewer than one unlabeled "
                                 f"batch of {config.effective_unlabeled_batch_size}. Fix: label fewer images "
-                                "(--labeled-fraction), lower --unlabeled-batch-size, or train --method supervised.")
+                                "(--labeled-fraction), lower --unlabeled-batch-size, add --unlabeled-includes-labeled, or "
+                                "train --method supervised.")
             unlabeled = UnlabeledTrainDataset(self.unlabeled_hf, augment, mean, std, seed=config.seed + 1, **frames)
             loaders.append(stream_loader(unlabeled, config.effective_unlabeled_batch_size, config.seed + 1,
                                          config.num_workers))

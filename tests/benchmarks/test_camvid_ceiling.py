@@ -118,7 +118,18 @@ def test_the_label_fractions_val_runs_come_before_the_full_label_search(tmp_path
     assert {call[1] for call in calls[:first_full]} == {"1/32", "1/8"}
     assert sum(call[0] == "val" for call in calls[:first_full]) == 2 * 3 * 3  # 2 fractions × 3 rows × 3 seeds
     assert ("val", "1/8", "des4", 1000, 2) in calls[:first_full] and ("val", "full", "supervised", 1000, 0) in calls
-    assert calls[-1] == ("val", "full", "supervised", 1000, 2)
+    assert {call[2] for call in calls[first_full:]} == set(ceiling.ROWS)  # three rows at full labels too
+    assert calls[-1] == ("val", "full", "des4", 1000, 2)
+    calls.clear()
+    study.run(["val"])  # val alone still finds the budgets (the search's runs are finished: read, not retrained)
+    assert sum(call[0] == "val" for call in calls) == 3 * 3 * 3
+
+
+def test_full_label_semi_supervised_rows_draw_unlabeled_batches_from_the_labeled_images():
+    flag = "--unlabeled-includes-labeled"
+    assert flag in ceiling.row_args("full", "des4") and flag in ceiling.row_args("full", "mt-cutmix+fp")
+    assert flag not in ceiling.row_args("full", "supervised") and flag not in ceiling.row_args("1/8", "des4")
+    assert ceiling.row_args("1/8", "mt-cutmix") == tuple(ceiling.ROW_ARGS["mt-cutmix"])
 
 
 def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path, monkeypatch):
