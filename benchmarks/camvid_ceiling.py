@@ -10,7 +10,9 @@ labels on CamVid, with compute counted in what does not depend on neighbours (is
 2. **Budget search on dev**, seed 0: each (fraction, row) at 500, 1000, 2000, … steps until doubling gains less
    than ``--min-gain`` (0.5) points of dev mIoU; the chosen budget is the smaller of that last pair. Rows search side
    by side: the one at the smallest undecided budget trains next, so the rows meet at equal budgets early.
-3. **Val**: each (fraction, row) at its chosen budget, seeds 0, 1, 2.
+3. **Val**: each (fraction, row) at its chosen budget, seeds 0, 1, 2; and at 1/8 the supervised row again at DeS4's
+   compute (``supervised+equal-compute``: as many supervised steps as DeS4's chosen budget costs in supervised-step
+   equivalents), for the equal-compute target.
 
 Full labels leave no image unlabeled: there the MT + CutMix and DeS4 rows draw their unlabeled batches from the labeled
 images, masks unused (``--unlabeled-includes-labeled``), beside the fully supervised ceiling.
@@ -65,6 +67,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "export-student": ("--export", "student"),  # not trained again: the same run as the baseline, scored by its student
     "labeled-class-weights": ("--no-unlabeled-class-weights",),  # the MT collapse's likely driver, off
 }
+EQUAL_COMPUTE = "supervised+equal-compute"  # the supervised row given DeS4's compute at 1/8 (val only)
 SHARED_CPU_SHARE = 0.10  # of one core, used by other processes during a segment → the run shared its CPU
 SEEDS = (0, 1, 2)
 
@@ -311,9 +314,18 @@ class Study:
             if "options" in phases and ("1/8", "des4") in chosen:
                 self.options(chosen["1/8", "des4"])
             if "val" in phases:
+                runs = {**chosen, **self.equal_compute(chosen)}
                 for seed in SEEDS:
-                    for (fraction, row), budget in chosen.items():
+                    for (fraction, row), budget in runs.items():
                         self.train("val", fraction, row, budget, seed)
+
+    def equal_compute(self, chosen: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """At 1/8, the supervised steps that cost what DeS4's chosen budget costs (its supervised-step equivalents,
+        labeled-only warm-up steps counted as one); none without DeS4's 1/8 budget or the step-cost ratios."""
+        if ("1/8", "des4") not in chosen or not self.ratios:
+            return {}
+        warmup = float(self.settings.get("supervised_warmup", 0.0) or 0.0)
+        return {("1/8", EQUAL_COMPUTE): round(sup_step_equivalents("des4", chosen["1/8", "des4"], warmup, self.ratios))}
 
     def options(self, budget: int) -> None:
         """Each option on dev at 1/8, seed 0; seeds 1 and 2 (and the baseline's) where seed 0 gained ``min_gain``."""

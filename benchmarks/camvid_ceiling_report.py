@@ -21,6 +21,7 @@ TARGETS = (  # (label, fraction, left row, right row, threshold), on val means o
     ("DeS4 − supervised at 1/8", "1/8", "des4", "supervised", 3.0),
     ("DeS4 − MT + CutMix at 1/32", "1/32", "des4", "mt-cutmix", 0.0),
     ("DeS4 − MT + CutMix at 1/8", "1/8", "des4", "mt-cutmix", 0.0),
+    ("DeS4 − supervised at 1/8, equal compute", "1/8", "des4", "supervised+equal-compute", 1.5),
 )
 
 
@@ -157,13 +158,11 @@ def plot(records: Sequence[dict[str, Any]], machine: str, path: Path) -> None:
                 continue
             (line,) = axis.plot([r["sup_step_equiv"] for r in dev], [r["dev_miou"] for r in dev], marker="o",
                                 label=f"{row} (dev)")
-            val = [r["val_miou"] for r in records if r["fraction"] == fraction and r["row"] == row
-                   and r["eval_split"] == "val"]
-            if val:
-                x = next(r["sup_step_equiv"] for r in records if r["fraction"] == fraction and r["row"] == row
-                         and r["eval_split"] == "val")
-                axis.errorbar([x], [np.mean(val)], yerr=[[np.mean(val) - min(val)], [max(val) - np.mean(val)]],
-                              fmt="s", color=line.get_color(), capsize=4, label=f"{row} (val, seeds)")
+            groups = val_groups([r for r in records if r["fraction"] == fraction and r["row"].partition("+")[0] == row])
+            for (_, name), group in sorted(groups.items()):  # the row at its budget (and supervised at DeS4's compute)
+                val = [r["val_miou"] for r in group]
+                axis.errorbar([group[0]["sup_step_equiv"]], [np.mean(val)], fmt="s", color=line.get_color(), capsize=4,
+                              yerr=[[np.mean(val) - min(val)], [max(val) - np.mean(val)]], label=f"{name} (val, seeds)")
         axis.set_xscale("log")
         axis.set_xlabel("supervised-step equivalents")
         axis.set_ylabel("mIoU (%)")

@@ -112,7 +112,7 @@ def test_the_label_fractions_val_runs_come_before_the_full_label_search(tmp_path
 
     monkeypatch.setattr(ceiling.Study, "train", train)
     study = object.__new__(ceiling.Study)
-    study.min_gain = 0.5
+    study.min_gain, study.ratios = 0.5, {}  # no step-cost ratios: no equal-compute row
     study.run(["search", "val"])
     first_full = next(i for i, call in enumerate(calls) if call[1] == "full")
     assert {call[1] for call in calls[:first_full]} == {"1/32", "1/8"}
@@ -216,3 +216,20 @@ def test_a_record_states_the_settings_the_run_trained_with_not_the_recipes(tmp_p
     assert (device_record["resolution"], device_record["crop"]) == ("480×360", 360)
     assert recipe_record["sup_step_equiv"] == pytest.approx(200 + 800 * 1.7)  # warm-up steps count as supervised
     assert device_record["sup_step_equiv"] == pytest.approx(100 + 900 * 1.7)
+
+
+def test_val_gives_supervised_deS4s_compute_at_1_8_for_the_equal_compute_target(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ceiling.Study, "train", lambda self, *key: calls.append(key) or {"dev_miou": 40.0})
+    study = object.__new__(ceiling.Study)
+    study.min_gain, study.ratios, study.settings = 0.5, RATIOS, {"supervised_warmup": 0.1}
+    assert study.equal_compute({("1/8", "des4"): 1000}) == {("1/8", ceiling.EQUAL_COMPUTE): 100 + 900 * 1.7}
+    assert study.equal_compute({("1/32", "des4"): 1000}) == {}  # the target is at 1/8 only
+    study.run(["search", "val"])  # 500 → 1000 gains nothing: every row's budget is 500, DeS4's costs 50 + 450 × 1.7
+    assert [key for key in calls if key[2] == ceiling.EQUAL_COMPUTE] == [("val", "1/8", ceiling.EQUAL_COMPUTE, 815,
+                                                                        seed) for seed in ceiling.SEEDS]
+    records = [_record("des4", s, 50 + s) for s in (0, 1, 2)] + [_record(ceiling.EQUAL_COMPUTE, s, 48.0, steps=1700)
+                                                                  for s in (0, 1, 2)]
+    write_report(records, tmp_path, RATIOS, 0.5)
+    assert "| DeS4 − supervised at 1/8, equal compute | ≥ +1.5 | +3.00 (3 seeds) | yes |" in \
+        (tmp_path / "ceiling.md").read_text()
