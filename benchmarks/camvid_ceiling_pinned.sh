@@ -4,12 +4,18 @@
 # venv, niced. Finished runs come from this clone's reports/camvid/ceiling.json. A pin older than 2026-12-07 keeps its
 # report in reports/camvid/ceiling/ inside the tree: both places are handled.
 #
-#   bash benchmarks/camvid_ceiling_pinned.sh            # 1. start or resume in the background
+#   bash benchmarks/camvid_ceiling_pinned.sh            # 1. start or resume in the background (phases: below)
 #   tail -f outputs/camvid_ceiling.log                  # 2. watch
 #   bash benchmarks/camvid_ceiling_pinned.sh collect    # 3. copy the records back here, redraw (then commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CEILING_COMMIT="${CEILING_COMMIT:-$(cat benchmarks/camvid_ceiling.commit)}"
+# Without arguments, the phases the study is in, committed beside the pin (e.g. "search options" until the options
+# are decided, so that a plain resume never starts val early)
+if [ $# -eq 0 ] && [ -f benchmarks/camvid_ceiling.phases ]; then
+  read -r -a PHASES < benchmarks/camvid_ceiling.phases
+  set -- --phases "${PHASES[@]}"
+fi
 TREE="${CEILING_TREE:-../ceiling}"
 if [ "${1:-run}" = "collect" ]; then
   OLD="$TREE"/reports/camvid/ceiling  # the report's folder at pins before 2026-12-07
