@@ -218,7 +218,7 @@ def test_a_record_states_the_settings_the_run_trained_with_not_the_recipes(tmp_p
     assert device_record["sup_step_equiv"] == pytest.approx(100 + 900 * 1.7)
 
 
-def test_val_gives_supervised_deS4s_compute_at_1_8_for_the_equal_compute_target(tmp_path, monkeypatch):
+def test_val_gives_supervised_des4s_compute_at_1_8_for_the_equal_compute_target(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(ceiling.Study, "train", lambda self, *key: calls.append(key) or {"dev_miou": 40.0})
     study = object.__new__(ceiling.Study)
