@@ -186,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None and (ceiling_model / "config.json").is_file():
         args.model = ceiling_model
     if args.model is None:  # the ceiling study's run of the same split, recipe and seed, trained here
-        if not (study.splits_dir / START / args.eval_split).is_dir():
-            shutil.copytree(start, study.splits_dir / START / args.eval_split)
         folder = study.folder(args.eval_split, START, "des4", args.steps, 0)
         ranked_to_pick = [arm for arm in ARMS if not arm.startswith("random-")
                           and not (study.splits_dir / arm / args.eval_split / "labeled.txt").is_file()]
-        if not (folder / "results.json").is_file() and ((START, 0) not in done or ranked_to_pick):
+        if not (folder / "results.json").is_file() and ranked_to_pick:  # committed picks need no model
+            if not (study.splits_dir / START / args.eval_split).is_dir():
+                shutil.copytree(start, study.splits_dir / START / args.eval_split)
             study._train(folder, args.eval_split, START, "des4", args.steps, 0)
         if (folder / "results.json").is_file():  # else recorded on an earlier machine, and its picks committed
             records[START, 0] = study.record(folder, args.eval_split, START, "des4", args.steps, 0)

@@ -139,6 +139,30 @@ def test_the_ceiling_studys_11_frame_run_ranks_else_the_same_run_is_trained_here
     assert ranked_with == [ceiling_model] * len(study.ARMS) and study.START not in {arm for arm, *_ in trained}
 
 
+def test_a_fresh_machine_with_the_ranked_picks_committed_trains_no_model_to_rank(tmp_path, monkeypatch):
+    reports = tmp_path / "reports"
+    for arm in study.ARMS:  # every arm's picks committed, made by a model that is gone (the ceiling study's, on dev)
+        committed = reports / "suggest" / "splits" / arm / "dev"
+        committed.mkdir(parents=True)
+        (committed / "labeled.txt").write_text("l0\n")
+    trained = []
+
+    def train(self, folder, split, arm, row, steps, seed):
+        trained.append(arm)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text("{}")
+
+    monkeypatch.setattr(study.Study, "_train", train)
+    monkeypatch.setattr(study.Study, "record", lambda self, folder, split, arm, row, steps, seed: {
+        "fraction": arm, "seed": seed, "steps": steps, f"{split}_miou": 40.0, f"{split}_tail_miou": 10.0})
+    (tmp_path / "ceiling" / "dev_data").mkdir(parents=True)
+    assert study.main(["--steps", "10", "--eval-split", "dev", "--data-root", str(tmp_path), "--ceiling-runs",
+                       str(tmp_path / "ceiling"), "--runs-dir", str(tmp_path / "runs"), "--report-dir",
+                       str(reports)]) == 0
+    assert study.START not in trained and len(trained) == len(study.ARMS) * len(study.SEEDS)
+    assert not (reports / "suggest" / "splits" / study.START).exists()
+
+
 def test_the_gap_to_random_pairs_seeds_while_the_measurement_runs():
     def record(arm, seed, miou):
         return {"fraction": arm, "seed": seed, "dev_miou": miou, "dev_tail_miou": miou / 4}
