@@ -54,17 +54,18 @@ RATIO_KEY = {"supervised": None, "mt-cutmix": "mean_teacher_over_supervised", "d
 FIRST_BUDGET, MAX_BUDGET = 500, 16000
 #: SPEC §2.9 options, tried on dev at 1/8 for the semi-supervised rows alike (seed 0, at DeS4's chosen budget; seeds 1
 #: and 2 for those that help), each against "baseline": the row itself trained at the options' commit, so that a gain
-#: never mixes an option with the code changes since the search's pin. Equal batches keep 8 crops a step (the
-#: recipe's 6 + 2), an unlabeled pixel weighing λ2 × a labeled one.
+#: never mixes an option with the code changes since the search's pin (the search's own run where its commit trains
+#: alike, byte for byte). Equal batches keep 8 crops a step (the recipe's 6 + 2), an unlabeled pixel weighing λ2 × a
+#: labeled one. Export-student follows the baseline, so that it scores the baseline's run while its folder is here.
 OPTIONS: dict[str, tuple[str, ...]] = {
     "baseline": (),
+    "export-student": ("--export", "student"),  # not trained again: the same run as the baseline, scored by its student
     "equal-batches": ("--batch-size", "4", "--unlabeled-batch-size", "4"),
     "fp": ("--feature-perturbation", "0.5"),
     "cutmix-0.5": ("--cutmix-prob", "0.5"),
     "threshold-0.95": ("--pseudo-label-threshold", "0.95"),
     "two-views": ("--strong-views", "2"),
     "warmup-0.1": ("--supervised-warmup", "0.1"),
-    "export-student": ("--export", "student"),  # not trained again: the same run as the baseline, scored by its student
     "labeled-class-weights": ("--no-unlabeled-class-weights",),  # the MT collapse's likely driver, off
 }
 EQUAL_COMPUTE = "supervised+equal-compute"  # the supervised row given DeS4's compute at 1/8 (val only)
@@ -225,9 +226,16 @@ class Study:
             return self.records[key]
         base, _, option = row.partition("+")
         if option == "export-student":  # --export changes what is saved, not what is trained: the baseline's student
-            self.train(split, fraction, f"{base}+baseline", steps, seed)
-            folder = self.folder(split, fraction, f"{base}+baseline", steps, seed)
-            self.records[key] = {**self.record(folder, *key, network="student"), "same_run_as": f"{base}+baseline"}
+            baseline = self.train(split, fraction, f"{base}+baseline", steps, seed)
+            folder = self.folder(split, fraction, baseline.get("same_run_as", f"{base}+baseline"), steps, seed)
+            scored = self.record(folder, *key, network="student") if finished_record(folder) is not None \
+                else student_record(baseline, row)  # its folder is gone (another machine): from its record
+            self.records[key] = {**scored, "same_run_as": f"{base}+baseline"}
+            self.write_report()
+            return self.records[key]
+        search_run = self.records.get((split, fraction, base, steps, seed))
+        if option == "baseline" and search_run is not None and same_training_code(search_run["commit"], git_commit()):
+            self.records[key] = {**search_run, "row": row, "same_run_as": base}  # the same command, the same code
             self.write_report()
             return self.records[key]
         folder = self.folder(*key)
@@ -280,6 +288,8 @@ class Study:
                 "val_tail_miou": tail_miou if split == "val" else None,
                 "dev_miou": miou if split == "dev" else None, "dev_tail_miou": tail_miou if split == "dev" else None,
                 "student_miou": 100 * float(final["student"]["mean_iou"]) if "student" in final else None,
+                "student_per_class_iou": {name: 100 * float(v) for name, v in final["student"]["per_class_iou"].items()}
+                if "student" in final else None,
                 "sup_step_equiv": None if equivalents is None else round(equivalents, 1),
                 "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "shared_cpu": shared_cpu(folder),
                 "trained_steps": trained, "cpu": self.machine, "resolution": size,
@@ -360,6 +370,23 @@ def exported_network(folder: Path, final: dict[str, Any]) -> str:
 def helping_options(first: dict[str, float], min_gain: float) -> list[str]:
     """The options whose seed-0 dev mIoU beats the baseline's by ``min_gain`` or more: they get 3 seeds."""
     return [option for option, miou in first.items() if option != "baseline" and miou - first["baseline"] >= min_gain]
+
+
+def student_record(record: dict[str, Any], row: str) -> dict[str, Any]:
+    """A finished run's record as scored by its student, from the record alone (mIoU; the tail and per-class IoU
+    where the record kept the student's per-class IoU, which records before 2026-12-07 09:00 UTC do not)."""
+    per_class = record.get("student_per_class_iou")
+    split = record["eval_split"]
+    tail = float(np.mean([per_class[c] for c in record["tail_classes"]])) if per_class else None
+    return {**record, "row": row, f"{split}_miou": record["student_miou"], f"{split}_tail_miou": tail,
+            "per_class_iou": per_class}
+
+
+def same_training_code(commit: str, other: str) -> bool:
+    """Whether two commits train alike: ``des4_hf/``, ``scripts/`` and ``configs/`` equal to the byte."""
+    done = subprocess.run(["git", "diff", "--quiet", commit, other, "--", "des4_hf", "scripts", "configs"], cwd=REPO,
+                          capture_output=True, check=False)
+    return done.returncode == 0
 
 
 def git_commit() -> str:

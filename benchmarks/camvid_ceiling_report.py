@@ -54,11 +54,11 @@ def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: st
 
 
 def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Each option's dev gain over its row's baseline at the same commit, paired by seed (SPEC §2.9; adopt what helps
-    over 3 seeds)."""
+    """Each option's dev gain over its row's baseline (trained at the options' commit, or the search's run where its
+    commit trains alike to the byte), paired by seed (SPEC §2.9; adopt what helps over 3 seeds)."""
     if not records:
         return []
-    lines = ["", "### Options on the dev split at 1/8 (against the row's baseline at the same commit, paired by seed)",
+    lines = ["", "### Options on the dev split at 1/8 (against the row's baseline, trained alike to the byte; paired by seed)",
              "", "| row | option | seeds | dev mIoU | gain | tail gain | student gain |", "|---|---|---|---|---|---|---|"]
     groups = val_groups(records, "dev")
     for fraction, row in sorted((key for key in groups if not key[1].endswith("+baseline")),

@@ -132,16 +132,19 @@ def test_full_label_semi_supervised_rows_draw_unlabeled_batches_from_the_labeled
     assert ceiling.row_args("1/8", "mt-cutmix") == tuple(ceiling.ROW_ARGS["mt-cutmix"])
 
 
-def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path, monkeypatch):
+def _study(tmp_path):
     import argparse
 
-    recipe = ceiling.REPO / "configs" / "camvid_ceiling.yaml"
     report_dir = tmp_path / "reports" / "ceiling"
     (report_dir / "splits").mkdir(parents=True)
     (report_dir / "splits" / "selection.json").write_text(json.dumps({"classes": ["road", "sign"],
                                                                        "train_class_share": [0.9, 0.01]}))
-    study = ceiling.Study(argparse.Namespace(recipe=recipe, data_root=tmp_path, runs_dir=tmp_path / "runs",
-                                             report_dir=report_dir, min_gain=0.5, extra=[]))
+    return ceiling.Study(argparse.Namespace(recipe=ceiling.REPO / "configs" / "camvid_ceiling.yaml", data_root=tmp_path,
+                                            runs_dir=tmp_path / "runs", report_dir=report_dir, min_gain=0.5, extra=[]))
+
+
+def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path, monkeypatch):
+    study = _study(tmp_path)
     baseline = study.folder("dev", "1/8", "des4+baseline", 1000, 0)
     baseline.mkdir(parents=True)
     scores = {"teacher": (0.40, {"road": 0.70, "sign": 0.10}), "student": (0.44, {"road": 0.72, "sign": 0.16})}
@@ -155,7 +158,45 @@ def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path,
     assert trained == []  # --export changes what is saved, not what is trained: no second run
     assert record["row"] == "des4+export-student" and record["same_run_as"] == "des4+baseline"
     assert record["dev_miou"] == pytest.approx(44.0) and record["dev_tail_miou"] == pytest.approx(16.0)
-    assert study.train("dev", "1/8", "des4+baseline", 1000, 0)["dev_miou"] == pytest.approx(40.0)  # its teacher
+    baseline_record = study.train("dev", "1/8", "des4+baseline", 1000, 0)
+    assert baseline_record["dev_miou"] == pytest.approx(40.0)  # its teacher
+    # the record keeps the student's per-class IoU: export-student can be scored once the folder is gone
+    assert baseline_record["student_per_class_iou"] == pytest.approx({"road": 72.0, "sign": 16.0})
+
+
+def test_the_options_baseline_is_the_search_run_where_its_commit_trains_alike(tmp_path, monkeypatch):
+    study = _study(tmp_path)
+    search_run = {**_record("des4", 0, 46.0, split="dev", steps=4000), "student_miou": 48.5, "tail_classes": ["sign"],
+                  "student_per_class_iou": {"road": 90.0, "sign": 12.0}}
+    study.records[study.key(search_run)] = search_run
+    trained, alike = [], []
+    monkeypatch.setattr(ceiling.Study, "_train", lambda self, folder, *key: trained.append(key))
+    monkeypatch.setattr(ceiling.Study, "record", lambda self, folder, *key, network=None: {"row": key[2]})
+    monkeypatch.setattr(ceiling.Study, "write_report", lambda self: None)
+    monkeypatch.setattr(ceiling, "same_training_code", lambda commit, other: alike.append(commit) or commit == "abc1234")
+
+    baseline = study.train("dev", "1/8", "des4+baseline", 4000, 0)
+    assert trained == [] and alike == ["abc1234"]  # the same command at a commit that trains alike: not run twice
+    assert baseline["row"] == "des4+baseline" and baseline["same_run_as"] == "des4" and baseline["dev_miou"] == 46.0
+    # its student, from the record alone (the run's folder is on another machine)
+    student = study.train("dev", "1/8", "des4+export-student", 4000, 0)
+    assert trained == [] and student["dev_miou"] == 48.5 and student["dev_tail_miou"] == pytest.approx(12.0)
+    assert student["per_class_iou"] == {"road": 90.0, "sign": 12.0} and student["same_run_as"] == "des4+baseline"
+
+    study.records[study.key(search_run)] = {**search_run, "commit": "0ld0000"}  # the search ran other training code
+    assert study.train("dev", "1/8", "mt-cutmix+baseline", 4000, 0)["row"] == "mt-cutmix+baseline"  # no search run
+    study.records[("dev", "1/8", "des4", 4000, 1)] = {**search_run, "seed": 1, "commit": "0ld0000"}
+    study.train("dev", "1/8", "des4+baseline", 4000, 1)
+    assert [key[:3] for key in trained] == [("dev", "1/8", "mt-cutmix+baseline"), ("dev", "1/8", "des4+baseline")]
+
+
+def test_two_commits_train_alike_only_when_the_training_code_is_equal_to_the_byte():
+    if ceiling.git_commit() == "unknown":
+        pytest.skip("not a git checkout")
+    assert ceiling.same_training_code("HEAD", "HEAD")
+    assert not ceiling.same_training_code("e55917b^", "e55917b")  # the full-label option: des4_hf/ and scripts/
+    assert ceiling.same_training_code("c4b3595", "96f3dba")  # the equal-compute row: benchmarks/ only
+    assert not ceiling.same_training_code("no-such-commit", "HEAD")
 
 
 def test_the_search_grid_shows_teacher_and_student_per_budget_and_the_chosen_one_in_bold(tmp_path):
