@@ -17,6 +17,10 @@ if [ $# -eq 0 ] && [ -f benchmarks/camvid_ceiling.phases ]; then
   set -- --phases "${PHASES[@]}"
 fi
 TREE="${CEILING_TREE:-../ceiling}"
+if [ ! -x .venv/bin/python ]; then  # a new machine: nothing but the checkout
+  echo "$0: .venv/bin/python is missing: run bash scripts/test.sh -m 'not slow' first (it makes .venv), then again" >&2
+  exit 2
+fi
 if [ "${1:-run}" = "collect" ]; then
   OLD="$TREE"/reports/camvid/ceiling  # the report's folder at pins before 2026-12-07
   if [ "$OLD/ceiling.json" -nt "$TREE/reports/camvid/ceiling.json" ]; then FROM="$OLD"; else FROM="$TREE"/reports/camvid; fi

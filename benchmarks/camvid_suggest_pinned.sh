@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 COMMIT="${SUGGEST_COMMIT:-$(cat benchmarks/camvid_suggest.commit)}"
 TREE="${SUGGEST_TREE:-../suggest}"
 STEPS="${SUGGEST_STEPS:-2000}"  # DeS4's 1/32 budget, chosen by the ceiling study's dev search
+if [ ! -x .venv/bin/python ]; then  # a new machine: nothing but the checkout
+  echo "$0: .venv/bin/python is missing: run bash scripts/test.sh -m 'not slow' first (it makes .venv), then again" >&2
+  exit 2
+fi
 if [ "${1:-}" = "collect" ]; then
   if [ -f "$TREE"/reports/camvid/suggest.json ]; then
     cp "$TREE"/reports/camvid/suggest.json "$TREE"/reports/camvid/suggest.md reports/camvid/
