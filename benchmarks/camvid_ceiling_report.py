@@ -73,26 +73,29 @@ def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def search_grid(dev: Sequence[dict[str, Any]], min_gain: float) -> list[str]:
+def search_grid(dev: Sequence[dict[str, Any]], min_gain: float, max_budget: int) -> list[str]:
     """The dev search at a glance: a row's teacher (the exported network) and student per budget, the chosen budget
-    (the first whose doubling gained less than ``min_gain``) in bold."""
+    (the first whose doubling gained less than ``min_gain``, else ``max_budget``, marked "cap") in bold."""
     budgets = sorted({r["steps"] for r in dev})
     lines = ["| fraction | row | " + " | ".join(f"{b} steps" for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
     for fraction, row in dict.fromkeys((r["fraction"], r["row"]) for r in dev):
         runs = {r["steps"]: r for r in dev if (r["fraction"], r["row"]) == (fraction, row)}
         chosen = next((b for b in budgets if b in runs and 2 * b in runs
                        and runs[2 * b]["dev_miou"] - runs[b]["dev_miou"] < min_gain), None)
+        capped = chosen is None and max_budget in runs
+        chosen = max_budget if capped else chosen
         for network, field in (("teacher", "dev_miou"), ("student", "student_miou")):
             if not any(run.get(field) is not None for run in runs.values()):
                 continue
             cells = ["" if runs.get(b, {}).get(field) is None else f"{runs[b][field]:.2f}" for b in budgets]
-            cells = [f"**{cell}**" if b == chosen and network == "teacher" else cell for b, cell in zip(budgets, cells)]
+            cells = [f"**{cell}**{' (cap)' * capped}" if b == chosen and network == "teacher" else cell
+                     for b, cell in zip(budgets, cells)]
             label = row if row == "supervised" else f"{row} ({network})"
             lines.append(f"| {fraction} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
-def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float) -> list[str]:
+def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float, max_budget: int) -> list[str]:
     first = records[0]
     lines = [f"## Machine: {machine}", "",
              f"Frames {first['resolution']} (CamVid's are 480×360; kept in memory), crops {first['crop']}², batch "
@@ -106,7 +109,10 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
                  key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"].partition("+")[0]), r["row"],
                                 r["steps"]))
     dev, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
-    lines[-2:-2] = [*search_grid(dev, min_gain), "", "**Bold**: the budget chosen. Every run:", ""]
+    lines[-2:-2] = [*search_grid(dev, min_gain, max_budget), "",
+                    f"**Bold**: the budget chosen; \"(cap)\": still gaining at the largest budget, {max_budget} steps, the "
+                    "longest run that ends within one session (a new machine each session, so no run survives one). "
+                    "Every run:", ""]
     previous: dict[tuple[str, str], float] = {}
     for r in dev:
         key = (r["fraction"], r["row"])
@@ -177,7 +183,8 @@ def plot(records: Sequence[dict[str, Any]], machine: str, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: dict[str, Any], min_gain: float) -> None:
+def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: dict[str, Any], min_gain: float,
+                 max_budget: int) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     _atomic(report_dir / "ceiling.json", json.dumps(list(records), indent=1) + "\n")
     machines = sorted({r["cpu"] for r in records})
@@ -193,7 +200,7 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
     else:
         lines += ["No `step_ratios.json` yet: supervised-step equivalents of the semi-supervised rows are blank.", ""]
     for machine in machines:
-        lines += render_machine([r for r in records if r["cpu"] == machine], machine, min_gain)
+        lines += render_machine([r for r in records if r["cpu"] == machine], machine, min_gain, max_budget)
         name = "ceiling_curves.png" if len(machines) == 1 else f"ceiling_curves-{machines.index(machine)}.png"
         plot([r for r in records if r["cpu"] == machine], machine, report_dir / name)
         lines += [f"![{machine}]({name})", ""]

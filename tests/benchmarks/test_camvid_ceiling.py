@@ -61,7 +61,7 @@ def test_the_report_pairs_seeds_and_keeps_machines_apart(tmp_path):
         if r["eval_split"] == "val":
             groups.setdefault((r["fraction"], r["row"]), []).append(r)
     assert paired_gap(groups, "1/8", "des4", "supervised") == (3.0, 2)  # over the two seeds both rows ran
-    write_report(records, tmp_path, RATIOS, 0.5)
+    write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
     text = (tmp_path / "ceiling.md").read_text()
     assert text.count("## Machine: ") == 2 and (tmp_path / "ceiling_curves-0.png").is_file()
     assert "| 1/8 | des4 | 1000 | 40.00 | – | 20.00 | 1700 | shared | shared |" in text  # no timing from a shared run
@@ -87,7 +87,7 @@ def test_options_that_help_on_seed_0_get_more_seeds_and_gains_are_paired_with_th
     records = [_record("des4+baseline", s, 40 + s, split="dev") for s in (0, 1, 2)]
     records += [_record("des4+fp", s, 41 + s, split="dev") for s in (0, 1, 2)]
     records += [_record("des4+two-views", 0, 39, split="dev"), _record("des4", 0, 45, split="dev")]
-    write_report(records, tmp_path, RATIOS, 0.5)
+    write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
     text = (tmp_path / "ceiling.md").read_text()
     assert "| des4 | fp | 3 | 42.00 | +1.00 | +1.00 | – |" in text
     assert "| des4 | two-views | 1 | 39.00 | -1.00 | -1.00 | – |" in text
@@ -204,7 +204,7 @@ def test_the_search_grid_shows_teacher_and_student_per_budget_and_the_chosen_one
                for steps, miou in ((500, 40.0), (1000, 42.0), (2000, 42.2))]
     records += [{**_record("des4", 0, miou, split="dev", steps=steps), "student_miou": student}
                 for steps, miou, student in ((500, 41.0, 41.5), (1000, 43.0, 44.0))]
-    write_report(records, tmp_path, RATIOS, 0.5)
+    write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
     text = (tmp_path / "ceiling.md").read_text()
     assert "| fraction | row | 500 steps | 1000 steps | 2000 steps |" in text
     assert "| 1/8 | supervised | 40.00 | **42.00** | 42.20 |" in text  # 2000 gained 0.2 < 0.5: 1000 is chosen
@@ -214,7 +214,7 @@ def test_the_search_grid_shows_teacher_and_student_per_budget_and_the_chosen_one
 
 
 def test_the_search_trains_the_row_at_the_smallest_undecided_budget_next(monkeypatch):
-    gains = {"supervised": 1000, "mt-cutmix": 8000, "des4": 4000}  # each row's score stops rising past this budget
+    gains = {"supervised": 1000, "mt-cutmix": 16000, "des4": 4000}  # each row's score stops rising past this budget
     calls = []
 
     def train(self, split, fraction, row, steps, seed):
@@ -229,7 +229,18 @@ def test_the_search_trains_the_row_at_the_smallest_undecided_budget_next(monkeyp
     budgets = [steps for _, _, steps in calls]
     assert budgets == sorted(budgets)  # no row goes on to a budget while another waits at a smaller one
     assert calls[:3] == [("1/8", row, 500) for row in ceiling.ROWS]  # ties: the rows in order
-    assert calls[-1] == ("1/8", "mt-cutmix", 16000) and len(calls) == 3 + 6 + 5
+    assert calls[-2:] == [("1/8", "mt-cutmix", 8000), ("1/8", "des4", 8000)] and len(calls) == 3 + 5 + 5
+
+
+def test_a_row_still_gaining_at_the_largest_budget_is_chosen_there_and_marked(tmp_path):
+    records = [_record("des4", 0, 40.0 + steps / 1000, split="dev", steps=steps)
+               for steps in (500, 1000, 2000, 4000, ceiling.MAX_BUDGET)]
+    write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
+    grid = next(line for line in (tmp_path / "ceiling.md").read_text().splitlines() if line.startswith("| 1/8 | des4"))
+    assert grid.endswith(f"| **{40.0 + ceiling.MAX_BUDGET / 1000:.2f}** (cap) |")
+    write_report(records[:-1], tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)  # below the cap, still gaining: no choice yet
+    assert "**" not in next(line for line in (tmp_path / "ceiling.md").read_text().splitlines()
+                            if line.startswith("| 1/8 | des4"))
 
 
 def test_a_record_states_the_settings_the_run_trained_with_not_the_recipes(tmp_path):
@@ -271,6 +282,6 @@ def test_val_gives_supervised_des4s_compute_at_1_8_for_the_equal_compute_target(
                                                                         seed) for seed in ceiling.SEEDS]
     records = [_record("des4", s, 50 + s) for s in (0, 1, 2)] + [_record(ceiling.EQUAL_COMPUTE, s, 48.0, steps=1700)
                                                                   for s in (0, 1, 2)]
-    write_report(records, tmp_path, RATIOS, 0.5)
+    write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
     assert "| DeS4 − supervised at 1/8, equal compute | ≥ +1.5 | +3.00 (3 seeds) | yes |" in \
         (tmp_path / "ceiling.md").read_text()
