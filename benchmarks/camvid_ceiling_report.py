@@ -1,7 +1,8 @@
 """``reports/camvid/ceiling.{json,md}`` and ``ceiling_curves.png`` from the ceiling study's records (issue 30).
 
-One machine per table and figure: records are grouped by their ``cpu`` field, each machine gets its own section and
-figure. Seconds are shown only for runs that had the CPU to themselves (``shared_cpu`` false).
+mIoU over every machine's runs (a session gets whichever machine is free, so a row's seeds and budgets come from
+several); seconds one machine at a time, in a section per ``cpu``, and only for runs that had the CPU to themselves
+(``shared_cpu`` false).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def options_table(records: Sequence[dict[str, Any]]) -> list[str]:
     commit trains alike to the byte), paired by seed (SPEC §2.9; adopt what helps over 3 seeds)."""
     if not records:
         return []
-    lines = ["", "### Options on the dev split at 1/8 (against the row's baseline, trained alike to the byte; paired by seed)",
+    lines = ["", "## Options on the dev split at 1/8 (against the row's baseline, trained alike to the byte; paired by seed)",
              "", "| row | option | seeds | dev mIoU | gain | tail gain | student gain |", "|---|---|---|---|---|---|---|"]
     groups = val_groups(records, "dev")
     for fraction, row in sorted((key for key in groups if not key[1].endswith("+baseline")),
@@ -95,47 +96,41 @@ def search_grid(dev: Sequence[dict[str, Any]], min_gain: float, max_budget: int)
     return lines
 
 
-def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: float, max_budget: int) -> list[str]:
-    first = records[0]
-    lines = [f"## Machine: {machine}", "",
-             f"Frames {first['resolution']} (CamVid's are 480×360; kept in memory), crops {first['crop']}², batch "
-             f"{first['batch']} (labeled + unlabeled), fp32, commit(s) {', '.join(sorted({r['commit'] for r in records}))}. "
-             "Compute = supervised-step equivalents (sup-eq). Seconds are given only for runs that had the CPU to "
-             "themselves; a shared run shows `shared`.", "",
-             f"### Budget search on the dev split (seed 0; doubling stops below +{min_gain} points)", "",
-             "| fraction | row | steps | dev mIoU | gain over half | dev tail mIoU | sup-eq | CPU s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    dev = sorted((r for r in records if r["eval_split"] == "dev"),
-                 key=lambda r: (FRACTION_ORDER.index(r["fraction"]), ORDER.index(r["row"].partition("+")[0]), r["row"],
-                                r["steps"]))
-    dev, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
-    lines[-2:-2] = [*search_grid(dev, min_gain, max_budget), "",
-                    f"**Bold**: the budget chosen; \"(cap)\": still gaining at the largest budget, {max_budget} steps, the "
-                    "longest run that ends within one session (a new machine each session, so no run survives one). "
-                    "Every run:", ""]
-    previous: dict[tuple[str, str], float] = {}
-    for r in dev:
-        key = (r["fraction"], r["row"])
-        gain = None if key not in previous else r["dev_miou"] - previous[key]
-        previous[key] = r["dev_miou"]
-        seconds = ("shared", "shared") if r["shared_cpu"] else (_fmt(r["cpu_s"], 0), _fmt(r["wall_s"], 0))
-        lines.append(f"| {r['fraction']} | {r['row']} | {r['steps']} | {r['dev_miou']:.2f} | "
-                     f"{'–' if gain is None else f'{gain:+.2f}'} | {r['dev_tail_miou']:.2f} | "
-                     f"{_fmt(r['sup_step_equiv'], 0)} | {seconds[0]} | {seconds[1]} |")
+def machine_letters(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """A letter per machine (``cpu`` field), in sorted order, for the tables' machine columns."""
+    return {machine: chr(ord("A") + i) for i, machine in enumerate(sorted({r["cpu"] for r in records}))}
+
+
+def by_budget(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: (r["eval_split"] != "dev", FRACTION_ORDER.index(r["fraction"]),
+                                          ORDER.index(r["row"].partition("+")[0]), r["row"], r["steps"], r["seed"]))
+
+
+def accuracy_sections(records: Sequence[dict[str, Any]], min_gain: float, max_budget: int) -> list[str]:
+    """The search grid, the options, val and the targets, over every machine's runs (mIoU does not depend on the
+    machine; seconds do, and stay in :func:`machine_section`)."""
+    letters = machine_letters(records)
+    dev = [r for r in by_budget(records) if r["eval_split"] == "dev"]
+    search, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
+    lines = [f"## Budget search on the dev split (seed 0; doubling stops below +{min_gain} points)", "",
+             *search_grid(search, min_gain, max_budget), "",
+             f"**Bold**: the budget chosen; \"(cap)\": still gaining at the largest budget, {max_budget} steps, the "
+             "longest run that ends within one session (a new machine each session, so no run survives one). Each "
+             "run, with its machine and seconds, is in the machine sections below."]
     lines += options_table(options)
     groups = val_groups(records)
-    lines += ["", "### Val at the chosen budgets (3 seeds; spread = max − min)", ""]
+    lines += ["", "## Val at the chosen budgets (3 seeds; spread = max − min)", ""]
     if not groups:
-        lines += ["No val run has finished yet.", ""]
-        return lines
-    lines += ["| fraction | row | steps | seeds | val mIoU | spread | tail mIoU | sup-eq |", "|---|---|---|---|---|---|---|---|"]
+        return lines + ["No val run has finished yet.", ""]
+    lines += ["| fraction | row | steps | seeds | val mIoU | spread | tail mIoU | sup-eq | machines |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for (fraction, row), group in sorted(groups.items(), key=lambda kv: (FRACTION_ORDER.index(kv[0][0]),
                                                                          ORDER.index(kv[0][1].partition("+")[0]))):
         values = [r["val_miou"] for r in group]
         lines.append(f"| {fraction} | {row} | {group[0]['steps']} | {len(group)} | {np.mean(values):.2f} | "
                      f"{max(values) - min(values):.2f} | {np.mean([r['val_tail_miou'] for r in group]):.2f} | "
-                     f"{_fmt(group[0]['sup_step_equiv'], 0)} |")
-    lines += ["", "### Targets (val, paired by seed)", "", "| target | needed | measured | met |", "|---|---|---|---|"]
+                     f"{_fmt(group[0]['sup_step_equiv'], 0)} | {', '.join(sorted({letters[r['cpu']] for r in group}))} |")
+    lines += ["", "## Targets (val, paired by seed)", "", "| target | needed | measured | met |", "|---|---|---|---|"]
     for label, fraction, left, right, threshold in TARGETS:
         value, seeds = paired_gap(groups, fraction, left, right)
         lines.append(f"| {label} | ≥ {threshold:+.1f} | " + ("not run yet | – |" if value is None else
@@ -147,7 +142,28 @@ def render_machine(records: Sequence[dict[str, Any]], machine: str, min_gain: fl
     return lines + [""]
 
 
-def plot(records: Sequence[dict[str, Any]], machine: str, path: Path) -> None:
+def machine_section(records: Sequence[dict[str, Any]], machine: str, letter: str,
+                    previous: dict[tuple[str, str, int], float]) -> list[str]:
+    """Every run one machine trained, with its seconds where it had the CPU to itself; the gain over half the budget
+    is the search's, whichever machine ran the half (``previous``: (fraction, row, steps) → dev mIoU)."""
+    first = records[0]
+    lines = [f"### Machine {letter}: {machine}", "",
+             f"Frames {first['resolution']} (CamVid's are 480×360; kept in memory), crops {first['crop']}², batch "
+             f"{first['batch']} (labeled + unlabeled), fp32, commit(s) {', '.join(sorted({r['commit'] for r in records}))}.",
+             "", "| split | fraction | row | steps | seed | mIoU | gain over half | tail mIoU | sup-eq | CPU s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in by_budget(records):
+        split = r["eval_split"]
+        half = previous.get((r["fraction"], r["row"], r["steps"] // 2)) if split == "dev" and r["seed"] == 0 else None
+        miou = r[f"{split}_miou"]
+        seconds = ("shared", "shared") if r["shared_cpu"] else (_fmt(r["cpu_s"], 0), _fmt(r["wall_s"], 0))
+        lines.append(f"| {split} | {r['fraction']} | {r['row']} | {r['steps']} | {r['seed']} | {miou:.2f} | "
+                     f"{'–' if half is None else f'{miou - half:+.2f}'} | {r[f'{split}_tail_miou']:.2f} | "
+                     f"{_fmt(r['sup_step_equiv'], 0)} | {seconds[0]} | {seconds[1]} |")
+    return lines + [""]
+
+
+def plot(records: Sequence[dict[str, Any]], title: str, path: Path) -> None:
     """Dev mIoU against supervised-step equivalents (search, seed 0) and val points with the seed range."""
     import matplotlib
 
@@ -175,7 +191,7 @@ def plot(records: Sequence[dict[str, Any]], machine: str, path: Path) -> None:
         axis.set_title(f"CamVid {fraction} labeled")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(f"Ceiling study on {machine}", fontsize=9)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     temporary = path.with_name(f".tmp-{path.name}")
     figure.savefig(temporary, dpi=100, format="png")
@@ -187,7 +203,6 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
                  max_budget: int) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     _atomic(report_dir / "ceiling.json", json.dumps(list(records), indent=1) + "\n")
-    machines = sorted({r["cpu"] for r in records})
     lines = ["# CamVid ceiling study (issue 30)", "",
              "Supervised, MT + CutMix and DeS4, each trained until doubling its budget gains less than "
              f"{min_gain} points on the dev split, then at that budget with 3 seeds on val (101 frames). Written by "
@@ -199,9 +214,21 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
                   f"supervised step (batch {t['batch_size']} + {t['unlabeled_batch_size']}, crop {t['crop_size']}).", ""]
     else:
         lines += ["No `step_ratios.json` yet: supervised-step equivalents of the semi-supervised rows are blank.", ""]
-    for machine in machines:
-        lines += render_machine([r for r in records if r["cpu"] == machine], machine, min_gain, max_budget)
-        name = "ceiling_curves.png" if len(machines) == 1 else f"ceiling_curves-{machines.index(machine)}.png"
-        plot([r for r in records if r["cpu"] == machine], machine, report_dir / name)
-        lines += [f"![{machine}]({name})", ""]
+    letters = machine_letters(records)
+    lines += ["Each session is lent whichever machine is free, and no run folder outlives its session, so a row's runs "
+              "come from several machines (" + "; ".join(f"{letter} = {machine}" for machine, letter in letters.items())
+              + "). mIoU is pooled over them: it depends on the CPU no more than on the run's noise (see "
+              "`README.md`, \"mIoU across machines\"). Supervised-step equivalents (sup-eq) come from the one set of "
+              "step-cost ratios above. Seconds are never pooled: they are in each machine's section, and only for runs "
+              "that had the CPU to themselves (`shared` otherwise).", ""]
+    lines += accuracy_sections(records, min_gain, max_budget)
+    lines += ["## Every run, by machine", ""]
+    previous = {(r["fraction"], r["row"], r["steps"]): r["dev_miou"] for r in records
+                if r["eval_split"] == "dev" and r["seed"] == 0}
+    for machine, letter in letters.items():
+        lines += machine_section([r for r in records if r["cpu"] == machine], machine, letter, previous)
+    if records:
+        plot(records, f"Ceiling study: mIoU from machines {', '.join(letters.values())}; sup-eq by the ratios of "
+                      f"{ratios['machine']['cpu_model'] if ratios else 'no machine yet'}", report_dir / "ceiling_curves.png")
+        lines += ["![the ceiling study's curves](ceiling_curves.png)", ""]
     _atomic(report_dir / "ceiling.md", "\n".join(lines) + "\n")

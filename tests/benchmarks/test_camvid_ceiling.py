@@ -53,9 +53,11 @@ def _record(row, seed, miou, split="val", cpu="CPU A", steps=1000, shared=False)
             "resolution": "240×180", "crop": 160, "batch": "6+2", "commit": "abc1234"}
 
 
-def test_the_report_pairs_seeds_and_keeps_machines_apart(tmp_path):
+def test_the_report_pools_miou_over_machines_pairs_seeds_and_keeps_seconds_apart(tmp_path):
     records = [_record("supervised", s, 50 + s) for s in (0, 1, 2)] + [_record("des4", s, 53 + s) for s in (0, 1)]
-    records += [_record("des4", 0, 40, split="dev", shared=True), _record("des4", 0, 41, split="dev", cpu="CPU B")]
+    records[-1] = {**records[-1], "cpu": "CPU B"}  # seed 1 of DeS4 ran on another machine (a later session)
+    records += [_record("des4", 0, 40, split="dev", shared=True), _record("des4", 0, 41, split="dev", cpu="CPU B",
+                                                                        steps=2000)]
     groups = {}
     for r in records:
         if r["eval_split"] == "val":
@@ -63,9 +65,14 @@ def test_the_report_pairs_seeds_and_keeps_machines_apart(tmp_path):
     assert paired_gap(groups, "1/8", "des4", "supervised") == (3.0, 2)  # over the two seeds both rows ran
     write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
     text = (tmp_path / "ceiling.md").read_text()
-    assert text.count("## Machine: ") == 2 and (tmp_path / "ceiling_curves-0.png").is_file()
-    assert "| 1/8 | des4 | 1000 | 40.00 | – | 20.00 | 1700 | shared | shared |" in text  # no timing from a shared run
+    assert "A = CPU A; B = CPU B" in text and (tmp_path / "ceiling_curves.png").is_file()
+    machine_a, machine_b = text.split("### Machine A: CPU A")[1].split("### Machine B: CPU B")
+    assert "| dev | 1/8 | des4 | 1000 | 0 | 40.00 | – | 20.00 | 1700 | shared | shared |" in machine_a  # shared: no seconds
+    assert "| dev | 1/8 | des4 | 2000 | 0 | 41.00 | +1.00 | 21.00 | 1700 | 900 | 500 |" in machine_b  # the half ran on A
+    assert "| val | 1/8 | des4 | 1000 | 1 | 54.00 |" in machine_b and "| 0 | 53.00 |" not in machine_b
+    assert "| 1/8 | des4 | 1000 | 2 | 53.50 | 1.00 | 33.50 | 1700 | A, B |" in text  # both seeds, from both machines
     assert "| DeS4 − supervised at 1/8 | ≥ +3.0 | +3.00 (2 seeds) | yes |" in text
+    assert "| 1/8 | des4 (teacher) | 40.00 | 41.00 |" in text  # one search grid over both machines
     assert json.loads((tmp_path / "ceiling.json").read_text()) == records
 
 
@@ -91,8 +98,8 @@ def test_options_that_help_on_seed_0_get_more_seeds_and_gains_are_paired_with_th
     text = (tmp_path / "ceiling.md").read_text()
     assert "| des4 | fp | 3 | 42.00 | +1.00 | +1.00 | – |" in text
     assert "| des4 | two-views | 1 | 39.00 | -1.00 | -1.00 | – |" in text
-    search = text.split("### Budget search")[1].split("### Options")[0]
-    assert "| 1/8 | des4 | 1000 | 45.00 |" in search and "+fp" not in search  # options stay out of the search
+    search = text.split("## Budget search")[1].split("## Options")[0]
+    assert "| 1/8 | des4 (teacher) | 45.00 |" in search and "+fp" not in search  # options stay out of the search
 
 
 def test_a_run_that_exports_its_student_is_scored_by_its_student(tmp_path):
