@@ -115,10 +115,12 @@ def gaps_to_random(records: list[dict[str, Any]], split: str) -> dict[str, tuple
 
 
 def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: str) -> None:
-    """``out/suggest.{json,md}``: this split's runs and summary, beside those already written for the other split."""
+    """``out/suggest.{json,md}``: this split's runs and summary, beside those already written for the other split. The
+    machines are the runs' own (``machine`` where a run names none): mIoU pools over them, as the ceiling study's."""
     path = out / "suggest.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
-    report[split] = {"machine": machine, "summary": summarise(records, split), "runs": records}
+    machines = "; ".join(sorted({r.get("cpu") or machine for r in records}))
+    report[split] = {"machine": machines, "summary": summarise(records, split), "runs": records}
     path.write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Which frames to label next: des4-suggest against random picks (issue 33)", "",
              f"From the ceiling study's 1/32 split (11 frames), {ADDED} frames added three ways, then DeS4 retrained at "
@@ -129,7 +131,9 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
         if name not in report:
             continue
         summary = report[name]["summary"]
-        lines += ["", f"## {name} (machine: {report[name]['machine']})", "",
+        machines = report[name]["machine"]
+        pooled = " (mIoU pooled over machines: `README.md`, \"mIoU across machines\")" if ";" in machines else ""
+        lines += ["", f"## {name} (machine{'s' * bool(pooled)}: {machines}){pooled}", "",
                   "| arm | runs | mIoU | spread | tail mIoU | spread |", "|---|---|---|---|---|---|"]
         lines += [f"| {arm} | {s['runs']} | {s['miou']:.2f} | {s['miou_spread']:.2f} | {s['tail_miou']:.2f} | "
                   f"{s['tail_miou_spread']:.2f} |" for arm, s in summary.items()]

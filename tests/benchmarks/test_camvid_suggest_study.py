@@ -53,6 +53,10 @@ def test_the_report_keeps_dev_and_val_side_by_side(tmp_path):
     assert saved["val"]["runs"] == [record("suggested", 40.0, "val")]
     text = (tmp_path / "suggest.md").read_text()
     assert "## dev (machine: CPU A)" in text and "## val (machine: CPU A)" in text
+    study.write_report([{**record("suggested", 40.0, "val"), "cpu": "CPU B"}, record("random-0", 38.0, "val")], "val",
+                       tmp_path, "CPU A")  # a later session's run on another machine: both named, mIoU pooled
+    assert json.loads((tmp_path / "suggest.json").read_text())["val"]["machine"] == "CPU A; CPU B"
+    assert "## val (machines: CPU A; CPU B) (mIoU pooled" in (tmp_path / "suggest.md").read_text()
 
 
 def test_a_ranked_arm_needs_the_model_only_until_its_split_is_committed(tmp_path):
