@@ -171,6 +171,16 @@ def test_export_student_is_the_baselines_own_run_scored_by_its_student(tmp_path,
     assert baseline_record["student_per_class_iou"] == pytest.approx({"road": 72.0, "sign": 16.0})
 
 
+def test_each_rows_options_train_at_its_own_chosen_budget_des4_first(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ceiling.Study, "train", lambda self, *key: calls.append(key) or {"dev_miou": 40.0})
+    study = object.__new__(ceiling.Study)
+    study.min_gain = 0.5
+    study.options({("1/8", "des4"): 8000, ("1/8", "mt-cutmix"): 4000, ("1/8", "supervised"): 2000})
+    assert calls == [("dev", "1/8", f"{row}+{option}", steps, 0) for row, steps in (("des4", 8000), ("mt-cutmix", 4000))
+                     for option in ceiling.OPTIONS]  # no option helped: seed 0 only, and no supervised option
+
+
 def test_the_options_baseline_is_the_search_run_where_its_commit_trains_alike(tmp_path, monkeypatch):
     study = _study(tmp_path)
     search_run = {**_record("des4", 0, 46.0, split="dev", steps=4000), "student_miou": 48.5, "tail_classes": ["sign"],
