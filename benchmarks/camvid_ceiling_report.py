@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 ORDER = ("supervised", "mt-cutmix", "des4")
+MARKERS = "o^Dv<>ph"  # machine A, B, …
 FRACTION_ORDER = ("1/32", "1/8", "full")
 TARGETS = (  # (label, fraction, left row, right row, threshold), on val means over the seeds both rows ran
     ("DeS4 − supervised at 1/32", "1/32", "des4", "supervised", 5.0),
@@ -164,7 +165,10 @@ def machine_section(records: Sequence[dict[str, Any]], machine: str, letter: str
 
 
 def plot(records: Sequence[dict[str, Any]], title: str, path: Path) -> None:
-    """Dev mIoU against supervised-step equivalents (search, seed 0) and val points with the seed range."""
+    """Dev mIoU against supervised-step equivalents (search, seed 0; a marker per machine) and val points with the
+    seed range."""
+    letters = machine_letters(records)
+    title += " (dev markers: " + ", ".join(f"{MARKERS[i]} {letter}" for i, letter in enumerate(letters.values())) + ")"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,8 +182,11 @@ def plot(records: Sequence[dict[str, Any]], title: str, path: Path) -> None:
                           and r["sup_step_equiv"] is not None), key=lambda r: r["steps"])
             if not dev:
                 continue
-            (line,) = axis.plot([r["sup_step_equiv"] for r in dev], [r["dev_miou"] for r in dev], marker="o",
-                                label=f"{row} (dev)")
+            (line,) = axis.plot([r["sup_step_equiv"] for r in dev], [r["dev_miou"] for r in dev], label=f"{row} (dev)")
+            for machine, letter in letters.items():  # each point's machine, by its marker
+                mine = [r for r in dev if r["cpu"] == machine]
+                axis.scatter([r["sup_step_equiv"] for r in mine], [r["dev_miou"] for r in mine], color=line.get_color(),
+                             marker=MARKERS[ord(letter) - ord("A")])
             groups = val_groups([r for r in records if r["fraction"] == fraction and r["row"].partition("+")[0] == row])
             for (_, name), group in sorted(groups.items()):  # the row at its budget (and supervised at DeS4's compute)
                 val = [r["val_miou"] for r in group]
