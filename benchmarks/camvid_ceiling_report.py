@@ -107,10 +107,10 @@ def by_budget(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                           ORDER.index(r["row"].partition("+")[0]), r["row"], r["steps"], r["seed"]))
 
 
-def accuracy_sections(records: Sequence[dict[str, Any]], min_gain: float, max_budget: int) -> list[str]:
+def accuracy_sections(records: Sequence[dict[str, Any]], min_gain: float, max_budget: int,
+                      letters: dict[str, str]) -> list[str]:
     """The search grid, the options, val and the targets, over every machine's runs (mIoU does not depend on the
     machine; seconds do, and stay in :func:`machine_section`)."""
-    letters = machine_letters(records)
     dev = [r for r in by_budget(records) if r["eval_split"] == "dev"]
     search, options = [r for r in dev if "+" not in r["row"]], [r for r in dev if "+" in r["row"]]
     lines = [f"## Budget search on the dev split (seed 0; doubling stops below +{min_gain} points)", "",
@@ -164,10 +164,9 @@ def machine_section(records: Sequence[dict[str, Any]], machine: str, letter: str
     return lines + [""]
 
 
-def plot(records: Sequence[dict[str, Any]], title: str, path: Path) -> None:
+def plot(records: Sequence[dict[str, Any]], title: str, path: Path, letters: dict[str, str]) -> None:
     """Dev mIoU against supervised-step equivalents (search, seed 0; a marker per machine) and val points with the
     seed range."""
-    letters = machine_letters(records)
     title += " (dev markers: " + ", ".join(f"{MARKERS[i]} {letter}" for i, letter in enumerate(letters.values())) + ")"
     import matplotlib
 
@@ -228,7 +227,7 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
               "`README.md`, \"mIoU across machines\"). Supervised-step equivalents (sup-eq) come from the one set of "
               "step-cost ratios above. Seconds are never pooled: they are in each machine's section, and only for runs "
               "that had the CPU to themselves (`shared` otherwise).", ""]
-    lines += accuracy_sections(records, min_gain, max_budget)
+    lines += accuracy_sections(records, min_gain, max_budget, letters)
     lines += ["## Every run, by machine", ""]
     previous = {(r["fraction"], r["row"], r["steps"]): r["dev_miou"] for r in records
                 if r["eval_split"] == "dev" and r["seed"] == 0}
@@ -236,6 +235,6 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
         lines += machine_section([r for r in records if r["cpu"] == machine], machine, letter, previous)
     if records:
         plot(records, f"Ceiling study: mIoU from machines {', '.join(letters.values())}; sup-eq by the ratios of "
-                      f"{ratios['machine']['cpu_model'] if ratios else 'no machine yet'}", report_dir / "ceiling_curves.png")
+                      f"{ratios['machine']['cpu_model'] if ratios else 'no machine yet'}", report_dir / "ceiling_curves.png", letters)
         lines += ["![the ceiling study's curves](ceiling_curves.png)", ""]
     _atomic(report_dir / "ceiling.md", "\n".join(lines) + "\n")
