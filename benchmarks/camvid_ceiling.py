@@ -51,8 +51,9 @@ FRACTIONS = {"1/32": 11, "1/8": 46, "full": None}  # labeled frames (None: all)
 ROWS = ("supervised", "mt-cutmix", "des4")
 METHOD = {"supervised": "supervised", "mt-cutmix": "mean-teacher", "des4": "des4"}
 RATIO_KEY = {"supervised": None, "mt-cutmix": "mean_teacher_over_supervised", "des4": "des4_over_supervised"}
-#: The largest budget is the largest run that ends within one session: a session gets a new machine, whose outputs/ is
-#: empty, so no run survives one (a 1/8 DeS4 run of 16000 steps needs about 3.5 h on 2 cores of the AMD EPYC). A row
+#: The largest budget is the largest run that ends within one session: a session usually gets a new machine, whose
+#: outputs/ is empty, so a run resumes from its checkpoints only where the next session finds the same machine (a 1/8
+#: DeS4 run of 16000 steps needs about 3.5 h on 2 cores of the AMD EPYC). A row
 #: still gaining at the cap is chosen at it, and the report marks it.
 FIRST_BUDGET, MAX_BUDGET = 500, 8000
 #: SPEC §2.9 options, tried on dev at 1/8 for the semi-supervised rows alike (seed 0, at the row's chosen budget; seeds 1

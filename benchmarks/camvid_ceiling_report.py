@@ -116,7 +116,8 @@ def accuracy_sections(records: Sequence[dict[str, Any]], min_gain: float, max_bu
     lines = [f"## Budget search on the dev split (seed 0; doubling stops below +{min_gain} points)", "",
              *search_grid(search, min_gain, max_budget), "",
              f"**Bold**: the budget chosen; \"(cap)\": still gaining at the largest budget, {max_budget} steps, the "
-             "longest run that ends within one session (a new machine each session, so no run survives one). Each "
+             "longest run that ends within one session (a session usually lands on a new machine, with no run folders; a "
+             "run resumes from its checkpoints only where the next session finds the same machine). Each "
              "run, with its machine and seconds, is in the machine sections below."]
     lines += options_table(options)
     groups = val_groups(records)
