@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ ADDED = 35  # 11 + 35 = 46 frames, the 1/8 count
 ARMS = ("suggested", "uncertainty", "random-0", "random-1", "random-2")
 START = "start"  # the 11 frames alone: the model the ranked arms rank with, when trained here (no --model)
 SEEDS = (0, 1, 2)
+NEAR = 60  # frame numbers: CamVid's labeled frames are 30 apart (1 s of video), so two picks this close are 2 s apart
 
 
 def pool_folder(images: Path, ids: list[str], out: Path) -> Path:
@@ -95,9 +97,10 @@ def summarise(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, 
     return summary
 
 
-def gaps_to_random(records: list[dict[str, Any]], split: str) -> dict[str, tuple[float | None, float | None, int]]:
-    """Per ranked arm: (mIoU gain, tail gain, seeds) over random picks, paired by seed (random: its draws' mean at that
-    seed), so that a measurement still running compares like with like."""
+def gaps_to_random(records: list[dict[str, Any]], split: str
+                   ) -> dict[str, tuple[float | None, float | None, int, dict[int, float]]]:
+    """Per ranked arm: (mIoU gain, tail gain, seeds, each seed's mIoU gain) over random picks, paired by seed (random:
+    its draws' mean at that seed), so that a measurement still running compares like with like."""
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_arm.setdefault(record["fraction"].partition("-")[0], []).append(record)
@@ -107,11 +110,38 @@ def gaps_to_random(records: list[dict[str, Any]], split: str) -> dict[str, tuple
     groups = {("", arm): runs for arm, runs in by_arm.items()}
     groups["", "random"] = [{"seed": seed, **{f: float(np.mean([r[f] for r in runs])) for f in fields}}
                             for seed, runs in draws.items() if runs]
+    random_miou = {r["seed"]: r[fields[0]] for r in groups["", "random"]}
     gaps = {}
     for arm in ("suggested", "uncertainty"):
         (gain, seeds), (tail, _) = (paired_gap(groups, "", arm, "random", field) for field in fields)
-        gaps[arm] = (gain, tail, seeds)
+        per_seed = {r["seed"]: r[fields[0]] - random_miou[r["seed"]] for r in groups.get(("", arm), [])
+                    if r["seed"] in random_miou}
+        gaps[arm] = (gain, tail, seeds, dict(sorted(per_seed.items())))
     return gaps
+
+
+def pick_spread(out: Path, split: str) -> list[str]:
+    """Markdown rows: per arm, its added frames per video sequence and how many lie within ``NEAR`` frame numbers of
+    another of its picks (near-duplicates, which the diversity pick is there to avoid)."""
+    start_file = out / "ceiling" / "splits" / "1_32" / split / "labeled.txt"
+    start = set(read_ids(start_file)) if start_file.is_file() else set()
+    counts = {}
+    for arm in ARMS:
+        path = out / "suggest" / "splits" / arm / split / "labeled.txt"
+        if path.is_file():
+            frames: dict[str, list[int]] = {}
+            for sequence, number in (re.fullmatch(r"(.*?)_?f?(\d+)", i).groups() for i in read_ids(path) if i not in start):
+                frames.setdefault(sequence, []).append(int(number))
+            near = sum(any(0 < abs(a - b) <= NEAR for b in numbers) for numbers in frames.values() for a in numbers)
+            counts[arm] = (frames, near)
+    if not counts:
+        return []
+    sequences = sorted({sequence for frames, _ in counts.values() for sequence in frames})
+    return ["", f"How the added frames spread over the video sequences, and how many lie within {NEAR} frame numbers "
+            "(2 s of video) of another frame the same arm added:", "",
+            f"| arm | {' | '.join(sequences)} | within 2 s of another |", "|---|" + "---|" * (len(sequences) + 1),
+            *(f"| {arm} | {' | '.join(str(len(frames.get(s, []))) for s in sequences)} | {near} |"
+              for arm, (frames, near) in counts.items())]
 
 
 def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: str) -> None:
@@ -137,11 +167,13 @@ def write_report(records: list[dict[str, Any]], split: str, out: Path, machine: 
                   "| arm | runs | mIoU | spread | tail mIoU | spread |", "|---|---|---|---|---|---|"]
         lines += [f"| {arm} | {s['runs']} | {s['miou']:.2f} | {s['miou_spread']:.2f} | {s['tail_miou']:.2f} | "
                   f"{s['tail_miou_spread']:.2f} |" for arm, s in summary.items()]
-        for arm, (gain, tail, seeds) in gaps_to_random(report[name]["runs"], name).items():
+        for arm, (gain, tail, seeds, per_seed) in gaps_to_random(report[name]["runs"], name).items():
             targets = (" (target ≥ +2.0)", " (target ≥ +4.0)") if arm == "suggested" else ("", "")  # issue 33's
             if seeds:
                 lines += ["", f"{arm.capitalize()} − random, paired over the {seeds} seed(s) both have (random: the "
-                          f"mean of its draws): {gain:+.2f} mIoU{targets[0]}, {tail:+.2f} tail mIoU{targets[1]}."]
+                          f"mean of its draws): {gain:+.2f} mIoU{targets[0]} (seed by seed: "
+                          f"{' / '.join(f'{v:+.2f}' for v in per_seed.values())}), {tail:+.2f} tail mIoU{targets[1]}."]
+        lines += pick_spread(out, name)
         if (out / f"suggested-{name}.jpg").is_file():
             lines += ["", f"![the suggested frames ({name})](suggested-{name}.jpg)"]
     (out / "suggest.md").write_text("\n".join(lines) + "\n")

@@ -1,5 +1,5 @@
 """The label-next measurement's machinery (issue 33): a random arm's split and the per-arm summary that pools the
-random draws."""
+random draws, and how the picks spread over the video."""
 
 from __future__ import annotations
 
@@ -175,6 +175,24 @@ def test_the_gap_to_random_pairs_seeds_while_the_measurement_runs():
                record("random-0", 0, 44.0), record("random-1", 0, 46.0), record("random-0", 1, 47.0),
                record("uncertainty", 0, 43.0)]  # seed 2: no random draw yet
     gaps = study.gaps_to_random(records, "dev")
-    assert gaps["suggested"] == (pytest.approx(2.0), pytest.approx(0.5), 2)  # (46 − 45 + 50 − 47) / 2; seed 2 out
-    assert gaps["uncertainty"] == (pytest.approx(-2.0), pytest.approx(-0.5), 1)
-    assert study.gaps_to_random(records[:2], "dev")["suggested"] == (None, None, 0)
+    # (46 − 45 + 50 − 47) / 2; seed 2 out
+    assert gaps["suggested"] == (pytest.approx(2.0), pytest.approx(0.5), 2, {0: pytest.approx(1.0), 1: pytest.approx(3.0)})
+    assert gaps["uncertainty"] == (pytest.approx(-2.0), pytest.approx(-0.5), 1, {0: pytest.approx(-2.0)})
+    assert study.gaps_to_random(records[:2], "dev")["suggested"] == (None, None, 0, {})
+
+
+def test_the_spread_table_counts_near_duplicate_picks_per_arm_leaving_the_start_frames_out(tmp_path):
+    def labeled(folder, ids):
+        folder.mkdir(parents=True)
+        (folder / "labeled.txt").write_text("".join(f"{i}\n" for i in ids))
+
+    labeled(tmp_path / "ceiling" / "splits" / "1_32" / "val", ["0001TP_006690", "0001TP_006720"])  # start: adjacent
+    start = ["0001TP_006690", "0001TP_006720"]
+    # two frames 1 s apart and one far away; 0006R0's ids carry an "f" before the number
+    labeled(tmp_path / "suggest" / "splits" / "uncertainty" / "val",
+            [*start, "0006R0_f01230", "0006R0_f01260", "0016E5_07959"])
+    labeled(tmp_path / "suggest" / "splits" / "suggested" / "val", [*start, "0006R0_f01230", "0006R0_f02230"])
+    rows = study.pick_spread(tmp_path, "val")
+    assert "| arm | 0006R0 | 0016E5 | within 2 s of another |" in rows
+    assert "| suggested | 2 | 0 | 0 |" in rows and "| uncertainty | 2 | 1 | 2 |" in rows
+    assert study.pick_spread(tmp_path, "dev") == []  # no picks for that split: no table
