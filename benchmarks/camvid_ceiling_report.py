@@ -222,7 +222,8 @@ def write_report(records: Sequence[dict[str, Any]], report_dir: Path, ratios: di
     else:
         lines += ["No `step_ratios.json` yet: supervised-step equivalents of the semi-supervised rows are blank.", ""]
     letters = machine_letters(records)
-    lines += ["Each session is lent whichever machine is free, and no run folder outlives its session, so a row's runs "
+    lines += ["Each session is lent whichever machine is free, and a run folder outlives its session only where the next "
+              "session finds the same machine, so a row's runs "
               "come from several machines (" + "; ".join(f"{letter} = {machine}" for machine, letter in letters.items())
               + "). mIoU is pooled over them: it depends on the CPU no more than on the run's noise (see "
               "`README.md`, \"mIoU across machines\"). Supervised-step equivalents (sup-eq) come from the one set of "
