@@ -46,13 +46,19 @@ def val_groups(records: Sequence[dict[str, Any]], split: str = "val") -> dict[tu
     return groups
 
 
+def paired_differences(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: str, left: str, right: str,
+                       field: str = "val_miou") -> dict[int, float]:
+    """Seed → ``left − right`` over the seeds both rows ran (and recorded ``field``), in seed order."""
+    a = {r["seed"]: r[field] for r in groups.get((fraction, left), []) if r.get(field) is not None}
+    b = {r["seed"]: r[field] for r in groups.get((fraction, right), []) if r.get(field) is not None}
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+
+
 def paired_gap(groups: dict[tuple[str, str], list[dict[str, Any]]], fraction: str, left: str, right: str,
                field: str = "val_miou") -> tuple[float | None, int]:
     """Mean over the seeds both rows ran (and recorded ``field``) of ``left − right``, paired by seed; how many seeds."""
-    a = {r["seed"]: r[field] for r in groups.get((fraction, left), []) if r.get(field) is not None}
-    b = {r["seed"]: r[field] for r in groups.get((fraction, right), []) if r.get(field) is not None}
-    seeds = sorted(set(a) & set(b))
-    return (float(np.mean([a[s] - b[s] for s in seeds])), len(seeds)) if seeds else (None, 0)
+    differences = paired_differences(groups, fraction, left, right, field)
+    return (float(np.mean(list(differences.values()))), len(differences)) if differences else (None, 0)
 
 
 def options_table(records: Sequence[dict[str, Any]]) -> list[str]:

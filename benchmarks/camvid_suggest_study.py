@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from camvid_ceiling import REPO, Study, read_ids, write_split  # this file's folder is on sys.path
-from camvid_ceiling_report import paired_gap
+from camvid_ceiling_report import paired_differences, paired_gap
 from PIL import Image
 
 ADDED = 35  # 11 + 35 = 46 frames, the 1/8 count
@@ -110,13 +110,10 @@ def gaps_to_random(records: list[dict[str, Any]], split: str
     groups = {("", arm): runs for arm, runs in by_arm.items()}
     groups["", "random"] = [{"seed": seed, **{f: float(np.mean([r[f] for r in runs])) for f in fields}}
                             for seed, runs in draws.items() if runs]
-    random_miou = {r["seed"]: r[fields[0]] for r in groups["", "random"]}
     gaps = {}
     for arm in ("suggested", "uncertainty"):
         (gain, seeds), (tail, _) = (paired_gap(groups, "", arm, "random", field) for field in fields)
-        per_seed = {r["seed"]: r[fields[0]] - random_miou[r["seed"]] for r in groups.get(("", arm), [])
-                    if r["seed"] in random_miou}
-        gaps[arm] = (gain, tail, seeds, dict(sorted(per_seed.items())))
+        gaps[arm] = (gain, tail, seeds, paired_differences(groups, "", arm, "random", fields[0]))
     return gaps
 
 

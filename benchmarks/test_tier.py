@@ -49,15 +49,18 @@ def measure() -> dict:
 def render(rows: list[dict]) -> str:
     lines = ["# Fast tier: `bash scripts/test.sh -m \"not slow\"`", "",
              f"Goal: pytest's time ≤ {GOAL_S:g} s (issue 31), on a CPU nothing else uses. Written by "
-             "`python benchmarks/test_tier.py`, one row a run; compare rows of one machine only. A row whose run "
-             f"shared the CPU (others used more than {SHARED_CPU_SHARE:.0%} of a core) gives no timing figure.", "",
-             "| date | commit | machine | pytest s | wall s | CPU s | others' CPU s | goal | tests |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        goal = "shared: no figure" if row["shared"] else ("met" if row["pytest_s"] <= GOAL_S else "missed")
-        lines.append(f"| {row['date']} | {row['commit']} | {row['machine']} | {row['pytest_s']:.2f} | {row['wall_s']:.1f} "
-                     f"| {row['cpu_s']:.1f} | {row['others_cpu_s']:.1f} | {goal} | {row['outcome']} |")
+             "`python benchmarks/test_tier.py`, one row a run, one table a machine. A row whose run shared the CPU "
+             f"(others used more than {SHARED_CPU_SHARE:.0%} of a core) gives no timing figure."]
+    for machine in dict.fromkeys(row["machine"] for row in rows):  # in the order of each machine's first run
+        lines += ["", f"## {machine}", "", "| date | commit | pytest s | wall s | CPU s | others' CPU s | goal | tests |",
+                  "|---|---|---|---|---|---|---|---|", *(table_row(row) for row in rows if row["machine"] == machine)]
     return "\n".join(lines) + "\n"
+
+
+def table_row(row: dict) -> str:
+    goal = "shared: no figure" if row["shared"] else ("met" if row["pytest_s"] <= GOAL_S else "missed")
+    return (f"| {row['date']} | {row['commit']} | {row['pytest_s']:.2f} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | "
+            f"{row['others_cpu_s']:.1f} | {goal} | {row['outcome']} |")
 
 
 def main() -> None:
