@@ -13,6 +13,8 @@ labels on CamVid, with compute counted in what does not depend on neighbours (is
 3. **Val**: each (fraction, row) at its chosen budget, seeds 0, 1, 2; and at 1/8 the supervised row again at DeS4's
    compute (``supervised+equal-compute``: as many supervised steps as DeS4's chosen budget costs in supervised-step
    equivalents), for the equal-compute target.
+4. **Options** (``OPTIONS``, phase ``options``): on dev at 1/8, after val at 1/32 and 1/8 (the question comes first;
+   val trains the recipe's rows, so it never waits on them) and before the full-label val (a reference).
 
 Full labels leave no image unlabeled: there the MT + CutMix and DeS4 rows draw their unlabeled batches from the labeled
 images, masks unused (``--unlabeled-includes-labeled``), beside the fully supervised ceiling.
@@ -321,17 +323,18 @@ class Study:
         return {key: chosen[key] for key in rows}
 
     def run(self, phases: Sequence[str]) -> None:
-        """The study's question first: search, options and val at 1/32 and 1/8, then the full-label ceiling."""
+        """The study's question first: search and val at 1/32 and 1/8, then the options (refinements, measured on dev),
+        then the full-label ceiling. Val does not wait for the options: its rows are the recipe's, options or not."""
         for group in ([f for f, count in FRACTIONS.items() if count is not None], ["full"]):
             rows = [(fraction, row) for fraction in group for row in ROWS]
             chosen = self.search(rows)  # every phase needs the budgets: finished runs are read, not trained again
-            if "options" in phases and ("1/8", "des4") in chosen:
-                self.options(chosen)
             if "val" in phases:
                 runs = {**chosen, **self.equal_compute(chosen)}
                 for seed in SEEDS:
                     for (fraction, row), budget in runs.items():
                         self.train("val", fraction, row, budget, seed)
+            if "options" in phases and ("1/8", "des4") in chosen:
+                self.options(chosen)
 
     def equal_compute(self, chosen: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """At 1/8, the supervised steps that cost what DeS4's chosen budget costs (its supervised-step equivalents,
