@@ -132,7 +132,7 @@ def test_the_label_fractions_val_runs_come_before_the_full_label_search(tmp_path
     assert sum(call[0] == "val" for call in calls) == 3 * 3 * 3
     calls.clear()
     study.run(["search", "val", "options"])  # the question (val at 1/32 and 1/8) is answered before any option trains
-    first_option = next(i for i, call in enumerate(calls) if "+" in call[2])
+    first_option = next(i for i, call in enumerate(calls) if call[0] == "dev" and "+" in call[2])
     assert sum(call[0] == "val" and call[1] != "full" for call in calls[:first_option]) == 2 * 3 * 3
     assert all(call[1] == "full" for call in calls[first_option:] if call[0] == "val")
 
