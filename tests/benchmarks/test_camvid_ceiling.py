@@ -56,6 +56,7 @@ def _record(row, seed, miou, split="val", cpu="CPU A", steps=1000, shared=False)
 def test_the_report_pools_miou_over_machines_pairs_seeds_and_keeps_seconds_apart(tmp_path):
     records = [_record("supervised", s, 50 + s) for s in (0, 1, 2)] + [_record("des4", s, 53 + s) for s in (0, 1)]
     records[-1] = {**records[-1], "cpu": "CPU B"}  # seed 1 of DeS4 ran on another machine (a later session)
+    records.append(_record("mt-cutmix", 0, 45))  # one seed so far
     records += [_record("des4", 0, 40, split="dev", shared=True), _record("des4", 0, 41, split="dev", cpu="CPU B",
                                                                         steps=2000)]
     groups = {}
@@ -71,7 +72,10 @@ def test_the_report_pools_miou_over_machines_pairs_seeds_and_keeps_seconds_apart
     assert "| dev | 1/8 | des4 | 2000 | 0 | 41.00 | +1.00 | 21.00 | 1700 | 900 | 500 |" in machine_b  # the half ran on A
     assert "| val | 1/8 | des4 | 1000 | 1 | 54.00 |" in machine_b and "| 0 | 53.00 |" not in machine_b
     assert "| 1/8 | des4 | 1000 | 2 | 53.50 | 1.00 | 33.50 | 1700 | A, B |" in text  # both seeds, from both machines
-    assert "| DeS4 − supervised at 1/8 | ≥ +3.0 | +3.00 (2 seeds) | yes |" in text
+    # a target is judged over 3 paired seeds: before that the table says how far it has got; one seed has no spread
+    assert "| DeS4 − supervised at 1/8 | ≥ +3.0 | +3.00 (2 seeds) | pending (2 of 3 seeds) |" in text
+    assert "| DeS4 − MT + CutMix at 1/8 | ≥ +0.0 | +8.00 (1 seed) | pending (1 of 3 seeds) |" in text
+    assert "| 1/8 | mt-cutmix | 1000 | 1 | 45.00 | – | 25.00 |" in text
     assert "| 1/8 | des4 (teacher) | 40.00 | 41.00 |" in text  # one search grid over both machines
     assert json.loads((tmp_path / "ceiling.json").read_text()) == records
 
