@@ -1,11 +1,12 @@
-"""Why did a ceiling-study run score low on dev? Probes of one finished run's exported model (issue 30).
+"""Why did a ceiling-study run score low on dev or val? Probes of one finished run's exported model (issue 30).
 
     python benchmarks/camvid_collapse_probe.py outputs/camvid_ceiling/dev/1_32/mt-cutmix-4000-seed0 [--json out.json]
 
 It rebuilds the run's data from its train_config.yaml (the run's own split and frame scale) and reports the mIoU of
-the exported model (``best/``) on: dev as saved; dev with its BatchNorm statistics re-estimated on the labeled frames;
-the labeled frames; the unlabeled train frames (their masks exist: CamVid labels every train frame); and, on dev,
-where each class's pixels go and how concentrated the pixel embeddings are (the mean resultant length of the unit
+the exported model (``best/``) on: the run's evaluation split as saved (dev or val, named from the driver's layout
+``<runs-dir>/<dev|val>/<fraction>/<run>``); that split with its BatchNorm statistics re-estimated on the labeled
+frames; the labeled frames; the unlabeled train frames (their masks exist: CamVid labels every train frame); and, on
+the evaluation split, where each class's pixels go and how concentrated the pixel embeddings are (the mean resultant length of the unit
 embeddings: 1 when every pixel points one way) and their mean cosine to each prototype.
 """
 from __future__ import annotations
@@ -59,8 +60,10 @@ def main() -> int:
     dev, labeled = (EvalDataset(split, mean, std, num_classes=classes, **frames)
                     for split in (trainer.val_hf, trainer.labeled_hf))
 
+    split = args.run.resolve().parent.parent.name  # the driver's layout: <runs-dir>/<dev|val>/<fraction>/<run>
+    split = split if split in ("dev", "val") else "evaluation split"
     figures: dict[str, object] = {}
-    figures["dev"], confusion = scores(model, dev, classes)
+    figures[split], confusion = scores(model, dev, classes)
     recalibrated = copy.deepcopy(model)
     for module in recalibrated.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -70,20 +73,20 @@ def main() -> int:
     with torch.no_grad():
         for index in range(len(labeled)):
             recalibrated(pixel_values=labeled[index]["pixel_values"][None])
-    figures["dev, BatchNorm re-estimated on the labeled frames"] = scores(recalibrated.eval(), dev, classes)[0]
+    figures[f"{split}, BatchNorm re-estimated on the labeled frames"] = scores(recalibrated.eval(), dev, classes)[0]
     figures["labeled frames"] = scores(model, labeled, classes)[0]
     figures["unlabeled train frames"] = scores(model, EvalDataset(unlabeled, mean, std, num_classes=classes,
                                                                   **frames), classes)[0]
     shares = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
-    figures["dev: where each class's pixels go (%)"] = {
+    figures[f"{split}: where each class's pixels go (%)"] = {
         names[row]: {names[col]: round(100 * float(shares[row, col]), 1) for col in range(classes)
                      if shares[row, col] >= 0.05} for row in range(classes)}
     prototypes = F.normalize(model.prototype_head.prototypes.float(), dim=1)
     with torch.no_grad():
         units = torch.cat([F.normalize(model.embed(dev[i]["pixel_values"][None]), dim=1).flatten(2)[0].t()
                            for i in range(len(dev))])
-    figures["dev: mean resultant length of the pixel embeddings"] = round(float(units.mean(0).norm()), 3)
-    figures["dev: mean cosine to each prototype"] = dict(zip(names, (units @ prototypes.t()).mean(0).round(
+    figures[f"{split}: mean resultant length of the pixel embeddings"] = round(float(units.mean(0).norm()), 3)
+    figures[f"{split}: mean cosine to each prototype"] = dict(zip(names, (units @ prototypes.t()).mean(0).round(
         decimals=2).tolist()))
     print(json.dumps(figures, indent=1))
     if args.json:
