@@ -6,8 +6,8 @@ It rebuilds the run's data from its train_config.yaml (the run's own split and f
 the exported model (``best/``) on: the run's evaluation split as saved (dev or val, named from the driver's layout
 ``<runs-dir>/<dev|val>/<fraction>/<run>``); that split with its BatchNorm statistics re-estimated on the labeled
 frames; the labeled frames; the unlabeled train frames (their masks exist: CamVid labels every train frame); and, on
-the evaluation split, where each class's pixels go and how concentrated the pixel embeddings are (the mean resultant length of the unit
-embeddings: 1 when every pixel points one way) and their mean cosine to each prototype.
+the evaluation split, where each class's pixels go and how concentrated the pixel embeddings are (the mean resultant
+length of the unit embeddings: 1 when every pixel points one way) and their mean cosine to each prototype.
 """
 from __future__ import annotations
 
