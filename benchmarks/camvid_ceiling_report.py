@@ -158,24 +158,43 @@ def accuracy_sections(records: Sequence[dict[str, Any]], min_gain: float, max_bu
     return lines + [""]
 
 
+def supervised_step_cpu(records: Sequence[dict[str, Any]]) -> dict[int | None, tuple[float, int]]:
+    """One machine's CPU seconds per supervised step, by torch threads: the median over its supervised runs that had
+    the CPU to themselves, and how many there were."""
+    per_step: dict[int | None, list[float]] = {}
+    for r in records:
+        if r["row"].partition("+")[0] == "supervised" and not r["shared_cpu"] and r.get("cpu_s"):
+            per_step.setdefault(r.get("threads"), []).append(r["cpu_s"] / r["steps"])
+    return {threads: (float(np.median(values)), len(values)) for threads, values in per_step.items()}
+
+
 def machine_section(records: Sequence[dict[str, Any]], machine: str, letter: str,
                     previous: dict[tuple[str, str, int], float]) -> list[str]:
     """Every run one machine trained, with its seconds where it had the CPU to itself; the gain over half the budget
-    is the search's, whichever machine ran the half (``previous``: (fraction, row, steps) → dev mIoU)."""
-    first = records[0]
+    is the search's, whichever machine ran the half (``previous``: (fraction, row, steps) → dev mIoU). "sup-eq by CPU
+    s" checks the benchmark's step-cost ratios on this machine: a run's CPU seconds over a supervised step's."""
+    first, base = records[0], supervised_step_cpu(records)
     lines = [f"### Machine {letter}: {machine}", "",
              f"Frames {first['resolution']} (CamVid's are 480×360; kept in memory), crops {first['crop']}², batch "
              f"{first['batch']} (labeled + unlabeled), fp32, commit(s) {', '.join(sorted({r['commit'] for r in records}))}.",
-             "", "| split | fraction | row | steps | seed | mIoU | gain over half | tail mIoU | sup-eq | CPU s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| split | fraction | row | steps | seed | mIoU | gain over half | tail mIoU | sup-eq | sup-eq by CPU s "
+             "| CPU s | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in by_budget(records):
         split = r["eval_split"]
         half = previous.get((r["fraction"], r["row"], r["steps"] // 2)) if split == "dev" and r["seed"] == 0 else None
         miou = r[f"{split}_miou"]
-        seconds = ("shared", "shared") if r["shared_cpu"] else (_fmt(r["cpu_s"], 0), _fmt(r["wall_s"], 0))
+        per_step = base.get(r.get("threads"), (None, 0))[0]
+        by_cpu = "–" if per_step is None else _fmt(r["cpu_s"] / per_step, 0)
+        seconds = ("shared",) * 3 if r["shared_cpu"] else (by_cpu, _fmt(r["cpu_s"], 0), _fmt(r["wall_s"], 0))
         lines.append(f"| {split} | {r['fraction']} | {r['row']} | {r['steps']} | {r['seed']} | {miou:.2f} | "
                      f"{'–' if half is None else f'{miou - half:+.2f}'} | {r[f'{split}_tail_miou']:.2f} | "
-                     f"{_fmt(r['sup_step_equiv'], 0)} | {seconds[0]} | {seconds[1]} |")
+                     f"{_fmt(r['sup_step_equiv'], 0)} | {' | '.join(seconds)} |")
+    lines += ["", "sup-eq by CPU s: the run's CPU seconds ÷ this machine's CPU seconds per supervised step at the same "
+              "torch threads (the median over its supervised runs alone on the CPU: " + (", ".join(
+                  f"{'default' if threads is None else threads} thread{'s' * (threads != 1)}: {seconds:.3f} s from "
+                  f"{count} run{'s' * (count > 1)}" for threads, (seconds, count) in sorted(
+                      base.items(), key=lambda kv: kv[0] or 0)) or "none yet, so –") + "). Where it exceeds sup-eq, the "
+              "run cost this machine more than the step-cost ratios count."]
     return lines + [""]
 
 

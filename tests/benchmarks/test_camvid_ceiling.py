@@ -8,7 +8,7 @@ import json
 import camvid_ceiling as ceiling
 import numpy as np
 import pytest
-from camvid_ceiling_report import paired_gap, write_report
+from camvid_ceiling_report import paired_gap, supervised_step_cpu, write_report
 
 RATIOS = {"machine": {"cpu_model": "Test CPU"}, "training": {
     "des4_over_supervised": 1.7, "mean_teacher_over_supervised": 1.5, "batch_size": 6, "unlabeled_batch_size": 2,
@@ -68,8 +68,13 @@ def test_the_report_pools_miou_over_machines_pairs_seeds_and_keeps_seconds_apart
     text = (tmp_path / "ceiling.md").read_text()
     assert "A = CPU A; B = CPU B" in text and (tmp_path / "ceiling_curves.png").is_file()
     machine_a, machine_b = text.split("### Machine A: CPU A")[1].split("### Machine B: CPU B")
-    assert "| dev | 1/8 | des4 | 1000 | 0 | 40.00 | – | 20.00 | 1700 | shared | shared |" in machine_a  # shared: no seconds
-    assert "| dev | 1/8 | des4 | 2000 | 0 | 41.00 | +1.00 | 21.00 | 1700 | 900 | 500 |" in machine_b  # the half ran on A
+    assert "| dev | 1/8 | des4 | 1000 | 0 | 40.00 | – | 20.00 | 1700 | shared | shared | shared |" in machine_a  # shared
+    # A's supervised runs cost 0.9 CPU s a step, so its DeS4 run's 900 CPU s are 1000 supervised steps (ratios: 1700)
+    assert "| val | 1/8 | des4 | 1000 | 0 | 53.00 | – | 33.00 | 1700 | 1000 | 900 | 500 |" in machine_a
+    assert "default threads: 0.900 s from 3 runs" in machine_a
+    # B trained no supervised run alone: no CPU-based check there; its half ran on A
+    assert "| dev | 1/8 | des4 | 2000 | 0 | 41.00 | +1.00 | 21.00 | 1700 | – | 900 | 500 |" in machine_b
+    assert "none yet, so –" in machine_b
     assert "| val | 1/8 | des4 | 1000 | 1 | 54.00 |" in machine_b and "| 0 | 53.00 |" not in machine_b
     assert "| 1/8 | des4 | 1000 | 2 | 53.50 | 1.00 | 33.50 | 1700 | A, B |" in text  # both seeds, from both machines
     # a target is judged over 3 paired seeds: before that the table says how far it has got; one seed has no spread
@@ -78,6 +83,15 @@ def test_the_report_pools_miou_over_machines_pairs_seeds_and_keeps_seconds_apart
     assert "| 1/8 | mt-cutmix | 1000 | 1 | 45.00 | – | 25.00 |" in text
     assert "| 1/8 | des4 (teacher) | 40.00 | 41.00 |" in text  # one search grid over both machines
     assert json.loads((tmp_path / "ceiling.json").read_text()) == records
+
+
+def test_a_supervised_steps_cpu_seconds_come_from_runs_alone_on_the_cpu_at_the_same_thread_count():
+    records = [{**_record("supervised", s, 50, steps=2000), "cpu_s": cpu, "threads": 2} for s, cpu in
+               enumerate((1300.0, 1400.0, 2000.0))]
+    records += [{**_record("supervised", 0, 50, shared=True), "cpu_s": 5000.0, "threads": 2},  # shared: not a cost
+                {**_record("supervised+equal-compute", 0, 50, steps=4000), "cpu_s": 2000.0, "threads": 1},
+                {**_record("des4", 0, 53), "threads": 2}]  # not supervised
+    assert supervised_step_cpu(records) == {2: (pytest.approx(0.7), 3), 1: (0.5, 1)}
 
 
 def test_the_benchmark_measures_the_step_cost_ratios_at_the_studys_batches(tmp_path):
