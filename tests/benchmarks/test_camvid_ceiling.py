@@ -310,18 +310,25 @@ def test_a_record_states_the_settings_the_run_trained_with_not_the_recipes(tmp_p
     assert device_record["sup_step_equiv"] == pytest.approx(100 + 900 * 1.7)
 
 
-def test_val_gives_supervised_des4s_compute_at_1_8_for_the_equal_compute_target(tmp_path, monkeypatch):
+def test_val_gives_supervised_des4s_compute_at_1_32_and_1_8_for_the_equal_compute_comparison(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(ceiling.Study, "train", lambda self, *key: calls.append(key) or {"dev_miou": 40.0})
     study = object.__new__(ceiling.Study)
     study.min_gain, study.ratios, study.settings = 0.5, RATIOS, {"supervised_warmup": 0.1}
     assert study.equal_compute({("1/8", "des4"): 1000}) == {("1/8", ceiling.EQUAL_COMPUTE): 100 + 900 * 1.7}
-    assert study.equal_compute({("1/32", "des4"): 1000}) == {}  # the target is at 1/8 only
+    assert study.equal_compute({("1/32", "des4"): 2000, ("full", "des4"): 1000}) == {
+        ("1/32", ceiling.EQUAL_COMPUTE): 200 + 1800 * 1.7}  # not at full labels
+    study.ratios = {}
+    assert study.equal_compute({("1/8", "des4"): 1000}) == {}  # no step-cost ratios: no equal compute
+    study.ratios = RATIOS
     study.run(["search", "val"])  # 500 → 1000 gains nothing: every row's budget is 500, DeS4's costs 50 + 450 × 1.7
-    assert [key for key in calls if key[2] == ceiling.EQUAL_COMPUTE] == [("val", "1/8", ceiling.EQUAL_COMPUTE, 815,
-                                                                        seed) for seed in ceiling.SEEDS]
+    assert [key for key in calls if key[2] == ceiling.EQUAL_COMPUTE] == [
+        ("val", fraction, ceiling.EQUAL_COMPUTE, 815, seed) for seed in ceiling.SEEDS for fraction in ("1/32", "1/8")]
     records = [_record("des4", s, 50 + s) for s in (0, 1, 2)] + [_record(ceiling.EQUAL_COMPUTE, s, 48.0, steps=1700)
                                                                   for s in (0, 1, 2)]
+    records += [{**_record(row, 0, miou), "fraction": "1/32"} for row, miou in (("des4", 40.0),
+                                                                              (ceiling.EQUAL_COMPUTE, 41.0))]
     write_report(records, tmp_path, RATIOS, 0.5, ceiling.MAX_BUDGET)
-    assert "| DeS4 − supervised at 1/8, equal compute | ≥ +1.5 | +3.00 (3 seeds) | yes |" in \
-        (tmp_path / "ceiling.md").read_text()
+    text = (tmp_path / "ceiling.md").read_text()
+    assert "| DeS4 − supervised at 1/8, equal compute | ≥ +1.5 | +3.00 (3 seeds) | yes |" in text
+    assert "| DeS4 − supervised at 1/32, equal compute | no target | -1.00 (1 seed) | – |" in text
