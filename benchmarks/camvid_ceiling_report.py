@@ -192,12 +192,12 @@ def machine_section(records: Sequence[dict[str, Any]], machine: str, letter: str
         lines.append(f"| {split} | {r['fraction']} | {r['row']} | {r['steps']} | {r['seed']} | {miou:.2f} | "
                      f"{'–' if half is None else f'{miou - half:+.2f}'} | {r[f'{split}_tail_miou']:.2f} | "
                      f"{_fmt(r['sup_step_equiv'], 0)} | {' | '.join(seconds)} |")
+    measured = [f"{'default' if threads is None else threads} thread{'s' * (threads != 1)}: {seconds:.3f} s from "
+                f"{count} run{'s' * (count > 1)}" for threads, (seconds, count) in sorted(base.items(),
+                                                                                      key=lambda kv: kv[0] or 0)]
     lines += ["", "sup-eq by CPU s: the run's CPU seconds ÷ this machine's CPU seconds per supervised step at the same "
-              "torch threads (the median over its supervised runs alone on the CPU: " + (", ".join(
-                  f"{'default' if threads is None else threads} thread{'s' * (threads != 1)}: {seconds:.3f} s from "
-                  f"{count} run{'s' * (count > 1)}" for threads, (seconds, count) in sorted(
-                      base.items(), key=lambda kv: kv[0] or 0)) or "none yet, so –") + "). Where it exceeds sup-eq, the "
-              "run cost this machine more than the step-cost ratios count."]
+              f"torch threads (the median over its supervised runs alone on the CPU: {', '.join(measured) or 'none yet, so –'}"
+              "). Where it exceeds sup-eq, the run cost this machine more than the step-cost ratios count."]
     return lines + [""]
 
 
